@@ -1,0 +1,3 @@
+from quiktool.cli import main
+
+main()

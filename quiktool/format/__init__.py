@@ -1,0 +1,1 @@
+"""The packed checkpoint format (one owner): layout dataclass, pack/unpack, read/write, version."""

@@ -1,0 +1,1 @@
+"""Model loading (folder, hub id, GGUF), architecture adapters as data, and the layer-by-layer runner."""

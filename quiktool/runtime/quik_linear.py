@@ -1,0 +1,71 @@
+"""QuikLinear: a drop-in nn.Linear replacement that runs a PackedLinear on a backend.
+
+forward(x [*, K]) with M = prod(*):
+    x2        = x.reshape(M, K)                                  # [M, K]
+    A16 layer:  y = x2 @ W_deq^T + bias                          (weight-only quantization)
+    A4/A8:      codes, s, z, x_out = quantize_activations(x2)    # codes [M, Kp] int8
+                y_base = x_out @ W_out^T + bias                  # [M, N] FP16 outlier GEMM (cuBLAS on GPU)
+                y = quik_gemm(codes, W_codes, ..., y_base)       # int GEMM + dequant epilogue
+    return y.reshape(*, N)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from quiktool.algo.outliers import keep_columns
+from quiktool.algo.quant import act_shift
+from quiktool.format.layout import PackedLinear
+from quiktool.runtime.backends import get_backend
+
+
+class QuikLinear(nn.Module):
+    def __init__(self, packed: PackedLinear, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", backend: str = "torch"):
+        super().__init__()
+        self.packed = packed  # CPU copy, the checkpoint's view of this layer
+        self.in_features, self.out_features = packed.in_features, packed.out_features
+        self.weight_bits, self.act_bits = packed.weight_bits, packed.act_bits
+        self.backend = backend
+        self.dtype = dtype
+        p = packed
+        bias = None if p.bias is None else p.bias.to(device, dtype)
+        self.register_buffer("bias", bias, persistent=False)
+        if p.act_bits == 16:
+            self.register_buffer("w_deq", p.dequantize().to(device, dtype), persistent=False)
+            return
+        if p.group_size != -1:
+            raise ValueError("group-wise weight scales need act_bits=16 (the integer GEMM keeps one scale per row)")
+        be = get_backend(backend)
+        self.register_buffer("w_rt", be.prepare_weight(p.codes().to(device), p.weight_bits), persistent=False)
+        self.register_buffer("w_scale", p.scales[:, 0].to(device).contiguous(), persistent=False)
+        self.register_buffer("wsum", p.wsum.to(device), persistent=False)
+        self.register_buffer("keep_idx", keep_columns(p.in_features, p.outlier_idx.long()).to(device, torch.int32),
+                             persistent=False)
+        self.register_buffer("outlier_idx", p.outlier_idx.to(device, torch.int32), persistent=False)
+        self.register_buffer("outlier_weight", p.outlier_weight.to(device, dtype), persistent=False)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, W{self.weight_bits}A{self.act_bits}, "
+                f"outliers={self.packed.n_outliers}, backend={self.backend}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)                       # [M, K]
+        if x2.dtype != self.dtype:
+            x2 = x2.to(self.dtype)
+        if self.act_bits == 16:
+            return F.linear(x2, self.w_deq, self.bias).reshape(*lead, self.out_features)
+        be = get_backend(self.backend)
+        a = be.quantize_activations(x2.contiguous(), self.keep_idx, self.outlier_idx, self.act_bits)
+        M = x2.shape[0]
+        if self.outlier_idx.numel():
+            y_base = F.linear(a.x_outlier, self.outlier_weight, self.bias)   # [M, N]
+        elif self.bias is not None:
+            y_base = self.bias.expand(M, -1).contiguous()
+        else:
+            y_base = None
+        y = be.quik_gemm(a.codes, self.w_rt, self.weight_bits, a.scale, a.zero, act_shift(self.act_bits),
+                         self.w_scale, self.wsum, y_base, x2.dtype)      # [M, N]
+        return y.reshape(*lead, self.out_features)

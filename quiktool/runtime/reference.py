@@ -1,0 +1,82 @@
+"""Exact PyTorch reference of the QUIK layer kernels: the oracle for kernels/*.cu and the CPU backend.
+
+Every function here has the same signature as its CUDA launcher in ``runtime/cuda.py``.
+
+Runtime layout (shared by both backends; built once at load by ``prepare_weight``):
+  Kq      = in_features - n_outliers; Kp = Kq rounded up to ``K_ALIGN`` (pad codes are 0 on both
+            sides, so they add nothing to the integer sums)
+  w       4-bit: uint8 [N, Kp / 2], ``format.packing`` nibble order; 8-bit: int8 [N, Kp]
+  a_codes int8 [M, Kp], one signed code per byte (4-bit codes in [-8, 7], 8-bit in [-128, 127])
+
+Exactness of the integer product: codes are small integers, so their products and sums are
+integers. A float matmul of integer-valued operands is exact when every partial sum stays below
+2^24 (fp32) or 2^53 (fp64) in magnitude, whatever the summation order. ``int_gemm`` picks fp32
+when ``max|a| * max|w| * Kp < 2^24`` and fp64 otherwise, then converts to int32: bit-identical to
+an int32 accumulator (which cannot overflow either under the fp64 bound for any real layer).
+
+The epilogue (fp32): out[m, n] = acc[m, n] * a_scale[m] * w_scale[n]
+                               + (a_zero[m] + a_shift * a_scale[m]) * wsum[n]
+                               + y_base[m, n]          (outlier product + bias, or 0)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from quiktool.algo.quant import quantize_activations as _quant_acts
+from quiktool.format.packing import pad_columns, unpack_int4
+
+K_ALIGN = 64
+NAME = "torch"
+
+
+class ActCodes(NamedTuple):
+    codes: Tensor      # int8 [M, Kp]
+    scale: Tensor      # fp32 [M]
+    zero: Tensor       # fp32 [M]
+    x_outlier: Tensor  # x.dtype [M, n_out]
+
+
+def padded_k(kq: int) -> int:
+    return -(-kq // K_ALIGN) * K_ALIGN
+
+
+def prepare_weight(codes: Tensor, bits: int) -> Tensor:
+    """int8 codes [N, Kq] -> runtime weight (see module doc), on the codes' device."""
+    from quiktool.format.packing import pack_int4
+
+    kp = padded_k(codes.shape[1])
+    codes = pad_columns(codes, kp)
+    return pack_int4(codes) if bits == 4 else codes
+
+
+def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) -> ActCodes:
+    """x [M, K] float -> per-token codes of the ``keep_idx`` columns, and the outlier columns as they are."""
+    xk = x.index_select(1, keep_idx)                          # [M, Kq]
+    codes, scale, zero = _quant_acts(xk, bits)
+    return ActCodes(pad_columns(codes, padded_k(xk.shape[1])), scale, zero, x.index_select(1, outlier_idx))
+
+
+def _unpack_weight(w: Tensor, w_bits: int, kp: int) -> Tensor:
+    return unpack_int4(w, kp) if w_bits == 4 else w
+
+
+def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int) -> Tensor:
+    """acc[m, n] = sum_k a_codes[m, k] * wcode[n, k], exactly, as int32 [M, N]."""
+    kp = a_codes.shape[1]
+    wq = _unpack_weight(w, w_bits, kp)                        # int8 [N, Kp]
+    bound = (1 << 7 if a_codes.numel() and int(a_codes.abs().max()) > 8 else 8) * (1 << (w_bits - 1)) * kp
+    dt = torch.float32 if bound < (1 << 24) else torch.float64
+    return (a_codes.to(dt) @ wq.to(dt).T).to(torch.int32)
+
+
+def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
+              w_scale: Tensor, wsum: Tensor, y_base: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    """Integer GEMM + dequantization epilogue -> [M, N] in ``out_dtype`` (computed in fp32)."""
+    acc = int_gemm(a_codes, w, w_bits).float()
+    out = acc * (a_scale[:, None] * w_scale[None, :]) + (a_zero + a_shift * a_scale)[:, None] * wsum[None, :]
+    if y_base is not None:
+        out = out + y_base.float()
+    return out.to(out_dtype)
