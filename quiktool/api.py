@@ -80,10 +80,11 @@ def calibrate(model: str, out: str, dataset: str = "c4", nsamples: int = 128, se
     if Path(out).exists() and not overwrite:
         raise QuikError(f"output {out!r} exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
+    rows = load_rows(dataset, "calib", data_dir)
     m, tok, src = load_model(model, dtype=dtype, device="cpu")
     _check_seqlen(m, seqlen)
     adapter = adapter_for(m)
-    windows = calibration_windows(tok, load_rows(dataset, "calib", data_dir), nsamples, seqlen, seed)
+    windows = calibration_windows(tok, rows, nsamples, seqlen, seed)
     runner = LayerRunner(m, adapter, windows, device)
     stats: dict[str, ChannelStats] = {}
     for i, block in tqdm(runner, total=len(runner), desc="calibrate", unit="block", disable=not progress):
@@ -204,6 +205,7 @@ def eval_ppl(model: str, dataset: str = "wikitext2", seqlen: int = 2048, max_win
     if max_windows is not None and max_windows < 1:
         raise DataError(f"max_windows={max_windows}; use a positive number or leave it out for all windows")
     src = resolve(model)
+    rows = load_rows(dataset, "test", data_dir)  # cheap checks first: no model load for a missing file
     dev = device
     if src.kind == "packed":
         be = resolve_backend(backend)
@@ -218,7 +220,7 @@ def eval_ppl(model: str, dataset: str = "wikitext2", seqlen: int = 2048, max_win
         dt = dtype or ("fp16" if dev != "cpu" else "fp32")
         m, tok, _ = load_model(model, dtype=dt, device=dev)
     _check_seqlen(m, seqlen)
-    ids = tokenize_stream(tok, load_rows(dataset, "test", data_dir))
+    ids = tokenize_stream(tok, rows)
     windows = eval_windows(ids, seqlen, max_windows)
     r = perplexity(m, windows, device=dev, progress=progress)
     if not math.isfinite(r.ppl):

@@ -52,6 +52,10 @@ def cli(ctx, log_level, quiet):
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     ctx.obj = {"progress": not quiet}
 
 

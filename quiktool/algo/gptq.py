@@ -92,14 +92,13 @@ def gptq_quantize(
     codes = torch.zeros(N, Kq, dtype=torch.int8, device=dev)
 
     if H is None:  # round to nearest
+        # 2:4 groups are aligned on the code columns (as in the GPTQ path), not on the scale groups
+        Wm = Wp[:, :Kq] * _mask_2of4(Wp[:, :Kq].pow(2)) if sparsity == "2:4" else Wp[:, :Kq]
         for g in range(G):
             lo, hi = (0, Kq) if group_size == -1 else (g * group_size, min((g + 1) * group_size, Kq))
             if group_size != -1:
                 scales[:, g] = scale_for(Wp[:, lo:hi])
-            cols = Wp[:, lo:hi]
-            if sparsity == "2:4":
-                cols = cols * _mask_2of4(cols.pow(2))
-            codes[:, lo:hi] = quantize_weight(cols, scales[:, g], bits)
+            codes[:, lo:hi] = quantize_weight(Wm[:, lo:hi], scales[:, g], bits)
         return QuantizedWeight(codes, scales, out_idx, Wp[:, Kq:].clone(), bits, group_size)
 
     Hp = H.float().to(dev)[perm][:, perm].clone()

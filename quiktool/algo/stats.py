@@ -15,6 +15,8 @@ class ChannelStats:
 
     def add(self, x: Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float().cpu()
+        if x.shape[0] == 0:
+            return
         self.max_abs = torch.maximum(self.max_abs, x.abs().amax(0))
         self.sum_sq += x.double().pow(2).sum(0)
         self.count += x.shape[0]
@@ -34,6 +36,8 @@ class HessianAccumulator:
     def add(self, x: Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).to(self.H.device, torch.float32)
         m = x.shape[0]
+        if m == 0:
+            return
         self.H *= self.n / (self.n + m)
         self.n += m
         x = x * (2.0 / self.n) ** 0.5
