@@ -105,6 +105,25 @@ def calibrate(model: str, out: str, dataset: str = "c4", nsamples: int = 128, se
     return {**meta, "layers": len(stats), "seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb(), "out": out}
 
 
+@torch.no_grad()
+def collect_channel_stats(model, windows: torch.Tensor) -> dict:
+    """Per-channel input statistics of every adapter-listed linear from full forwards of ``windows``
+    [n, L] (for models that fit on one device; ``calibrate`` is the layer-by-layer version)."""
+    adapter = adapter_for(model)
+    dev = next(model.parameters()).device
+    stats, hooks = {}, []
+    for name, _, lin in _linear_names(model, adapter):
+        cs = stats[name] = ChannelStats(lin.in_features)
+        hooks.append(lin.register_forward_hook(lambda _m, inp, _o, cs=cs: cs.add(inp[0])))
+    try:
+        for w in windows:
+            model(w[None].to(dev), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: {"max_abs": v.max_abs, "mean_sq": v.mean_sq} for k, v in stats.items()}
+
+
 def check_calib_matches(meta: dict, model, layer_shapes: dict[str, int], stats: dict) -> None:
     h = config_hash(model.config)
     if meta.get("config_hash") != h:
@@ -236,3 +255,28 @@ def write_json(path: str, obj: dict) -> None:
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, p)
+
+
+# --------------------------------------------------------------------------------------------- bench
+def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 100, warmup: int = 10,
+                device: str = "cpu", backend: str = "auto", dtype: str = "fp16", max_point_s: float = 1.0,
+                seed: int = 0, peers: bool = True, check: bool = True, on_progress=None) -> dict:
+    """QuikLinear.forward vs FP16 F.linear (and, on CUDA, FP8 / W4A16 peers) per shape x M x scheme x outliers.
+
+    See quiktool.bench.bench_layer; quiktool.bench.format_layer_table renders the result."""
+    from quiktool import bench
+
+    return bench.bench_layer(shapes, m, schemes, outliers, reps, warmup, device, backend, dtype, max_point_s,
+                             seed, peers, check, on_progress)
+
+
+def bench_model(arch: str = "llama2-7b", configs="quik-4b,w4a8", batch: int = 1, seqlen: int = 2048,
+                decode_tokens: int = 64, reps: int = 5, warmup: int = 2, device: str = "cpu", backend: str = "auto",
+                dtype: str = "fp16", distinct_weights: bool = False, seed: int = 0) -> dict:
+    """Prefill / decode speed and memory of a random-weight LLaMA, FP vs QUIK presets.
+
+    See quiktool.bench.bench_model; quiktool.bench.format_model_table renders the result."""
+    from quiktool import bench
+
+    return bench.bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, device, backend, dtype,
+                             distinct_weights, seed)

@@ -8,6 +8,7 @@ architecture: ``attn_in`` (q/k/v), ``attn_out`` (o), ``mlp_in`` (up/gate, fc1), 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,7 +55,7 @@ class LayerRule:
 
 
 def _check_outliers(v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise ConfigError(f"outliers={v!r} is not accepted; use a count >= 1, a fraction in [0, 1), or 0")
     if v >= 1 and float(v) != int(v):
         raise ConfigError(f"outliers={v!r} is not accepted; counts >= 1 must be whole numbers")
@@ -200,5 +201,7 @@ def load_config(name_or_path: str | Path) -> QuantConfig:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {str(p)!r} must be a mapping of keys to values, got {type(data).__name__}")
     data.setdefault("name", p.stem)
     return from_dict(data, where=str(p))

@@ -11,29 +11,12 @@ from quiktool.models.adapters import adapter_for, get_module
 from quiktool.runtime.quik_linear import QuikLinear
 
 
-def _stats(model, windows):
-    from quiktool.algo.stats import ChannelStats
-
-    a = adapter_for(model)
-    stats, hooks = {}, []
-    for i, block in enumerate(get_module(model, a.blocks)):
-        for p, _ in a.linears():
-            cs = stats[f"{a.blocks}.{i}.{p}"] = ChannelStats(get_module(block, p).in_features)
-            hooks.append(get_module(block, p).register_forward_hook(lambda _m, inp, _o, cs=cs: cs.add(inp[0])))
-    with torch.no_grad():
-        for w in windows:
-            model(w[None])
-    for h in hooks:
-        h.remove()
-    return {k: {"max_abs": v.max_abs, "mean_sq": v.mean_sq} for k, v in stats.items()}
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_quik4b_pipeline_on_every_family(family):
     m = tiny_model(family)
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(0, m.config.vocab_size, (4, 32), generator=g)
-    stats = _stats(m, windows)
+    stats = api.collect_channel_stats(m, windows)
     cfg = load_config("quik-4b")
     api.quantize_model(m, cfg, stats, windows, progress=False)
     a = adapter_for(m)

@@ -101,6 +101,9 @@ class PackedLinear:
             raise CheckpointError(f"layer {prefix}: metadata is incomplete or malformed ({e})") from None
         if wb not in (4, 8) or ab not in (4, 8, 16) or not 0 <= n_out < K:
             raise CheckpointError(f"layer {prefix}: weight_bits={wb}, act_bits={ab}, n_outliers={n_out} are out of range")
+        if not (gs == -1 or (gs >= 1 and ab == 16)):
+            raise CheckpointError(f"layer {prefix}: group_size={gs} with act_bits={ab} is not valid "
+                                  "(-1, or a positive group size with act_bits=16)")
         kq = K - n_out
         G = 1 if gs == -1 else -(-kq // gs)
         expect = {

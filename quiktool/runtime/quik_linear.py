@@ -69,3 +69,15 @@ class QuikLinear(nn.Module):
         y = be.quik_gemm(a.codes, self.w_rt, self.weight_bits, a.scale, a.zero, act_shift(self.act_bits),
                          self.w_scale, self.wsum, y_base, x2.dtype)      # [M, N]
         return y.reshape(*lead, self.out_features)
+
+
+def set_backend(model: nn.Module, backend: str) -> int:
+    """Point every QuikLinear of ``model`` at ``backend`` ('torch' or 'cuda'); returns how many.
+
+    Both backends read the same runtime layout (runtime/reference.py), so no repacking is needed."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, QuikLinear):
+            mod.backend = backend
+            n += 1
+    return n

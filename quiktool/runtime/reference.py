@@ -67,7 +67,8 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int) -> Tensor:
     """acc[m, n] = sum_k a_codes[m, k] * wcode[n, k], exactly, as int32 [M, N]."""
     kp = a_codes.shape[1]
     wq = _unpack_weight(w, w_bits, kp)                        # int8 [N, Kp]
-    bound = (1 << 7 if a_codes.numel() and int(a_codes.abs().max()) > 8 else 8) * (1 << (w_bits - 1)) * kp
+    amax = int(a_codes.to(torch.int16).abs().max()) if a_codes.numel() else 0  # int8 abs(-128) wraps to -128
+    bound = (1 << 7 if amax > 8 else 8) * (1 << (w_bits - 1)) * kp
     dt = torch.float32 if bound < (1 << 24) else torch.float64
     return (a_codes.to(dt) @ wq.to(dt).T).to(torch.int32)
 

@@ -42,8 +42,11 @@ def test_gptq_beats_rtn(N, K, bits, group_size):
     assert e_gptq < 0.9 * e_rtn, (e_gptq, e_rtn)
 
 
-def _ref_gptq(W, H, bits, idx, damp=0.01):
-    """Independent GPTQ: column by column with the explicit inverse Hessian (OBQ downdate), fp64, no blocks."""
+def _ref_gptq(W, H, bits, idx, damp=0.01, sparse=False):
+    """Independent GPTQ: column by column with the explicit inverse Hessian (OBQ downdate), fp64, no blocks.
+
+    ``sparse``: SparseGPT 2:4, at the first column of every 4 drop the 2 with the least ``w^2 / U_jj^2``
+    (U the upper Cholesky factor of H^-1, the diagonal GPTQ uses)."""
     N, K = W.shape
     keep = keep_columns(K, idx)
     perm = torch.cat([keep, idx])
@@ -51,11 +54,17 @@ def _ref_gptq(W, H, bits, idx, damp=0.01):
     w = W.double()[:, perm].clone()
     Hp = H.double()[perm][:, perm]
     Hinv = torch.linalg.inv(Hp + damp * Hp.diag().mean() * torch.eye(K, dtype=torch.float64))
+    U_diag = torch.linalg.cholesky(Hinv, upper=True).diag()
     hi = 2 ** (bits - 1) - 1
     s = w[:, :Kq].abs().amax(1) / hi
     codes = torch.zeros(N, Kq, dtype=torch.int64)
+    mask = torch.ones(N, Kq, dtype=torch.float64)
     for i in range(Kq):
-        q = torch.clamp(torch.round(w[:, i] / s), -hi - 1, hi)
+        if sparse and i % 4 == 0 and i + 4 <= Kq:
+            sal = w[:, i:i + 4].pow(2) / U_diag[i:i + 4].pow(2)
+            drop = sal.argsort(dim=1)[:, :2]
+            mask[torch.arange(N)[:, None], i + drop] = 0.0
+        q = torch.clamp(torch.round(w[:, i] / s), -hi - 1, hi) * mask[:, i]
         codes[:, i] = q.long()
         e = (w[:, i] - q * s) / Hinv[i, i]
         w[:, i + 1:] -= e[:, None] * Hinv[i, i + 1:][None, :]
@@ -71,14 +80,28 @@ def test_gptq_matches_independent_reference(N, K, n_out, bits, block_size):
     idx = _rand_idx(K, n_out, g)
     qw = gptq_quantize(W, H, bits, idx, block_size=block_size)
     codes, s, ow = _ref_gptq(W, H, bits, idx)
-    # a near-tie may round one code to the other neighbour
-    # (fp32 vs fp64), which then steers that row's later updates a little differently
+    # fp32 vs fp64: a near-tie may round one code to the other neighbour, which then steers that row's
+    # later updates a little differently; everything else agrees
     diff = (qw.codes.long() - codes).abs()
     assert int(diff.max()) <= 1
     assert (diff == 0).double().mean().item() >= 0.995
     same = (diff == 0).all(1)
     assert same.double().mean().item() >= 0.95
     torch.testing.assert_close(qw.scales[:, 0].double(), s, rtol=1e-6, atol=0)
+    if n_out:
+        torch.testing.assert_close(qw.outlier_weight.double()[same], ow[same], rtol=1e-4,
+                                   atol=1e-4 * ow.abs().max().item())
+
+
+@pytest.mark.parametrize("N,K,n_out", [(118, 172, 11), (3, 64, 0), (1, 171, 5)])
+def test_gptq_2of4_matches_independent_reference(N, K, n_out):
+    X, W, H, g = _setup(N, K, seed=5 * K + n_out)
+    idx = _rand_idx(K, n_out, g)
+    qw = gptq_quantize(W, H, 4, idx, sparsity="2:4", block_size=32)
+    codes, _, ow = _ref_gptq(W, H, 4, idx, sparse=True)
+    same = (qw.codes.long() == codes).all(1)
+    assert (qw.codes.long() == codes).double().mean().item() >= 0.995
+    assert same.double().mean().item() >= 0.95
     if n_out:
         torch.testing.assert_close(qw.outlier_weight.double()[same], ow[same], rtol=1e-4,
                                    atol=1e-4 * ow.abs().max().item())

@@ -1,0 +1,170 @@
+"""The exact torch reference kernels (runtime/reference.py): integer GEMM, activation split, dequant epilogue."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quiktool.algo.outliers import keep_columns
+from quiktool.format.packing import unpack_int4
+from quiktool.runtime.reference import (
+    K_ALIGN,
+    int_gemm,
+    padded_k,
+    prepare_weight,
+    quantize_activations,
+    quik_gemm,
+)
+
+
+def _codes(shape, bits, g):
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return torch.randint(lo, hi + 1, shape, generator=g, dtype=torch.int8)
+
+
+def test_padded_k():
+    assert K_ALIGN == 64
+    assert [padded_k(k) for k in (1, 63, 64, 65, 167, 172, 4096)] == [64, 64, 64, 128, 192, 192, 4096]
+
+
+@pytest.mark.parametrize("w_bits", [4, 8])
+@pytest.mark.parametrize("N,Kq", [(1, 172), (3, 64), (118, 171), (5, 1)])
+def test_prepare_weight_layout(w_bits, N, Kq):
+    g = torch.Generator().manual_seed(N + Kq + w_bits)
+    codes = _codes((N, Kq), w_bits, g)
+    w = prepare_weight(codes, w_bits)
+    kp = padded_k(Kq)
+    if w_bits == 4:
+        assert w.dtype == torch.uint8 and w.shape == (N, kp // 2)
+        full = unpack_int4(w, kp)
+    else:
+        assert w.dtype == torch.int8 and w.shape == (N, kp)
+        full = w
+    assert torch.equal(full[:, :Kq], codes) and bool((full[:, Kq:] == 0).all())
+
+
+@pytest.mark.parametrize("a_bits", [4, 8])
+@pytest.mark.parametrize("w_bits", [4, 8])
+@pytest.mark.parametrize("M,N,kp", [(1, 3, 64), (3, 118, 192), (118, 1, 128), (7, 5, 1024), (2, 3, 4096)])
+def test_int_gemm_exact(a_bits, w_bits, M, N, kp):
+    g = torch.Generator().manual_seed(M * N + kp + a_bits * 10 + w_bits)
+    a = _codes((M, kp), a_bits, g)
+    wc = _codes((N, kp), w_bits, g)
+    acc = int_gemm(a, prepare_weight(wc, w_bits), w_bits)
+    assert acc.dtype == torch.int32 and acc.shape == (M, N)
+    assert torch.equal(acc.long(), a.long() @ wc.long().T)
+
+
+def _extreme_8x8(kp, g, M=3, N=5):
+    """Codes whose sums leave fp32's exact range: mostly -128 against weights near 127, a few small odd codes."""
+    a = torch.full((M, kp), -128, dtype=torch.int8)
+    small = torch.rand(M, kp, generator=g) < 0.3
+    a[small] = torch.randint(-8, 8, (int(small.sum()),), generator=g, dtype=torch.int8)
+    wc = torch.randint(100, 128, (N, kp), generator=g, dtype=torch.int8)
+    return a, wc
+
+
+@pytest.mark.parametrize("kp", [1024, 4096])
+def test_int_gemm_exact_beyond_fp32_range(kp):
+    g = torch.Generator().manual_seed(kp)
+    a, wc = _extreme_8x8(kp, g)
+    ref = a.long() @ wc.long().T
+    if kp == 4096:  # the sums leave fp32's exact range and a plain fp32 product is wrong: fp64 is needed
+        assert int(ref.abs().max()) > 2 ** 24
+        assert not torch.equal((a.float() @ wc.float().T).long(), ref)
+    assert torch.equal(int_gemm(a, prepare_weight(wc, 8), 8).long(), ref)
+
+
+def test_int_gemm_exact_with_full_range_8bit_codes():
+    g = torch.Generator().manual_seed(5)
+    kp = 2048
+    a = torch.randint(-128, 128, (4, kp), generator=g, dtype=torch.int8)
+    a[:, ::2] = -128
+    wc = torch.randint(-128, 128, (6, kp), generator=g, dtype=torch.int8)
+    wc[:, ::2] = -128
+    assert torch.equal(int_gemm(a, prepare_weight(wc, 8), 8).long(), a.long() @ wc.long().T)
+
+
+def _indep_act_quant(x: torch.Tensor, bits: int):
+    """The documented per-token asymmetric quantizer, written out again here (fp32, round half to even)."""
+    mn, mx = x.amin(1), x.amax(1)
+    s = (mx - mn) / (2 ** bits - 1)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    q = torch.clamp(torch.round((x - mn[:, None]) / s[:, None]), 0, 2 ** bits - 1)
+    return (q - 2 ** (bits - 1)).to(torch.int8), s, mn
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("M,K,n_out", [(1, 172, 11), (3, 64, 0), (118, 171, 5), (3, 65, 1)])
+def test_quantize_activations_split_and_padding(bits, M, K, n_out):
+    g = torch.Generator().manual_seed(M + K + n_out + bits)
+    x = torch.randn(M, K, generator=g)
+    idx = torch.sort(torch.randperm(K, generator=g)[:n_out]).values
+    x[:, idx] *= 50.0  # outlier channels: must not influence the scales of the others
+    keep = keep_columns(K, idx)
+    a = quantize_activations(x, keep.to(torch.int32), idx.to(torch.int32), bits)
+    Kq = K - n_out
+    kp = padded_k(Kq)
+    assert a.codes.dtype == torch.int8 and a.codes.shape == (M, kp) and kp % K_ALIGN == 0
+    assert bool((a.codes[:, Kq:] == 0).all())
+    assert torch.equal(a.x_outlier, x[:, idx]) and a.x_outlier.shape == (M, n_out)
+    codes, s, z = _indep_act_quant(x[:, keep], bits)
+    assert torch.equal(a.codes[:, :Kq], codes)
+    assert torch.equal(a.scale, s) and torch.equal(a.zero, z)
+    assert a.scale.dtype == a.zero.dtype == torch.float32
+
+
+def _float_ref(x, keep, idx, codes_w, w_scale, w_out, bias, bits):
+    """dequant(x) @ dequant(W)^T + x_out @ W_out^T + bias, in fp64."""
+    c, s, z = _indep_act_quant(x[:, keep], bits)
+    xd = (c.double() + 2 ** (bits - 1)) * s.double()[:, None] + z.double()[:, None]
+    wd = codes_w.double() * w_scale.double()[:, None]
+    y = xd @ wd.T + x[:, idx].double() @ w_out.double().T
+    return y if bias is None else y + bias.double()
+
+
+@pytest.mark.parametrize("a_bits,w_bits", [(4, 4), (8, 4), (8, 8), (4, 8)])
+@pytest.mark.parametrize("M,N,K,n_out,has_bias", [(1, 118, 172, 11, True), (3, 3, 64, 0, False),
+                                                  (118, 1, 171, 5, False), (3, 118, 64, 0, True)])
+def test_quik_gemm_matches_float_computation(a_bits, w_bits, M, N, K, n_out, has_bias):
+    g = torch.Generator().manual_seed(M * 3 + N + K + a_bits + w_bits)
+    x = torch.randn(M, K, generator=g) + 0.3
+    idx = torch.sort(torch.randperm(K, generator=g)[:n_out]).values
+    x[:, idx] *= 20.0
+    keep = keep_columns(K, idx)
+    Kq = K - n_out
+    codes_w = _codes((N, Kq), w_bits, g)
+    w_scale = torch.rand(N, generator=g) * 0.02 + 0.001
+    w_out = torch.randn(N, n_out, generator=g) * 0.1
+    bias = torch.randn(N, generator=g) if has_bias else None
+    wsum = (codes_w.double() * w_scale.double()[:, None]).sum(1).float()
+
+    a = quantize_activations(x, keep.to(torch.int32), idx.to(torch.int32), a_bits)
+    y_base = None
+    if n_out:
+        y_base = x[:, idx] @ w_out.T + (0 if bias is None else bias)
+    elif bias is not None:
+        y_base = bias.expand(M, -1)
+    w = prepare_weight(codes_w, w_bits)
+    y = quik_gemm(a.codes, w, w_bits, a.scale, a.zero, 1 << (a_bits - 1), w_scale, wsum, y_base, torch.float32)
+    assert y.dtype == torch.float32 and y.shape == (M, N)
+    ref = _float_ref(x, keep, idx, codes_w, w_scale, w_out, bias, a_bits)
+    rel = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+    assert rel < 1e-5, rel
+    y16 = quik_gemm(a.codes, w, w_bits, a.scale, a.zero, 1 << (a_bits - 1), w_scale, wsum, y_base, torch.float16)
+    assert y16.dtype == torch.float16 and torch.equal(y16, y.half())
+
+
+def test_quik_gemm_epilogue_terms():
+    """Each term of the documented epilogue, on a hand-sized example."""
+    a = torch.zeros(1, 64, dtype=torch.int8)
+    a[0, :3] = torch.tensor([1, -2, 3], dtype=torch.int8)
+    wc = torch.zeros(2, 64, dtype=torch.int8)
+    wc[:, :3] = torch.tensor([[2, 1, -1], [0, 4, 5]], dtype=torch.int8)
+    acc = int_gemm(a, prepare_weight(wc, 4), 4)
+    assert acc.tolist() == [[-3, 7]]
+    a_scale, a_zero = torch.tensor([0.5]), torch.tensor([-1.0])
+    w_scale, wsum = torch.tensor([2.0, 0.25]), torch.tensor([3.0, -4.0])
+    y_base = torch.tensor([[10.0, 20.0]])
+    y = quik_gemm(a, prepare_weight(wc, 4), 4, a_scale, a_zero, 8, w_scale, wsum, y_base, torch.float32)
+    # acc * s_a * s_w + (z + 8 s_a) * wsum + y_base
+    assert y.tolist() == [[-3 * 0.5 * 2.0 + 3.0 * 3.0 + 10.0, 7 * 0.5 * 0.25 + 3.0 * -4.0 + 20.0]]
