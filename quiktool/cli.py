@@ -143,6 +143,94 @@ def eval_ppl(ctx, model, dataset, seqlen, max_windows, dtype, backend, max_ppl, 
         sys.exit(1)
 
 
+# ------------------------------------------------------------------------------------------- bench
+BACKEND = click.option("--backend", type=click.Choice(["auto", "cuda", "torch"]), default="auto", show_default=True,
+                       help="Runtime of the QUIK layers: CUDA kernels, the exact torch reference, or auto "
+                            "(CUDA when --device is a GPU and the kernels load).")
+
+
+@cli.group()
+def bench():
+    """Speed: one QUIK layer against cuBLAS FP16 and the Hopper peers (layer), or a whole LLaMA (model)."""
+
+
+@bench.command("layer")
+@click.option("--shapes", default=None,
+              help="Comma list of KxN (in x out features) or model names llama2-7b, llama2-13b, llama2-70b "
+                   "[default: the 9 LLaMA-2 7B/13B/70B linear shapes].")
+@click.option("--m", "m_values", default=None, help="Comma list of token counts M [default: 1,16,128,512,2048,8192].")
+@click.option("--schemes", default="w4a4,w4a8,w8a8", show_default=True, help="Comma list of w4a4, w4a8, w8a8.")
+@click.option("--outliers", default=None,
+              help="Comma list of FP16 outlier-channel counts [default: 0,256; counts >= K are skipped for small K].")
+@click.option("--reps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Most timed runs per point (the median is reported); fewer if they exceed --max-point-s.")
+@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True, help="Most untimed runs first.")
+@click.option("--max-point-s", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Time budget of one measurement; caps the runs of slow points (at least 5 stay).")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16"]), default="fp16", show_default=True,
+              help="Activation/output dtype of QUIK and of the cuBLAS baseline.")
+@click.option("--no-peers", is_flag=True, help="Skip the FP8 and W4A16 peers (CUDA only anyway).")
+@click.option("--compact", is_flag=True, help="Print only the speed columns.")
+@BACKEND
+@DEVICE
+@JSON_OUT
+def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, dtype, no_peers, compact, backend,
+                device, json_out):
+    """QUIK linear layer (quantize + int GEMM + outlier GEMM + epilogue) vs FP16 F.linear and peers.
+
+    Example on a GPU: quiktool bench layer --device cuda --shapes 8192x28672 --m 1,16,2048"""
+    from quiktool import api
+    from quiktool.bench import format_layer_table
+
+    progress = (lambda r: api.write_json(json_out, r)) if json_out else None
+    r = api.bench_layer(shapes, m_values, schemes, outliers, reps, warmup, device, backend, dtype, max_point_s,
+                        peers=not no_peers, on_progress=progress)
+    if json_out:
+        api.write_json(json_out, r)
+    click.echo(format_layer_table(r, compact=compact))
+    if r["errors"]:
+        click.echo(f"error: {r['errors']} of {len(r['rows'])} configurations failed (see the table)", err=True)
+        sys.exit(1)
+
+
+@bench.command("model")
+@click.option("--arch", type=click.Choice(["llama2-7b", "llama2-13b", "tiny"]), default="llama2-7b", show_default=True,
+              help="Model geometry (random weights, no download); tiny = hidden 256, 2 layers, for CPU tests.")
+@click.option("--configs", default="quik-4b,w4a8", show_default=True,
+              help="Comma list of quantization presets (or YAML paths) to compare with the FP baseline.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Prefill batch size.")
+@click.option("--seqlen", type=click.IntRange(min=2), default=2048, show_default=True,
+              help="Prefill tokens per sequence (also the decode prompt length).")
+@click.option("--decode-tokens", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Greedy tokens generated with the KV cache for decode tokens/s (0 = skip decode).")
+@click.option("--reps", type=click.IntRange(min=1), default=5, show_default=True, help="Timed prefill runs (median).")
+@click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True, help="Untimed prefill runs first.")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True,
+              help="Model dtype (the FP baseline, and the QUIK layers' activations).")
+@click.option("--distinct-weights", is_flag=True,
+              help="Quantize every block's linears (slow on the host); default: quantize block 0 and copy it to "
+                   "the other blocks on the device (same memory and speed).")
+@BACKEND
+@DEVICE
+@JSON_OUT
+def bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, dtype, distinct_weights, backend, device,
+                json_out):
+    """End to end: prefill and decode speed, weight/peak memory and checkpoint size, FP16 vs QUIK presets.
+
+    Example on a GPU: quiktool bench model --device cuda --arch llama2-7b --decode-tokens 64"""
+    from quiktool import api
+    from quiktool.bench import format_model_table
+
+    r = api.bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, device, backend, dtype,
+                        distinct_weights)
+    if json_out:
+        api.write_json(json_out, r)
+    click.echo(format_model_table(r))
+    if r["errors"]:
+        click.echo(f"error: {r['errors']} of {len(r['variants'])} variants failed (see the table)", err=True)
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="quiktool")
 

@@ -1,0 +1,193 @@
+"""`quiktool bench` end to end on the CPU at tiny sizes (the GPU numbers come from scripts/device_bench.sh)."""
+import json
+import struct
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from quiktool import bench
+from quiktool.cli import cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: on a small, busy CI machine intra-op threads cost far more than they save
+    # (seen here: 40x slower per op with 2 threads under load). Restored after this module.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(*args):
+    r = CliRunner().invoke(cli, ["-q", "--log-level", "warning", *map(str, args)])
+    return r.exit_code, r.output
+
+
+def err_line(out: str) -> str:
+    lines = [l for l in out.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+LAYER = ["bench", "layer", "--shapes", "64x172", "--m", "1,3", "--reps", "3", "--warmup", "1", "--device", "cpu",
+         "--backend", "torch"]
+
+
+def test_bench_layer_table_and_json(tmp_path):
+    js = tmp_path / "layer.json"
+    code, out = run(*LAYER, "--outliers", "0,8", "--json", js)
+    assert code == 0, out
+    r = json.loads(js.read_text())
+    rows = r["rows"]
+    assert len(rows) == 2 * 3 * 2  # M x schemes x outlier counts
+    assert {(x["M"], x["scheme"], x["outliers"]) for x in rows} == {
+        (m, s, o) for m in (1, 3) for s in ("w4a4", "w4a8", "w8a8") for o in (0, 8)}
+    for x in rows:
+        assert x["error"] is None and x["finite"]
+        assert x["quik_ms"] > 0 and x["fp_ms"] > 0 and x["speedup"] > 0 and x["tops"] > 0
+        assert x["speedup"] == pytest.approx(x["fp_ms"] / x["quik_ms"])
+        assert (x["K"], x["N"], x["weight_bits"], x["act_bits"]) == (64, 172, *bench.SCHEMES[x["scheme"]])
+        st = x["stages_ms"]  # torch backend: the epilogue is its own stage
+        assert st["quantize"] > 0 and st["int_gemm"] > 0 and st["epilogue"] >= 0
+        assert (st["outlier_gemm"] is None) == (x["outliers"] == 0)
+        assert x["peers"]["fp8"]["error"] == "CUDA only" and x["peers"]["w4a16"]["ms"] is None
+    assert r["backend"] == "torch" and r["device_type"] == "cpu" and r["versions"]["torch"] and r["date"]
+    assert r["timing"]["statistic"] == "median" and r["errors"] == 0
+    # the table: a header, a rule, one line per row
+    lines = out.splitlines()
+    hdr = next(i for i, l in enumerate(lines) if l.startswith("shape"))
+    assert "QUIK ms" in lines[hdr] and "FP16 ms" in lines[hdr] and "int gemm" in lines[hdr]
+    assert sum(1 for l in lines[hdr + 2:] if l.startswith("64x172")) == 12
+
+
+def test_bench_layer_default_outliers_skip_counts_not_below_k(tmp_path):
+    js = tmp_path / "l.json"
+    code, out = run(*LAYER[:4], "--m", "2", "--schemes", "w4a8", "--reps", "2", "--warmup", "1", "--device", "cpu",
+                    "--backend", "torch", "--json", js, "--compact")
+    assert code == 0, out
+    rows = json.loads(js.read_text())["rows"]
+    assert [(x["M"], x["outliers"]) for x in rows] == [(2, 0)]  # 256 >= K = 64: dropped from the default
+    assert "int gemm" not in out and "w4a8" in out  # --compact: speed columns only
+
+
+def test_bench_model_tiny(tmp_path):
+    js = tmp_path / "model.json"
+    code, out = run("bench", "model", "--arch", "tiny", "--configs", "quik-4b", "--seqlen", 16, "--decode-tokens", 3,
+                    "--reps", 1, "--warmup", 1, "--device", "cpu", "--backend", "torch", "--json", js)
+    assert code == 0, out
+    r = json.loads(js.read_text())
+    fp, q = r["variants"]
+    assert (fp["variant"], q["variant"]) == ("fp16", "quik-4b") and r["errors"] == 0
+    assert q["checkpoint_bytes"] < fp["checkpoint_bytes"] and q["weights_bytes"] < fp["weights_bytes"]
+    for v in (fp, q):
+        assert v["prefill_ms"] > 0 and v["decode_tok_s"] > 0 and v["decode_steps"] == 3
+        assert v["peak_prefill_bytes"] is None  # CPU: no CUDA peak
+    assert q["quantize"]["layers"] == 2 * 7 and q["prefill_speedup"] == pytest.approx(fp["prefill_ms"] / q["prefill_ms"])
+    assert "quik-4b" in out and "ckpt GB" in out
+
+
+def test_quik_model_decodes_with_kv_cache_one_token_per_step(tmp_path):
+    """generate() with the KV cache feeds every QuikLinear M = 1 per step and gives the same greedy
+    tokens as recomputing the whole sequence without a cache; checkpoint_bytes is what save_packed writes."""
+    from quiktool.config import load_config
+    from quiktool.format.checkpoint import save_packed
+    from quiktool.runtime.quik_linear import QuikLinear
+
+    dev = torch.device("cpu")
+    model = bench.build_llama("tiny", torch.float32, dev, seed=0)
+    bench.quantize_random(model, load_config("quik-4b"), torch.float32, dev, "torch", torch.Generator().manual_seed(0))
+    ql = [m for m in model.modules() if isinstance(m, QuikLinear)]
+    assert len(ql) == 14 and ql[0].w_rt.data_ptr() != ql[7].w_rt.data_ptr()  # block copies own their buffers
+    seen = []
+    h = ql[0].register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].reshape(-1, inp[0].shape[-1]).shape[0]))
+    prompt = torch.randint(0, 1024, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        clock = bench._StepClock(dev)
+        out = bench._generate(model, prompt, 4, clock)
+        h.remove()
+        assert seen == [10, 1, 1, 1] and len(clock.stamps) == 4
+        ids = prompt
+        for _ in range(4):  # greedy without a cache
+            nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+    assert torch.equal(out, ids)
+    save_packed(tmp_path / "ckpt", model, None, load_config("quik-4b").to_dict())
+    raw = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    header = struct.unpack("<Q", raw[:8])[0]
+    assert len(raw) - 8 - header == bench.checkpoint_bytes(model)
+
+
+@pytest.mark.parametrize("args,want", [
+    (["bench", "layer", "--shapes", "12"], "shape '12' is not accepted"),
+    (["bench", "layer", "--shapes", "64x0"], "must be positive"),
+    (["bench", "layer", "--m", "0"], "m=0 is not accepted"),
+    (["bench", "layer", "--m", "1,x"], "not an integer"),
+    (["bench", "layer", "--schemes", "w4a4,w2a2"], "scheme 'w2a2' is not accepted"),
+    (["bench", "layer", "--shapes", "64x172", "--outliers", "0,100"], "outliers=100 is not below in_features K=64"),
+    (["bench", "layer", "--backend", "cuda", "--device", "cpu"], "runs on a GPU"),
+    (["bench", "layer", "--device", "tpu"], "device 'tpu' is not accepted"),
+    (["bench", "model", "--configs", "nope-preset"], "neither a file nor a preset"),
+    (["bench", "model", "--arch", "tiny", "--seqlen", "2048", "--decode-tokens", "64"], "exceeds the tiny context"),
+])
+def test_bad_values_are_one_line_errors(args, want):
+    if torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("this machine has a GPU")
+    code, out = run(*args)
+    assert code == 2, out
+    assert want in err_line(out), out
+
+
+def test_cuda_device_without_gpu_is_one_line_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, out = run("bench", "layer", "--device", "cuda")
+    assert code == 2 and "has none" in err_line(out)
+
+
+def test_parse_shapes_names_and_duplicates():
+    assert bench.parse_shapes("llama2-7b,4096x4096, 8192X28672") == [(4096, 4096), (4096, 11008), (11008, 4096),
+                                                                    (8192, 28672)]
+    assert bench.parse_shapes(None) == list(bench.DEFAULT_SHAPES) and len(bench.DEFAULT_SHAPES) == 9
+    assert bench.parse_shapes([(64, 172)]) == [(64, 172)]
+
+
+def test_timer_median_and_time_budget():
+    calls = []
+
+    def slow(x):
+        calls.append(x)
+        time.sleep(0.01)
+
+    t = bench.Timer(torch.device("cpu"), reps=50, warmup=3, max_point_s=0.05)(slow, [(1,), (2,)])
+    assert t.reps == bench.MIN_REPS  # 50 runs of 10 ms would exceed the 0.05 s budget
+    assert 9 <= t.min_ms <= t.ms < 100 and set(calls) == {1, 2}
+    t = bench.Timer(torch.device("cpu"), reps=4, warmup=1, max_point_s=10)(lambda: None, [()])
+    assert t.reps == 4 and t.ms >= 0
+
+
+def test_stage_split_and_reference_oracle_match_the_layer():
+    """The stage timings call the backend as QuikLinear.forward does; reference_forward (the CUDA
+    check) computes the layer's output from its codes alone."""
+    from quiktool.runtime import reference
+
+    dev = torch.device("cpu")
+    W = torch.randn(96, 192)
+    built = bench.build_layers(W, ["w4a4", "w8a8"], [0, 16], torch.float16, dev, "torch",
+                               torch.Generator().manual_seed(0))
+    assert [(b.scheme, b.n_out) for b in built] == [("w4a4", 0), ("w8a8", 0), ("w4a4", 16), ("w8a8", 16)]
+    x = torch.randn(5, 192).half()
+    timer = bench.Timer(dev, reps=2, warmup=1, max_point_s=1.0)
+    for b in built:
+        assert torch.equal(b.layer(x), bench.reference_forward(b.layer, b.codes, x))
+        fused = bench.time_stages(b.layer, reference, [x], timer, fused=True)
+        assert set(fused) == {"quantize", "gemm_epilogue", "outlier_gemm"}
+        assert (fused["outlier_gemm"] is None) == (b.n_out == 0)
+
+
+@pytest.mark.parametrize("cmd", [["bench"], ["bench", "layer"], ["bench", "model"]])
+def test_bench_help(cmd):
+    code, out = run(*cmd, "--help")
+    assert code == 0 and "Usage:" in out
