@@ -57,7 +57,9 @@ def quantize_activations(x: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
     xf = x.float()
     mn = xf.amin(dim=1)
     mx = xf.amax(dim=1)
-    scale = (mx - mn) / ((1 << bits) - 1)
+    # divide by a tensor: an IEEE division on CPU and CUDA alike (torch's CUDA division by a Python
+    # scalar multiplies by the reciprocal, 1 ulp away from the CPU result)
+    scale = (mx - mn) / torch.full_like(mx, float((1 << bits) - 1))
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round((xf - mn[:, None]) / scale[:, None]), 0, (1 << bits) - 1)
     return (q - act_shift(bits)).to(torch.int8), scale, mn

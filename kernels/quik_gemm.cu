@@ -1,0 +1,611 @@
+// quik_gemm.cu -- QUIK integer GEMM on the INT8 tensor cores (mma.sync m16n8k32 s8), with the fused
+// dequantization epilogue. Exact integer product: bit-identical to quiktool.runtime.reference.int_gemm.
+//
+// Contract
+//   A       int8 [M, Kp] row-major: signed activation codes (4-bit codes in [-8, 7] or 8-bit codes)
+//   W       WBITS = 4: uint8 [N, Kp/2], byte [n, i] = column 2i in the low nibble, 2i+1 in the high
+//                      nibble, two's complement (quiktool.format.packing)
+//           WBITS = 8: int8 [N, Kp]
+//   acc[m, n] = sum_k A[m, k] * W[n, k]                                          (exact, int32)
+//   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
+//     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
+//     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
+//   EP = i32 : C int32 [M, N] = acc                                (the exactness/debug path)
+//   EP = f16 / bf16 : out[m, n] = acc * a_scale[m] * w_scale[n]
+//                                 + (a_zero[m] + a_shift * a_scale[m]) * wsum[n] + y_base[m, n]
+//        computed in fp32, stored in the output dtype; y_base (same dtype as out) may be null.
+//   Assumptions (checked by the launcher in quiktool/runtime/cuda.py, not here):
+//     Kp % 64 == 0 and 64 <= Kp < 2^17; M, N >= 1 (tails are predicated, any value works);
+//     all tensors contiguous; A, W, out and y_base 16-byte aligned (16-byte copies and loads, paired
+//     epilogue stores); offsets are 64-bit, so M * Kp and N * Kp may exceed 2^31.
+//   Launch geometry (the launcher must match these constants):
+//     quik_gemm_*_big : block 256 threads, tile 128 x 256 (M x N), grid = ceil(M/128) * ceil(N/256),
+//                       dynamic smem 4 * (128*64 + 256*(WB==4 ? 32 : 64)) bytes = 64 KiB (w4) / 96 KiB (w8)
+//     quik_gemm_*_mid : block 128 threads, tile 64 x 128, grid = ceil(M/64) * ceil(N/128),
+//                       dynamic smem 4 * (64*64 + 128*(WB==4 ? 32 : 64)) bytes = 32 KiB (w4) / 48 KiB (w8)
+//     quik_gemv_*     : block 256 threads, grid = ceil(N/32), static smem only
+//
+// Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
+// TOPS), while m16n8k32 .s8 runs at ~1.2 POPS. A weight nibble w is unpacked into the HIGH half of a
+// byte, i.e. as the int8 value 16*w (exact for w in [-8, 7]); the accumulator is then 16*acc and is
+// shifted right by 4 at the end (exact). That unpack is 3 ALU ops per 32-bit packed word:
+//     E = (x << 4) & 0xF0F0F0F0   -> nibbles of the even columns k, k+2, k+4, k+6
+//     O =  x       & 0xF0F0F0F0   -> nibbles of the odd  columns k+1, k+3, k+5, k+7
+// 16*acc fits in int32 because |a| <= 128, |w| <= 8 and Kp < 2^17.
+//
+// K order inside one mma. The mma sums 32 products; which physical k sits in which fragment slot only
+// has to agree between the A and B fragments of the same thread. With the E/O unpack, thread (g, t)
+// (g = lane/4, t = lane%4) holds the weight columns {8t + 2i} in its first B register and {8t + 2i + 1}
+// in its second (i = 0..3, relative to a 32-column chunk). Its A registers must hold the same columns:
+// the 4-bit path loads the 8 activation bytes 8t..8t+7 of the chunk with one 64-bit shared load and
+// splits them into even and odd bytes with two byte permutes. The 8-bit weight path keeps the natural
+// PTX fragment order and uses ldmatrix for both operands.
+//
+// Tiled kernel (large M): 8 (big) or 4 (mid) warps, warp tile 64 x 64 / 32 x 64, K tile 64, a 4-stage
+// cp.async pipeline (global -> shared, zero-filled beyond M and N), XOR-swizzled shared memory so that
+// the cp.async stores, ldmatrix and the 64-bit A loads are bank-conflict free (ncu: 0 conflicts), a
+// grouped tile raster (16 M-tiles per group) so that the A and W slabs in flight stay in L2, and
+// fragments double-buffered across the k32 steps (CUTLASS-style), one barrier per K tile.
+// Measured on H100 (CUDA graph, fp16 out): 650-700 TOPS at M = 2048 for 8192 x 28672 / 28672 x 8192,
+// i.e. about cuBLAS FP16 speed; 128 x 128 tiles on 4 warps and 3 stages were slower. ncu: tensor pipe
+// ~52% active, 2 warps per scheduler (243-254 registers), stalls mostly fixed-latency waits of the
+// mma.sync stream itself, not memory or barriers.
+// Small-M kernel: the weights are the mma's A operand (16 output features per m16 tile) and the
+// tokens its B operand (n8: 8 tokens, or two n8 tiles for 16), so M = 1 wastes 7/8 instead of 15/16 of
+// the MMA. Weights stream straight from global memory into registers with 16-byte non-allocating loads
+// (no shared memory: each byte is used once); a block covers 32 output features and its 8 warps split K
+// (warp w takes the 64-byte weight steps w, w+8, ...), 2-4 steps in flight per warp; the 8 partial sums
+// are reduced in shared memory (deterministic, no atomics) before the epilogue. Measured on H100: 2.6-2.75
+// TB/s of weights at M = 1 (8192 x 28672 in 43 us, 3.6x cuBLAS FP16), 2.4 TB/s at M = 16.
+//
+// Tuning ideas for later: the prefill target (>= 1.8x FP16) is out of reach of mma.sync (its register-
+// only ceiling is ~1.3 POPS, and 64 x 64 warp tiles cap a block at 8 warps): it needs wgmma + TMA with
+// warp specialization (sm_90a, built with nvcc: NVRTC crashes on wgmma, see REFERENCE.md section 3).
+// Smaller items: stage the epilogue through shared memory for 16-byte stores; split-K across blocks for
+// small-N / large-K shapes at medium M (e.g. M = 118, N = 4096 gives 64 blocks); a 4-tile-per-warp small-M
+// variant at M 9..16; L2 evict-first hints on the streamed weights.
+
+#define QDEV __device__ __forceinline__
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// PTX helpers
+// ---------------------------------------------------------------------------------------------
+QDEV unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// 16-byte async copy global -> shared; when !pred, the 16 bytes are zero-filled and nothing is read
+// (src-size 0), src is still a valid address.
+QDEV void cp_async16(unsigned dst, const void* src, bool pred) {
+    const int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+QDEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> QDEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+QDEV void ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+QDEV void lds64(unsigned addr, unsigned& lo, unsigned& hi) {
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(lo), "=r"(hi) : "r"(addr));
+}
+
+// Streamed, read-once weights: read-only path, do not pollute L1.
+QDEV uint4 ldg_stream(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+// Activations: re-read by every block, keep them in L1.
+QDEV uint4 ldg_keep(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// D = A * B + D, 16x8x32, int8 inputs, int32 accumulators (wrap-around, never reached: see header).
+QDEV void mma_s8(int* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+QDEV unsigned nib_even(unsigned x) { return (x << 4) & 0xF0F0F0F0u; }  // 16 * w[k + 2i]
+QDEV unsigned nib_odd(unsigned x) { return x & 0xF0F0F0F0u; }          // 16 * w[k + 2i + 1]
+QDEV unsigned bytes_even(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x6420); }
+QDEV unsigned bytes_odd(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x7531); }
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue: one output element / one adjacent pair. EP: 0 = int32, 1 = fp16, 2 = bf16.
+// ---------------------------------------------------------------------------------------------
+template <int EP> QDEV float load_f32(unsigned short h);
+template <> QDEV float load_f32<1>(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+template <> QDEV float load_f32<2>(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
+
+template <int EP> QDEV unsigned short store_bits(float f);
+template <> QDEV unsigned short store_bits<1>(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+template <> QDEV unsigned short store_bits<2>(float f) {
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+struct EpiArgs {
+    const float* a_scale;  // [M]
+    const float* a_zero;   // [M]
+    const float* w_scale;  // [N]
+    const float* wsum;     // [N]
+    const void* y_base;    // [M, N] out dtype, or null
+    float a_shift;
+};
+
+// Stores acc for (m, n) and (m, n + 1). n is even; pair stores need N even (then n < N => n + 1 < N and
+// the address is 4/8-byte aligned); otherwise each element is stored on its own. Caller checks m < M.
+template <int EP>
+QDEV void store_pair(void* out, const EpiArgs& ep, int M, int N, int m, int n, int v0, int v1, float sa, float za,
+                     float ws0, float ws1, float su0, float su1) {
+    const size_t base = (size_t)m * N + n;
+    if constexpr (EP == 0) {
+        int* o = reinterpret_cast<int*>(out) + base;
+        if ((N & 1) == 0) {
+            if (n < N) *reinterpret_cast<int2*>(o) = make_int2(v0, v1);
+        } else {
+            if (n < N) o[0] = v0;
+            if (n + 1 < N) o[1] = v1;
+        }
+    } else {
+        float f0 = fmaf((float)v0, sa * ws0, za * su0);
+        float f1 = fmaf((float)v1, sa * ws1, za * su1);
+        unsigned short* o = reinterpret_cast<unsigned short*>(out) + base;
+        const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base);
+        if ((N & 1) == 0) {
+            if (n < N) {
+                if (y) {
+                    const unsigned yy = *reinterpret_cast<const unsigned*>(y + base);
+                    f0 += load_f32<EP>((unsigned short)(yy & 0xFFFFu));
+                    f1 += load_f32<EP>((unsigned short)(yy >> 16));
+                }
+                *reinterpret_cast<unsigned*>(o) = (unsigned)store_bits<EP>(f0) | ((unsigned)store_bits<EP>(f1) << 16);
+            }
+        } else {
+            if (n < N) {
+                if (y) f0 += load_f32<EP>(y[base]);
+                o[0] = store_bits<EP>(f0);
+            }
+            if (n + 1 < N) {
+                if (y) f1 += load_f32<EP>(y[base + 1]);
+                o[1] = store_bits<EP>(f1);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiled tensor-core kernel
+// ---------------------------------------------------------------------------------------------
+// Shared layouts (per stage): A tile [BM rows][64 B], W tile [BN rows][32 B] (w4) or [BN rows][64 B] (w8),
+// stored in 16-byte chunks whose position is XORed with bits of the row:
+//   64-byte rows: chunk' = chunk ^ (((row >> 1) & 1) << 1 | ((row >> 2) & 1))
+//     - ldmatrix (8 rows, one chunk): rows 0,2,4,6 get 4 distinct chunks, rows 1,3,5,7 (other half of
+//       the 128-byte line) likewise -> 32 distinct banks;
+//     - 64-bit A loads of the w4 path (a half warp = rows g..g+3, chunks {2c, 2c+1}): rows g and g+2
+//       land on disjoint chunk pairs -> conflict free;
+//     - cp.async stores (8 consecutive rows x 4 chunks per warp): a permutation of each line.
+//   32-byte rows: chunk' = chunk ^ ((row >> 2) & 1): rows 0-3 and 4-7 of an ldmatrix use opposite
+//     halves of their lines -> 32 distinct banks.
+QDEV unsigned swz64(int row, int chunk) {
+    return (unsigned)(row * 64 + ((chunk ^ ((((row >> 1) & 1) << 1) | ((row >> 2) & 1))) << 4));
+}
+QDEV unsigned swz32(int row, int chunk) { return (unsigned)(row * 32 + ((chunk ^ ((row >> 2) & 1)) << 4)); }
+
+template <int WBITS, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int EP>
+QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
+                     int M, int N, int Kp, const EpiArgs& ep) {
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
+    constexpr int MT = WM / 16, NT = WN / 8;
+    constexpr int A_BYTES = BM * 64;
+    constexpr int B_ROW = WBITS == 4 ? 32 : 64;
+    constexpr int B_BYTES = BN * B_ROW;
+    constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+    constexpr int A_ITERS = BM * 4 / THREADS;
+    constexpr int B_CHUNKS = BN * B_ROW / 16;
+    constexpr int B_ITERS = B_CHUNKS / THREADS;
+    constexpr int SHIFT = WBITS == 4 ? 4 : 0;
+    constexpr int GROUP_M = 16;
+    static_assert(NT % 2 == 0, "ldmatrix.x4 loads n8 tiles in pairs");
+    static_assert(A_ITERS * THREADS == BM * 4 && B_ITERS * THREADS == B_CHUNKS, "loads must tile evenly");
+
+    extern __shared__ __align__(128) unsigned char smem[];
+    const unsigned s_base = smem_addr(smem);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+    const int mbase = wm * WM, nbase = wn * WN;
+
+    // Grouped raster: consecutive blocks walk GROUP_M M-tiles of the same W columns first.
+    const int m_tiles = (M + BM - 1) / BM, n_tiles = (N + BN - 1) / BN;
+    const int pid = blockIdx.x;
+    const int group = pid / (GROUP_M * n_tiles);
+    const int first_m = group * GROUP_M;
+    const int gsize = min(m_tiles - first_m, GROUP_M);
+    const int inner = pid - group * GROUP_M * n_tiles;
+    const int m0 = (first_m + inner % gsize) * BM;
+    const int n0 = (inner / gsize) * BN;
+
+    const int KT = Kp >> 6;
+    const size_t w_row_bytes = WBITS == 4 ? (size_t)(Kp >> 1) : (size_t)Kp;
+
+    // Per-thread global source rows of its cp.async chunks (fixed over k).
+    auto load_stage = [&](int stage, int kt) {
+        const unsigned sa = s_base + stage * STAGE_BYTES;
+        const unsigned sb = sa + A_BYTES;
+#pragma unroll
+        for (int it = 0; it < A_ITERS; ++it) {
+            const int q = tid + it * THREADS;
+            const int row = q >> 2, c = q & 3;
+            const int gm = m0 + row;
+            const bool ok = gm < M;
+            const signed char* src = ok ? A + (size_t)gm * Kp + (size_t)kt * 64 + c * 16 : A;
+            cp_async16(sa + swz64(row, c), src, ok);
+        }
+#pragma unroll
+        for (int it = 0; it < B_ITERS; ++it) {
+            const int q = tid + it * THREADS;
+            if constexpr (WBITS == 4) {
+                const int row = q >> 1, c = q & 1;
+                const int gn = n0 + row;
+                const bool ok = gn < N;
+                const unsigned char* src = ok ? W + (size_t)gn * w_row_bytes + (size_t)kt * 32 + c * 16 : W;
+                cp_async16(sb + swz32(row, c), src, ok);
+            } else {
+                const int row = q >> 2, c = q & 3;
+                const int gn = n0 + row;
+                const bool ok = gn < N;
+                const unsigned char* src = ok ? W + (size_t)gn * w_row_bytes + (size_t)kt * 64 + c * 16 : W;
+                cp_async16(sb + swz64(row, c), src, ok);
+            }
+        }
+    };
+
+    // Fragments, double-buffered across the k32 steps (CUTLASS-style warp pipelining): the shared-memory
+    // loads of step s+1 are issued before the MMAs of step s, and the first step of the next K tile is
+    // loaded right after the barrier that publishes it, so no MMA waits on a load it just issued.
+    //   w4: fa = raw activation words {row g: 8 bytes, row g+8: 8 bytes}, permuted to even/odd at use;
+    //       fb = one packed weight word per n8 tile, unpacked (E/O) at use.
+    //   w8: fa = the A fragment (ldmatrix), fb = the two B registers per n8 tile (ldmatrix).
+    constexpr int FB = WBITS == 4 ? 1 : 2;
+    unsigned fa[2][MT][4];
+    unsigned fb[2][NT][FB];
+    const int mat = lane >> 3;
+
+    auto load_frags = [&](unsigned (&fa_)[MT][4], unsigned (&fb_)[NT][FB], int stage, int kc) {
+        const unsigned sa = s_base + stage * STAGE_BYTES;
+        const unsigned sb = sa + A_BYTES;
+        if constexpr (WBITS == 4) {
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const int row = mbase + 16 * i + g;
+                const unsigned addr = sa + swz64(row, 2 * kc + (t >> 1)) + 8 * (t & 1);
+                lds64(addr, fa_[i][0], fa_[i][1]);           // row g,     columns 32kc + 8t .. +7
+                lds64(addr + 8 * 64, fa_[i][2], fa_[i][3]);  // row g + 8 (same swizzle: bits 1-2 of the row)
+            }
+            // ldmatrix.x4 = 4 n8 tiles of this k32 chunk: word of row (nbase + 8j + g), bytes 4t..4t+3
+            // (columns 32kc + 8t .. +7).
+#pragma unroll
+            for (int j = 0; j < NT; j += 4) {
+                const int row = nbase + 8 * (j + mat) + (lane & 7);
+                ldmatrix_x4(sb + swz32(row, kc), fb_[j][0], fb_[j + 1][0], fb_[j + 2][0], fb_[j + 3][0]);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const int row = mbase + 16 * i + (lane & 7) + 8 * (mat & 1);
+                ldmatrix_x4(sa + swz64(row, 2 * kc + (mat >> 1)), fa_[i][0], fa_[i][1], fa_[i][2], fa_[i][3]);
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                const int row = nbase + 8 * (j + (mat >> 1)) + (lane & 7);
+                ldmatrix_x4(sb + swz64(row, 2 * kc + (mat & 1)), fb_[j][0], fb_[j][1], fb_[j + 1][0], fb_[j + 1][1]);
+            }
+        }
+    };
+
+    int acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
+
+    auto mma_step = [&](const unsigned (&fa_)[MT][4], const unsigned (&fb_)[NT][FB]) {
+        if constexpr (WBITS == 4) {
+            unsigned af[MT][4];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                af[i][0] = bytes_even(fa_[i][0], fa_[i][1]);
+                af[i][1] = bytes_even(fa_[i][2], fa_[i][3]);
+                af[i][2] = bytes_odd(fa_[i][0], fa_[i][1]);
+                af[i][3] = bytes_odd(fa_[i][2], fa_[i][3]);
+            }
+            // Unpack every weight word before the MMA block, so no MMA waits on the ALU result it needs.
+            unsigned eo[NT][2];
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                eo[j][0] = nib_even(fb_[j][0]);
+                eo[j][1] = nib_odd(fb_[j][0]);
+            }
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int i = 0; i < MT; ++i) mma_s8(acc[i][j], af[i], eo[j][0], eo[j][1]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int i = 0; i < MT; ++i) mma_s8(acc[i][j], fa_[i], fb_[j][0], fb_[j][FB - 1]);
+        }
+    };
+
+    // Pipeline invariant: before iteration kt, tiles kt .. kt+STAGES-2 are committed (one group each,
+    // empty groups past the end), tile kt is visible to the block, and fa/fb[0] hold its first k32 step.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < KT) load_stage(s, s);
+        cp_async_commit();
+    }
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    load_frags(fa[0], fb[0], 0, 0);
+
+    for (int kt = 0; kt < KT; ++kt) {
+        // k32 step 0 of tile kt: prefetch step 1, refill the stage that held tile kt-1 (every thread
+        // finished reading it before the barrier of the previous iteration), then the MMAs.
+        load_frags(fa[1], fb[1], kt % STAGES, 1);
+        {
+            const int nk = kt + STAGES - 1;
+            if (nk < KT) load_stage(nk % STAGES, nk);
+            cp_async_commit();
+        }
+        mma_step(fa[0], fb[0]);
+        // k32 step 1: wait for tile kt+1 (groups committed: STAGES + kt, needed: kt + 2), publish it,
+        // prefetch its step 0, then the MMAs of step 1 of tile kt.
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (kt + 1 < KT) load_frags(fa[0], fb[0], (kt + 1) % STAGES, 0);
+        mma_step(fa[1], fb[1]);
+    }
+    cp_async_wait<0>();  // only empty groups can be pending; drain them before the block exits
+
+    // Epilogue straight from the accumulator fragments: c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = row g+8.
+    float ws[NT][2], su[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int n = n0 + nbase + 8 * j + 2 * t + e;
+            ws[j][e] = (EP != 0 && n < N) ? ep.w_scale[n] : 0.f;
+            su[j][e] = (EP != 0 && n < N) ? ep.wsum[n] : 0.f;
+        }
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int m = m0 + mbase + 16 * i + g + 8 * h;
+            if (m >= M) continue;
+            float sa = 0.f, za = 0.f;
+            if (EP != 0) {
+                sa = ep.a_scale[m];
+                za = ep.a_zero[m] + ep.a_shift * sa;
+            }
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const int n = n0 + nbase + 8 * j + 2 * t;
+                store_pair<EP>(out, ep, M, N, m, n, acc[i][j][2 * h] >> SHIFT, acc[i][j][2 * h + 1] >> SHIFT, sa, za,
+                               ws[j][0], ws[j][1], su[j][0], su[j][1]);
+            }
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small-M kernel (M <= MTOK, MTOK = 8 or 16)
+// ---------------------------------------------------------------------------------------------
+// A "step" is 64 bytes of every weight row: 128 columns (w4) or 64 columns (w8). Lane (g, t) loads the
+// 16 bytes at 16t of the step for feature rows g and g + 8 of each of the warp's two 16-row tiles, and
+// the matching activation bytes of token rows g (and g + 8 when MTOK == 16):
+//   w4: weight word j (j = 0..3) covers columns c = 128s + 32t + 8j .. +7 -> mma j uses
+//       A = {E(row g), E(row g+8), O(row g), O(row g+8)}, B = {even bytes, odd bytes} of act[c .. c+7]
+//       (act bytes 128s + 32t .. +31: two 16-byte loads per token row)
+//   w8: mma jj (jj = 0, 1) uses weight words 2jj, 2jj+1 = columns 64s + 16t + 8jj .. +7, natural order,
+//       B = act words 2jj, 2jj+1 of the 16 bytes at 64s + 16t
+// For w4 the last step may be half (Kp % 128 == 64): lanes t = 2, 3 then have no columns and load zeros.
+template <int WBITS, int MTOK, int EP>
+QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
+               int M, int N, int Kp, const EpiArgs& ep) {
+    // U = steps in flight per warp. Measured on H100 (8192 x 28672, w4): U = 4 streams 2.75 TB/s at M <= 8
+    // (2.44 with U = 2); at M <= 16 the extra activation registers make U = 4 no better.
+    constexpr int WARPS = 8, NTW = 2, TT = MTOK / 8, U = MTOK == 8 ? 4 : 2;
+    constexpr int AW = WBITS == 4 ? 2 : 1;  // 16-byte activation loads per token row per step
+    constexpr int SHIFT = WBITS == 4 ? 4 : 0;
+    constexpr int ROWS = 16 * NTW;          // output features per block
+    __shared__ int red[WARPS][MTOK][ROWS + 1];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * ROWS;
+    const size_t w_row_bytes = WBITS == 4 ? (size_t)(Kp >> 1) : (size_t)Kp;
+    const int S = (int)((w_row_bytes + 63) >> 6);  // steps of 64 weight bytes
+
+    int acc[NTW][TT][4];
+#pragma unroll
+    for (int a = 0; a < NTW; ++a)
+#pragma unroll
+        for (int b = 0; b < TT; ++b)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[a][b][r] = 0;
+
+    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
+    for (int s0 = warp; s0 < S; s0 += WARPS * U) {
+        uint4 wv[U][NTW][2];
+        uint4 av[U][TT][AW];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int s = s0 + u * WARPS;
+            const size_t wb = (size_t)s * 64 + 16 * t;  // weight byte offset within a row
+            const bool kok = s < S && wb < w_row_bytes;
+#pragma unroll
+            for (int a = 0; a < NTW; ++a)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int n = n0 + 16 * a + g + 8 * h;
+                    wv[u][a][h] = (kok && n < N) ? ldg_stream(W + (size_t)n * w_row_bytes + wb) : zero4;
+                }
+            const size_t ab = WBITS == 4 ? (size_t)s * 128 + 32 * t : (size_t)s * 64 + 16 * t;  // act column
+#pragma unroll
+            for (int b = 0; b < TT; ++b) {
+                const int m = 8 * b + g;
+#pragma unroll
+                for (int q = 0; q < AW; ++q)
+                    av[u][b][q] = (kok && m < M) ? ldg_keep(A + (size_t)m * Kp + ab + 16 * q) : zero4;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if constexpr (WBITS == 4) {
+                unsigned bfr[TT][4][2];
+#pragma unroll
+                for (int b = 0; b < TT; ++b) {
+                    const unsigned x[8] = {av[u][b][0].x, av[u][b][0].y, av[u][b][0].z, av[u][b][0].w,
+                                           av[u][b][1].x, av[u][b][1].y, av[u][b][1].z, av[u][b][1].w};
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        bfr[b][j][0] = bytes_even(x[2 * j], x[2 * j + 1]);
+                        bfr[b][j][1] = bytes_odd(x[2 * j], x[2 * j + 1]);
+                    }
+                }
+#pragma unroll
+                for (int a = 0; a < NTW; ++a) {
+                    const unsigned w0[4] = {wv[u][a][0].x, wv[u][a][0].y, wv[u][a][0].z, wv[u][a][0].w};
+                    const unsigned w1[4] = {wv[u][a][1].x, wv[u][a][1].y, wv[u][a][1].z, wv[u][a][1].w};
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const unsigned af[4] = {nib_even(w0[j]), nib_even(w1[j]), nib_odd(w0[j]), nib_odd(w1[j])};
+#pragma unroll
+                        for (int b = 0; b < TT; ++b) mma_s8(acc[a][b], af, bfr[b][j][0], bfr[b][j][1]);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int a = 0; a < NTW; ++a) {
+                    const unsigned w0[4] = {wv[u][a][0].x, wv[u][a][0].y, wv[u][a][0].z, wv[u][a][0].w};
+                    const unsigned w1[4] = {wv[u][a][1].x, wv[u][a][1].y, wv[u][a][1].z, wv[u][a][1].w};
+#pragma unroll
+                    for (int jj = 0; jj < 2; ++jj) {
+                        const unsigned af[4] = {w0[2 * jj], w1[2 * jj], w0[2 * jj + 1], w1[2 * jj + 1]};
+#pragma unroll
+                        for (int b = 0; b < TT; ++b) {
+                            const unsigned x[4] = {av[u][b][0].x, av[u][b][0].y, av[u][b][0].z, av[u][b][0].w};
+                            mma_s8(acc[a][b], af, x[2 * jj], x[2 * jj + 1]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Split-K reduction over the 8 warps. Fragment: c0, c1 = (feature g, tokens 2t, 2t+1), c2, c3 = g + 8.
+#pragma unroll
+    for (int a = 0; a < NTW; ++a)
+#pragma unroll
+        for (int b = 0; b < TT; ++b)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int m = 8 * b + 2 * t + (r & 1);
+                const int nl = 16 * a + g + 8 * (r >> 1);
+                red[warp][m][nl] = acc[a][b][r];
+            }
+    __syncthreads();
+    for (int o = tid; o < MTOK * ROWS; o += WARPS * 32) {
+        const int m = o / ROWS, nl = o % ROWS;  // a warp writes 32 consecutive features of one token
+        const int n = n0 + nl;
+        if (m >= M || n >= N) continue;
+        int v = 0;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) v += red[w][m][nl];
+        v >>= SHIFT;
+        const size_t idx = (size_t)m * N + n;
+        if constexpr (EP == 0) {
+            reinterpret_cast<int*>(out)[idx] = v;
+        } else {
+            const float sa = ep.a_scale[m];
+            const float za = ep.a_zero[m] + ep.a_shift * sa;
+            float f = fmaf((float)v, sa * ep.w_scale[n], za * ep.wsum[n]);
+            if (ep.y_base) f += load_f32<EP>(reinterpret_cast<const unsigned short*>(ep.y_base)[idx]);
+            reinterpret_cast<unsigned short*>(out)[idx] = store_bits<EP>(f);
+        }
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Entry points. Tile configurations (the launcher mirrors them):
+//   big: BM 128, BN 256, warps 2 x 4 (warp tile 64 x 64), 4 stages, 256 threads
+//   mid: BM  64, BN 128, warps 2 x 2 (warp tile 32 x 64), 4 stages, 128 threads
+// ---------------------------------------------------------------------------------------------
+#define QUIK_TILED(NAME, WB, EP, BM, BN, WMW, WNW, THREADS)                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                       \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        gemm_tiled<WB, BM, BN, WMW, WNW, 4, EP>(A, W, out, M, N, Kp, ep);                                          \
+    }
+
+#define QUIK_TILED_ALL(EPNAME, EP)                                      \
+    QUIK_TILED(quik_gemm_##EPNAME##_w4_big, 4, EP, 128, 256, 2, 4, 256) \
+    QUIK_TILED(quik_gemm_##EPNAME##_w8_big, 8, EP, 128, 256, 2, 4, 256) \
+    QUIK_TILED(quik_gemm_##EPNAME##_w4_mid, 4, EP, 64, 128, 2, 2, 128)  \
+    QUIK_TILED(quik_gemm_##EPNAME##_w8_mid, 8, EP, 64, 128, 2, 2, 128)
+
+QUIK_TILED_ALL(i32, 0)
+QUIK_TILED_ALL(f16, 1)
+QUIK_TILED_ALL(bf16, 2)
+
+#define QUIK_GEMV(NAME, WB, MTOK, EP)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        gemv<WB, MTOK, EP>(A, W, out, M, N, Kp, ep);                                                               \
+    }
+
+#define QUIK_GEMV_ALL(EPNAME, EP)                           \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8, 4, 8, EP)         \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16, 4, 16, EP)       \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8, 8, 8, EP)         \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16, 8, 16, EP)
+
+QUIK_GEMV_ALL(i32, 0)
+QUIK_GEMV_ALL(f16, 1)
+QUIK_GEMV_ALL(bf16, 2)

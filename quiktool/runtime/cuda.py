@@ -1,0 +1,464 @@
+"""CUDA backend: launchers for kernels/*.cu, compiled with NVRTC through CuPy's RawModule (and its disk
+cache), launched with cuLaunchKernel on torch's current stream.
+
+The only module of the package that imports CuPy, always lazily (inside functions), so that
+``import quiktool.runtime.cuda`` works on a machine without CuPy or a GPU and ``is_available()``
+answers False there.
+
+Every public function has the signature (and the results) of its namesake in ``reference.py``;
+tensors come in and go out as torch tensors, zero-copy (raw device pointers), and kernels run on
+torch's current CUDA stream of the tensors' device, without host synchronization. Launchers check
+everything the kernels assume (dtype, shape, contiguity, device, alignment, Kp % 64) and raise
+``KernelError``: CuPy checks nothing and a wrong pointer is silent memory corruption. Index VALUES
+(keep/outlier columns) are not checked per call, since that needs a host sync; the kernel never reads
+out of bounds and turns a bad row into NaN scale/zero instead (see kernels/quik_act_quant.cu).
+
+Extension over ``reference.py``: keyword-only ``out=`` buffers, for callers that preallocate (CUDA
+graphs) and for the tests, which poison them to catch elements a kernel fails to write.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.resources
+import logging
+import numbers
+import re
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from quiktool.errors import KernelError
+from quiktool.runtime import reference as _ref
+from quiktool.runtime.reference import ActCodes, padded_k
+
+__all__ = [
+    "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
+    "int_gemm", "quik_gemm", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS",
+]
+
+log = logging.getLogger(__name__)
+
+NAME = "cuda"
+K_ALIGN = 64  # the GEMM's K tile; must equal reference.K_ALIGN (the shared runtime layout)
+assert K_ALIGN == _ref.K_ALIGN
+
+# Options for every kernel source, on both paths (runtime RawModule and compile_all). No fast math:
+# the activation quantizer must match torch bit for bit (it also uses non-.ftz PTX, see its header).
+NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+# What CuPy's RawModule appends on its own (cupy/cuda/compiler.py), besides -arch=sm_XY of the device;
+# compile_all adds them too so that CI builds exactly what the runtime builds.
+_CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
+
+_EPS = ("i32", "f16", "bf16")
+KERNELS: dict[str, tuple[str, ...]] = {
+    "quik_act_quant.cu": ("quik_act_quant_f16", "quik_act_quant_bf16", "quik_act_quant_f16_gmem",
+                          "quik_act_quant_bf16_gmem"),
+    "quik_gemm.cu": tuple(
+        [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
+        + [f"quik_gemv_{ep}_w{wb}_m{mt}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)]
+    ),
+}
+
+# Tile configurations of quik_gemm.cu (must match its entry-point macros): BM, BN, threads, stages.
+_TILE = {"big": (128, 256, 256, 4), "mid": (64, 128, 128, 4)}
+_GEMV_ROWS, _GEMV_THREADS = 32, 256
+_MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
+_ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
+
+_OUT_EP = {torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sources, compilation, module cache
+# ---------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _source(filename: str) -> str:
+    """Text of kernels/<filename>: the source checkout's folder, else the installed package data."""
+    local = Path(__file__).resolve().parents[2] / "kernels" / filename
+    if local.is_file():
+        return local.read_text()
+    return importlib.resources.files("quiktool.kernels").joinpath(filename).read_text()
+
+
+def _cupy() -> Any:
+    try:
+        import cupy  # noqa: PLC0415 - lazy by design
+    except Exception as e:  # ImportError, or a CuPy that cannot find its CUDA libraries
+        raise KernelError(f"the CUDA backend needs CuPy (pip install 'quiktool[cuda]'): {e}") from None
+    return cupy
+
+
+def is_available() -> bool:
+    """True when torch sees a CUDA device and CuPy can drive it."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        cupy = _cupy()
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def nvrtc_version() -> tuple[int, int] | None:
+    """NVRTC's (major, minor), or None when the library cannot be loaded (no GPU needed)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # noqa: PLC0415
+        return tuple(nvrtc.getVersion())  # type: ignore[return-value]
+    except Exception:
+        return None
+
+
+def _cubin_kernels(cubin: bytes) -> set[str]:
+    """Kernel names in a cubin: NVCC/NVRTC put each kernel's code in an ELF section '.text.<name>'."""
+    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
+        raise KernelError("NVRTC returned something that is not a 64-bit ELF cubin")
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _typ, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize)
+        return name, off, size
+
+    _, str_off, _ = section(shstrndx)
+    names = set()
+    for i in range(shnum):
+        name_off = section(i)[0]
+        end = cubin.index(b"\0", str_off + name_off)
+        name = cubin[str_off + name_off:end].decode()
+        if name.startswith(".text."):
+            names.add(name[len(".text."):])
+    return names
+
+
+def compile_all(arch: str) -> dict[str, bytes]:
+    """Compile every kernel source for ``arch`` ("sm_80", "sm_90", ...) without a GPU -> {file: cubin}.
+
+    Same sources and options as the runtime path (NVRTC_OPTIONS + what CuPy adds), through NVRTC directly
+    because CuPy's own compile helpers query the current device. Raises KernelError with NVRTC's log on a
+    compile error, or when NVRTC cannot be loaded, or when a cubin lacks an expected kernel.
+    """
+    if not re.fullmatch(r"sm_\d{2,3}", arch):
+        raise KernelError(f"compile_all: arch must look like 'sm_90', got {arch!r}")
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # noqa: PLC0415
+        nvrtc.getVersion()
+    except Exception as e:
+        raise KernelError(f"compile_all: NVRTC cannot be loaded: {e}") from None
+    options = [*NVRTC_OPTIONS, f"-arch={arch}", *_CUPY_ADDED_OPTIONS]
+    out: dict[str, bytes] = {}
+    for filename, expected in KERNELS.items():
+        prog = nvrtc.createProgram(_source(filename), filename, [], [])
+        try:
+            try:
+                nvrtc.compileProgram(prog, options)
+            except Exception as e:
+                raise KernelError(f"{filename} ({arch}) does not compile: {e}\n{nvrtc.getProgramLog(prog)}") from None
+            cubin = bytes(nvrtc.getCUBIN(prog))
+        finally:
+            nvrtc.destroyProgram(prog)
+        missing = set(expected) - _cubin_kernels(cubin)
+        if missing:
+            raise KernelError(f"{filename} ({arch}) lacks kernels {sorted(missing)}")
+        out[filename] = cubin
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(device_index: int, arch: str) -> dict[str, int]:
+    """All kernels compiled (CuPy's disk cache makes later processes fast) and loaded on one device.
+
+    -> {name: CUfunction handle}. The handles stay valid because _MODULES keeps the RawModules and
+    RawKernels that own them alive for the life of the process.
+    """
+    cupy = _cupy()
+    handles: dict[str, int] = {}
+    with cupy.cuda.Device(device_index):
+        for filename, names in KERNELS.items():
+            log.info("compiling %s for %s (device %d); cached on disk by CuPy after the first time",
+                     filename, arch, device_index)
+            module = cupy.RawModule(code=_source(filename), options=NVRTC_OPTIONS)
+            _MODULES.append(module)
+            for name in names:
+                kernel = module.get_function(name)
+                _MODULES.append(kernel)
+                if name.startswith("quik_gemm_"):
+                    cfg, wb = name.rsplit("_", 1)[1], int(name.split("_w")[1][0])
+                    bm, bn, _threads, stages = _TILE[cfg]
+                    kernel.max_dynamic_shared_size_bytes = _tile_smem(bm, bn, wb, stages)
+                elif name.startswith("quik_act_quant_") and not name.endswith("_gmem"):
+                    kernel.max_dynamic_shared_size_bytes = _ACT_SMEM_MAX
+                handles[name] = int(kernel.kernel.ptr)
+    return handles
+
+
+_MODULES: list[Any] = []  # every loaded RawModule / RawKernel: they own the CUmodules behind the handles
+
+
+def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
+    """Dynamic shared memory of a tiled GEMM: stages x (A tile [BM, 64 B] + W tile [BN, 32 or 64 B])."""
+    return stages * (bm * 64 + bn * (32 if w_bits == 4 else 64))
+
+
+class _Params(threading.local):
+    """Per-thread, preallocated kernel parameter slots for cuLaunchKernel, by signature.
+
+    CuPy's RawKernel call packs its arguments anew on every launch (~15 us); filling ctypes slots and
+    calling the driver directly costs a few microseconds, which matters for decode-sized GEMMs.
+    Signature letters: p = pointer (uint64), i = int32, f = float32.
+    """
+
+    _CTYPE = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "f": ctypes.c_float}
+
+    def __init__(self) -> None:
+        self.by_sig: dict[str, tuple[list[Any], int, Any]] = {}
+
+    def pack(self, sig: str, values: Sequence[Any]) -> int:
+        entry = self.by_sig.get(sig)
+        if entry is None:
+            slots = [self._CTYPE[c]() for c in sig]
+            array = (ctypes.c_void_p * len(sig))(*[ctypes.addressof(v) for v in slots])
+            entry = self.by_sig[sig] = (slots, ctypes.addressof(array), array)
+        slots = entry[0]
+        for slot, value in zip(slots, values):
+            slot.value = value
+        return entry[1]
+
+
+_PARAMS = _Params()
+_SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
+_SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
+
+
+@functools.lru_cache(maxsize=None)
+def _device_info(device_index: int) -> tuple[str, int]:
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return f"sm_{major}{minor}", torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _raw_stream(index: int) -> int:
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what Triton uses: no Stream object built
+    return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
+
+
+def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequence[Any], smem: int = 0) -> None:
+    """Launch ``name`` on torch's current stream of device ``index`` (asynchronous, no sync)."""
+    cupy = _cupy()
+    fn = _kernels(index, _device_info(index)[0])[name]
+    if torch.cuda.current_device() != index:
+        with torch.cuda.device(index):
+            return _launch(index, name, grid, block, sig, args, smem)
+    params = _PARAMS.pack(sig, args)
+    stream = _raw_stream(index)
+    try:
+        cupy.cuda.driver.launchKernel(fn, grid, 1, 1, block, 1, 1, smem, stream, params, 0)
+    except cupy.cuda.driver.CUDADriverError as e:
+        if "CONTEXT" not in str(e).upper():
+            raise KernelError(f"launching {name} failed: {e}") from None
+        # a thread that never made the device's primary context current: do it, then retry once
+        cupy.cuda.runtime.setDevice(index)
+        cupy.cuda.driver.launchKernel(fn, grid, 1, 1, block, 1, 1, smem, stream, params, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Argument checks (one line per failure, naming the argument and what is accepted)
+# ---------------------------------------------------------------------------------------------------
+def _dt(dtypes: Sequence[torch.dtype]) -> str:
+    return " or ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def _check(name: str, t: Any, dtypes: Sequence[torch.dtype], shape: Sequence[int | None],
+           device: int | None, align: int = 1) -> int:
+    """Raise KernelError unless ``t`` is a contiguous CUDA tensor of ``dtypes`` and ``shape`` (None = any)
+    on device index ``device`` (None = any CUDA device); returns its data pointer.
+
+    Kept to cheap tensor queries: it runs on every launch."""
+    if not isinstance(t, Tensor):
+        raise KernelError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not t.is_cuda:
+        raise KernelError(f"{name}: must be a CUDA tensor, got device {t.device}")
+    if device is not None and t.get_device() != device:
+        raise KernelError(f"{name}: must be on cuda:{device} like the other arguments, got {t.device}")
+    if t.dtype not in dtypes:
+        raise KernelError(f"{name}: dtype must be {_dt(dtypes)}, got {str(t.dtype).replace('torch.', '')}")
+    got = t.shape
+    if len(got) != len(shape) or any(s is not None and s != d for s, d in zip(shape, got)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise KernelError(f"{name}: shape must be {want}, got {list(got)}")
+    if not t.is_contiguous():
+        raise KernelError(f"{name}: must be contiguous (strides {list(t.stride())}); call .contiguous()")
+    ptr = t.data_ptr()
+    if align > 1 and ptr % align and t.numel():
+        raise KernelError(f"{name}: data pointer must be {align}-byte aligned (a view at an offset?); "
+                          "pass a fresh contiguous tensor")
+    return ptr
+
+
+def _index_i32(name: str, idx: Any, device: int) -> Tensor:
+    """keep/outlier index -> int32 on ``device``; int64 is converted (better: store int32 once at load)."""
+    _check(name, idx, (torch.int32, torch.int64), (None,), device)
+    return idx if idx.dtype == torch.int32 else idx.to(torch.int32)
+
+
+def _check_kp(kp: int, what: str) -> None:
+    if kp <= 0 or kp % K_ALIGN or kp >= _MAX_KP:
+        raise KernelError(f"{what}: Kp must be a positive multiple of {K_ALIGN} below {_MAX_KP}, got {kp} "
+                          "(pad with reference.padded_k / prepare_weight)")
+
+
+def _bits(name: str, bits: Any) -> int:
+    if bits not in (4, 8) or isinstance(bits, bool):
+        raise KernelError(f"{name} must be 4 or 8, got {bits!r}")
+    return int(bits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API (mirrors reference.py)
+# ---------------------------------------------------------------------------------------------------
+def prepare_weight(codes: Tensor, bits: int) -> Tensor:
+    """int8 codes [N, Kq] -> runtime weight on the codes' device: uint8 [N, Kp/2] (4-bit) or int8 [N, Kp].
+
+    The layout is the reference one (both backends share it); built once at load, so the host syncs of
+    the packing checks don't matter.
+    """
+    bits = _bits("bits", bits)
+    return _ref.prepare_weight(codes, bits).contiguous()
+
+
+def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int, *,
+                         out: ActCodes | None = None) -> ActCodes:
+    """Per-token codes of x's ``keep_idx`` columns and a copy of its outlier columns (bit-exact with reference).
+
+    x fp16/bf16 [M, K]; keep_idx [Kq] and outlier_idx [n_out] int32 (int64 is converted) ->
+    ActCodes(codes int8 [M, Kp], scale fp32 [M], zero fp32 [M], x_outlier x.dtype [M, n_out]),
+    Kp = padded_k(Kq), pad codes 0. ``out`` (optional) receives the results in place.
+    """
+    x_ptr = _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
+    dev = x.get_device()
+    bits = _bits("bits", bits)
+    keep = _index_i32("keep_idx", keep_idx, dev)
+    outl = _index_i32("outlier_idx", outlier_idx, dev)
+    M, K = x.shape
+    kq, n_out = keep.numel(), outl.numel()
+    if not 1 <= kq <= K:
+        raise KernelError(f"keep_idx: needs 1 to K={K} columns, got {kq}")
+    kp = padded_k(kq)
+    if out is None:  # allocated here: right by construction, no checks needed
+        out = ActCodes(torch.empty(M, kp, dtype=torch.int8, device=x.device),
+                       torch.empty(M, dtype=torch.float32, device=x.device),
+                       torch.empty(M, dtype=torch.float32, device=x.device),
+                       torch.empty(M, n_out, dtype=x.dtype, device=x.device))
+        ptrs = (out.codes.data_ptr(), out.scale.data_ptr(), out.zero.data_ptr(), out.x_outlier.data_ptr())
+    else:
+        ptrs = (_check("out.codes", out.codes, (torch.int8,), (M, kp), dev, align=4),
+                _check("out.scale", out.scale, (torch.float32,), (M,), dev),
+                _check("out.zero", out.zero, (torch.float32,), (M,), dev),
+                _check("out.x_outlier", out.x_outlier, (x.dtype,), (M, n_out), dev))
+    if M == 0:
+        return out
+    row_bytes = -(-K // 8) * 16  # K fp16/bf16 values, rounded up to whole 16-byte copies
+    staged = row_bytes <= _ACT_SMEM_MAX
+    name = "quik_act_quant_" + ("f16" if x.dtype == torch.float16 else "bf16") + ("" if staged else "_gmem")
+    # One block per row, ~16 columns per thread: a wide row on too few threads is latency bound
+    # (measured: 256 threads took ~28 us for one 28672-column row).
+    threads = min(1024, max(128, 1 << (max(kp, K) // 16 - 1).bit_length()))
+    _launch(dev, name, M, threads, _SIG_ACT,
+            (x_ptr, keep.data_ptr(), outl.data_ptr() if n_out else 0, *ptrs[:3], ptrs[3] if n_out else 0,
+             K, kq, kp, n_out, bits),
+            row_bytes if staged else 0)
+    return out
+
+
+def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:
+    """Validate the integer operands -> (M, N, Kp, w_bits, device index, a pointer, w pointer)."""
+    w_bits = _bits("w_bits", w_bits)
+    a_ptr = _check("a_codes", a_codes, (torch.int8,), (None, None), None, align=16)
+    dev = a_codes.get_device()
+    M, kp = a_codes.shape
+    _check_kp(kp, "a_codes")
+    if w_bits == 4:
+        w_ptr = _check("w", w, (torch.uint8,), (None, kp // 2), dev, align=16)
+    else:
+        w_ptr = _check("w", w, (torch.int8,), (None, kp), dev, align=16)
+    return M, w.shape[0], kp, w_bits, dev, a_ptr, w_ptr
+
+
+def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, int, int, int]:
+    """The tiled kernel of configuration ``cfg`` ("big" or "mid") -> (name, grid, block, dynamic smem)."""
+    bm, bn, threads, stages = _TILE[cfg]
+    grid = -(-M // bm) * -(-N // bn)  # 1-D: the kernel derives its grouped (m, n) raster from blockIdx.x
+    return f"quik_gemm_{ep}_w{w_bits}_{cfg}", grid, threads, _tile_smem(bm, bn, w_bits, stages)
+
+
+def _gemv_plan(M: int, N: int, w_bits: int, ep: str) -> tuple[str, int, int, int]:
+    """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem)."""
+    if M > 16:
+        raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
+    return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}", -(-N // _GEMV_ROWS), _GEMV_THREADS, 0
+
+
+def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, int, int]:
+    """Kernel choice -> (name, grid, block, dynamic smem).
+
+    M <= 16: the weight-streaming kernel (decode). Otherwise the tiled kernel, 128 x 256 tiles when they
+    fill the GPU at least once, else 64 x 128 tiles (more blocks for medium M / small N).
+    Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
+    """
+    if M <= 16:
+        return _gemv_plan(M, N, w_bits, ep)
+    bm, bn = _TILE["big"][:2]
+    big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
+    return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)
+
+
+def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = None) -> Tensor:
+    """acc[m, n] = sum_k a_codes[m, k] * wcode[n, k], exactly, as int32 [M, N] (the debug/exactness path).
+
+    a_codes int8 [M, Kp] (Kp % 64 == 0); w uint8 [N, Kp/2] (w_bits 4) or int8 [N, Kp] (w_bits 8).
+    """
+    M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
+    if out is None:
+        out = torch.empty(M, N, dtype=torch.int32, device=a_codes.device)
+        o_ptr = out.data_ptr()
+    else:
+        o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
+    if M and N:
+        name, grid, block, smem = _plan(M, N, w_bits, "i32", dev)
+        _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
+    return out
+
+
+def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
+              w_scale: Tensor, wsum: Tensor, y_base: Tensor | None, out_dtype: torch.dtype, *,
+              out: Tensor | None = None) -> Tensor:
+    """Integer GEMM + dequantization epilogue -> [M, N] in ``out_dtype`` (fp16 or bf16; computed in fp32).
+
+    out = acc * a_scale[m] * w_scale[n] + (a_zero[m] + a_shift * a_scale[m]) * wsum[n] + y_base[m, n].
+    a_codes int8 [M, Kp]; w as in int_gemm; a_scale, a_zero fp32 [M]; w_scale, wsum fp32 [N];
+    y_base None or out_dtype [M, N].
+    """
+    M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
+    if out_dtype not in _OUT_EP:
+        raise KernelError(f"out_dtype must be {_dt(list(_OUT_EP))}, got {out_dtype}")
+    ptrs = (_check("a_scale", a_scale, (torch.float32,), (M,), dev),
+            _check("a_zero", a_zero, (torch.float32,), (M,), dev),
+            _check("w_scale", w_scale, (torch.float32,), (N,), dev),
+            _check("wsum", wsum, (torch.float32,), (N,), dev),
+            0 if y_base is None else _check("y_base", y_base, (out_dtype,), (M, N), dev, align=16))
+    if isinstance(a_shift, bool) or not isinstance(a_shift, numbers.Real):
+        raise KernelError(f"a_shift must be a number (2^(bits-1)), got {a_shift!r}")
+    if out is None:
+        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
+        o_ptr = out.data_ptr()
+    else:
+        o_ptr = _check("out", out, (out_dtype,), (M, N), dev, align=16)
+    if M and N:
+        name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev)
+        a_scale_p, a_zero_p, w_scale_p, wsum_p, y_p = ptrs
+        _launch(dev, name, grid, block, _SIG_GEMM,
+                (a_ptr, w_ptr, o_ptr, M, N, kp, a_scale_p, a_zero_p, float(a_shift), w_scale_p, wsum_p, y_p), smem)
+    return out

@@ -1,0 +1,409 @@
+"""CUDA kernels vs the exact torch reference, on the same GPU inputs.
+
+(a) quantize_activations: codes, scale, zero and x_outlier bit-identical to reference.
+(b) int_gemm: int32 accumulators bit-identical to reference.int_gemm.
+(c) quik_gemm: relative (Frobenius) error <= 1e-3 against reference.quik_gemm computed in fp32.
+(d) bad launcher arguments raise KernelError with a message naming the argument.
+
+Inputs are random (never zeros) from a torch.Generator seeded per case; outputs are preallocated and
+poisoned (NaN / sentinel values) before each launch so that an element a kernel fails to write cannot
+pass. Every test needs a CUDA GPU and CuPy.
+"""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from quiktool.errors import KernelError
+from quiktool.runtime import reference
+
+
+def _skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible to torch"
+    try:
+        import cupy  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the machine
+        return f"CuPy is not importable: {e}"
+    return None
+
+
+_REASON = _skip_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+
+if _REASON is None:
+    from quiktool.runtime import cuda
+else:  # keep the module importable for collection on CPU machines
+    cuda = None  # type: ignore[assignment]
+
+DEV = "cuda"
+MS = [1, 3, 16, 118, 2048]
+# (Kq, N): Kq = quantized (non-outlier) columns, padded to Kp = 64 * ceil(Kq / 64) by the layout.
+GEMM_SHAPES = [(172, 64), (64, 172), (576, 1536), (1536, 576), (4096, 4096), (1000, 300)]
+# In-features K of the activation tests (the outliers are taken out of these columns).
+ACT_KS = [172, 64, 576, 1536, 4096, 1000]
+
+POISON_I32 = 0x7FFFFFFF  # never a real accumulator of these tests (|acc| <= 128 * 128 * 4096)
+POISON_I8 = 0x55         # never a 4-bit code; an 8-bit one only by chance, and exactness still fails then
+
+
+def _gen(*case: object) -> torch.Generator:
+    """A CUDA generator seeded from the test case, so each case has its own fresh, reproducible data."""
+    return torch.Generator(device=DEV).manual_seed(zlib.crc32(repr(case).encode()))
+
+
+def _codes(g: torch.Generator, rows: int, cols: int, bits: int) -> torch.Tensor:
+    """Random signed codes [rows, cols], full range (extremes included), never all zero."""
+    lo, hi = -(1 << (bits - 1)), 1 << (bits - 1)
+    return torch.randint(lo, hi, (rows, cols), generator=g, device=DEV, dtype=torch.int8)
+
+
+def _act_codes(g: torch.Generator, M: int, kq: int, bits: int) -> torch.Tensor:
+    """Activation codes as the layout has them: int8 [M, Kp], pad columns 0."""
+    return reference.pad_columns(_codes(g, M, kq, bits), reference.padded_k(kq))
+
+
+def _first_mismatch(got: torch.Tensor, ref: torch.Tensor) -> str:
+    bad = (got != ref) & ~(torch.isnan(got.float()) & torch.isnan(ref.float()))
+    if not bad.any():
+        return "equal"
+    idx = tuple(int(i) for i in bad.nonzero()[0])
+    return f"{int(bad.sum())} of {bad.numel()} differ; first at {idx}: got {got[idx].item()} want {ref[idx].item()}"
+
+
+def _assert_equal(name: str, got: torch.Tensor, ref: torch.Tensor) -> None:
+    assert got.dtype == ref.dtype and got.shape == ref.shape, \
+        f"{name}: {got.dtype}{list(got.shape)} vs {ref.dtype}{list(ref.shape)}"
+    # bit-level comparison (NaN == NaN at the same place): view floats as integers of the same width
+    as_int = {2: torch.int16, 4: torch.int32}
+    if got.is_floating_point():
+        gi, ri = got.view(as_int[got.element_size()]), ref.view(as_int[ref.element_size()])
+    else:
+        gi, ri = got, ref
+    assert torch.equal(gi, ri), f"{name}: {_first_mismatch(got, ref)}"
+
+
+def _poisoned_act_out(M: int, kp: int, n_out: int, dtype: torch.dtype) -> reference.ActCodes:
+    return reference.ActCodes(
+        torch.full((M, kp), POISON_I8, dtype=torch.int8, device=DEV),
+        torch.full((M,), float("nan"), device=DEV),
+        torch.full((M,), float("nan"), device=DEV),
+        torch.full((M, n_out), float("nan"), dtype=dtype, device=DEV),
+    )
+
+
+def _split_columns(g: torch.Generator, K: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """keep_idx ascending, outlier_idx in random order (the kernel must not care), both int32."""
+    perm = torch.randperm(K, generator=g, device=DEV)
+    keep = perm[n_out:].sort().values.to(torch.int32)
+    outl = perm[:n_out].to(torch.int32)
+    return keep, outl
+
+
+def _activations(g: torch.Generator, M: int, K: int, dtype: torch.dtype, outl: torch.Tensor) -> torch.Tensor:
+    x = torch.randn(M, K, generator=g, device=DEV) * (0.5 + 2 * torch.rand(M, 1, generator=g, device=DEV))
+    x[:, outl.long()] *= 40.0  # outlier channels: large, as in real activations
+    return x.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (a) activation quantization: bit-exact
+# ---------------------------------------------------------------------------------------------------
+def _check_act(x: torch.Tensor, keep: torch.Tensor, outl: torch.Tensor, bits: int) -> None:
+    M = x.shape[0]
+    kp = reference.padded_k(keep.numel())
+    ref = reference.quantize_activations(x, keep.long(), outl.long(), bits)
+    got = cuda.quantize_activations(x, keep, outl, bits, out=_poisoned_act_out(M, kp, outl.numel(), x.dtype))
+    for field in reference.ActCodes._fields:
+        _assert_equal(field, getattr(got, field), getattr(ref, field))
+
+
+@pytest.mark.parametrize("n_out", [0, 16])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("K", ACT_KS)
+@pytest.mark.parametrize("M", MS)
+def test_act_quant_exact(M: int, K: int, dtype: torch.dtype, bits: int, n_out: int) -> None:
+    K_in = K + n_out if K == 1000 else K  # 1000 quantized columns: a Kq that is not a multiple of 64
+    g = _gen("act", M, K_in, dtype, bits, n_out)
+    keep, outl = _split_columns(g, K_in, n_out)
+    _check_act(_activations(g, M, K_in, dtype, outl), keep, outl, bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_act_quant_edge_rows(dtype: torch.dtype) -> None:
+    """Round-half-even ties, a constant row (scale 1), a row with a subnormal range (no flush to zero)."""
+    K = 128
+    rows = []
+    ties = torch.arange(K, device=DEV, dtype=torch.float32) % 16 + 0.5  # mn = 0.5, values k + 0.5
+    ties[0], ties[1] = 0.0, 15.0                                      # range 15 -> scale 15 * (1/15)
+    rows.append(ties)
+    rows.append(torch.full((K,), 3.25, device=DEV))                     # constant row
+    g = _gen("edge", dtype)
+    if dtype == torch.bfloat16:  # bf16 has fp32's exponent range: values of ~1e-39 are fp32 subnormals
+        rows.append(torch.rand(K, generator=g, device=DEV) * 1e-39 + 1e-40)
+    else:  # fp16 subnormals: ~6e-8 .. 6e-5
+        rows.append(torch.rand(K, generator=g, device=DEV) * 6e-5)
+    rows.append(torch.randn(K, generator=g, device=DEV))
+    x = torch.stack(rows).to(dtype)
+    keep = torch.arange(K, dtype=torch.int32, device=DEV)
+    none = keep[:0]
+    for bits in (4, 8):
+        _check_act(x, keep, none, bits)
+
+
+@pytest.mark.parametrize("K", [98_000, 100_008, 99_999])
+def test_act_quant_very_wide_rows(K: int) -> None:
+    """98000 columns: staged in 196000 bytes of shared memory, just under the 192 KiB limit; wider rows
+    take the kernel that gathers from global memory."""
+    g = _gen("wide", K)
+    keep, outl = _split_columns(g, K, 64)
+    x = _activations(g, 3, K, torch.bfloat16, outl)
+    for bits in (4, 8):
+        _check_act(x, keep, outl, bits)
+
+
+def test_act_quant_misaligned_input_rows() -> None:
+    """x at a 2-byte offset: rows are copied element by element instead of with 16-byte async copies."""
+    g = _gen("misaligned")
+    M, K = 5, 4096
+    keep, outl = _split_columns(g, K, 32)
+    x = torch.empty(M * K + 1, dtype=torch.float16, device=DEV)[1:].view(M, K)
+    x.copy_(_activations(g, M, K, torch.float16, outl))
+    assert x.data_ptr() % 16
+    _check_act(x, keep, outl, 4)
+
+
+def test_act_quant_int64_index_is_accepted() -> None:
+    g = _gen("i64")
+    keep, outl = _split_columns(g, 300, 20)
+    x = _activations(g, 5, 300, torch.float16, outl)
+    ref = reference.quantize_activations(x, keep.long(), outl.long(), 4)
+    got = cuda.quantize_activations(x, keep.long(), outl.long(), 4)
+    for field in reference.ActCodes._fields:
+        _assert_equal(field, getattr(got, field), getattr(ref, field))
+
+
+# ---------------------------------------------------------------------------------------------------
+# (b) integer GEMM: bit-exact
+# ---------------------------------------------------------------------------------------------------
+def _check_int(a: torch.Tensor, w: torch.Tensor, w_bits: int) -> None:
+    M, N = a.shape[0], w.shape[0]
+    out = torch.full((M, N), POISON_I32, dtype=torch.int32, device=DEV)
+    got = cuda.int_gemm(a, w, w_bits, out=out)
+    _assert_equal("acc", got, reference.int_gemm(a, w, w_bits))
+
+
+@pytest.mark.parametrize("a_bits", [4, 8])
+@pytest.mark.parametrize("w_bits", [4, 8])
+@pytest.mark.parametrize("kq,N", GEMM_SHAPES)
+@pytest.mark.parametrize("M", MS)
+def test_int_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> None:
+    g = _gen("int", M, kq, N, w_bits, a_bits)
+    a = _act_codes(g, M, kq, a_bits)
+    w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
+    _check_int(a, w, w_bits)
+
+
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv"])
+@pytest.mark.parametrize("w_bits", [4, 8])
+def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
+    """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails."""
+    for M in ([1, 5, 8, 9, 16] if cfg == "gemv" else [1, 17, 130, 300]):
+        if cfg == "gemv":
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep))
+        else:
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+        for N in (1, 11, 172, 520):
+            for kq in (64, 200, 1000):
+                g = _gen("ragged", cfg, w_bits, M, N, kq)
+                _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits), w_bits)
+
+
+@pytest.mark.parametrize("w_bits", [4, 8])
+def test_int_gemm_extreme_codes(w_bits: int) -> None:
+    """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path)."""
+    for M in (3, 200):
+        kp = 8192
+        a = torch.full((M, kp), -128, dtype=torch.int8, device=DEV)
+        w = cuda.prepare_weight(torch.full((300, kp), -(1 << (w_bits - 1)), dtype=torch.int8, device=DEV), w_bits)
+        out = torch.full((M, 300), POISON_I32, dtype=torch.int32, device=DEV)
+        got = cuda.int_gemm(a, w, w_bits, out=out)
+        assert int(got.min()) == int(got.max()) == 128 * (1 << (w_bits - 1)) * kp
+
+
+# ---------------------------------------------------------------------------------------------------
+# (c) fused epilogue: <= 1e-3 relative error
+# ---------------------------------------------------------------------------------------------------
+def _epilogue_inputs(g: torch.Generator, M: int, N: int) -> tuple[torch.Tensor, ...]:
+    a_scale = torch.rand(M, generator=g, device=DEV) * 0.05 + 0.005
+    a_zero = torch.randn(M, generator=g, device=DEV)
+    w_scale = torch.rand(N, generator=g, device=DEV) * 0.02 + 0.002
+    wsum = torch.randn(N, generator=g, device=DEV) * 4
+    return a_scale, a_zero, w_scale, wsum
+
+
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+
+
+def _check_fused(a, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, y_base, dtype) -> None:
+    M, N = a.shape[0], w.shape[0]
+    out = torch.full((M, N), float("nan"), dtype=dtype, device=DEV)
+    got = cuda.quik_gemm(a, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, y_base, dtype, out=out)
+    assert not torch.isnan(got).any(), "unwritten (NaN-poisoned) output elements"
+    ref = reference.quik_gemm(a, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, y_base, torch.float32)
+    if dtype == torch.float16:
+        # fp16 rounding alone is <= 2^-11 ~ 4.9e-4 relative per element (RMS ~ 2.8e-4): compare to fp32.
+        target = ref
+    else:
+        # bf16 rounding alone is up to 2^-8 ~ 3.9e-3 per element (RMS ~ 2.3e-3 > 1e-3), so the fp32
+        # reference is rounded to bf16 first; the two then differ only where the fp32 values (whose
+        # summation order differs by ~1e-7 relative) straddle a bf16 rounding boundary: one ulp at a
+        # tiny fraction of the elements, far below 1e-3 in norm.
+        target = ref.to(dtype)
+    err = _rel_err(got, target)
+    assert err <= 1e-3, f"relative error {err:.3e} > 1e-3 ({dtype}, M={M}, N={N}, w_bits={w_bits})"
+
+
+@pytest.mark.parametrize("with_y", [False, True], ids=["no_y", "y"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("w_bits,a_bits", [(4, 4), (4, 8), (8, 8)])
+@pytest.mark.parametrize("kq,N", GEMM_SHAPES)
+@pytest.mark.parametrize("M", MS)
+def test_quik_gemm_close(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtype: torch.dtype, with_y: bool) -> None:
+    g = _gen("fused", M, kq, N, w_bits, a_bits, dtype, with_y)
+    a = _act_codes(g, M, kq, a_bits)
+    w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype) if with_y else None
+    _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
+
+
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv"])
+def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
+    for M in ([1, 7, 13] if cfg == "gemv" else [1, 19, 257]):
+        if cfg == "gemv":
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep))
+        else:
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+        for N in (1, 11, 300):
+            for w_bits in (4, 8):
+                for dtype in (torch.float16, torch.bfloat16):
+                    g = _gen("fused-ragged", cfg, M, N, w_bits, dtype)
+                    a = _act_codes(g, M, 200, 8)
+                    w = cuda.prepare_weight(_codes(g, N, 200, w_bits), w_bits)
+                    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+                    y = torch.randn(M, N, generator=g, device=DEV).to(dtype)
+                    _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("M", [1, 16, 118])
+def test_quik_linear_chain(M: int, dtype: torch.dtype) -> None:
+    """x -> quantize_activations -> quik_gemm (+ fp16 outlier product) on both backends."""
+    K, N, n_out, a_bits, w_bits = 1100, 300, 100, 4, 4
+    g = _gen("chain", M, dtype)
+    keep, outl = _split_columns(g, K, n_out)
+    x = _activations(g, M, K, dtype, outl)
+    w_codes = _codes(g, N, K - n_out, w_bits)
+    w_scale = torch.rand(N, generator=g, device=DEV) * 0.02 + 0.002
+    wsum = (w_codes.float() * w_scale[:, None]).sum(1)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    results = []
+    for backend in (reference, cuda):
+        w = backend.prepare_weight(w_codes, w_bits)
+        idx = (keep.long(), outl.long()) if backend is reference else (keep, outl)
+        q = backend.quantize_activations(x, *idx, a_bits)
+        y = q.x_outlier @ w_out.T                       # [M, N] outlier product in the model dtype
+        od = torch.float32 if backend is reference else dtype
+        results.append(backend.quik_gemm(q.codes, w, w_bits, q.scale, q.zero, 1 << (a_bits - 1), w_scale, wsum, y, od))
+    ref, got = results
+    assert _rel_err(got, ref if dtype == torch.float16 else ref.to(dtype)) <= 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------
+# (d) launcher argument checks
+# ---------------------------------------------------------------------------------------------------
+def _good(M: int = 4, kq: int = 100, N: int = 24):
+    g = _gen("args", M, kq, N)
+    a = _act_codes(g, M, kq, 4)
+    w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    return a, w, a_scale, a_zero, w_scale, wsum
+
+
+def test_int_gemm_rejects_bad_arguments() -> None:
+    a, w, *_ = _good()
+    cases = [
+        (lambda: cuda.int_gemm(a.int(), w, 4), r"a_codes: dtype must be int8, got int32"),
+        (lambda: cuda.int_gemm(a, w.view(torch.int8), 4), r"w: dtype must be uint8"),
+        (lambda: cuda.int_gemm(a, w, 8), r"w: dtype must be int8"),
+        (lambda: cuda.int_gemm(a.cpu(), w, 4), r"a_codes: must be a CUDA tensor"),
+        (lambda: cuda.int_gemm(a, w.cpu(), 4), r"w: must be a CUDA tensor"),
+        (lambda: cuda.int_gemm(a[:, :64].contiguous(), w, 4), r"w: shape must be \[\*, 32\], got \[24, 64\]"),
+        (lambda: cuda.int_gemm(torch.cat([a, a], 1)[:, ::2], w, 4), r"a_codes: must be contiguous"),
+        (lambda: cuda.int_gemm(a[:, :96].contiguous(), w[:, :48].contiguous(), 4), r"multiple of 64.*got 96"),
+        (lambda: cuda.int_gemm(a, w, 5), r"w_bits must be 4 or 8, got 5"),
+        (lambda: cuda.int_gemm(a[0], w, 4), r"a_codes: shape must be \[\*, \*\]"),
+        (lambda: cuda.int_gemm(a, w.t(), 4), r"w: shape must be|w: must be contiguous"),
+    ]
+    misaligned = torch.empty(a.numel() + 8, dtype=torch.int8, device=DEV)[8:].view(a.shape)
+    cases.append((lambda: cuda.int_gemm(misaligned, w, 4), r"a_codes: data pointer must be 16-byte aligned"))
+    for fn, msg in cases:
+        with pytest.raises(KernelError, match=msg):
+            fn()
+
+
+def test_quik_gemm_rejects_bad_arguments() -> None:
+    a, w, a_scale, a_zero, w_scale, wsum = _good()
+    M, N = a.shape[0], w.shape[0]
+    y16 = torch.zeros(M, N, dtype=torch.float16, device=DEV) + 1
+    base = dict(a_codes=a, w=w, w_bits=4, a_scale=a_scale, a_zero=a_zero, a_shift=8, w_scale=w_scale, wsum=wsum,
+                y_base=None, out_dtype=torch.float16)
+    cases = [
+        (dict(out_dtype=torch.float32), r"out_dtype must be float16 or bfloat16"),
+        (dict(a_scale=a_scale.half()), r"a_scale: dtype must be float32, got float16"),
+        (dict(a_zero=a_zero[:-1]), r"a_zero: shape must be \[4\], got \[3\]"),
+        (dict(w_scale=w_scale.cpu()), r"w_scale: must be a CUDA tensor"),
+        (dict(wsum=torch.stack([wsum, wsum], 1)[:, 0]), r"wsum: must be contiguous"),
+        (dict(y_base=y16.to(torch.bfloat16)), r"y_base: dtype must be float16, got bfloat16"),
+        (dict(y_base=y16[:, :-1].contiguous()), r"y_base: shape must be \[4, 24\]"),
+        (dict(a_shift="8"), r"a_shift must be a number"),
+    ]
+    for change, msg in cases:
+        with pytest.raises(KernelError, match=msg):
+            cuda.quik_gemm(**{**base, **change})
+    cuda.quik_gemm(**base)  # and the unchanged arguments are fine
+
+
+def test_quantize_activations_rejects_bad_arguments() -> None:
+    g = _gen("act-args")
+    keep, outl = _split_columns(g, 80, 8)
+    x = _activations(g, 4, 80, torch.float16, outl)
+    cases = [
+        (lambda: cuda.quantize_activations(x.float(), keep, outl, 4), r"x: dtype must be float16 or bfloat16"),
+        (lambda: cuda.quantize_activations(x.cpu(), keep, outl, 4), r"x: must be a CUDA tensor"),
+        (lambda: cuda.quantize_activations(x.t(), keep, outl, 4), r"x: must be contiguous"),
+        (lambda: cuda.quantize_activations(x, keep.float(), outl, 4), r"keep_idx: dtype must be int32 or int64"),
+        (lambda: cuda.quantize_activations(x, keep[None], outl, 4), r"keep_idx: shape must be \[\*\]"),
+        (lambda: cuda.quantize_activations(x, keep, outl.cpu(), 4), r"outlier_idx: must be a CUDA tensor"),
+        (lambda: cuda.quantize_activations(x, keep, outl, 3), r"bits must be 4 or 8, got 3"),
+        (lambda: cuda.quantize_activations(x, keep[:0], outl, 4), r"keep_idx: needs 1 to K=80 columns, got 0"),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(KernelError, match=msg):
+            fn()
+
+
+def test_out_of_range_index_poisons_the_row_instead_of_reading_out_of_bounds() -> None:
+    g = _gen("oob")
+    keep, outl = _split_columns(g, 80, 8)
+    x = _activations(g, 4, 80, torch.float16, outl)
+    keep = keep.clone()
+    keep[-1] = 1 << 20
+    q = cuda.quantize_activations(x, keep, outl, 4)
+    assert torch.isnan(q.scale).all() and torch.isnan(q.zero).all()
+    assert (q.codes == 0).all()

@@ -1,0 +1,54 @@
+"""The CUDA kernels compile (NVRTC, no GPU needed) with the runtime's own sources and options.
+
+Runs on the CPU-only CI. Skipped only when NVRTC itself cannot be loaded (CuPy or the
+nvidia-cuda-nvrtc wheel missing); a compile error is a failure.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quiktool.errors import KernelError
+from quiktool.runtime import cuda, reference
+
+
+def _nvrtc_or_skip() -> None:
+    if cuda.nvrtc_version() is None:
+        pytest.skip("NVRTC cannot be loaded (install the 'cuda' extra: cupy-cuda13x + nvidia-cuda-nvrtc)")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_compile_all(arch: str) -> None:
+    _nvrtc_or_skip()
+    cubins = cuda.compile_all(arch)
+    assert set(cubins) == set(cuda.KERNELS)
+    for filename, cubin in cubins.items():
+        found = cuda._cubin_kernels(cubin)
+        assert set(cuda.KERNELS[filename]) <= found, f"{filename}: missing {set(cuda.KERNELS[filename]) - found}"
+
+
+def test_compile_all_rejects_bad_arch() -> None:
+    with pytest.raises(KernelError, match="arch"):
+        cuda.compile_all("90")
+
+
+def test_import_without_gpu_and_api_matches_reference() -> None:
+    # Importing the module needs neither CuPy nor a GPU; is_available answers a plain bool.
+    assert isinstance(cuda.is_available(), bool)
+    assert cuda.NAME == "cuda"
+    assert cuda.K_ALIGN == reference.K_ALIGN
+    assert cuda.ActCodes is reference.ActCodes
+    assert cuda.padded_k(1000) == reference.padded_k(1000) == 1024
+
+
+def test_cpu_tensors_are_rejected_before_any_launch() -> None:
+    a = torch.zeros(4, 64, dtype=torch.int8)
+    w = torch.zeros(8, 32, dtype=torch.uint8)
+    with pytest.raises(KernelError, match="a_codes: must be a CUDA tensor"):
+        cuda.int_gemm(a, w, 4)
+    x = torch.zeros(4, 80, dtype=torch.float16)
+    idx = torch.arange(64, dtype=torch.int32)
+    with pytest.raises(KernelError, match="x: must be a CUDA tensor"):
+        cuda.quantize_activations(x, idx, idx[:0], 4)
+    with pytest.raises(KernelError, match="w_bits must be 4 or 8"):
+        cuda.int_gemm(a, w, 3)
