@@ -52,9 +52,11 @@ def cli(ctx, log_level, quiet):
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "datasets", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    if quiet:
-        import transformers
+    import transformers
 
+    if log_level != "debug":
+        transformers.utils.logging.set_verbosity_error()  # e.g. "sequence longer than max length" on whole-corpus tokenizing
+    if quiet:
         transformers.utils.logging.disable_progress_bar()
     ctx.obj = {"progress": not quiet}
 
