@@ -37,12 +37,14 @@ def versions() -> dict:
 
     v = {"quiktool": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
          "python": platform.python_version()}
-    try:
-        import cupy  # noqa: F401  (version only; the kernels live in runtime/cuda.py)
+    from importlib.metadata import PackageNotFoundError, version  # package metadata: no CuPy import here
 
-        v["cupy"] = cupy.__version__
-    except Exception:
-        pass
+    for dist in ("cupy-cuda13x", "cupy-cuda12x", "cupy"):
+        try:
+            v["cupy"] = version(dist)
+            break
+        except PackageNotFoundError:
+            pass
     return v
 
 
