@@ -3,6 +3,8 @@ every QuikLinear's real input, and compare the two backends layer by layer on th
 activation codes (exact), int32 accumulators (exact), and the layer output (relative error).
 
     PYTHONPATH=$PWD python3 scripts/device_layer_diff.py [--layers 2] [--seqlen 2048]
+    PYTHONPATH=$PWD python3 scripts/device_layer_diff.py --packed DIR --data-dir D [--seqlen 2048] [--window 0]
+        (a packed checkpoint on a real WikiText-2 window instead of the random model)
 """
 import argparse
 
@@ -17,17 +19,28 @@ from quiktool.runtime.quik_linear import QuikLinear, set_backend
 p = argparse.ArgumentParser()
 p.add_argument("--layers", type=int, default=2)
 p.add_argument("--seqlen", type=int, default=2048)
+p.add_argument("--packed", default=None, help="packed quiktool checkpoint folder (real model, real text)")
+p.add_argument("--data-dir", default=None)
+p.add_argument("--window", type=int, default=0)
 args = p.parse_args()
-cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.layers, num_attention_heads=32,
-                  num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
-torch.manual_seed(0)
-with torch.device("cuda"):
-    model = LlamaForCausalLM(cfg).to(torch.float16).eval()
-g = torch.Generator().manual_seed(1)
-calib = torch.randint(0, cfg.vocab_size, (2, args.seqlen), generator=g)
-ids = torch.randint(0, cfg.vocab_size, (1, args.seqlen), generator=g).cuda()
-api.quantize_model(model, load_config("quik-4b").replace(algorithm="rtn"), api.collect_channel_stats(model, calib),
-                   None, device="cuda", progress=False)
+if args.packed:
+    from quiktool.data import eval_windows, load_rows, tokenize_stream
+    from quiktool.format.checkpoint import load_packed
+
+    model, tok, _ = load_packed(args.packed, dtype=torch.float16, device="cuda", backend="torch")
+    ids = eval_windows(tokenize_stream(tok, load_rows("wikitext2", "test", args.data_dir)), args.seqlen)
+    ids = ids[args.window:args.window + 1].cuda()
+else:
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.layers, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.float16).eval()
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randint(0, cfg.vocab_size, (2, args.seqlen), generator=g)
+    ids = torch.randint(0, cfg.vocab_size, (1, args.seqlen), generator=g).cuda()
+    api.quantize_model(model, load_config("quik-4b").replace(algorithm="rtn"), api.collect_channel_stats(model, calib),
+                       None, device="cuda", progress=False)
 inputs = {}
 hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: inputs.__setitem__(n, inp[0].detach().clone()))
          for n, m in model.named_modules() if isinstance(m, QuikLinear)]
@@ -58,7 +71,7 @@ for n, m in model.named_modules():
     yc = m(x).float()
     rel = ((yc - yt).norm() / yt.norm()).item()
     worst = max(worst, rel)
-    if "layers.0." in n or rel > 1e-3 or not (codes_ok and acc_ok):
+    if ".layers.0." in n or rel > 1e-3 or not (codes_ok and acc_ok):
         print(f"{n:42s} {x.shape[0]:5d} {m.in_features:6d} {m.out_features:6d} {m.weight_bits} {m.act_bits}  "
               f"{'ok' if codes_ok else 'DIFF':5s} {'ok' if acc_ok else 'DIFF':5s} {rel:.2e}  {(yc - yt).abs().max():.3e}")
 print(f"worst layer rel error {worst:.2e}")
