@@ -10,10 +10,15 @@
 //   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
 //     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
 //     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
+//     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
 //   EP = i32 : C int32 [M, N] = acc                                (the exactness/debug path)
-//   EP = f16 / bf16 : out[m, n] = acc * a_scale[m] * w_scale[n]
+//   EP = f16 / bf16 : out[m, n] = acc * (a_scale[m] * w_scale[n])
 //                                 + (a_zero[m] + a_shift * a_scale[m]) * wsum[n] + y_base[m, n]
-//        computed in fp32, stored in the output dtype; y_base (same dtype as out) may be null.
+//        in fp32, every operation rounded to nearest in exactly this order (no FMA contraction), then
+//        rounded to the output dtype; y_base (same dtype as out) may be null. That is the operation
+//        sequence of reference.quik_gemm, so outputs are bit-identical to the torch reference, not
+//        merely close: the quantized model is discontinuous in its inputs (4-bit activation rounding),
+//        and a 1-ulp difference in one layer grows into a visibly different perplexity downstream.
 //   Assumptions (checked by the launcher in quiktool/runtime/cuda.py, not here):
 //     Kp % 64 == 0 and 64 <= Kp < 2^17; M, N >= 1 (tails are predicated, any value works);
 //     all tensors contiguous; A, W, out and y_base 16-byte aligned (16-byte copies and loads, paired
@@ -158,6 +163,20 @@ struct EpiArgs {
     float a_shift;
 };
 
+// The epilogue arithmetic, in the reference's order with explicit round-to-nearest intrinsics: nvcc/NVRTC
+// contract a * b + c into an FMA by default (one rounding instead of two), which made outputs differ from
+// the torch reference by an ulp now and then. Inline-PTX mul.rn / add.rn are never contracted.
+// Plain PTX without .ftz: CuPy compiles with -ftz=true, which would flush fp32 subnormals (e.g. a bf16
+// y_base of 1e-39) to zero where torch keeps them.
+QDEV float mul_rn(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+QDEV float add_rn(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+QDEV float row_zero(const EpiArgs& ep, int m) {  // a_zero[m] + a_shift * a_scale[m]
+    return add_rn(ep.a_zero[m], mul_rn(ep.a_shift, ep.a_scale[m]));
+}
+QDEV float epilogue_f32(int acc, float sa, float za, float ws, float su) {  // acc*(sa*ws) + za*su
+    return add_rn(mul_rn(__int2float_rn(acc), mul_rn(sa, ws)), mul_rn(za, su));
+}
+
 // Stores acc for (m, n) and (m, n + 1). n is even; pair stores need N even (then n < N => n + 1 < N and
 // the address is 4/8-byte aligned); otherwise each element is stored on its own. Caller checks m < M.
 template <int EP>
@@ -173,26 +192,26 @@ QDEV void store_pair(void* out, const EpiArgs& ep, int M, int N, int m, int n, i
             if (n + 1 < N) o[1] = v1;
         }
     } else {
-        float f0 = fmaf((float)v0, sa * ws0, za * su0);
-        float f1 = fmaf((float)v1, sa * ws1, za * su1);
+        float f0 = epilogue_f32(v0, sa, za, ws0, su0);
+        float f1 = epilogue_f32(v1, sa, za, ws1, su1);
         unsigned short* o = reinterpret_cast<unsigned short*>(out) + base;
         const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base);
         if ((N & 1) == 0) {
             if (n < N) {
                 if (y) {
                     const unsigned yy = *reinterpret_cast<const unsigned*>(y + base);
-                    f0 += load_f32<EP>((unsigned short)(yy & 0xFFFFu));
-                    f1 += load_f32<EP>((unsigned short)(yy >> 16));
+                    f0 = add_rn(f0, load_f32<EP>((unsigned short)(yy & 0xFFFFu)));
+                    f1 = add_rn(f1, load_f32<EP>((unsigned short)(yy >> 16)));
                 }
                 *reinterpret_cast<unsigned*>(o) = (unsigned)store_bits<EP>(f0) | ((unsigned)store_bits<EP>(f1) << 16);
             }
         } else {
             if (n < N) {
-                if (y) f0 += load_f32<EP>(y[base]);
+                if (y) f0 = add_rn(f0, load_f32<EP>(y[base]));
                 o[0] = store_bits<EP>(f0);
             }
             if (n + 1 < N) {
-                if (y) f1 += load_f32<EP>(y[base + 1]);
+                if (y) f1 = add_rn(f1, load_f32<EP>(y[base + 1]));
                 o[1] = store_bits<EP>(f1);
             }
         }
@@ -417,7 +436,7 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
             float sa = 0.f, za = 0.f;
             if (EP != 0) {
                 sa = ep.a_scale[m];
-                za = ep.a_zero[m] + ep.a_shift * sa;
+                za = row_zero(ep, m);
             }
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
@@ -558,10 +577,8 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         if constexpr (EP == 0) {
             reinterpret_cast<int*>(out)[idx] = v;
         } else {
-            const float sa = ep.a_scale[m];
-            const float za = ep.a_zero[m] + ep.a_shift * sa;
-            float f = fmaf((float)v, sa * ep.w_scale[n], za * ep.wsum[n]);
-            if (ep.y_base) f += load_f32<EP>(reinterpret_cast<const unsigned short*>(ep.y_base)[idx]);
+            float f = epilogue_f32(v, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ep.wsum[n]);
+            if (ep.y_base) f = add_rn(f, load_f32<EP>(reinterpret_cast<const unsigned short*>(ep.y_base)[idx]));
             reinterpret_cast<unsigned short*>(out)[idx] = store_bits<EP>(f);
         }
     }
@@ -609,3 +626,94 @@ QUIK_TILED_ALL(bf16, 2)
 QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
+
+// ---------------------------------------------------------------------------------------------
+// The library paths for large M (launcher: cuda._library_gemm). mma.sync s8 stops near cuBLAS FP16 speed
+// at M >= 512 (see above), while cuBLASLt's FP8 and INT8 GEMMs (wgmma) run faster. The integer sums stay
+// exact: W4A4 goes through FP8 e4m3 (every 4-bit code in [-8, 7] is exact in e4m3, products are <= 64,
+// and fp32 sums of such integers are exact while |acc| < 2^24, i.e. 64 * Kp with Kp <= 32768; the
+// library must also accumulate in real fp32, which it does with use_fast_accum=False: the launcher
+// proves it per device on adversarial codes before using the path, and the GPU tests check it on every
+// shape); W4A8 and W8A8 go through INT8 with int32 accumulation (exact by definition). These kernels
+// surround the library call: the weight codes unpacked before, the fused epilogue (bit-identical to the
+// GEMM kernels' one) after.
+//
+// quik_unpack_w4_lut: W uint8 [N, Kp/2] (the w4 layout above, flat) -> Wb uint8 [N, Kp], one byte per
+//   code: lut[nibble] with lut uint8 [16] indexed by the nibble (codes 0..7, then -8..-1): the e4m3
+//   bytes of the codes (FP8 path, built by torch so the encoding is torch's) or their int8 bytes.
+//   One thread per 16 packed bytes (32 codes): n_vec = N * Kp / 32 (whole: Kp % 64 == 0); block 256,
+//   grid ceil(n_vec / 256). W and Wb 16-byte aligned.
+// quik_epilogue_{f32,i32}acc_{f16,bf16}: acc [M, N] (fp32 holding exact integers, or int32) -> out
+//   [M, N], the epilogue of the GEMM kernels through store_pair. One thread per output pair (n, n + 1),
+//   n even: n_pairs = M * ceil(N/2); block 256, grid ceil(n_pairs / 256). acc 8-byte aligned; out and
+//   y_base as for the GEMM kernels.
+// ---------------------------------------------------------------------------------------------
+namespace {
+QDEV unsigned lut_pair_word(unsigned x, const unsigned char* t, int j) {  // packed bytes 2j, 2j+1 of x
+    const unsigned b0 = (x >> (16 * j)) & 0xFFu, b1 = (x >> (16 * j + 8)) & 0xFFu;
+    return (unsigned)t[b0 & 0xF] | ((unsigned)t[b0 >> 4] << 8) | ((unsigned)t[b1 & 0xF] << 16) |
+           ((unsigned)t[b1 >> 4] << 24);
+}
+
+QDEV int acc_int(float v) { return __float2int_rn(v); }  // exact: v is an integer below 2^24
+QDEV int acc_int(int v) { return v; }
+QDEV void load_acc_pair(const float* a, int& v0, int& v1) {
+    const float2 p = *reinterpret_cast<const float2*>(a);
+    v0 = acc_int(p.x);
+    v1 = acc_int(p.y);
+}
+QDEV void load_acc_pair(const int* a, int& v0, int& v1) {
+    const int2 p = *reinterpret_cast<const int2*>(a);
+    v0 = p.x;
+    v1 = p.y;
+}
+
+template <int EP, typename ACC>
+QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& ep) {
+    const int half = (N + 1) >> 1;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)M * half) return;
+    const int m = (int)(i / half), n = 2 * (int)(i % half);
+    const size_t base = (size_t)m * N + n;
+    int v0, v1 = 0;
+    float ws1 = 0.f, su1 = 0.f;
+    if ((N & 1) == 0) {
+        load_acc_pair(acc + base, v0, v1);
+    } else {
+        v0 = acc_int(acc[base]);
+        if (n + 1 < N) v1 = acc_int(acc[base + 1]);
+    }
+    if (n + 1 < N) {
+        ws1 = ep.w_scale[n + 1];
+        su1 = ep.wsum[n + 1];
+    }
+    store_pair<EP>(out, ep, M, N, m, n, v0, v1, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ws1, ep.wsum[n], su1);
+}
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(256)
+quik_unpack_w4_lut(const uint4* W, uint4* Wb, const unsigned char* lut, long long n_vec) {
+    __shared__ unsigned char t[16];
+    if (threadIdx.x < 16) t[threadIdx.x] = lut[threadIdx.x];
+    __syncthreads();
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_vec) return;
+    const uint4 x = W[i];  // packed bytes 16i .. 16i+15 -> codes 32i .. 32i+31, low nibble first
+    Wb[2 * i] = make_uint4(lut_pair_word(x.x, t, 0), lut_pair_word(x.x, t, 1), lut_pair_word(x.y, t, 0),
+                           lut_pair_word(x.y, t, 1));
+    Wb[2 * i + 1] = make_uint4(lut_pair_word(x.z, t, 0), lut_pair_word(x.z, t, 1), lut_pair_word(x.w, t, 0),
+                               lut_pair_word(x.w, t, 1));
+}
+
+#define QUIK_EPI_ACC(NAME, ACC, EP)                                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+    NAME(const ACC* acc, void* out, int M, int N, const float* a_scale, const float* a_zero, float a_shift,        \
+         const float* w_scale, const float* wsum, const void* y_base) {                                             \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        epilogue_acc<EP, ACC>(acc, out, M, N, ep);                                                                 \
+    }
+
+QUIK_EPI_ACC(quik_epilogue_f32acc_f16, float, 1)
+QUIK_EPI_ACC(quik_epilogue_f32acc_bf16, float, 2)
+QUIK_EPI_ACC(quik_epilogue_i32acc_f16, int, 1)
+QUIK_EPI_ACC(quik_epilogue_i32acc_bf16, int, 2)

@@ -550,6 +550,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
     result.update({
         "shapes": [f"{k}x{n}" for k, n in shape_list], "m": m_list, "schemes": scheme_list, "outliers": out_list,
         "fused_epilogue": fused, "peers_enabled": bool(peers and on_cuda),
+        "lib_gemm_min_m": _lib_min_m() if fused else None,
         "timing": {"method": ("CUDA events around each call; L2 overwritten and a GPU head start before each run"
                               if on_cuda else "time.perf_counter around each call"),
                    "max_reps": reps, "max_warmup": warmup, "max_point_s": max_point_s, "statistic": "median",
@@ -605,6 +606,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                         L = b.layer
                         y = L(xs[0])
                         row["finite"] = bool(torch.isfinite(y).all())
+                        row["gemm_path"] = _gemm_path(L, M) if fused else None
                         if check and fused:
                             # against the exact reference on up to 256 rows (the same kernel family as M)
                             xc = xs[0][:256]
@@ -724,6 +726,22 @@ def _render(header: Sequence[str], rows: list[list[str]], right: set[int]) -> li
     return [fmt(header).rstrip(), fmt(["-" * x for x in w])] + [fmt(r).rstrip() for r in rows]
 
 
+def _lib_min_m() -> int:
+    from quiktool.runtime import cuda
+
+    return cuda.LIB_MIN_M
+
+
+def _gemm_path(layer, M: int) -> str:
+    """Which integer GEMM the cuda backend runs for this layer at M tokens: 'fp8', 'int8' or 'mma'."""
+    from quiktool.runtime import cuda
+
+    w = layer.w_rt
+    kp = w.shape[1] * (2 if layer.weight_bits == 4 else 1)
+    shift = 1 << (layer.act_bits - 1)
+    return cuda.gemm_path(M, w.shape[0], kp, layer.weight_bits, shift, w.get_device())
+
+
 def format_layer_table(result: dict, compact: bool = False) -> str:
     """The layer benchmark as a text table (what the CLI prints). ``compact``: speed columns only."""
     fp = result["dtype"].upper()
@@ -741,6 +759,9 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
                      f"W4A16 = {result['peers']['w4a16']}")
     else:
         lines.append("peers: n/a (timed on CUDA only)")
+    if result.get("lib_gemm_min_m"):
+        lines.append("scheme+fp8 / +int8: the integer GEMM ran in cuBLASLt on the FP8 / INT8 tensor cores (exact "
+                     f"sums; large M, from {result['lib_gemm_min_m']} tokens), otherwise in quiktool's mma.sync kernels")
     if not compact:
         lines.append("stage columns: share of the QUIK layer time; "
                      + ("with the cuda backend the epilogue is fused into the GEMM (gemm+epi); "
@@ -757,7 +778,8 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         head += [stage_names[k] for k in stage_keys]
     body, errors = [], []
     for r in result["rows"]:
-        base = [r["shape"], str(r["M"]), r["scheme"], str(r["outliers"])]
+        scheme = r["scheme"] + (f"+{r['gemm_path']}" if r.get("gemm_path") in ("fp8", "int8") else "")
+        base = [r["shape"], str(r["M"]), scheme, str(r["outliers"])]
         if r.get("error"):
             body.append(base + ["error"] + [""] * (len(head) - 5))
             errors.append(f"  {r['shape']} M={r['M']} {r['scheme']} outliers={r['outliers']}: {r['error']}")

@@ -1,6 +1,7 @@
 """Localize a backend mismatch: run a randomly initialised LLaMA-2-7B-shaped model (QUIK-4B, RTN), capture
 every QuikLinear's real input, and compare the two backends layer by layer on that same input:
-activation codes (exact), int32 accumulators (exact), and the layer output (relative error).
+activation codes (exact), int32 accumulators (exact), and the layer output (how many elements differ,
+which must be 0 since the epilogue is bit-identical, and the relative error).
 
     PYTHONPATH=$PWD python3 scripts/device_layer_diff.py [--layers 2] [--seqlen 2048]
     PYTHONPATH=$PWD python3 scripts/device_layer_diff.py --packed DIR --data-dir D [--seqlen 2048] [--window 0]
@@ -54,9 +55,10 @@ with torch.no_grad():
     lc = model(ids, use_cache=False).logits.float()
     lc2 = model(ids, use_cache=False).logits.float()
 print(f"logits: std torch {lt.std():.4f} cuda {lc.std():.4f}; rel diff {((lc - lt).norm() / lt.norm()):.3e}; "
+      f"identical {torch.equal(lc, lt)}; "
       f"cuda run-to-run {((lc - lc2).norm() / lc.norm()):.3e}")
-print(f"{'layer':42s} {'M':>5s} {'K':>6s} {'N':>6s} W A  codes  acc   rel_out   max|d|")
-worst = 0.0
+print(f"{'layer':42s} {'M':>5s} {'K':>6s} {'N':>6s} W A  codes  acc   n_diff  rel_out   max|d|")
+worst, total_diff = 0.0, 0
 for n, m in model.named_modules():
     if not isinstance(m, QuikLinear) or n not in inputs:
         continue
@@ -70,8 +72,10 @@ for n, m in model.named_modules():
     m.backend = "cuda"
     yc = m(x).float()
     rel = ((yc - yt).norm() / yt.norm()).item()
-    worst = max(worst, rel)
-    if ".layers.0." in n or rel > 1e-3 or not (codes_ok and acc_ok):
+    n_diff = int((yc != yt).sum())
+    worst, total_diff = max(worst, rel), total_diff + n_diff
+    if ".layers.0." in n or n_diff or not (codes_ok and acc_ok):
         print(f"{n:42s} {x.shape[0]:5d} {m.in_features:6d} {m.out_features:6d} {m.weight_bits} {m.act_bits}  "
-              f"{'ok' if codes_ok else 'DIFF':5s} {'ok' if acc_ok else 'DIFF':5s} {rel:.2e}  {(yc - yt).abs().max():.3e}")
-print(f"worst layer rel error {worst:.2e}")
+              f"{'ok' if codes_ok else 'DIFF':5s} {'ok' if acc_ok else 'DIFF':5s} {n_diff:6d}  {rel:.2e}  "
+              f"{(yc - yt).abs().max():.3e}")
+print(f"worst layer rel error {worst:.2e}; differing output elements over all layers: {total_diff}")

@@ -23,6 +23,7 @@ import functools
 import importlib.resources
 import logging
 import numbers
+import os
 import re
 import struct
 import threading
@@ -38,7 +39,8 @@ from quiktool.runtime.reference import ActCodes, padded_k
 
 __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
-    "int_gemm", "quik_gemm", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS",
+    "int_gemm", "quik_gemm", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
+    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
         + [f"quik_gemv_{ep}_w{wb}_m{mt}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)]
+        + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
 
@@ -209,10 +212,10 @@ class _Params(threading.local):
 
     CuPy's RawKernel call packs its arguments anew on every launch (~15 us); filling ctypes slots and
     calling the driver directly costs a few microseconds, which matters for decode-sized GEMMs.
-    Signature letters: p = pointer (uint64), i = int32, f = float32.
+    Signature letters: p = pointer (uint64), i = int32, l = int64, f = float32.
     """
 
-    _CTYPE = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "f": ctypes.c_float}
+    _CTYPE = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "l": ctypes.c_int64, "f": ctypes.c_float}
 
     def __init__(self) -> None:
         self.by_sig: dict[str, tuple[list[Any], int, Any]] = {}
@@ -232,6 +235,8 @@ class _Params(threading.local):
 _PARAMS = _Params()
 _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
+_SIG_UNPACK = "pppl"        # W, We, lut, n_vec
+_SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 
 
 @functools.lru_cache(maxsize=None)
@@ -437,9 +442,15 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
               out: Tensor | None = None) -> Tensor:
     """Integer GEMM + dequantization epilogue -> [M, N] in ``out_dtype`` (fp16 or bf16; computed in fp32).
 
-    out = acc * a_scale[m] * w_scale[n] + (a_zero[m] + a_shift * a_scale[m]) * wsum[n] + y_base[m, n].
-    a_codes int8 [M, Kp]; w as in int_gemm; a_scale, a_zero fp32 [M]; w_scale, wsum fp32 [N];
-    y_base None or out_dtype [M, N].
+    out = acc * (a_scale[m] * w_scale[n]) + (a_zero[m] + a_shift * a_scale[m]) * wsum[n] + y_base[m, n],
+    bit-identical to reference.quik_gemm. a_codes int8 [M, Kp]; w as in int_gemm; a_scale, a_zero fp32
+    [M]; w_scale, wsum fp32 [N]; y_base None or out_dtype [M, N]. a_shift = 2^(bits-1) of the codes.
+
+    Kernel choice (gemm_path): at large M (>= LIB_MIN_M tokens and LIB_MIN_MACS multiply-adds) the integer
+    product runs in cuBLASLt: W4A4 (a_shift 8: codes in [-8, 7]) on the FP8 tensor cores with e4m3 copies
+    of the codes (exact fp32 sums), W4A8 / W8A8 on the INT8 ones (torch._int_mm, int32 sums); weight
+    codes unpacked per call by our kernel, then our epilogue kernel. Otherwise our mma.sync kernels with
+    the epilogue fused (see _plan).
     """
     M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
     if out_dtype not in _OUT_EP:
@@ -457,8 +468,122 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     else:
         o_ptr = _check("out", out, (out_dtype,), (M, N), dev, align=16)
     if M and N:
-        name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev)
         a_scale_p, a_zero_p, w_scale_p, wsum_p, y_p = ptrs
-        _launch(dev, name, grid, block, _SIG_GEMM,
-                (a_ptr, w_ptr, o_ptr, M, N, kp, a_scale_p, a_zero_p, float(a_shift), w_scale_p, wsum_p, y_p), smem)
+        epi = (a_scale_p, a_zero_p, float(a_shift), w_scale_p, wsum_p, y_p)
+        path = gemm_path(M, N, kp, w_bits, a_shift, dev)
+        if path != "mma":
+            acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
+            kind = "f32" if path == "fp8" else "i32"
+            _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
+                    _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
+        else:
+            name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev)
+            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The library paths of quik_gemm at large M: cuBLASLt's FP8 / INT8 GEMMs (kernels/quik_gemm.cu, end)
+# ---------------------------------------------------------------------------------------------------
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name, str(default))
+    try:
+        return int(v)
+    except ValueError:
+        raise KernelError(f"{name} must be an integer (0 turns the library GEMM paths off), got {v!r}") from None
+
+
+# GEMMs with at least LIB_MIN_M tokens and LIB_MIN_MACS multiply-adds (M * N * Kp) go through a library
+# path (0 for LIB_MIN_M: never); below, quiktool's own mma.sync kernels are faster, because the weight
+# unpack and the accumulator's round trip through memory are fixed costs. Measured crossover (H200,
+# docs/RESULTS.md): FP8 W4A4 ties mma.sync at M = 256 on 8192 x 28672 and wins from M = 512; on
+# 4096 x 4096 mma.sync still wins at M = 512 (8.6e9 MACs) and loses at M = 2048.
+# Both can be set from the environment (QUIKTOOL_LIB_GEMM_MIN_M, QUIKTOOL_LIB_GEMM_MIN_MACS), e.g. to
+# measure the crossover: scripts/device_crossover.sh.
+LIB_MIN_M = _env_int("QUIKTOOL_LIB_GEMM_MIN_M", 256)
+LIB_MIN_MACS = _env_int("QUIKTOOL_LIB_GEMM_MIN_MACS", 1 << 34)
+_FP8_MAX_KP = 32768  # |acc| <= 64 * Kp stays far below 2^24, and the per-device proof covers this K
+
+
+def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> str:
+    """Which integer GEMM quik_gemm runs: 'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt
+    INT8, torch._int_mm) or 'mma' (quiktool's kernels, with the epilogue fused)."""
+    if not (0 < LIB_MIN_M <= M and M * N * kp >= LIB_MIN_MACS):
+        return "mma"
+    if w_bits == 4 and a_shift == 8 and N % 16 == 0 and kp <= _FP8_MAX_KP and fp8_exact_on(dev):
+        return "fp8"
+    if a_shift != 8 and M > 16 and N % 8 == 0 and hasattr(torch, "_int_mm"):
+        return "int8"
+    return "mma"
+
+
+@functools.lru_cache(maxsize=None)
+def _luts(dev: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(e4m3 byte of each nibble's code, in torch's encoding; int8 byte of each nibble's code; fp32 1.0)."""
+    codes = torch.tensor(list(range(8)) + list(range(-8, 0)), dtype=torch.int8)
+    d = f"cuda:{dev}"
+    return (codes.to(torch.float8_e4m3fn).view(torch.uint8).to(d), codes.view(torch.uint8).to(d),
+            torch.ones((), dtype=torch.float32, device=d))
+
+
+def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
+    """uint8 [N, Kp/2] packed codes -> uint8 [N, Kp], one lut byte per code."""
+    out = torch.empty(N, kp, dtype=torch.uint8, device=w.device)
+    n_vec = N * kp // 32
+    _launch(dev, "quik_unpack_w4_lut", -(-n_vec // 256), 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(),
+                                                                             lut.data_ptr(), n_vec))
+    return out
+
+
+def _library_int_gemm(path: str, a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int) -> Tensor:
+    """acc [M, N] = a_codes [M, Kp] x w [N, Kp]^T through cuBLASLt: fp32 (path 'fp8') or int32 ('int8')."""
+    e4m3_lut, int8_lut, one = _luts(dev)
+    if path == "fp8":
+        we = _unpack_w4(w, e4m3_lut, N, kp, dev).view(torch.float8_e4m3fn)   # [N, Kp]
+        a8 = a_codes.to(torch.float8_e4m3fn)                                     # [M, Kp], exact for [-8, 7]
+        acc = torch._scaled_mm(a8, we.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
+                               use_fast_accum=False)                             # [M, N]
+    else:
+        wi = _unpack_w4(w, int8_lut, N, kp, dev).view(torch.int8) if w_bits == 4 else w   # [N, Kp]
+        acc = torch._int_mm(a_codes, wi.t())                                     # [M, N] int32
+    return acc if acc.is_contiguous() else acc.contiguous()                      # the epilogue reads row-major
+
+
+def _fp8_int_gemm(a_codes: Tensor, w: Tensor, N: int, kp: int, dev: int) -> Tensor:
+    return _library_int_gemm("fp8", a_codes, w, 4, N, kp, dev)
+
+
+@functools.lru_cache(maxsize=None)
+def fp8_exact_on(dev: int) -> bool:
+    """Prove, once per device and process, that the FP8 path returns exact integer sums.
+
+    The e4m3 values and products are exact; what is not documented is whether the library keeps every
+    bit while accumulating (Hopper's FP8 MMA accumulates with reduced precision internally; cuBLASLt
+    promotes to fp32 when use_fast_accum=False). Adversarial rows (all products 64, 64 then 1, large
+    then small, small then large, mixed signs) at the largest K of the path decide; any mismatch, or a
+    torch without FP8 support, turns the path off with a warning, and the mma.sync kernels do the work.
+    """
+    if torch.cuda.get_device_capability(dev) < (8, 9) or not hasattr(torch, "_scaled_mm"):
+        return False
+    try:
+        M = N = 128
+        K = _FP8_MAX_KP
+        g = torch.Generator(device=f"cuda:{dev}").manual_seed(0x5EED)
+        a = torch.randint(-8, 8, (M, K), generator=g, device=f"cuda:{dev}", dtype=torch.int8)
+        c = torch.randint(-8, 8, (N, K), generator=g, device=f"cuda:{dev}", dtype=torch.int8)
+        half, alt = K // 2, torch.arange(K, device=f"cuda:{dev}") % 2 == 0
+        big = torch.full((K,), -8, dtype=torch.int8, device=f"cuda:{dev}")
+        patterns = [big, torch.where(alt, big, 1), torch.cat([big[:half], big[half:] * 0 + 1]),
+                    torch.cat([big[:half] * 0 + 1, big[half:]]), torch.where(alt, big, 7)]
+        for i, p in enumerate(patterns):
+            a[i], c[i] = p, p
+            a[M - 1 - i], c[N - 1 - i] = p, -p.clamp(min=-7)
+        w = prepare_weight(c, 4)
+        got = _fp8_int_gemm(a, w, N, K, dev)
+        ok = torch.equal(got, _ref.int_gemm(a, w, 4).to(torch.float32))
+    except Exception as e:  # noqa: BLE001 - any failure means: do not use the path
+        log.warning("FP8 path disabled on cuda:%d: %s: %s", dev, type(e).__name__, e)
+        return False
+    if not ok:
+        log.warning("FP8 path disabled on cuda:%d: its integer sums were not exact on adversarial codes", dev)
+    return ok
