@@ -550,7 +550,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
     result.update({
         "shapes": [f"{k}x{n}" for k, n in shape_list], "m": m_list, "schemes": scheme_list, "outliers": out_list,
         "fused_epilogue": fused, "peers_enabled": bool(peers and on_cuda),
-        "lib_gemm_min_m": _lib_min_m() if fused else None,
+        "library_gemm": _library_gemm_rule() if fused else None,
         "timing": {"method": ("CUDA events around each call; L2 overwritten and a GPU head start before each run"
                               if on_cuda else "time.perf_counter around each call"),
                    "max_reps": reps, "max_warmup": warmup, "max_point_s": max_point_s, "statistic": "median",
@@ -726,10 +726,12 @@ def _render(header: Sequence[str], rows: list[list[str]], right: set[int]) -> li
     return [fmt(header).rstrip(), fmt(["-" * x for x in w])] + [fmt(r).rstrip() for r in rows]
 
 
-def _lib_min_m() -> int:
+def _library_gemm_rule() -> dict:
     from quiktool.runtime import cuda
 
-    return cuda.LIB_MIN_M
+    if cuda.LIB_MIN_M == 0:
+        return {"enabled": False}
+    return {"enabled": True, "min_m": {p: cuda._min_m(p) for p in ("fp8", "int8")}, "min_macs": cuda.LIB_MIN_MACS}
 
 
 def _gemm_path(layer, M: int) -> str:
@@ -759,9 +761,11 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
                      f"W4A16 = {result['peers']['w4a16']}")
     else:
         lines.append("peers: n/a (timed on CUDA only)")
-    if result.get("lib_gemm_min_m"):
+    rule = result.get("library_gemm") or {}
+    if rule.get("enabled"):
         lines.append("scheme+fp8 / +int8: the integer GEMM ran in cuBLASLt on the FP8 / INT8 tensor cores (exact "
-                     f"sums; large M, from {result['lib_gemm_min_m']} tokens), otherwise in quiktool's mma.sync kernels")
+                     f"sums; from M = {rule['min_m']['fp8']} / {rule['min_m']['int8']} tokens and "
+                     f"{rule['min_macs']:.2g} multiply-adds), otherwise in quiktool's mma.sync kernels")
     if not compact:
         lines.append("stage columns: share of the QUIK layer time; "
                      + ("with the cuda backend the epilogue is fused into the GEMM (gemm+epi); "

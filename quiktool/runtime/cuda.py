@@ -446,7 +446,7 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     bit-identical to reference.quik_gemm. a_codes int8 [M, Kp]; w as in int_gemm; a_scale, a_zero fp32
     [M]; w_scale, wsum fp32 [N]; y_base None or out_dtype [M, N]. a_shift = 2^(bits-1) of the codes.
 
-    Kernel choice (gemm_path): at large M (>= LIB_MIN_M tokens and LIB_MIN_MACS multiply-adds) the integer
+    Kernel choice (gemm_path): at large M (enough tokens and LIB_MIN_MACS multiply-adds) the integer
     product runs in cuBLASLt: W4A4 (a_shift 8: codes in [-8, 7]) on the FP8 tensor cores with e4m3 copies
     of the codes (exact fp32 sums), W4A8 / W8A8 on the INT8 ones (torch._int_mm, int32 sums); weight
     codes unpacked per call by our kernel, then our epilogue kernel. Otherwise our mma.sync kernels with
@@ -485,34 +485,45 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 # ---------------------------------------------------------------------------------------------------
 # The library paths of quik_gemm at large M: cuBLASLt's FP8 / INT8 GEMMs (kernels/quik_gemm.cu, end)
 # ---------------------------------------------------------------------------------------------------
-def _env_int(name: str, default: int) -> int:
-    v = os.environ.get(name, str(default))
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    if v is None:
+        return None
     try:
         return int(v)
     except ValueError:
         raise KernelError(f"{name} must be an integer (0 turns the library GEMM paths off), got {v!r}") from None
 
 
-# GEMMs with at least LIB_MIN_M tokens and LIB_MIN_MACS multiply-adds (M * N * Kp) go through a library
-# path (0 for LIB_MIN_M: never); below, quiktool's own mma.sync kernels are faster, because the weight
-# unpack and the accumulator's round trip through memory are fixed costs. Measured crossover (H200,
-# docs/RESULTS.md): FP8 W4A4 ties mma.sync at M = 256 on 8192 x 28672 and wins from M = 512; on
-# 4096 x 4096 mma.sync still wins at M = 512 (8.6e9 MACs) and loses at M = 2048.
-# Both can be set from the environment (QUIKTOOL_LIB_GEMM_MIN_M, QUIKTOOL_LIB_GEMM_MIN_MACS), e.g. to
-# measure the crossover: scripts/device_crossover.sh.
-LIB_MIN_M = _env_int("QUIKTOOL_LIB_GEMM_MIN_M", 256)
-LIB_MIN_MACS = _env_int("QUIKTOOL_LIB_GEMM_MIN_MACS", 1 << 34)
+# A GEMM goes through a library path when it has at least LIB_MIN_MACS multiply-adds (M * N * Kp) and at
+# least the path's minimum token count; below, quiktool's own mma.sync kernels are faster, because the
+# weight unpack and the accumulator's round trip through memory are fixed costs. Measured crossover (H200,
+# scripts/device_crossover.sh, docs/RESULTS.md): FP8 W4A4 ties mma.sync at M = 256 on 8192 x 28672 and
+# 28672 x 8192 and wins from M = 512; INT8 W4A8 loses at M = 256 and wins from 512; on 4096 x 4096
+# (8.6e9 MACs at M = 512) mma.sync wins up to M = 512 and loses at M = 2048.
+# QUIKTOOL_LIB_GEMM_MIN_M (environment) replaces both token minimums (0: never use the library paths),
+# QUIKTOOL_LIB_GEMM_MIN_MACS the work minimum; the tests and the crossover script use them.
+_PATH_MIN_M = {"fp8": 256, "int8": 512}
+LIB_MIN_M: int | None = _env_int("QUIKTOOL_LIB_GEMM_MIN_M")
+_macs = _env_int("QUIKTOOL_LIB_GEMM_MIN_MACS")
+LIB_MIN_MACS: int = 1 << 34 if _macs is None else _macs
 _FP8_MAX_KP = 32768  # |acc| <= 64 * Kp stays far below 2^24, and the per-device proof covers this K
+
+
+def _min_m(path: str) -> int:
+    return _PATH_MIN_M[path] if LIB_MIN_M is None else LIB_MIN_M
 
 
 def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> str:
     """Which integer GEMM quik_gemm runs: 'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt
     INT8, torch._int_mm) or 'mma' (quiktool's kernels, with the epilogue fused)."""
-    if not (0 < LIB_MIN_M <= M and M * N * kp >= LIB_MIN_MACS):
+    if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:
         return "mma"
-    if w_bits == 4 and a_shift == 8 and N % 16 == 0 and kp <= _FP8_MAX_KP and fp8_exact_on(dev):
-        return "fp8"
-    if a_shift != 8 and M > 16 and N % 8 == 0 and hasattr(torch, "_int_mm"):
+    if a_shift == 8:
+        if (M >= _min_m("fp8") and w_bits == 4 and N % 16 == 0 and kp <= _FP8_MAX_KP and fp8_exact_on(dev)):
+            return "fp8"
+        return "mma"
+    if M >= max(_min_m("int8"), 17) and N % 8 == 0 and hasattr(torch, "_int_mm"):
         return "int8"
     return "mma"
 
