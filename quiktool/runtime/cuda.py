@@ -81,7 +81,15 @@ _OUT_EP = {torch.float16: "f16", torch.bfloat16: "bf16"}
 # ---------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _source(filename: str) -> str:
-    """Text of kernels/<filename>: the source checkout's folder, else the installed package data."""
+    """Text of kernels/<filename>: $QUIKTOOL_KERNELS_DIR if set (kernel development: A/B runs against an
+    older copy), else the source checkout's folder, else the installed package data."""
+    override = os.environ.get("QUIKTOOL_KERNELS_DIR")
+    if override:
+        path = Path(override) / filename
+        if not path.is_file():
+            raise KernelError(f"QUIKTOOL_KERNELS_DIR={override!r} has no {filename}; unset it to use the shipped kernels")
+        log.warning("kernel source %s from QUIKTOOL_KERNELS_DIR", path)
+        return path.read_text()
     local = Path(__file__).resolve().parents[2] / "kernels" / filename
     if local.is_file():
         return local.read_text()
