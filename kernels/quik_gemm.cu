@@ -28,7 +28,7 @@
 //                       dynamic smem 4 * (128*64 + 256*(WB==4 ? 32 : 64)) bytes = 64 KiB (w4) / 96 KiB (w8)
 //     quik_gemm_*_mid : block 128 threads, tile 64 x 128, grid = ceil(M/64) * ceil(N/128),
 //                       dynamic smem 4 * (64*64 + 128*(WB==4 ? 32 : 64)) bytes = 32 KiB (w4) / 48 KiB (w8)
-//     quik_gemv_*     : block 256 threads, grid = ceil(N/32), static smem only
+//     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (ceil(N/16) for *_r16), static smem only
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
 // TOPS), while m16n8k32 .s8 runs at ~1.2 POPS. A weight nibble w is unpacked into the HIGH half of a
@@ -459,12 +459,14 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 //   w8: mma jj (jj = 0, 1) uses weight words 2jj, 2jj+1 = columns 64s + 16t + 8jj .. +7, natural order,
 //       B = act words 2jj, 2jj+1 of the 16 bytes at 64s + 16t
 // For w4 the last step may be half (Kp % 128 == 64): lanes t = 2, 3 then have no columns and load zeros.
-template <int WBITS, int MTOK, int EP>
+template <int WBITS, int MTOK, int EP, int NTW, int U>
 QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                int M, int N, int Kp, const EpiArgs& ep) {
-    // U = steps in flight per warp. Measured on H100 (8192 x 28672, w4): U = 4 streams 2.75 TB/s at M <= 8
-    // (2.44 with U = 2); at M <= 16 the extra activation registers make U = 4 no better.
-    constexpr int WARPS = 8, NTW = 2, TT = MTOK / 8, U = MTOK == 8 ? 4 : 2;
+    // NTW = 16-row weight tiles per block (ROWS = 16 * NTW output features), U = steps in flight per warp.
+    // Measured on H100 (8192 x 28672, w4, NTW = 2): U = 4 streams 2.75 TB/s at M <= 8 (2.44 with U = 2);
+    // at M <= 16 the extra activation registers make U = 4 no better. NTW = 1 halves the block's rows
+    // (twice the blocks: a smaller last wave) and doubles U to keep the bytes in flight.
+    constexpr int WARPS = 8, TT = MTOK / 8;
     constexpr int AW = WBITS == 4 ? 2 : 1;  // 16-byte activation loads per token row per step
     constexpr int SHIFT = WBITS == 4 ? 4 : 0;
     constexpr int ROWS = 16 * NTW;          // output features per block
@@ -609,19 +611,24 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
-#define QUIK_GEMV(NAME, WB, MTOK, EP)                                                                              \
+#define QUIK_GEMV(NAME, WB, MTOK, EP, NTW, U)                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        gemv<WB, MTOK, EP>(A, W, out, M, N, Kp, ep);                                                               \
+        gemv<WB, MTOK, EP, NTW, U>(A, W, out, M, N, Kp, ep);                                                       \
     }
 
-#define QUIK_GEMV_ALL(EPNAME, EP)                           \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8, 4, 8, EP)         \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16, 4, 16, EP)       \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8, 8, 8, EP)         \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16, 8, 16, EP)
+// quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U.
+#define QUIK_GEMV_ALL(EPNAME, EP)                                   \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8, 4, 8, EP, 2, 4)           \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16, 4, 16, EP, 2, 2)         \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8, 8, 8, EP, 2, 4)           \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16, 8, 16, EP, 2, 2)         \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8_r16, 4, 8, EP, 1, 8)       \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16_r16, 4, 16, EP, 1, 4)     \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8_r16, 8, 8, EP, 1, 8)       \
+    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16_r16, 8, 16, EP, 1, 4)
 
 QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)

@@ -62,14 +62,19 @@ KERNELS: dict[str, tuple[str, ...]] = {
                           "quik_act_quant_bf16_gmem"),
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
-        + [f"quik_gemv_{ep}_w{wb}_m{mt}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)]
+        + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16) for r in ("", "_r16")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
 
 # Tile configurations of quik_gemm.cu (must match its entry-point macros): BM, BN, threads, stages.
 _TILE = {"big": (128, 256, 256, 4), "mid": (64, 128, 128, 4)}
-_GEMV_ROWS, _GEMV_THREADS = 32, 256
+_GEMV_THREADS = 256
+# Output features per block of the small-M kernel: 32, or 16 (the *_r16 variants: twice the blocks and
+# twice the loads in flight per warp). None: 16 for 9 <= M <= 16, 32 for M <= 8, from the A/B of
+# scripts/device_gemv_rows.py on the H200 (docs/PERF_LOG.md): 16 rows were faster at M = 16 on 8 of 9
+# LLaMA-2 shapes (kernel time x0.83-0.95) but mixed at M <= 8 (x0.97-1.16).
+GEMV_ROWS: int | None = None
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
 _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
 
@@ -407,11 +412,14 @@ def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, in
     return f"quik_gemm_{ep}_w{w_bits}_{cfg}", grid, threads, _tile_smem(bm, bn, w_bits, stages)
 
 
-def _gemv_plan(M: int, N: int, w_bits: int, ep: str) -> tuple[str, int, int, int]:
-    """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem)."""
+def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None) -> tuple[str, int, int, int]:
+    """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
+    block, 32 or 16 (None: GEMV_ROWS, else the M rule there)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
-    return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}", -(-N // _GEMV_ROWS), _GEMV_THREADS, 0
+    rows = rows or GEMV_ROWS or (16 if M > 8 else 32)
+    suffix = {32: "", 16: "_r16"}[rows]
+    return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
 
 def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, int, int]:

@@ -288,11 +288,12 @@ def test_quik_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtyp
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv"])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16"])
 def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
-    for M in ([1, 7, 13] if cfg == "gemv" else [1, 19, 257]):
-        if cfg == "gemv":
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep))
+    for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
+        if cfg.startswith("gemv"):
+            rows = 16 if cfg == "gemv16" else 32
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 300):
