@@ -535,6 +535,8 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     INT8, torch._int_mm) or 'mma' (quiktool's kernels, with the epilogue fused)."""
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:
         return "mma"
+    if dev not in _LUTS and torch.cuda.is_current_stream_capturing():
+        return "mma"  # first use inside a CUDA graph capture: the one-time setup cannot run there
     if a_shift == 8:
         if (M >= _min_m("fp8") and w_bits == 4 and N % 16 == 0 and kp <= _FP8_MAX_KP and fp8_exact_on(dev)):
             return "fp8"
@@ -544,13 +546,18 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     return "mma"
 
 
-@functools.lru_cache(maxsize=None)
+_LUTS: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+
 def _luts(dev: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(e4m3 byte of each nibble's code, in torch's encoding; int8 byte of each nibble's code; fp32 1.0)."""
-    codes = torch.tensor(list(range(8)) + list(range(-8, 0)), dtype=torch.int8)
-    d = f"cuda:{dev}"
-    return (codes.to(torch.float8_e4m3fn).view(torch.uint8).to(d), codes.view(torch.uint8).to(d),
-            torch.ones((), dtype=torch.float32, device=d))
+    """(e4m3 byte of each nibble's code, in torch's encoding; int8 byte of each nibble's code; fp32 1.0),
+    built once per device (host-to-device copies: not inside a CUDA graph capture, see gemm_path)."""
+    if dev not in _LUTS:
+        codes = torch.tensor(list(range(8)) + list(range(-8, 0)), dtype=torch.int8)
+        d = f"cuda:{dev}"
+        _LUTS[dev] = (codes.to(torch.float8_e4m3fn).view(torch.uint8).to(d), codes.view(torch.uint8).to(d),
+                      torch.ones((), dtype=torch.float32, device=d))
+    return _LUTS[dev]
 
 
 def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
@@ -580,7 +587,9 @@ def _fp8_int_gemm(a_codes: Tensor, w: Tensor, N: int, kp: int, dev: int) -> Tens
     return _library_int_gemm("fp8", a_codes, w, 4, N, kp, dev)
 
 
-@functools.lru_cache(maxsize=None)
+_FP8_PROOF: dict[int, bool] = {}
+
+
 def fp8_exact_on(dev: int) -> bool:
     """Prove, once per device and process, that the FP8 path returns exact integer sums.
 
@@ -590,6 +599,14 @@ def fp8_exact_on(dev: int) -> bool:
     then small, small then large, mixed signs) at the largest K of the path decide; any mismatch, or a
     torch without FP8 support, turns the path off with a warning, and the mma.sync kernels do the work.
     """
+    if dev not in _FP8_PROOF:
+        if torch.cuda.is_current_stream_capturing():
+            return False  # not provable inside a CUDA graph capture; asked again later
+        _FP8_PROOF[dev] = _fp8_prove(dev)
+    return _FP8_PROOF[dev]
+
+
+def _fp8_prove(dev: int) -> bool:
     if torch.cuda.get_device_capability(dev) < (8, 9) or not hasattr(torch, "_scaled_mm"):
         return False
     try:

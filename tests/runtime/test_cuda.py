@@ -531,3 +531,39 @@ def test_library_paths_not_taken_where_they_do_not_apply(monkeypatch: pytest.Mon
     assert cuda.gemm_path(2048, 4096, 32832, 4, 8, dev) == "mma"     # beyond the K the FP8 exactness proof covers
     if cuda.fp8_exact_on(dev):
         assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) == "fp8"
+
+
+@pytest.mark.parametrize("a_bits,path", [(4, "fp8"), (8, "int8")])
+def test_library_paths_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch, a_bits: int, path: str) -> None:
+    """First use inside a capture falls back to mma.sync (the one-time setup cannot be captured); once
+    set up, the library path itself is captured and replays to the reference's bits."""
+    dev = torch.cuda.current_device()
+    M, kq, N = 512, 4096, 4096
+    g = _gen("graph", a_bits)
+    a = _act_codes(g, M, kq, a_bits)
+    w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    args = (a, w, 4, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, None, torch.float16)
+    ref = reference.quik_gemm(*args)
+    monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
+    cuda.quik_gemm(*args)                                   # kernels loaded outside the capture
+    torch.cuda.synchronize()
+    monkeypatch.setattr(cuda, "_LUTS", {})
+    monkeypatch.setattr(cuda, "_FP8_PROOF", {})
+    monkeypatch.setattr(cuda, "LIB_MIN_M", 1)
+    monkeypatch.setattr(cuda, "LIB_MIN_MACS", 0)
+    for attempt in ("first use", "after setup"):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = cuda.quik_gemm(*args)
+            taken = cuda.gemm_path(M, N, a.shape[1], 4, 1 << (a_bits - 1), dev)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert _bits_equal(out, ref), attempt
+        if attempt == "first use":
+            assert taken == "mma" and dev not in cuda._LUTS
+            if path == "fp8" and not cuda.fp8_exact_on(dev):   # the setup, outside any capture
+                pytest.skip("the FP8 path is off on this GPU")
+            cuda._luts(dev)
+        else:
+            assert taken == path
