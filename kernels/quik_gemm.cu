@@ -635,7 +635,7 @@ QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
 // ---------------------------------------------------------------------------------------------
-// The library paths for large M (launcher: cuda._library_gemm). mma.sync s8 stops near cuBLAS FP16 speed
+// The library paths for large M (launcher: cuda.quik_gemm via gemm_path and _library_int_gemm). mma.sync s8 stops near cuBLAS FP16 speed
 // at M >= 512 (see above), while cuBLASLt's FP8 and INT8 GEMMs (wgmma) run faster. The integer sums stay
 // exact: W4A4 goes through FP8 e4m3 (every 4-bit code in [-8, 7] is exact in e4m3, products are <= 64,
 // and fp32 sums of such integers are exact while |acc| < 2^24, i.e. 64 * Kp with Kp <= 32768; the

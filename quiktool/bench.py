@@ -736,12 +736,12 @@ def _library_gemm_rule() -> dict:
 
 def _gemm_path(layer, M: int) -> str:
     """Which integer GEMM the cuda backend runs for this layer at M tokens: 'fp8', 'int8' or 'mma'."""
+    from quiktool.algo.quant import act_shift
     from quiktool.runtime import cuda
 
-    w = layer.w_rt
-    kp = w.shape[1] * (2 if layer.weight_bits == 4 else 1)
-    shift = 1 << (layer.act_bits - 1)
-    return cuda.gemm_path(M, w.shape[0], kp, layer.weight_bits, shift, w.get_device())
+    kp = cuda.padded_k(layer.keep_idx.numel())
+    return cuda.gemm_path(M, layer.out_features, kp, layer.weight_bits, act_shift(layer.act_bits),
+                          layer.w_rt.get_device())
 
 
 def format_layer_table(result: dict, compact: bool = False) -> str:

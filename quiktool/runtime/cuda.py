@@ -501,14 +501,14 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 # ---------------------------------------------------------------------------------------------------
 # The library paths of quik_gemm at large M: cuBLASLt's FP8 / INT8 GEMMs (kernels/quik_gemm.cu, end)
 # ---------------------------------------------------------------------------------------------------
-def _env_int(name: str) -> int | None:
+def _env_int(name: str, default: int | None = None) -> int | None:
     v = os.environ.get(name)
     if v is None:
-        return None
+        return default
     try:
         return int(v)
     except ValueError:
-        raise KernelError(f"{name} must be an integer (0 turns the library GEMM paths off), got {v!r}") from None
+        raise KernelError(f"{name} must be an integer, got {v!r}") from None
 
 
 # A GEMM goes through a library path when it has at least LIB_MIN_MACS multiply-adds (M * N * Kp) and at
@@ -521,8 +521,7 @@ def _env_int(name: str) -> int | None:
 # QUIKTOOL_LIB_GEMM_MIN_MACS the work minimum; the tests and the crossover script use them.
 _PATH_MIN_M = {"fp8": 256, "int8": 512}
 LIB_MIN_M: int | None = _env_int("QUIKTOOL_LIB_GEMM_MIN_M")
-_macs = _env_int("QUIKTOOL_LIB_GEMM_MIN_MACS")
-LIB_MIN_MACS: int = 1 << 34 if _macs is None else _macs
+LIB_MIN_MACS: int = _env_int("QUIKTOOL_LIB_GEMM_MIN_MACS", 1 << 34)
 _FP8_MAX_KP = 32768  # |acc| <= 64 * Kp stays far below 2^24, and the per-device proof covers this K
 
 
@@ -583,10 +582,6 @@ def _library_int_gemm(path: str, a_codes: Tensor, w: Tensor, w_bits: int, N: int
     return acc if acc.is_contiguous() else acc.contiguous()                      # the epilogue reads row-major
 
 
-def _fp8_int_gemm(a_codes: Tensor, w: Tensor, N: int, kp: int, dev: int) -> Tensor:
-    return _library_int_gemm("fp8", a_codes, w, 4, N, kp, dev)
-
-
 _FP8_PROOF: dict[int, bool] = {}
 
 
@@ -617,13 +612,14 @@ def _fp8_prove(dev: int) -> bool:
         c = torch.randint(-8, 8, (N, K), generator=g, device=f"cuda:{dev}", dtype=torch.int8)
         half, alt = K // 2, torch.arange(K, device=f"cuda:{dev}") % 2 == 0
         big = torch.full((K,), -8, dtype=torch.int8, device=f"cuda:{dev}")
-        patterns = [big, torch.where(alt, big, 1), torch.cat([big[:half], big[half:] * 0 + 1]),
-                    torch.cat([big[:half] * 0 + 1, big[half:]]), torch.where(alt, big, 7)]
+        one = torch.ones_like(big[:half])
+        patterns = [big, torch.where(alt, big, 1), torch.cat([big[:half], one]), torch.cat([one, big[half:]]),
+                    torch.where(alt, big, 7)]
         for i, p in enumerate(patterns):
             a[i], c[i] = p, p
             a[M - 1 - i], c[N - 1 - i] = p, -p.clamp(min=-7)
         w = prepare_weight(c, 4)
-        got = _fp8_int_gemm(a, w, N, K, dev)
+        got = _library_int_gemm("fp8", a, w, 4, N, K, dev)
         ok = torch.equal(got, _ref.int_gemm(a, w, 4).to(torch.float32))
     except Exception as e:  # noqa: BLE001 - any failure means: do not use the path
         log.warning("FP8 path disabled on cuda:%d: %s: %s", dev, type(e).__name__, e)

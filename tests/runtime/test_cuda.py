@@ -472,7 +472,7 @@ def test_fp8_int_sums_exact_on_adversarial_codes(kq: int, pattern: str) -> None:
         a[:, :kq], c[:] = 1, 1
         a[:, : kq // 2], c[:, : kq // 2] = -8, -8             # a large running sum, then +1 steps
     w = cuda.prepare_weight(c, 4)
-    got = cuda._fp8_int_gemm(a, w, N, kp, torch.cuda.current_device())
+    got = cuda._library_int_gemm("fp8", a, w, 4, N, kp, torch.cuda.current_device())
     ref = reference.int_gemm(a, w, 4)
     assert torch.equal(got, ref.to(torch.float32)), f"{int((got != ref.float()).sum())} sums differ"
 
