@@ -12,6 +12,9 @@
 //   Entry points: quik_act_quant_{f16,bf16}       row staged in shared memory (K * 2 bytes rounded up
 //                                                  to 16 of dynamic shared memory), for K up to ~100k
 //                 quik_act_quant_{f16,bf16}_gmem  gathers straight from global memory, any K
+//                 quik_act_quant_split_{f16,bf16} no keep_idx: the kept columns are the ascending
+//                                                  complement of out_idx (the layers' case); faster, see
+//                                                  "Split mode" below for its own contract
 //   Launch: grid = (M), block = (T), T a multiple of 32 in [32, 1024].
 //   Pointers: x needs only its 2-byte alignment (rows are copied with 16-byte cp.async when x is 16-byte
 //   aligned and K % 8 == 0, element by element otherwise); codes 4-byte aligned (rows are written as
@@ -21,18 +24,8 @@
 //   [0, K) never reads memory, and poisons that row (scale = zero = NaN, x_outlier = NaN) so that the
 //   error cannot pass silently.
 //
-// Arithmetic, and why it is written with inline PTX
-//   The reference (quant.py) runs in fp32 as separate PyTorch kernels:
-//     mn, mx = amin, amax over the kept columns        (NaN-propagating)
-//     scale  = (mx - mn) / (2^b - 1)    -- an IEEE division: the reference divides by a tensor, because
-//                                          torch's CUDA division by a Python scalar is a multiply by the
-//                                          reciprocal while its CPU division is exact (1 ulp apart)
-//     scale  = scale if scale > 0 else 1
-//     q      = clamp(round_half_even((x - mn) / scale), 0, 2^b - 1) - 2^(b-1)   (IEEE sub, IEEE div)
-//   CuPy compiles RawModules with -ftz=true, which would flush subnormals in plain C arithmetic,
-//   comparisons and libdevice's __fdiv_rn. Every operation that decides a bit of the result is therefore
-//   an explicit non-.ftz PTX instruction (sub.rn, mul.rn, div.rn, min/max.NaN, cvt.rni), the "> 0" test
-//   is done on the bit pattern, and nothing can be contracted into an FMA.
+// Arithmetic: kernels/quik_quant.cuh (shared with the small-M GEMM kernel, which quantizes in its
+// prologue): IEEE fp32 operations in the reference's order, written as non-.ftz inline PTX.
 //
 // Work split: one block per row. The staged kernel first copies the row into shared memory with 16-byte
 // cp.async (every load of the row in flight at once: gathers of 2-byte elements straight from global
@@ -40,43 +33,14 @@
 // columns, pass 2 writes 4 codes per thread as one 32-bit store; both passes gather from shared memory
 // through keep_idx (read 4 indices at a time; the same small array for every row, so it stays in L2).
 
-#define QDEV __device__ __forceinline__
+#include "quik_quant.cuh"
 
 namespace {
 
-template <bool BF16> QDEV float to_f32(unsigned short h);
-template <> QDEV float to_f32<false>(unsigned short h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-template <> QDEV float to_f32<true>(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
-
-template <bool BF16> QDEV unsigned short nan_bits() { return BF16 ? 0x7FC0 : 0x7E00; }
-
-QDEV float sub_rn(float a, float b) { float r; asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-QDEV float mul_rn(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-QDEV float div_rn(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-QDEV float min_nan(float a, float b) { float r; asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-QDEV float max_nan(float a, float b) { float r; asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-// round half to even, saturating; NaN -> 0 (torch's int8 cast of NaN is undefined anyway)
-QDEV int rint_s32(float a) { int r; asm("cvt.rni.s32.f32 %0, %1;" : "=r"(r) : "f"(a)); return r; }
-// "scale > 0" on the bits: positive, nonzero, not NaN (+inf counts as > 0, like torch). Immune to -ftz.
-QDEV bool positive(float a) { int b = __float_as_int(a); return b > 0 && b <= 0x7F800000; }
+using namespace quikq;
 
 QDEV void cp_async16(unsigned dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-
-// Four consecutive entries of keep_idx starting at j0 (j0 % 4 == 0); -1 past the end.
-QDEV void load_idx4(const int* __restrict__ keep_idx, int j0, int Kq, bool vec, int (&c)[4]) {
-    if (vec && j0 + 3 < Kq) {
-        const int4 v = *reinterpret_cast<const int4*>(keep_idx + j0);
-        c[0] = v.x; c[1] = v.y; c[2] = v.z; c[3] = v.w;
-    } else {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) c[e] = j0 + e < Kq ? keep_idx[j0 + e] : -1;
-    }
 }
 
 template <bool BF16, bool STAGED>
@@ -106,7 +70,7 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
     const bool vec = (reinterpret_cast<size_t>(keep_idx) & 15) == 0;
 
     // Pass 1: min / max over the kept columns.
-    float mn = __int_as_float(0x7F800000), mx = __int_as_float(0xFF800000);  // +inf, -inf
+    float mn = plus_inf(), mx = minus_inf();
     int bad = 0;
     for (int j0 = tid * 4; j0 < Kq; j0 += blockDim.x * 4) {
         int c[4];
@@ -135,11 +99,8 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
         bad |= s_bad[w];
     }
 
-    const int qmax = (1 << bits) - 1, shift = 1 << (bits - 1);
-    // IEEE division, as the reference (quant.py divides by a tensor so CPU and CUDA torch agree)
-    float scale = div_rn(sub_rn(mx, mn), (float)qmax);
-    if (!positive(scale)) scale = 1.0f;
-    if (bad) { scale = __int_as_float(0x7FC00000); mn = scale; }
+    float scale;
+    row_params(mn, mx, bits, bad, scale, mn);  // mn becomes the row's zero (NaN when poisoned)
     if (tid == 0) { scale_out[row] = scale; zero_out[row] = mn; }
 
     // Pass 2: codes, 4 consecutive columns per thread, one 32-bit store (Kp % 4 == 0).
@@ -151,11 +112,7 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             int q = 0;  // pad columns (j >= Kq) and poisoned rows store code 0
-            if (j0 + e < Kq && !bad) {
-                const float v = to_f32<BF16>(src[c[e]]);
-                q = rint_s32(div_rn(sub_rn(v, mn), scale));
-                q = min(max(q, 0), qmax) - shift;
-            }
+            if (j0 + e < Kq && !bad) q = code_of(to_f32<BF16>(src[c[e]]), mn, scale, bits);
             packed |= ((unsigned)q & 0xFFu) << (8 * e);
         }
         crow[j0 >> 2] = (int)packed;
@@ -169,7 +126,166 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Split mode: keep_idx is implied, the ascending complement of out_idx (the layout's convention,
+// algo.outliers.keep_columns). No index array is gathered through: the kernel builds a bitmap of the
+// outlier columns and the count of outliers before every 32-column word in shared memory, reads the
+// staged row 8 columns (16 bytes) at a time, and places column c's code at
+// c - (outliers before c). The gather kernel above reads keep_idx (4 bytes per column) from L2 twice per
+// row and waits on each index before its element: ~0.5-1.2 TB/s. Here the only dependent global
+// loads are the n_out outlier indices.
+//   Dynamic shared memory (bytes, in this order): row 2 * K8 (K8 = K rounded up to 8), bitmap 4 * W2,
+//   prefix 4 * W2 (W2 = ceil(K / 32) rounded up to even, so the code row stays 16-byte aligned), codes Kp.
+//   codes must be 16-byte aligned (rows are copied out with 16-byte stores). Kq = K - n_out >= 1.
+//   An outlier index outside [0, K), or a repeated one (bitmap popcount != n_out), poisons every row:
+//   scale = zero = NaN, codes 0 (x_outlier still copies the valid indices, NaN for the others).
+// ---------------------------------------------------------------------------------------------
+QDEV int split_smem_words(int K) { return (((K + 31) >> 5) + 1) & ~1; }
+
+template <bool BF16>
+QDEV void load8(const unsigned short* srow, int c0, int K, float (&v)[8]) {
+    if (c0 + 8 <= K) {
+        const uint4 q = *reinterpret_cast<const uint4*>(srow + c0);  // c0 % 8 == 0: 16-byte aligned
+        const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = to_f32<BF16>((unsigned short)(w[e >> 1] >> (16 * (e & 1))));
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = c0 + e < K ? to_f32<BF16>(srow[c0 + e]) : 0.0f;
+    }
+}
+
+template <bool BF16>
+QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __restrict__ out_idx,
+                          signed char* __restrict__ codes, float* __restrict__ scale_out,
+                          float* __restrict__ zero_out, unsigned short* __restrict__ x_out, int K, int Kp,
+                          int n_out, int bits) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int K8 = (K + 7) & ~7, W = (K + 31) >> 5, W2 = split_smem_words(K), Kq = K - n_out;
+    unsigned short* srow = reinterpret_cast<unsigned short*>(smem);
+    unsigned* bmap = reinterpret_cast<unsigned*>(smem + 2 * (size_t)K8);
+    int* pref = reinterpret_cast<int*>(bmap + W2);
+    signed char* scode = reinterpret_cast<signed char*>(pref + W2);
+    __shared__ float s_mn[32], s_mx[32];
+    __shared__ int s_cnt[32], s_bad;
+    const int row = blockIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+    const unsigned short* xr = x + (size_t)row * K;
+
+    // 1. The row -> shared memory (16-byte cp.async when aligned), while the outlier bitmap is built.
+    const bool async = (K & 7) == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
+    if (async) {
+        const unsigned sbase = (unsigned)__cvta_generic_to_shared(srow);
+        for (int i = tid; i < (K >> 3); i += blockDim.x) cp_async16(sbase + 16 * i, xr + 8 * i);
+        asm volatile("cp.async.commit_group;\n" ::);
+    } else {
+        for (int i = tid; i < K; i += blockDim.x) srow[i] = xr[i];
+    }
+    for (int i = tid; i < W; i += blockDim.x) bmap[i] = 0u;
+    if (tid == 0) s_bad = 0;
+    __syncthreads();
+    for (int i = tid; i < n_out; i += blockDim.x) {
+        const int c = out_idx[i];
+        if ((unsigned)c < (unsigned)K) atomicOr(&bmap[c >> 5], 1u << (c & 31));
+        else s_bad = 1;
+    }
+    __syncthreads();
+
+    // 2. Outliers before each word: every thread scans a contiguous run of words, then a block scan.
+    const int per = (W + blockDim.x - 1) / blockDim.x;
+    const int w0 = min(tid * per, W), w1 = min(w0 + per, W);
+    int local = 0;
+    for (int i = w0; i < w1; ++i) local += __popc(bmap[i]);
+    int incl = local;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    if (lane == 31) s_cnt[warp] = incl;
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < nwarps; ++w) {
+        if (w < warp) before += s_cnt[w];
+        total += s_cnt[w];
+    }
+    int run = before + incl - local;
+    for (int i = w0; i < w1; ++i) {
+        pref[i] = run;
+        run += __popc(bmap[i]);
+    }
+    const bool bad = s_bad != 0 || total != n_out;
+    if (async) asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+
+    // Pass 1: min / max over the kept columns, 8 columns per thread and step.
+    float mn = plus_inf(), mx = minus_inf();
+    for (int c0 = tid * 8; c0 < K; c0 += blockDim.x * 8) {
+        const unsigned ob = (bmap[c0 >> 5] >> (c0 & 31)) & 0xFFu;  // outlier bits of columns c0 .. c0 + 7
+        float v[8];
+        load8<BF16>(srow, c0, K, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (c0 + e < K && !((ob >> e) & 1u)) {
+                mn = min_nan(mn, v[e]);
+                mx = max_nan(mx, v[e]);
+            }
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+    if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
+    __syncthreads();
+    mn = s_mn[0]; mx = s_mx[0];
+    for (int w = 1; w < nwarps; ++w) {
+        mn = min_nan(mn, s_mn[w]);
+        mx = max_nan(mx, s_mx[w]);
+    }
+    float scale, zero;
+    row_params(mn, mx, bits, bad, scale, zero);
+    if (tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
+
+    // Pass 2: codes into the shared code row at their kept positions; pad (and poisoned rows) 0.
+    if (!bad) {
+        for (int c0 = tid * 8; c0 < K; c0 += blockDim.x * 8) {
+            const unsigned word = bmap[c0 >> 5];
+            const unsigned ob = (word >> (c0 & 31)) & 0xFFu;
+            int j = c0 - (pref[c0 >> 5] + __popc(word & ((1u << (c0 & 31)) - 1u)));
+            float v[8];
+            load8<BF16>(srow, c0, K, v);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (c0 + e < K && !((ob >> e) & 1u)) scode[j++] = (signed char)code_of(v[e], zero, scale, bits);
+            }
+        }
+    }
+    for (int j = bad ? tid : Kq + tid; j < Kp; j += blockDim.x) scode[j] = 0;
+    __syncthreads();
+    uint4* dst = reinterpret_cast<uint4*>(codes + (size_t)row * Kp);
+    for (int i = tid; i < (Kp >> 4); i += blockDim.x) dst[i] = reinterpret_cast<const uint4*>(scode)[i];
+
+    // Outlier columns, copied bit for bit.
+    unsigned short* orow = x_out + (size_t)row * n_out;
+    for (int i = tid; i < n_out; i += blockDim.x) {
+        const int c = out_idx[i];
+        orow[i] = ((unsigned)c < (unsigned)K) ? srow[c] : nan_bits<BF16>();
+    }
+}
+
 }  // namespace
+
+#define QUIK_ACT_QUANT_SPLIT(NAME, BF16)                                                                         \
+    extern "C" __global__ void __launch_bounds__(1024)                                                             \
+    NAME(const unsigned short* x, const int* out_idx, signed char* codes, float* scale, float* zero,               \
+         unsigned short* x_out, int K, int Kp, int n_out, int bits) {                                              \
+        act_quant_split<BF16>(x, out_idx, codes, scale, zero, x_out, K, Kp, n_out, bits);                          \
+    }
+
+QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_f16, false)
+QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_bf16, true)
 
 #define QUIK_ACT_QUANT(NAME, BF16, STAGED)                                                                      \
     extern "C" __global__ void __launch_bounds__(1024)                                                             \

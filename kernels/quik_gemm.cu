@@ -70,9 +70,12 @@
 // small-N / large-K shapes at medium M (e.g. M = 118, N = 4096 gives 64 blocks); a 4-tile-per-warp small-M
 // variant at M 9..16; L2 evict-first hints on the streamed weights.
 
-#define QDEV __device__ __forceinline__
+#include "quik_quant.cuh"
 
 namespace {
+
+using quikq::add_rn;
+using quikq::mul_rn;
 
 // ---------------------------------------------------------------------------------------------
 // PTX helpers
@@ -168,8 +171,7 @@ struct EpiArgs {
 // the torch reference by an ulp now and then. Inline-PTX mul.rn / add.rn are never contracted.
 // Plain PTX without .ftz: CuPy compiles with -ftz=true, which would flush fp32 subnormals (e.g. a bf16
 // y_base of 1e-39) to zero where torch keeps them.
-QDEV float mul_rn(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-QDEV float add_rn(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+// (mul_rn / add_rn: quik_quant.cuh.)
 QDEV float row_zero(const EpiArgs& ep, int m) {  // a_zero[m] + a_shift * a_scale[m]
     return add_rn(ep.a_zero[m], mul_rn(ep.a_shift, ep.a_scale[m]));
 }

@@ -58,8 +58,9 @@ def exactness() -> bool:
             x = (torch.randn(M, K, generator=g, device=DEV) * 2).half()
             qr = reference.quantize_activations(x, keep.long(), outl.long(), a_bits)
             qc = cuda.quantize_activations(x, keep, outl, a_bits)
-            act_ok = all(torch.equal(getattr(qc, f).view(torch.uint8), getattr(qr, f).view(torch.uint8))
-                         for f in reference.ActCodes._fields)
+            qs = cuda.quantize_split(x, outl, a_bits)  # the layers' kernel: keep = the complement of outl
+            act_ok = all(torch.equal(getattr(q, f).view(torch.uint8), getattr(qr, f).view(torch.uint8))
+                         for f in reference.ActCodes._fields for q in (qc, qs))
             # integer GEMM on those codes
             w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
             acc = cuda.int_gemm(qc.codes, w, w_bits)

@@ -40,7 +40,7 @@ from quiktool.runtime.reference import ActCodes, padded_k
 __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
     "int_gemm", "quik_gemm", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
-    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on",
+    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ _CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true", "--device-as-default-execut
 _EPS = ("i32", "f16", "bf16")
 KERNELS: dict[str, tuple[str, ...]] = {
     "quik_act_quant.cu": ("quik_act_quant_f16", "quik_act_quant_bf16", "quik_act_quant_f16_gmem",
-                          "quik_act_quant_bf16_gmem"),
+                          "quik_act_quant_bf16_gmem", "quik_act_quant_split_f16", "quik_act_quant_split_bf16"),
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
         + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16) for r in ("", "_r16")]
@@ -81,6 +81,16 @@ _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared me
 _OUT_EP = {torch.float16: "f16", torch.bfloat16: "bf16"}
 
 
+def _env_int(name: str, default: int | None = None) -> int | None:
+    v = os.environ.get(name)
+    if v is None:
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise KernelError(f"{name} must be an integer, got {v!r}") from None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Sources, compilation, module cache
 # ---------------------------------------------------------------------------------------------------
@@ -94,11 +104,18 @@ def _source(filename: str) -> str:
         if not path.is_file():
             raise KernelError(f"QUIKTOOL_KERNELS_DIR={override!r} has no {filename}; unset it to use the shipped kernels")
         log.warning("kernel source %s from QUIKTOOL_KERNELS_DIR", path)
-        return path.read_text()
-    local = Path(__file__).resolve().parents[2] / "kernels" / filename
-    if local.is_file():
-        return local.read_text()
-    return importlib.resources.files("quiktool.kernels").joinpath(filename).read_text()
+        text = path.read_text()
+    else:
+        local = Path(__file__).resolve().parents[2] / "kernels" / filename
+        if local.is_file():
+            text = local.read_text()
+        else:
+            text = importlib.resources.files("quiktool.kernels").joinpath(filename).read_text()
+    # Local headers are inlined here (NVRTC then needs no include path): `#include "name.cuh"` -> its text.
+    return _INCLUDE.sub(lambda m: _source(m.group(1)), text)
+
+
+_INCLUDE = re.compile(r'^#include "([\w.]+\.cuh)"[ \t]*$', re.MULTILINE)
 
 
 def _cupy() -> Any:
@@ -206,7 +223,7 @@ def _kernels(device_index: int, arch: str) -> dict[str, int]:
                     cfg, wb = name.rsplit("_", 1)[1], int(name.split("_w")[1][0])
                     bm, bn, _threads, stages = _TILE[cfg]
                     kernel.max_dynamic_shared_size_bytes = _tile_smem(bm, bn, wb, stages)
-                elif name.startswith("quik_act_quant_") and not name.endswith("_gmem"):
+                elif name.startswith("quik_act_quant_") and not name.endswith("_gmem"):  # they stage rows
                     kernel.max_dynamic_shared_size_bytes = _ACT_SMEM_MAX
                 handles[name] = int(kernel.kernel.ptr)
     return handles
@@ -247,6 +264,7 @@ class _Params(threading.local):
 
 _PARAMS = _Params()
 _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
+_SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
@@ -381,14 +399,97 @@ def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits:
     row_bytes = -(-K // 8) * 16  # K fp16/bf16 values, rounded up to whole 16-byte copies
     staged = row_bytes <= _ACT_SMEM_MAX
     name = "quik_act_quant_" + ("f16" if x.dtype == torch.float16 else "bf16") + ("" if staged else "_gmem")
-    # One block per row, ~16 columns per thread: a wide row on too few threads is latency bound
-    # (measured: 256 threads took ~28 us for one 28672-column row).
-    threads = min(1024, max(128, 1 << (max(kp, K) // 16 - 1).bit_length()))
-    _launch(dev, name, M, threads, _SIG_ACT,
+    _launch(dev, name, M, _act_threads(K, kp), _SIG_ACT,
             (x_ptr, keep.data_ptr(), outl.data_ptr() if n_out else 0, *ptrs[:3], ptrs[3] if n_out else 0,
              K, kq, kp, n_out, bits),
             row_bytes if staged else 0)
     return out
+
+
+def _split_smem(K: int, kp: int) -> int:
+    """Dynamic shared memory of quik_act_quant_split: the row, the outlier bitmap and prefix counts, the codes."""
+    words = ((-(-K // 32)) + 1) // 2 * 2
+    return 2 * (-(-K // 8) * 8) + 8 * words + kp
+
+
+def _act_threads(K: int, kp: int) -> int:
+    # One block per row, ~16 columns per thread: a wide row on too few threads is latency bound
+    # (measured: 256 threads took ~28 us for one 28672-column row).
+    return min(1024, max(128, 1 << (max(kp, K) // 16 - 1).bit_length()))
+
+
+def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes | None = None) -> ActCodes:
+    """QUIK's activation split (bit-exact with reference.quantize_split): the outlier columns copied, every
+    other column, in ascending order, quantized per token.
+
+    x fp16/bf16 [M, K]; outlier_idx [n_out] int32 (int64 is converted), distinct, any order ->
+    ActCodes(codes int8 [M, Kp], scale fp32 [M], zero fp32 [M], x_outlier x.dtype [M, n_out]),
+    Kp = padded_k(K - n_out). The kept columns are found from a bitmap of the outliers, not gathered
+    through an index array (quik_act_quant_split); rows too wide for its shared memory (K above ~60k) go
+    through quantize_activations with the complement computed by torch (a host sync).
+    ``out`` (optional) receives the results in place; out.codes must be 16-byte aligned.
+    """
+    x_ptr = _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
+    dev = x.get_device()
+    bits = _bits("bits", bits)
+    outl = _index_i32("outlier_idx", outlier_idx, dev)
+    M, K = x.shape
+    n_out = outl.numel()
+    kq = K - n_out
+    if kq < 1:
+        raise KernelError(f"outlier_idx: {n_out} outliers leave no column of K={K} to quantize")
+    kp = padded_k(kq)
+    smem = _split_smem(K, kp)
+    if smem > _ACT_SMEM_MAX:
+        from quiktool.algo.outliers import keep_columns  # noqa: PLC0415
+        keep = keep_columns(K, outl.long()).to(device=x.device, dtype=torch.int32)
+        return quantize_activations(x, keep, outl, bits, out=out)
+    if out is None:  # allocated here: right by construction, no checks needed
+        out = ActCodes(torch.empty(M, kp, dtype=torch.int8, device=x.device),
+                       torch.empty(M, dtype=torch.float32, device=x.device),
+                       torch.empty(M, dtype=torch.float32, device=x.device),
+                       torch.empty(M, n_out, dtype=x.dtype, device=x.device))
+        ptrs = (out.codes.data_ptr(), out.scale.data_ptr(), out.zero.data_ptr(), out.x_outlier.data_ptr())
+    else:
+        ptrs = (_check("out.codes", out.codes, (torch.int8,), (M, kp), dev, align=16),
+                _check("out.scale", out.scale, (torch.float32,), (M,), dev),
+                _check("out.zero", out.zero, (torch.float32,), (M,), dev),
+                _check("out.x_outlier", out.x_outlier, (x.dtype,), (M, n_out), dev))
+    if M == 0:
+        return out
+    name = "quik_act_quant_split_" + ("f16" if x.dtype == torch.float16 else "bf16")
+    _launch(dev, name, M, _act_threads(K, kp), _SIG_SPLIT,
+            (x_ptr, outl.data_ptr() if n_out else 0, *ptrs[:3], ptrs[3] if n_out else 0, K, kp, n_out, bits), smem)
+    return out
+
+
+# quantize_layer's kernel choice: the split kernel up to SPLIT_MAX_M tokens, the gather kernel above.
+# Measured on the H200 (docs/PERF_LOG.md, A/B in one process): at M = 1 and 16 the split kernel takes
+# 1-2 us off a 7-10 us quantizer (layer time x0.89-1.00 on the LLaMA-2 shapes); at M = 512 and 2048 it is
+# 1-6% slower (both kernels are instruction bound there, ncu). QUIKTOOL_SPLIT_QUANT_MAX_M (environment)
+# replaces the bound; 0 turns the split kernel off (A/B runs; both kernels give the same bits).
+SPLIT_MAX_M: int = _env_int("QUIKTOOL_SPLIT_QUANT_MAX_M", 16)
+
+
+def quantize_layer(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) -> ActCodes:
+    """What quik_linear quantizes with (as reference.quantize_layer, bit-exact): keep_idx must be the
+    ascending complement of outlier_idx (the layer's layout). Up to SPLIT_MAX_M tokens quantize_split
+    (which derives the kept columns itself; only keep_idx's length is checked), else quantize_activations."""
+    if keep_idx.numel() + outlier_idx.numel() != x.shape[-1]:
+        raise KernelError(f"keep_idx ({keep_idx.numel()}) and outlier_idx ({outlier_idx.numel()}) must split "
+                          f"the K={x.shape[-1]} columns of x")
+    if x.shape[0] <= SPLIT_MAX_M:
+        return quantize_split(x, outlier_idx, bits)
+    return quantize_activations(x, keep_idx, outlier_idx, bits)
+
+
+def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
+                w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The whole QUIK layer, as reference.quik_linear (bit-identical): quantize_layer, the outlier product
+    (cuBLAS, as on the torch backend), quik_gemm."""
+    a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
+    y_base = _ref.outlier_base(a.x_outlier, outlier_weight, bias, x.shape[0])
+    return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum, y_base, x.dtype)
 
 
 def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:
@@ -501,16 +602,6 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 # ---------------------------------------------------------------------------------------------------
 # The library paths of quik_gemm at large M: cuBLASLt's FP8 / INT8 GEMMs (kernels/quik_gemm.cu, end)
 # ---------------------------------------------------------------------------------------------------
-def _env_int(name: str, default: int | None = None) -> int | None:
-    v = os.environ.get(name)
-    if v is None:
-        return default
-    try:
-        return int(v)
-    except ValueError:
-        raise KernelError(f"{name} must be an integer, got {v!r}") from None
-
-
 # A GEMM goes through a library path when it has at least LIB_MIN_MACS multiply-adds (M * N * Kp) and at
 # least the path's minimum token count; below, quiktool's own mma.sync kernels are faster, because the
 # weight unpack and the accumulator's round trip through memory are fixed costs. Measured crossover (H200,

@@ -3,7 +3,8 @@
 forward(x [*, K]) with M = prod(*):
     x2        = x.reshape(M, K)                                  # [M, K]
     A16 layer:  y = x2 @ W_deq^T + bias                          (weight-only quantization)
-    A4/A8:      codes, s, z, x_out = quantize_activations(x2)    # codes [M, Kp] int8
+    A4/A8:      y = backend.quik_linear(x2, ...), i.e.
+                codes, s, z, x_out = quantize_split(x2)          # codes [M, Kp] int8
                 y_base = x_out @ W_out^T + bias                  # [M, N] FP16 outlier GEMM (cuBLAS on GPU)
                 y = quik_gemm(codes, W_codes, ..., y_base)       # int GEMM + dequant epilogue
     return y.reshape(*, N)
@@ -15,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from quiktool.algo.outliers import keep_columns
-from quiktool.algo.quant import act_shift
 from quiktool.format.layout import PackedLinear
 from quiktool.runtime.backends import get_backend
 
@@ -58,16 +58,8 @@ class QuikLinear(nn.Module):
         if self.act_bits == 16:
             return F.linear(x2, self.w_deq, self.bias).reshape(*lead, self.out_features)
         be = get_backend(self.backend)
-        a = be.quantize_activations(x2.contiguous(), self.keep_idx, self.outlier_idx, self.act_bits)
-        M = x2.shape[0]
-        if self.outlier_idx.numel():
-            y_base = F.linear(a.x_outlier, self.outlier_weight, self.bias)   # [M, N]
-        elif self.bias is not None:
-            y_base = self.bias.expand(M, -1).contiguous()
-        else:
-            y_base = None
-        y = be.quik_gemm(a.codes, self.w_rt, self.weight_bits, a.scale, a.zero, act_shift(self.act_bits),
-                         self.w_scale, self.wsum, y_base, x2.dtype)      # [M, N]
+        y = be.quik_linear(x2.contiguous(), self.keep_idx, self.outlier_idx, self.act_bits, self.w_rt,
+                           self.weight_bits, self.w_scale, self.wsum, self.outlier_weight, self.bias)   # [M, N]
         return y.reshape(*lead, self.out_features)
 
 

@@ -31,6 +31,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+import torch.nn.functional as F
+
+from quiktool.algo.quant import act_shift
 from quiktool.algo.quant import quantize_activations as _quant_acts
 from quiktool.format.packing import pad_columns, unpack_int4
 
@@ -90,3 +93,43 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     if y_base is not None:
         out = out + y_base.float()
     return out.to(out_dtype)
+
+
+def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int) -> ActCodes:
+    """QUIK's activation split for a layer: the outlier columns as they are, every other column (in
+    ascending order: the layout's keep_idx, algo.outliers.keep_columns) quantized per token.
+    = quantize_activations(x, keep_columns(K, outlier_idx), outlier_idx, bits)."""
+    from quiktool.algo.outliers import keep_columns
+
+    keep = keep_columns(x.shape[1], outlier_idx.long()).to(x.device)
+    return quantize_activations(x, keep, outlier_idx, bits)
+
+
+def quantize_layer(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) -> ActCodes:
+    """What quik_linear quantizes with; keep_idx is the ascending complement of outlier_idx (the CUDA
+    backend derives it in its kernel). Here: quantize_activations."""
+    return quantize_activations(x, keep_idx, outlier_idx, bits)
+
+
+def outlier_base(x_outlier: Tensor | None, outlier_weight: Tensor, bias: Tensor | None, M: int) -> Tensor | None:
+    """y_base of quik_gemm: the outlier columns' product plus the bias (F.linear: cuBLAS on a GPU, the same
+    call on both backends), the bias alone, or None."""
+    if x_outlier is not None and x_outlier.shape[1]:
+        return F.linear(x_outlier, outlier_weight, bias)                 # [M, N]
+    if bias is not None:
+        return bias.expand(M, -1).contiguous()
+    return None
+
+
+def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
+                w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The whole QUIK layer on x [M, K] -> [M, N] in x's dtype (what QuikLinear.forward runs):
+
+        codes, scale, zero, x_out = quantize_activations(x, keep_idx, outlier_idx)   # = quantize_split
+        y = quik_gemm(codes, ..., y_base = x_out @ outlier_weight^T + bias)
+
+    keep_idx must be the complement of outlier_idx in ascending order (algo.outliers.keep_columns; the
+    layer keeps it precomputed): the CUDA backend derives it from outlier_idx inside its kernel."""
+    a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
+    y_base = outlier_base(a.x_outlier, outlier_weight, bias, x.shape[0])
+    return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, act_shift(act_bits), w_scale, wsum, y_base, x.dtype)

@@ -188,6 +188,103 @@ def test_act_quant_int64_index_is_accepted() -> None:
         _assert_equal(field, getattr(got, field), getattr(ref, field))
 
 
+def _check_split(x: torch.Tensor, outl: torch.Tensor, bits: int) -> None:
+    M, K = x.shape
+    kp = reference.padded_k(K - outl.numel())
+    ref = reference.quantize_split(x, outl.long(), bits)
+    got = cuda.quantize_split(x, outl, bits, out=_poisoned_act_out(M, kp, outl.numel(), x.dtype))
+    for field in reference.ActCodes._fields:
+        _assert_equal(field, getattr(got, field), getattr(ref, field))
+
+
+# (M, K, n_out): every M with the activation widths, and the LLaMA down-projection widths at a few M
+SPLIT_CASES = ([(M, K, n) for M in MS for K in ACT_KS for n in (0, 16, 256) if n < K]
+               + [(M, K, 256) for M in (1, 16, 2048) for K in (11008, 28672)])
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("M,K,n_out", SPLIT_CASES)
+def test_act_quant_split_exact(M: int, K: int, n_out: int, dtype: torch.dtype, bits: int) -> None:
+    """The layers' quantizer (kept columns = the complement of the outliers, from a bitmap) = the
+    reference on the complement, bit for bit; outliers in random order."""
+    g = _gen("split", M, K, dtype, bits, n_out)
+    _, outl = _split_columns(g, K, n_out)
+    _check_split(_activations(g, M, K, dtype, outl), outl, bits)
+
+
+def test_act_quant_split_edge_rows_misaligned_and_wide() -> None:
+    g = _gen("split-edge")
+    K = 128
+    ties = torch.arange(K, device=DEV, dtype=torch.float32) % 16 + 0.5
+    ties[0], ties[1] = 0.0, 15.0
+    x = torch.stack([ties, torch.full((K,), 3.25, device=DEV), torch.rand(K, generator=g, device=DEV) * 6e-5,
+                     torch.randn(K, generator=g, device=DEV)]).half()
+    for bits in (4, 8):
+        _check_split(x, torch.tensor([5, 77, 3], dtype=torch.int32, device=DEV), bits)
+    # x at a 2-byte offset (no 16-byte async copies), K not a multiple of 8 or 32
+    M, K = 5, 4100
+    _, outl = _split_columns(g, K, 40)
+    xm = torch.empty(M * K + 1, dtype=torch.float16, device=DEV)[1:].view(M, K)
+    xm.copy_(_activations(g, M, K, torch.float16, outl))
+    _check_split(xm, outl, 4)
+    # about the widest row whose staging fits the kernel's shared memory, and a wider one: the gather
+    # kernel on the complement, same bits
+    for K in (60_000, 70_000):
+        _, outl = _split_columns(g, K, 64)
+        _check_split(_activations(g, 2, K, torch.bfloat16, outl), outl, 4)
+
+
+def test_act_quant_split_bad_outlier_index_poisons_every_row() -> None:
+    g = _gen("split-oob")
+    for bad in ([3, 3, 9], [3, 80, 9], [-1, 4]):
+        x = _activations(g, 4, 80, torch.float16, torch.tensor([0], device=DEV))
+        q = cuda.quantize_split(x, torch.tensor(bad, dtype=torch.int32, device=DEV), 4)
+        assert torch.isnan(q.scale).all() and torch.isnan(q.zero).all(), bad
+        assert (q.codes == 0).all(), bad
+
+
+def test_act_quant_split_rejects_bad_arguments() -> None:
+    x = torch.randn(4, 80, device=DEV).half()
+    outl = torch.arange(8, dtype=torch.int32, device=DEV)
+    cases = [
+        (lambda: cuda.quantize_split(x.float(), outl, 4), r"x: dtype must be float16 or bfloat16"),
+        (lambda: cuda.quantize_split(x, outl.cpu(), 4), r"outlier_idx: must be a CUDA tensor"),
+        (lambda: cuda.quantize_split(x, outl, 2), r"bits must be 4 or 8, got 2"),
+        (lambda: cuda.quantize_split(x, torch.arange(80, device=DEV), 4), r"80 outliers leave no column of K=80"),
+        (lambda: cuda.quantize_layer(x, outl[:5], outl, 4), r"keep_idx \(5\) and outlier_idx \(8\) must split"),
+    ]
+    wrong = reference.ActCodes(torch.empty(4, 64, dtype=torch.int8, device=DEV), torch.empty(4, device=DEV),
+                               torch.empty(4, device=DEV), torch.empty(4, 8, dtype=torch.float16, device=DEV))
+    cases.append((lambda: cuda.quantize_split(x, outl, 4, out=wrong), r"out.codes: shape must be \[4, 128\]"))
+    misaligned = reference.ActCodes(torch.empty(4 * 128 + 4, dtype=torch.int8, device=DEV)[4:].view(4, 128),
+                                    torch.empty(4, device=DEV), torch.empty(4, device=DEV),
+                                    torch.empty(4, 8, dtype=torch.float16, device=DEV))
+    cases.append((lambda: cuda.quantize_split(x, outl, 4, out=misaligned), r"out.codes: data pointer must be 16-byte"))
+    for fn, msg in cases:
+        with pytest.raises(KernelError, match=msg):
+            fn()
+
+
+@pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("n_out", [0, 100])
+@pytest.mark.parametrize("M", [1, 5, 16, 118, 600])
+def test_quik_linear_backends_identical(M: int, n_out: int, has_bias: bool) -> None:
+    """The whole layer (split quantizer, outlier product, GEMM, epilogue) on both backends."""
+    K, N, dtype = 1100, 304, torch.float16
+    g = _gen("quik_linear", M, n_out, has_bias)
+    keep, outl = _split_columns(g, K, n_out)
+    x = _activations(g, M, K, dtype, outl)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    _, _, w_scale, wsum = _epilogue_inputs(g, M, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if has_bias else None
+    got = cuda.quik_linear(x, keep, outl, 4, w, 4, w_scale, wsum, w_out, bias)
+    ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+    assert not torch.isnan(got).any()
+    assert _bits_equal(got, ref), f"{int((got != ref).sum())} outputs differ between the backends"
+
+
 # ---------------------------------------------------------------------------------------------------
 # (b) integer GEMM: bit-exact
 # ---------------------------------------------------------------------------------------------------
@@ -420,9 +517,11 @@ def test_out_of_range_index_poisons_the_row_instead_of_reading_out_of_bounds() -
 # ---------------------------------------------------------------------------------------------------
 # (e) a whole quantized model: the two backends give the same logits, bit for bit
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch,seq", [(3, 118), (1, 7)], ids=["M354", "M7"])
 @pytest.mark.parametrize("preset", ["quik-4b", "w4a8", "quik-8b"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_quantized_model_logits_identical_across_backends(preset: str, dtype: torch.dtype) -> None:
+def test_quantized_model_logits_identical_across_backends(preset: str, dtype: torch.dtype, batch: int,
+                                                          seq: int) -> None:
     """Every QuikLinear output is bit-identical, so the discontinuous 4-bit activation rounding of the
     next layer sees the same inputs: whole-model logits must then be identical too (close is not
     enough: a 1-ulp-sized input perturbation moves a SmolLM2 QUIK-4B perplexity by about 1%)."""
@@ -434,7 +533,7 @@ def test_quantized_model_logits_identical_across_backends(preset: str, dtype: to
     m = tiny_model("llama").to(DEV, dtype)
     g = torch.Generator().manual_seed(zlib.crc32(f"model-{preset}".encode()))
     calib = torch.randint(0, m.config.vocab_size, (4, 64), generator=g).to(DEV)
-    ids = torch.randint(0, m.config.vocab_size, (3, 118), generator=g).to(DEV)
+    ids = torch.randint(0, m.config.vocab_size, (batch, seq), generator=g).to(DEV)
     api.quantize_model(m, load_config(preset).replace(algorithm="rtn"), api.collect_channel_stats(m, calib), None,
                        device=DEV, progress=False)
     logits = {}

@@ -12,7 +12,10 @@ from quiktool.runtime.reference import (
     padded_k,
     prepare_weight,
     quantize_activations,
+    outlier_base,
     quik_gemm,
+    quik_linear,
+    quantize_split,
 )
 
 
@@ -168,3 +171,46 @@ def test_quik_gemm_epilogue_terms():
     y = quik_gemm(a, prepare_weight(wc, 4), 4, a_scale, a_zero, 8, w_scale, wsum, y_base, torch.float32)
     # acc * s_a * s_w + (z + 8 s_a) * wsum + y_base
     assert y.tolist() == [[-3 * 0.5 * 2.0 + 3.0 * 3.0 + 10.0, 7 * 0.5 * 0.25 + 3.0 * -4.0 + 20.0]]
+
+
+@pytest.mark.parametrize("a_bits,w_bits", [(4, 4), (8, 4), (8, 8)])
+@pytest.mark.parametrize("M,N,K,n_out,has_bias", [(1, 118, 172, 11, True), (3, 3, 64, 0, False),
+                                                  (16, 172, 171, 5, False), (118, 1, 64, 0, True)])
+def test_quik_linear_matches_float_computation(a_bits, w_bits, M, N, K, n_out, has_bias):
+    """The whole layer (what QuikLinear.forward runs) against the float computation on dequantized
+    operands."""
+    g = torch.Generator().manual_seed(7 * M + N + K + a_bits + w_bits)
+    x = torch.randn(M, K, generator=g) + 0.3
+    idx = torch.sort(torch.randperm(K, generator=g)[:n_out]).values
+    x[:, idx] *= 20.0
+    keep = keep_columns(K, idx)
+    codes_w = _codes((N, K - n_out), w_bits, g)
+    w_scale = torch.rand(N, generator=g) * 0.02 + 0.001
+    w_out = torch.randn(N, n_out, generator=g) * 0.1
+    bias = torch.randn(N, generator=g) if has_bias else None
+    wsum = (codes_w.double() * w_scale.double()[:, None]).sum(1).float()
+    w = prepare_weight(codes_w, w_bits)
+    y = quik_linear(x, keep.to(torch.int32), idx.to(torch.int32), a_bits, w, w_bits, w_scale, wsum, w_out, bias)
+    assert y.dtype == torch.float32 and y.shape == (M, N)
+    ref = _float_ref(x, keep, idx, codes_w, w_scale, w_out, bias, a_bits)
+    rel = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+    assert rel < 1e-5, rel
+
+
+@pytest.mark.parametrize("K,n_out", [(64, 0), (172, 11), (300, 64)])
+def test_quantize_split_is_quantize_activations_on_the_complement(K, n_out):
+    g = torch.Generator().manual_seed(K + n_out)
+    x = torch.randn(5, K, generator=g)
+    idx = torch.randperm(K, generator=g)[:n_out]          # any order: the split keeps the rest ascending
+    got = quantize_split(x, idx.to(torch.int32), 4)
+    want = quantize_activations(x, keep_columns(K, idx), idx, 4)
+    for field in got._fields:
+        assert torch.equal(getattr(got, field), getattr(want, field)), field
+
+
+def test_outlier_base_terms():
+    x_out, w_out, bias = torch.randn(3, 2), torch.randn(5, 2), torch.randn(5)
+    torch.testing.assert_close(outlier_base(x_out, w_out, bias, 3), x_out @ w_out.T + bias)
+    assert torch.equal(outlier_base(x_out[:, :0], w_out[:, :0], bias, 3), bias.expand(3, 5))
+    assert outlier_base(None, w_out, None, 3) is None
+    assert outlier_base(x_out[:, :0], w_out[:, :0], None, 3) is None

@@ -1,0 +1,77 @@
+// quik_quant.cuh -- the per-token activation quantizer's arithmetic, shared by quik_act_quant.cu (the
+// stand-alone quantizer) and quik_gemm.cu (the small-M kernel that quantizes in its prologue), so that
+// both produce the same codes, scales and zeros by construction.
+//
+// Included textually: the runtime (quiktool/runtime/cuda.py, _source) replaces the line
+// `#include "quik_quant.cuh"` with this file before NVRTC sees the source, so no include path is needed.
+//
+// The reference (quiktool.algo.quant, evaluated by PyTorch) runs in fp32 as separate kernels:
+//     mn, mx = amin, amax over the kept columns        (NaN-propagating)
+//     scale  = (mx - mn) / (2^b - 1)    -- an IEEE division: the reference divides by a tensor, because
+//                                          torch's CUDA division by a Python scalar is a multiply by the
+//                                          reciprocal while its CPU division is exact (1 ulp apart)
+//     scale  = scale if scale > 0 else 1
+//     q      = clamp(round_half_even((x - mn) / scale), 0, 2^b - 1) - 2^(b-1)   (IEEE sub, IEEE div)
+// CuPy compiles RawModules with -ftz=true, which would flush subnormals in plain C arithmetic,
+// comparisons and libdevice's __fdiv_rn. Every operation that decides a bit of the result is therefore an
+// explicit non-.ftz PTX instruction (sub.rn, mul.rn, add.rn, div.rn, min/max.NaN, cvt.rni), the "> 0"
+// test is done on the bit pattern, and nothing can be contracted into an FMA.
+#pragma once
+
+#ifndef QDEV
+#define QDEV __device__ __forceinline__
+#endif
+
+namespace quikq {
+
+template <bool BF16> QDEV float to_f32(unsigned short h);
+template <> QDEV float to_f32<false>(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+template <> QDEV float to_f32<true>(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
+
+template <bool BF16> QDEV unsigned short nan_bits() { return BF16 ? 0x7FC0 : 0x7E00; }
+
+QDEV float sub_rn(float a, float b) { float r; asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+QDEV float add_rn(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+QDEV float mul_rn(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+QDEV float div_rn(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+QDEV float min_nan(float a, float b) { float r; asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+QDEV float max_nan(float a, float b) { float r; asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+// round half to even, saturating; NaN -> 0 (torch's int8 cast of NaN is undefined anyway)
+QDEV int rint_s32(float a) { int r; asm("cvt.rni.s32.f32 %0, %1;" : "=r"(r) : "f"(a)); return r; }
+// "scale > 0" on the bits: positive, nonzero, not NaN (+inf counts as > 0, like torch). Immune to -ftz.
+QDEV bool positive(float a) { int b = __float_as_int(a); return b > 0 && b <= 0x7F800000; }
+
+QDEV float plus_inf() { return __int_as_float(0x7F800000); }
+QDEV float minus_inf() { return __int_as_float(0xFF800000); }
+
+// Four consecutive entries of keep_idx starting at j0 (j0 % 4 == 0); -1 past the end (j >= Kq).
+QDEV void load_idx4(const int* __restrict__ keep_idx, int j0, int Kq, bool vec, int (&c)[4]) {
+    if (vec && j0 + 3 < Kq) {
+        const int4 v = *reinterpret_cast<const int4*>(keep_idx + j0);
+        c[0] = v.x; c[1] = v.y; c[2] = v.z; c[3] = v.w;
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[e] = j0 + e < Kq ? keep_idx[j0 + e] : -1;
+    }
+}
+
+// The row's scale from its min / max over the kept columns; a row with an index outside [0, K) ("bad") is
+// poisoned: scale = zero = NaN (and its codes are 0), so that the error cannot pass silently.
+QDEV void row_params(float mn, float mx, int bits, bool bad, float& scale, float& zero) {
+    scale = div_rn(sub_rn(mx, mn), (float)((1 << bits) - 1));
+    if (!positive(scale)) scale = 1.0f;
+    zero = mn;
+    if (bad) { scale = __int_as_float(0x7FC00000); zero = scale; }
+}
+
+// The signed code of one value: clamp(rint((v - zero) / scale), 0, 2^b - 1) - 2^(b-1).
+QDEV int code_of(float v, float zero, float scale, int bits) {
+    const int q = rint_s32(div_rn(sub_rn(v, zero), scale));
+    return min(max(q, 0), (1 << bits) - 1) - (1 << (bits - 1));
+}
+
+}  // namespace quikq
