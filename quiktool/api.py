@@ -219,8 +219,11 @@ def quantize(model: str, calib: str, out: str, qcfg: QuantConfig, data_dir: str 
 # ------------------------------------------------------------------------------------------ eval-ppl
 def eval_ppl(model: str, dataset: str = "wikitext2", seqlen: int = 2048, max_windows: int | None = None,
              data_dir: str | None = None, device: str = "cpu", dtype: str | None = None, backend: str = "auto",
-             progress: bool = True) -> dict:
-    """Perplexity of an unquantized model or a packed quiktool checkpoint."""
+             progress: bool = True, fuse: bool | None = None) -> dict:
+    """Perplexity of an unquantized model or a packed quiktool checkpoint.
+
+    fuse: run the QUIK layers that read one input as one layer (runtime.fuse; q/k/v and gate/up). None:
+    on a GPU yes (speed), on the CPU no (the reference numbers stay those of the layers as stored)."""
     from quiktool.eval import perplexity
 
     if max_windows is not None and max_windows < 1:
@@ -236,6 +239,11 @@ def eval_ppl(model: str, dataset: str = "wikitext2", seqlen: int = 2048, max_win
         m, tok, _ = load_packed(model, dtype=DTYPES[dt], device=dev, backend=be)
         if tok is None:
             raise CheckpointError(f"{model!r} carries no tokenizer files; re-run quantize")
+        fuse = dev != "cpu" if fuse is None else fuse
+        if fuse:
+            from quiktool.runtime.fuse import fuse_shared_inputs
+
+            log.info("fused %d groups of layers that share an input", fuse_shared_inputs(m))
     else:
         be = "none"
         dt = dtype or ("fp16" if dev != "cpu" else "fp32")
@@ -248,7 +256,8 @@ def eval_ppl(model: str, dataset: str = "wikitext2", seqlen: int = 2048, max_win
         log.warning("perplexity is not finite (%s)", r.ppl)
     return {"model": model, "dataset": dataset, "seqlen": seqlen, "windows": r.windows,
             "total_windows": ids.numel() // seqlen, "tokens": r.tokens, "ppl": r.ppl, "seconds": r.seconds,
-            "backend": be, "dtype": dt, "device": dev, "machine": machine(), "versions": versions(),
+            "backend": be, "fused": bool(fuse) if src.kind == "packed" else None, "dtype": dt, "device": dev,
+            "machine": machine(), "versions": versions(),
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -274,11 +283,11 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
 
 def bench_model(arch: str = "llama2-7b", configs="quik-4b,w4a8", batch: int = 1, seqlen: int = 2048,
                 decode_tokens: int = 64, reps: int = 5, warmup: int = 2, device: str = "cpu", backend: str = "auto",
-                dtype: str = "fp16", distinct_weights: bool = False, seed: int = 0) -> dict:
+                dtype: str = "fp16", distinct_weights: bool = False, seed: int = 0, fuse: bool = True) -> dict:
     """Prefill / decode speed and memory of a random-weight LLaMA, FP vs QUIK presets.
 
     See quiktool.bench.bench_model; quiktool.bench.format_model_table renders the result."""
     from quiktool import bench
 
     return bench.bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, device, backend, dtype,
-                             distinct_weights, seed)
+                             distinct_weights, seed, fuse)

@@ -72,7 +72,8 @@ ARCHS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, vocab_size=1024, max_position_embeddings=2048),
 }
-MODEL_OUTLIER_NOTE = "outlier channels: random, count from the preset (fraction of in_features)"
+MODEL_OUTLIER_NOTE = ("outlier channels: random (one draw per group of layers that read the same input, as QUIK's "
+                      "input statistics make them), count from the preset (fraction of in_features)")
 
 
 # -------------------------------------------------------------------------------------- option parsing
@@ -485,11 +486,11 @@ def time_stages(layer, backend_mod, xs: Sequence[Tensor], timer: Timer, fused: b
 
     be, L = backend_mod, layer
     shift = act_shift(L.act_bits)
-    acts = [be.quantize_activations(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits) for x in xs]
+    acts = [be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits) for x in xs]
     has_out = L.outlier_idx.numel() > 0
     ybs = [F.linear(a.x_outlier, L.outlier_weight, L.bias) if has_out else None for a in acts]
     st: dict[str, float | None] = {}
-    st["quantize"] = timer(lambda x: be.quantize_activations(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits),
+    st["quantize"] = timer(lambda x: be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits),
                            [(x,) for x in xs]).ms
     st["outlier_gemm"] = (timer(lambda a: F.linear(a.x_outlier, L.outlier_weight, L.bias), [(a,) for a in acts]).ms
                           if has_out else None)
@@ -860,13 +861,16 @@ def quantize_random(model, qcfg, dtype: torch.dtype, device: torch.device, backe
     first: dict[str, Any] = {}
     n = 0
     for block in get_blocks(model, adapter):
-        for path, ltype in adapter.linears():
+        group_idx: dict[int, Tensor] = {}  # one outlier draw per group: its layers read one input
+        for gi, path, ltype in ((gi, p, t) for gi, group in enumerate(adapter.groups) for p, t in group):
             lin = get_module(block, path)
             if path in first and not distinct_weights:
                 q = copy.deepcopy(first[path])  # own device buffers and own host PackedLinear, same values
             else:
                 rule = qcfg.resolve(ltype, lin.in_features)
-                idx = torch.randperm(lin.in_features, generator=gen)[:rule.n_outliers].sort().values
+                if gi not in group_idx:
+                    group_idx[gi] = torch.randperm(lin.in_features, generator=gen)
+                idx = group_idx[gi][:rule.n_outliers].sort().values
                 qw = gptq_quantize(lin.weight.detach(), None, rule.weight_bits, idx, rule.group_size,
                                    sparsity=rule.sparsity)
                 packed = PackedLinear.from_quantized(qw, lin.bias, rule.act_bits, rule.sparsity)
@@ -894,11 +898,12 @@ def weights_bytes(model) -> int:
 def checkpoint_bytes(model) -> int:
     """Bytes of tensor data ``save_packed`` would write: PackedLinear tensors of each QuikLinear, and every
     other state-dict tensor in fp16 (integer tensors as they are), tied tensors once. Headers not counted."""
+    from quiktool.runtime.fuse import QuikSlice
     from quiktool.runtime.quik_linear import QuikLinear
 
     total, skip = 0, []
     for name, mod in model.named_modules():
-        if isinstance(mod, QuikLinear):
+        if isinstance(mod, (QuikLinear, QuikSlice)) and mod.packed is not None:
             total += sum(t.numel() * t.element_size() for t in mod.packed.to_tensors(name).values())
             skip.append(name + ".")
     seen = set()
@@ -938,6 +943,49 @@ def _generate(model, prompt: Tensor, new_tokens: int, clock: _StepClock | None =
                           pad_token_id=eos if isinstance(eos, int) else 0, **kw)
 
 
+def _graph_decode(model, prompt: Tensor, steps: int) -> float:
+    """Greedy decode of ``steps`` tokens after ``prompt`` [1, P] with a static KV cache, every step one
+    replay of a CUDA graph that holds the whole forward (the graph feeds its own argmax back and advances
+    the cache position itself) -> ms per token, CUDA events around all replays. Without the host in the
+    loop this measures what the kernels do; HF generate (decode_tok_s) is mostly Python overhead."""
+    from transformers import StaticCache
+
+    dev = prompt.device
+    P = prompt.shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=P + steps + 4)
+    out = model(prompt, past_key_values=cache, cache_position=torch.arange(P, device=dev), use_cache=True)
+    tok = out.logits[:, -1:].argmax(-1)                                   # [1, 1]
+    pos = torch.full((1,), P, dtype=torch.long, device=dev)
+    del out
+
+    def step():
+        o = model(tok, past_key_values=cache, cache_position=pos, use_cache=True)
+        tok.copy_(o.logits[:, -1:].argmax(-1))
+        pos.add_(1)
+
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):  # warm-up outside the capture: kernels compiled, one-time setup done
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    pos.fill_(P)
+    graph.replay()  # one untimed replay
+    torch.cuda.synchronize(dev)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    ms = start.elapsed_time(end) / steps
+    del graph, cache
+    return ms
+
+
 def _prefill_fn(model):
     import inspect
 
@@ -949,13 +997,16 @@ def _prefill_fn(model):
 
 def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int = 1, seqlen: int = 2048,
                 decode_tokens: int = 64, reps: int = 5, warmup: int = 2, device: str = "cpu", backend: str = "auto",
-                dtype: str = "fp16", distinct_weights: bool = False, seed: int = 0) -> dict:
-    """End-to-end LLaMA with random weights: FP baseline then each quantization preset in ``configs``.
+                dtype: str = "fp16", distinct_weights: bool = False, seed: int = 0, fuse: bool = True) -> dict:
+    """End-to-end LLaMA with random weights: FP baseline then each quantization preset in ``configs``
+    (with ``fuse``, the QUIK layers that read one input run as one layer: runtime.fuse).
 
     Per variant: prefill time of [batch, seqlen] token ids (one forward, no cache, last-token logits),
     decode tokens/s (HF generate, greedy, batch 1, KV cache, prompt = seqlen tokens, measured from the
     first to the last of ``decode_tokens`` new tokens), weight memory, checkpoint size and, on CUDA, the
-    peak memory of prefill and of decode (each from a fresh peak after the previous variant was freed).
+    peak memory of prefill and of decode (each from a fresh peak after the previous variant was freed),
+    and on CUDA the same decode replayed as one CUDA graph per token (graph_decode_tok_s: GPU time without
+    the host; its failure is recorded in graph_decode_error and does not stop the benchmark).
     -> {"variants": [dict, ...], ...}; see format_model_table."""
     from quiktool.config import load_config
 
@@ -984,7 +1035,7 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
     result = _report_head("model", dev, be_name, dtype)
     result.update({"arch": arch, "model_config": ARCHS[arch], "batch": batch, "seqlen": seqlen,
                    "decode_tokens": decode_tokens, "reps": reps, "warmup": warmup,
-                   "distinct_weights": distinct_weights, "quantizer": "RTN (gptq_quantize with H=None)",
+                   "distinct_weights": distinct_weights, "fuse": fuse, "quantizer": "RTN (gptq_quantize with H=None)",
                    "outliers": MODEL_OUTLIER_NOTE, "variants": []})
     timer = Timer(dev, reps, max(warmup, 1), max_point_s=1e9, flush_l2=False)
     g = torch.Generator().manual_seed(seed + 1)
@@ -999,6 +1050,10 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
             if qcfg is not None:
                 v["quantize"] = quantize_random(model, qcfg, tdtype, dev, be_name,
                                                 torch.Generator().manual_seed(seed + 2), distinct_weights)
+                if fuse:
+                    from quiktool.runtime.fuse import fuse_shared_inputs
+
+                    v["fused_groups"] = fuse_shared_inputs(model)
             _free(dev)
             v["build_s"] = time.perf_counter() - t0
             v["weights_bytes"] = weights_bytes(model)
@@ -1023,6 +1078,15 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
                     v.update({"decode_tok_s": steps / span if span > 0 else None, "decode_ms_per_token":
                               span / max(steps, 1) * 1e3, "decode_steps": steps, "peak_decode_bytes": _peak(dev)})
                     log.info("%s: decode %.1f tokens/s", vname, v["decode_tok_s"] or 0.0)
+                    if dev.type == "cuda":
+                        _free(dev)
+                        try:
+                            ms = _graph_decode(model, prompt, decode_tokens)
+                            v.update({"graph_decode_ms_per_token": ms, "graph_decode_tok_s": 1e3 / ms})
+                            log.info("%s: decode under a CUDA graph %.1f tokens/s", vname, 1e3 / ms)
+                        except Exception as e:  # record why, keep the other numbers
+                            v["graph_decode_error"] = _err_text(e)
+                            log.warning("%s: CUDA-graph decode failed: %s", vname, v["graph_decode_error"])
         except Exception as e:  # e.g. out of memory: record it, free, go on with the next variant
             v["error"] = _err_text(e)
             log.warning("%s failed: %s", vname, v["error"])
@@ -1031,9 +1095,10 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
             _free(dev)
     base = result["variants"][0]
     for v in result["variants"]:
-        for key, inv in (("prefill_ms", True), ("decode_tok_s", False)):
+        for key, inv, out in (("prefill_ms", True, "prefill_speedup"), ("decode_tok_s", False, "decode_speedup"),
+                              ("graph_decode_tok_s", False, "graph_decode_speedup")):
             a, b = base.get(key), v.get(key)
-            v[key.split("_")[0] + "_speedup"] = (a / b if inv else b / a) if a and b else None
+            v[out] = (a / b if inv else b / a) if a and b else None
     result["seconds"] = time.perf_counter() - t_start
     result["errors"] = sum(1 for v in result["variants"] if v.get("error"))
     return result
@@ -1056,12 +1121,13 @@ def format_model_table(result: dict) -> str:
         f"torch {result['versions'].get('torch')}, transformers {result['versions'].get('transformers')}, {result['date']}",
         f"prefill: {result['batch']} x {result['seqlen']} tokens, one forward, median of {result['reps']}; "
         f"decode: HF generate, greedy, batch 1, KV cache, {result['decode_tokens']} tokens after a "
-        f"{result['seqlen']}-token prompt (host overhead included); x = vs {result['dtype']}",
+        f"{result['seqlen']}-token prompt (host overhead included); graph decode: the same decode with a static KV "
+        f"cache, one CUDA graph replay per token (GPU time, CUDA only); x = vs {result['dtype']}",
         f"quantized variants: {result['quantizer']}, {result['outliers']}; weights = parameters + buffers on the "
         "device; ckpt = tensor bytes save_packed would write; peak = torch.cuda.max_memory_allocated",
     ]
     head = ["variant", "weights GB", "ckpt GB", "prefill ms", "prefill tok/s", "x", "decode tok/s", "x",
-            "peak prefill GB", "peak decode GB"]
+            "graph decode tok/s", "x", "peak prefill GB", "peak decode GB"]
     body = []
     for v in result["variants"]:
         if v.get("error"):
@@ -1070,7 +1136,11 @@ def format_model_table(result: dict) -> str:
         body.append([v["variant"], gb(v.get("weights_bytes")), gb(v.get("checkpoint_bytes")),
                      _f(v.get("prefill_ms"), ".2f"), _f(v.get("prefill_tok_s"), ".0f"),
                      _f(v.get("prefill_speedup"), ".2f"), _f(v.get("decode_tok_s"), ".1f"),
-                     _f(v.get("decode_speedup"), ".2f"), gb(v.get("peak_prefill_bytes")),
+                     _f(v.get("decode_speedup"), ".2f"), _f(v.get("graph_decode_tok_s"), ".1f"),
+                     _f(v.get("graph_decode_speedup"), ".2f"), gb(v.get("peak_prefill_bytes")),
                      gb(v.get("peak_decode_bytes"))])
     lines += _render(head, body, set(range(1, len(head))))
+    for v in result["variants"]:
+        if v.get("graph_decode_error"):
+            lines.append(f"graph decode n/a for {v['variant']}: {v['graph_decode_error']}")
     return "\n".join(lines)

@@ -128,15 +128,19 @@ def quantize(ctx, model, calib, config, algorithm, wbits, abits, outliers, group
 @click.option("--backend", type=click.Choice(["auto", "cuda", "torch"]), default="auto", show_default=True,
               help="Runtime of the quantized layers: CUDA kernels, the exact torch reference, or auto (CUDA if a GPU is present).")
 @click.option("--max-ppl", type=float, default=None, help="Exit with code 1 if the perplexity exceeds this bound (CI gate).")
+@click.option("--fuse/--no-fuse", default=None,
+              help="Run the quantized layers that read one input (q/k/v, gate/up) as one layer "
+                   "[default: on a GPU yes, on the CPU no].")
 @DATA_DIR
 @DEVICE
 @JSON_OUT
 @click.pass_context
-def eval_ppl(ctx, model, dataset, seqlen, max_windows, dtype, backend, max_ppl, data_dir, device, json_out):
+def eval_ppl(ctx, model, dataset, seqlen, max_windows, dtype, backend, max_ppl, fuse, data_dir, device, json_out):
     """Perplexity on non-overlapping windows (GPTQ/QUIK protocol) of a model or a packed checkpoint."""
     from quiktool import api
 
-    r = api.eval_ppl(model, dataset, seqlen, max_windows, data_dir, device, dtype, backend, progress=ctx.obj["progress"])
+    r = api.eval_ppl(model, dataset, seqlen, max_windows, data_dir, device, dtype, backend, progress=ctx.obj["progress"],
+                     fuse=fuse)
     if json_out:
         api.write_json(json_out, r)
     click.echo(_table({k: r[k] for k in ("model", "dataset", "seqlen", "windows", "tokens", "ppl", "seconds", "backend")}))
@@ -212,11 +216,13 @@ def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, 
 @click.option("--distinct-weights", is_flag=True,
               help="Quantize every block's linears (slow on the host); default: quantize block 0 and copy it to "
                    "the other blocks on the device (same memory and speed).")
+@click.option("--fuse/--no-fuse", default=True, show_default=True,
+              help="Run the QUIK layers that read one input (q/k/v, gate/up) as one layer, as eval-ppl does on a GPU.")
 @BACKEND
 @DEVICE
 @JSON_OUT
-def bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, dtype, distinct_weights, backend, device,
-                json_out):
+def bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, dtype, distinct_weights, fuse, backend,
+                device, json_out):
     """End to end: prefill and decode speed, weight/peak memory and checkpoint size, FP16 vs QUIK presets.
 
     Example on a GPU: quiktool bench model --device cuda --arch llama2-7b --decode-tokens 64"""
@@ -224,7 +230,7 @@ def bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, dtype
     from quiktool.bench import format_model_table
 
     r = api.bench_model(arch, configs, batch, seqlen, decode_tokens, reps, warmup, device, backend, dtype,
-                        distinct_weights)
+                        distinct_weights, fuse=fuse)
     if json_out:
         api.write_json(json_out, r)
     click.echo(format_model_table(r))

@@ -57,6 +57,7 @@ def atomic_replace_dir(tmp: Path, out: Path) -> None:
 
 
 def save_packed(out_dir, model, tokenizer, qcfg_dict: dict, extra: dict | None = None, overwrite: bool = False) -> Path:
+    from quiktool.runtime.fuse import QuikSlice
     from quiktool.runtime.quik_linear import QuikLinear
 
     out = prepare_output_dir(out_dir, overwrite)
@@ -64,7 +65,8 @@ def save_packed(out_dir, model, tokenizer, qcfg_dict: dict, extra: dict | None =
     layers: dict[str, dict] = {}
     skip = set()
     for name, mod in model.named_modules():
-        if isinstance(mod, QuikLinear):
+        # QuikSlice (runtime.fuse) stands for a fused member and keeps its PackedLinear; the fused core has none
+        if isinstance(mod, (QuikLinear, QuikSlice)) and mod.packed is not None:
             tensors.update(mod.packed.to_tensors(name))
             layers[name] = mod.packed.meta()
             skip.add(name + ".")

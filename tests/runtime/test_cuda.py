@@ -517,11 +517,12 @@ def test_out_of_range_index_poisons_the_row_instead_of_reading_out_of_bounds() -
 # ---------------------------------------------------------------------------------------------------
 # (e) a whole quantized model: the two backends give the same logits, bit for bit
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fuse", [False, True], ids=["unfused", "fused"])
 @pytest.mark.parametrize("batch,seq", [(3, 118), (1, 7)], ids=["M354", "M7"])
 @pytest.mark.parametrize("preset", ["quik-4b", "w4a8", "quik-8b"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_quantized_model_logits_identical_across_backends(preset: str, dtype: torch.dtype, batch: int,
-                                                          seq: int) -> None:
+                                                          seq: int, fuse: bool) -> None:
     """Every QuikLinear output is bit-identical, so the discontinuous 4-bit activation rounding of the
     next layer sees the same inputs: whole-model logits must then be identical too (close is not
     enough: a 1-ulp-sized input perturbation moves a SmolLM2 QUIK-4B perplexity by about 1%)."""
@@ -536,9 +537,12 @@ def test_quantized_model_logits_identical_across_backends(preset: str, dtype: to
     ids = torch.randint(0, m.config.vocab_size, (batch, seq), generator=g).to(DEV)
     api.quantize_model(m, load_config(preset).replace(algorithm="rtn"), api.collect_channel_stats(m, calib), None,
                        device=DEV, progress=False)
+    if fuse:  # q/k/v and gate/up as one layer each (runtime.fuse): 2 fused + o + down per block
+        from quiktool.runtime.fuse import fuse_shared_inputs
+        assert fuse_shared_inputs(m) == 4
     logits = {}
     for b in ("torch", "cuda"):
-        assert set_backend(m, b) == 14
+        assert set_backend(m, b) == (8 if fuse else 14)
         with torch.no_grad():
             logits[b] = m(ids).logits
     assert torch.isfinite(logits["torch"]).all()
