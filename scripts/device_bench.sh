@@ -5,7 +5,8 @@
 #
 # usage, from the repository root:   OUT=/some/dir bash scripts/device_bench.sh
 #   env: PYTHON (python3), OUT (out/device-bench), MODE (full | quick: one shape, few M, short model run;
-#        smoke: tiny CPU run that checks this script), REPS (100), MAXPT (0.25 s per measurement)
+#        smoke: tiny CPU run that checks this script), REPS (100), MAXPT (0.25 s per measurement),
+#        STEPS (which steps, default "layers models"; full mode's two halves each fit one 600 s device call)
 # Budget (full): layer sweep ~2-4 min, W8A8 sweep < 1 min, model ~1-2 min; each step has a timeout so a
 # hang cannot eat the whole call. Partial layer JSON is written after every shape, so a step that
 # times out still leaves its rows. Writes 7 files under $OUT; prints compact tables last.
@@ -27,7 +28,8 @@ case "$MODE" in
     W4=(--schemes w4a4,w4a8 --outliers 0,256)                                   # 9 shapes x 6 M
     W8=(--schemes w8a8 --outliers 0,256 --shapes llama2-7b,llama2-70b --m 1,16,2048)
     MODEL=(--arch llama2-7b --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)
-    LIMITS=(300 90 150) ;;
+    MORE_MODELS=1   # + QUIK-4B without fusion (the A/B of runtime.fuse) and LLaMA-2-13B
+    LIMITS=(300 90 200) ;;
   quick)
     W4=(--schemes w4a4,w4a8 --outliers 0,256 --shapes 4096x4096,8192x28672 --m 1,16,2048)
     W8=(--schemes w8a8 --outliers 256 --shapes 8192x28672 --m 1,2048)
@@ -64,9 +66,20 @@ cuda_available())" 2>&1 || true
 } | tee -a "$LOG"
 
 Q=("$PY" -m quiktool --log-level info bench)
-step layer_w4   "${LIMITS[0]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${W4[@]}" --json "$OUT/layer_w4.json"
-step layer_w8a8 "${LIMITS[1]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${W8[@]}" --json "$OUT/layer_w8a8.json"
-step model_7b   "${LIMITS[2]}" "${Q[@]}" model "${DEV[@]}" "${MODEL[@]}" --json "$OUT/model_7b.json"
+STEPS=${STEPS:-layers models}
+if [[ " $STEPS " == *" layers "* ]]; then
+  step layer_w4   "${LIMITS[0]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${W4[@]}" --json "$OUT/layer_w4.json"
+  step layer_w8a8 "${LIMITS[1]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${W8[@]}" --json "$OUT/layer_w8a8.json"
+fi
+if [[ " $STEPS " == *" models "* ]]; then
+  step model_7b   "${LIMITS[2]}" "${Q[@]}" model "${DEV[@]}" "${MODEL[@]}" --json "$OUT/model_7b.json"
+  if [ "${MORE_MODELS:-0}" = 1 ]; then
+    step model_7b_nofuse "${LIMITS[2]}" "${Q[@]}" model "${DEV[@]}" "${MODEL[@]}" --configs quik-4b --no-fuse \
+      --json "$OUT/model_7b_nofuse.json"
+    step model_13b "${LIMITS[2]}" "${Q[@]}" model "${DEV[@]}" "${MODEL[@]}" --arch llama2-13b \
+      --json "$OUT/model_13b.json"
+  fi
+fi
 
 # Tables last (the console keeps only the tail): compact rows, the full ones are in $OUT/*.txt and *.json.
 # With MODE=full the compact W4 table shows the 256-outlier rows (QUIK's setting); the 0-outlier rows
@@ -91,6 +104,8 @@ for name in ("layer_w4", "layer_w8a8"):
     if "errors" not in r:
         print(f"{name}: PARTIAL (the step stopped early; {len(r['rows'])} rows)")
     print(format_layer_table(r, compact=True) + "\n")
-p = out / "model_7b.json"
-print(format_model_table(json.loads(p.read_text())) if p.exists() else "model_7b: no JSON (see bench.log)")
+for name in ("model_7b", "model_7b_nofuse", "model_13b"):
+    p = out / f"{name}.json"
+    if p.exists():
+        print(f"{name}:\n" + format_model_table(json.loads(p.read_text())) + "\n")
 EOF
