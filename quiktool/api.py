@@ -219,11 +219,13 @@ def quantize(model: str, calib: str, out: str, qcfg: QuantConfig, data_dir: str 
 # ------------------------------------------------------------------------------------------ eval-ppl
 def eval_ppl(model: str, dataset: str = "wikitext2", seqlen: int = 2048, max_windows: int | None = None,
              data_dir: str | None = None, device: str = "cpu", dtype: str | None = None, backend: str = "auto",
-             progress: bool = True, fuse: bool | None = None) -> dict:
+             progress: bool = True, fuse: bool = False) -> dict:
     """Perplexity of an unquantized model or a packed quiktool checkpoint.
 
-    fuse: run the QUIK layers that read one input as one layer (runtime.fuse; q/k/v and gate/up). None:
-    on a GPU yes (speed), on the CPU no (the reference numbers stay those of the layers as stored)."""
+    fuse: run the QUIK layers that read one input as one layer (runtime.fuse; q/k/v and gate/up): faster
+    on a GPU, but its one outlier product may round differently in the last bit, which a quantized model
+    amplifies (SmolLM2-135M QUIK-4B on the H200: 27.3062 -> 27.1310, docs/RESULTS.md). Off by default,
+    so that GPU perplexity stays within 0.1% of the CPU reference."""
     from quiktool.eval import perplexity
 
     if max_windows is not None and max_windows < 1:
@@ -239,7 +241,6 @@ def eval_ppl(model: str, dataset: str = "wikitext2", seqlen: int = 2048, max_win
         m, tok, _ = load_packed(model, dtype=DTYPES[dt], device=dev, backend=be)
         if tok is None:
             raise CheckpointError(f"{model!r} carries no tokenizer files; re-run quantize")
-        fuse = dev != "cpu" if fuse is None else fuse
         if fuse:
             from quiktool.runtime.fuse import fuse_shared_inputs
 

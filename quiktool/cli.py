@@ -128,9 +128,9 @@ def quantize(ctx, model, calib, config, algorithm, wbits, abits, outliers, group
 @click.option("--backend", type=click.Choice(["auto", "cuda", "torch"]), default="auto", show_default=True,
               help="Runtime of the quantized layers: CUDA kernels, the exact torch reference, or auto (CUDA if a GPU is present).")
 @click.option("--max-ppl", type=float, default=None, help="Exit with code 1 if the perplexity exceeds this bound (CI gate).")
-@click.option("--fuse/--no-fuse", default=None,
-              help="Run the quantized layers that read one input (q/k/v, gate/up) as one layer "
-                   "[default: on a GPU yes, on the CPU no].")
+@click.option("--fuse/--no-fuse", default=False, show_default=True,
+              help="Run the quantized layers that read one input (q/k/v, gate/up) as one layer: faster on a GPU, "
+                   "but the last bits of the outlier product may change, and with them the perplexity slightly.")
 @DATA_DIR
 @DEVICE
 @JSON_OUT
@@ -217,7 +217,7 @@ def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, 
               help="Quantize every block's linears (slow on the host); default: quantize block 0 and copy it to "
                    "the other blocks on the device (same memory and speed).")
 @click.option("--fuse/--no-fuse", default=True, show_default=True,
-              help="Run the QUIK layers that read one input (q/k/v, gate/up) as one layer, as eval-ppl does on a GPU.")
+              help="Run the QUIK layers that read one input (q/k/v, gate/up) as one layer (eval-ppl --fuse).")
 @BACKEND
 @DEVICE
 @JSON_OUT

@@ -103,6 +103,13 @@ def test_existing_output_needs_overwrite_and_packed_roundtrip(stories_path, cali
     assert code == 0, txt
     r = json.loads(js.read_text())
     assert r["windows"] == 2 and r["seqlen"] == 128 and r["backend"] == "torch" and "versions" in r
+    assert r["fused"] is False
+    # --fuse: q/k/v and gate/up as one layer each; the same function up to the outlier product's last bits
+    code, txt = run("eval-ppl", "-m", out, "--seqlen", 128, "--max-windows", 2, "--data-dir", data_dir,
+                    "--backend", "torch", "--fuse", "--json", js)
+    assert code == 0, txt
+    rf = json.loads(js.read_text())
+    assert rf["fused"] is True and abs(rf["ppl"] - r["ppl"]) <= 1e-3 * r["ppl"]
     code, txt = run("eval-ppl", "-m", out, "--seqlen", 128, "--max-windows", 2, "--data-dir", data_dir,
                     "--max-ppl", r["ppl"] * 0.5)
     assert code == 1 and "exceeds --max-ppl" in txt
