@@ -483,40 +483,13 @@ def quantize_layer(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) 
     return quantize_activations(x, keep_idx, outlier_idx, bits)
 
 
-# Up to this many tokens, quik_linear computes the outlier product on a second stream while the quantizer
-# runs (both only read x): at decode sizes the layer is a chain of three latency-bound kernels, and this
-# takes one link out of it. QUIKTOOL_PARALLEL_OUTLIER_MAX_M (environment) replaces the bound; 0 = never.
-PARALLEL_OUTLIER_MAX_M: int = _env_int("QUIKTOOL_PARALLEL_OUTLIER_MAX_M", 16)
-_SIDE_STREAMS: dict[int, Any] = {}
-
-
-def _side_stream(dev: int) -> Any:
-    if dev not in _SIDE_STREAMS:
-        _SIDE_STREAMS[dev] = torch.cuda.Stream(device=dev)
-    return _SIDE_STREAMS[dev]
-
-
 def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
                 w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
     """The whole QUIK layer, as reference.quik_linear (bit-identical): quantize_layer, the outlier product
-    (cuBLAS, as on the torch backend), quik_gemm. For M <= PARALLEL_OUTLIER_MAX_M the outlier product runs
-    on a side stream concurrently with the quantizer (the same F.linear on the same values: same bits);
-    the fork and join are stream waits, so this also works inside a CUDA graph capture."""
-    M = x.shape[0]
-    shift = 1 << (act_bits - 1)
-    if outlier_idx.numel() and 0 < M <= PARALLEL_OUTLIER_MAX_M:
-        dev = x.get_device()
-        main, side = torch.cuda.current_stream(dev), _side_stream(dev)
-        side.wait_stream(main)                                   # x is ready
-        with torch.cuda.stream(side):
-            y_base = _ref.outlier_base(x.index_select(1, outlier_idx), outlier_weight, bias, M)
-        a = quantize_layer(x, keep_idx, outlier_idx, act_bits)   # meanwhile, on the main stream
-        main.wait_stream(side)
-        y_base.record_stream(main)                               # allocated on side, used and freed on main
-        return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, shift, w_scale, wsum, y_base, x.dtype)
+    (cuBLAS, as on the torch backend), quik_gemm."""
     a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
-    y_base = _ref.outlier_base(a.x_outlier, outlier_weight, bias, M)
-    return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, shift, w_scale, wsum, y_base, x.dtype)
+    y_base = _ref.outlier_base(a.x_outlier, outlier_weight, bias, x.shape[0])
+    return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum, y_base, x.dtype)
 
 
 def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:
