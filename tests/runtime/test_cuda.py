@@ -670,3 +670,28 @@ def test_library_paths_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch,
             cuda._luts(dev)
         else:
             assert taken == path
+
+
+@pytest.mark.parametrize("M", [1, 16])
+def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
+    """The decode path (split quantizer, outlier product, small-M kernel) captured into a CUDA graph, as
+    `bench model` does for its graph decode: every replay gives the reference's bits, on fresh inputs."""
+    K, N, n_out, dtype = 1100, 304, 100, torch.float16
+    g = _gen("decode-graph", M)
+    keep, outl = _split_columns(g, K, n_out)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    _, _, w_scale, wsum = _epilogue_inputs(g, M, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    args = (keep, outl, 4, w, 4, w_scale, wsum, w_out, None)
+    x = _activations(g, M, K, dtype, outl)
+    cuda.quik_linear(x, *args)                      # kernels loaded outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = cuda.quik_linear(x, *args)
+    for trial in range(3):
+        x.copy_(_activations(g, M, K, dtype, outl))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
+        assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
