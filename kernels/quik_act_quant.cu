@@ -131,9 +131,12 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
 // algo.outliers.keep_columns). No index array is gathered through: the kernel builds a bitmap of the
 // outlier columns and the count of outliers before every 32-column word in shared memory, reads the
 // staged row 8 columns (16 bytes) at a time, and places column c's code at
-// c - (outliers before c). The gather kernel above reads keep_idx (4 bytes per column) from L2 twice per
-// row and waits on each index before its element: ~0.5-1.2 TB/s. Here the only dependent global
-// loads are the n_out outlier indices.
+// c - (outliers before c). The gather kernel above reads keep_idx (4 bytes per column) twice per row and
+// waits on each index before its element; here the only dependent global loads are the n_out outlier
+// indices. Measured (H200, docs/PERF_LOG.md): 1-2 us less latency at M <= 16, but 1-6% slower at
+// M >= 512, where both kernels are instruction bound (ncu: ~80% of issue slots), so the launcher uses it
+// for decode sizes only (cuda.quantize_layer).
+//   Launch: grid = (M), block = (T), T a multiple of 32 in [32, 1024] (the launcher: ~16 columns per thread).
 //   Dynamic shared memory (bytes, in this order): row 2 * K8 (K8 = K rounded up to 8), bitmap 4 * W2,
 //   prefix 4 * W2 (W2 = ceil(K / 32) rounded up to even, so the code row stays 16-byte aligned), codes Kp.
 //   codes must be 16-byte aligned (rows are copied out with 16-byte stores). Kq = K - n_out >= 1.
