@@ -383,17 +383,7 @@ def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits:
     if not 1 <= kq <= K:
         raise KernelError(f"keep_idx: needs 1 to K={K} columns, got {kq}")
     kp = padded_k(kq)
-    if out is None:  # allocated here: right by construction, no checks needed
-        out = ActCodes(torch.empty(M, kp, dtype=torch.int8, device=x.device),
-                       torch.empty(M, dtype=torch.float32, device=x.device),
-                       torch.empty(M, dtype=torch.float32, device=x.device),
-                       torch.empty(M, n_out, dtype=x.dtype, device=x.device))
-        ptrs = (out.codes.data_ptr(), out.scale.data_ptr(), out.zero.data_ptr(), out.x_outlier.data_ptr())
-    else:
-        ptrs = (_check("out.codes", out.codes, (torch.int8,), (M, kp), dev, align=4),
-                _check("out.scale", out.scale, (torch.float32,), (M,), dev),
-                _check("out.zero", out.zero, (torch.float32,), (M,), dev),
-                _check("out.x_outlier", out.x_outlier, (x.dtype,), (M, n_out), dev))
+    out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=4)  # codes rows written as 32-bit words
     if M == 0:
         return out
     row_bytes = -(-K // 8) * 16  # K fp16/bf16 values, rounded up to whole 16-byte copies
@@ -404,6 +394,21 @@ def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits:
              K, kq, kp, n_out, bits),
             row_bytes if staged else 0)
     return out
+
+
+def _act_out(out: ActCodes | None, x: Tensor, M: int, kp: int, n_out: int, dev: int,
+             codes_align: int) -> tuple[ActCodes, tuple[int, int, int, int]]:
+    """The quantizers' result buffers: allocated (right by construction) or the caller's, checked."""
+    if out is None:
+        out = ActCodes(torch.empty(M, kp, dtype=torch.int8, device=x.device),
+                       torch.empty(M, dtype=torch.float32, device=x.device),
+                       torch.empty(M, dtype=torch.float32, device=x.device),
+                       torch.empty(M, n_out, dtype=x.dtype, device=x.device))
+        return out, (out.codes.data_ptr(), out.scale.data_ptr(), out.zero.data_ptr(), out.x_outlier.data_ptr())
+    return out, (_check("out.codes", out.codes, (torch.int8,), (M, kp), dev, align=codes_align),
+                 _check("out.scale", out.scale, (torch.float32,), (M,), dev),
+                 _check("out.zero", out.zero, (torch.float32,), (M,), dev),
+                 _check("out.x_outlier", out.x_outlier, (x.dtype,), (M, n_out), dev))
 
 
 def _split_smem(K: int, kp: int) -> int:
@@ -444,17 +449,7 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
         from quiktool.algo.outliers import keep_columns  # noqa: PLC0415
         keep = keep_columns(K, outl.long()).to(device=x.device, dtype=torch.int32)
         return quantize_activations(x, keep, outl, bits, out=out)
-    if out is None:  # allocated here: right by construction, no checks needed
-        out = ActCodes(torch.empty(M, kp, dtype=torch.int8, device=x.device),
-                       torch.empty(M, dtype=torch.float32, device=x.device),
-                       torch.empty(M, dtype=torch.float32, device=x.device),
-                       torch.empty(M, n_out, dtype=x.dtype, device=x.device))
-        ptrs = (out.codes.data_ptr(), out.scale.data_ptr(), out.zero.data_ptr(), out.x_outlier.data_ptr())
-    else:
-        ptrs = (_check("out.codes", out.codes, (torch.int8,), (M, kp), dev, align=16),
-                _check("out.scale", out.scale, (torch.float32,), (M,), dev),
-                _check("out.zero", out.zero, (torch.float32,), (M,), dev),
-                _check("out.x_outlier", out.x_outlier, (x.dtype,), (M, n_out), dev))
+    out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)  # 16-byte copies of the code rows
     if M == 0:
         return out
     name = "quik_act_quant_split_" + ("f16" if x.dtype == torch.float16 else "bf16")
