@@ -52,6 +52,9 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
     __shared__ float s_mn[32], s_mx[32];
     __shared__ int s_bad[32];
     const int row = blockIdx.x;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");  // the GEMM may launch now and wait for us (PDL)
+#endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
     const unsigned short* xr = x + (size_t)row * K;
 
@@ -172,6 +175,9 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     __shared__ float s_mn[32], s_mx[32];
     __shared__ int s_cnt[32], s_bad;
     const int row = blockIdx.x;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");  // the GEMM may launch now and wait for us (PDL)
+#endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
     const unsigned short* xr = x + (size_t)row * K;
 

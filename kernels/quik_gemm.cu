@@ -488,6 +488,27 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[a][b][r] = 0;
 
+    // Programmatic dependent launch (sm_90): the launcher may start this grid while the activation
+    // quantizer that produces A, a_scale and a_zero is still running. Before waiting for it, ask L2 for
+    // the first weight steps (they do not depend on it); griddepcontrol.wait then blocks until the
+    // quantizer's grid has completed and its writes are visible. Launched normally, the wait is a no-op.
+#if __CUDA_ARCH__ >= 900
+#pragma unroll
+    for (int u = 0; u < 2 * U; ++u) {
+        const int s = warp + u * WARPS;
+        const size_t wb = (size_t)s * 64 + 32 * (t >> 1);  // one prefetch per 32-byte sector
+        if (s < S && wb < w_row_bytes && (t & 1) == 0) {
+#pragma unroll
+            for (int a = 0; a < NTW; ++a)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int n = n0 + 16 * a + g + 8 * h;
+                    if (n < N) asm volatile("prefetch.global.L2 [%0];" ::"l"(W + (size_t)n * w_row_bytes + wb));
+                }
+        }
+    }
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     for (int s0 = warp; s0 < S; s0 += WARPS * U) {
         uint4 wv[U][NTW][2];

@@ -281,15 +281,55 @@ def _raw_stream(index: int) -> int:
     return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
 
 
-def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequence[Any], smem: int = 0) -> None:
-    """Launch ``name`` on torch's current stream of device ``index`` (asynchronous, no sync)."""
+class _LaunchAttr(ctypes.Structure):  # CUlaunchAttribute: id, padding to 8 bytes, a 64-byte value union
+    _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_char * 4), ("value", ctypes.c_ubyte * 64)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig (cuda.h, CUDA >= 12.0)
+    _fields_ = [("gridDimX", ctypes.c_uint), ("gridDimY", ctypes.c_uint), ("gridDimZ", ctypes.c_uint),
+                ("blockDimX", ctypes.c_uint), ("blockDimY", ctypes.c_uint), ("blockDimZ", ctypes.c_uint),
+                ("sharedMemBytes", ctypes.c_uint), ("hStream", ctypes.c_void_p),
+                ("attrs", ctypes.POINTER(_LaunchAttr)), ("numAttrs", ctypes.c_uint)]
+
+
+_PDL_ATTR_ID = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+# Programmatic dependent launch of the small-M GEMM after the quantizer (sm_90+): QUIKTOOL_PDL=0 turns it off.
+PDL = os.environ.get("QUIKTOOL_PDL", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_ex() -> Any:
+    """cuLaunchKernelEx from the driver library (CuPy does not wrap it), or None."""
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    attr = _LaunchAttr(id=_PDL_ATTR_ID)
+    attr.value[0] = 1  # programmaticStreamSerializationAllowed = 1 (an int at the union's start)
+    return fn, attr
+
+
+def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequence[Any], smem: int = 0,
+            pdl: bool = False) -> None:
+    """Launch ``name`` on torch's current stream of device ``index`` (asynchronous, no sync). ``pdl``: as a
+    programmatic dependent launch (the kernel waits for its predecessor with griddepcontrol.wait)."""
     cupy = _cupy()
     fn = _kernels(index, _device_info(index)[0])[name]
     if torch.cuda.current_device() != index:
         with torch.cuda.device(index):
-            return _launch(index, name, grid, block, sig, args, smem)
+            return _launch(index, name, grid, block, sig, args, smem, pdl)
     params = _PARAMS.pack(sig, args)
     stream = _raw_stream(index)
+    ex = _launch_ex() if pdl and PDL and torch.cuda.get_device_capability(index) >= (9, 0) else None
+    if ex is not None:
+        launch, attr = ex
+        cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, stream, ctypes.pointer(attr), 1)
+        rc = launch(ctypes.byref(cfg), fn, params, None)
+        if rc != 0:
+            raise KernelError(f"launching {name} (programmatic dependent launch) failed: CUresult {rc}")
+        return None
     try:
         cupy.cuda.driver.launchKernel(fn, grid, 1, 1, block, 1, 1, smem, stream, params, 0)
     except cupy.cuda.driver.CUDADriverError as e:
@@ -482,8 +522,15 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
                 w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
     """The whole QUIK layer, as reference.quik_linear (bit-identical): quantize_layer, the outlier product
     (cuBLAS, as on the torch backend), quik_gemm."""
-    a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
-    y_base = _ref.outlier_base(a.x_outlier, outlier_weight, bias, x.shape[0])
+    M = x.shape[0]
+    if M <= 16 and outlier_idx.numel():
+        # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
+        # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
+        y_base = _ref.outlier_base(x.index_select(1, outlier_idx), outlier_weight, bias, M)
+        a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
+    else:
+        a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
+        y_base = _ref.outlier_base(a.x_outlier, outlier_weight, bias, M)
     return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum, y_base, x.dtype)
 
 
@@ -590,7 +637,9 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
                     _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
         else:
             name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev)
-            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem)
+            # the small-M kernel starts early and prefetches its weights while the quantizer runs
+            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem,
+                    pdl=name.startswith("quik_gemv_"))
     return out
 
 
