@@ -15,7 +15,9 @@
 //                 quik_act_quant_split_{f16,bf16} no keep_idx: the kept columns are the ascending
 //                                                  complement of out_idx (the layers' case); faster, see
 //                                                  "Split mode" below for its own contract
-//   Launch: grid = (M), block = (T), T a multiple of 32 in [32, 1024].
+//   Launch: grid = (M), block = (T), T a multiple of 32 in [32, 1024]. On sm_90 every block first executes
+//   griddepcontrol.launch_dependents, so that a GEMM launched after it as a programmatic dependent launch
+//   can start (and wait for this grid's results with griddepcontrol.wait).
 //   Pointers: x needs only its 2-byte alignment (rows are copied with 16-byte cp.async when x is 16-byte
 //   aligned and K % 8 == 0, element by element otherwise); codes 4-byte aligned (rows are written as
 //   32-bit words; Kp % 64 == 0 keeps every row aligned); keep_idx is read 4 at a time when 16-byte

@@ -28,7 +28,9 @@
 //                       dynamic smem 4 * (128*64 + 256*(WB==4 ? 32 : 64)) bytes = 64 KiB (w4) / 96 KiB (w8)
 //     quik_gemm_*_mid : block 128 threads, tile 64 x 128, grid = ceil(M/64) * ceil(N/128),
 //                       dynamic smem 4 * (64*64 + 128*(WB==4 ? 32 : 64)) bytes = 32 KiB (w4) / 48 KiB (w8)
-//     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (ceil(N/16) for *_r16), static smem only
+//     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (ceil(N/16) for *_r16), static smem only; on sm_90
+//                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
+//                       nothing but W before griddepcontrol.wait (see the kernel)
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
 // TOPS), while m16n8k32 .s8 runs at ~1.2 POPS. A weight nibble w is unpacked into the HIGH half of a
