@@ -16,7 +16,8 @@
 // comparisons and libdevice's __fdiv_rn. Every operation that decides a bit of the result is therefore an
 // explicit non-.ftz PTX instruction (sub.rn, mul.rn, add.rn, div.rn, min/max.NaN, cvt.rni), the "> 0"
 // test is done on the bit pattern, and nothing can be contracted into an FMA.
-#pragma once
+#ifndef QUIK_QUANT_CUH
+#define QUIK_QUANT_CUH
 
 #ifndef QDEV
 #define QDEV __device__ __forceinline__
@@ -75,3 +76,5 @@ QDEV int code_of(float v, float zero, float scale, int bits) {
 }
 
 }  // namespace quikq
+
+#endif  // QUIK_QUANT_CUH

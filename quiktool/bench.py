@@ -730,13 +730,15 @@ def _render(header: Sequence[str], rows: list[list[str]], right: set[int]) -> li
 def _library_gemm_rule() -> dict:
     from quiktool.runtime import cuda
 
+    wgmma = {"wgmma_min_m": cuda.WGMMA_MIN_M if cuda.WGMMA else 0}
     if cuda.LIB_MIN_M == 0:
-        return {"enabled": False}
-    return {"enabled": True, "min_m": {p: cuda._min_m(p) for p in ("fp8", "int8")}, "min_macs": cuda.LIB_MIN_MACS}
+        return {"enabled": False, **wgmma}
+    return {"enabled": True, "min_m": {p: cuda._min_m(p) for p in ("fp8", "int8")}, "min_macs": cuda.LIB_MIN_MACS,
+            **wgmma}
 
 
 def _gemm_path(layer, M: int) -> str:
-    """Which integer GEMM the cuda backend runs for this layer at M tokens: 'fp8', 'int8' or 'mma'."""
+    """Which integer GEMM the cuda backend runs for this layer at M tokens: 'wgmma', 'fp8', 'int8' or 'mma'."""
     from quiktool.algo.quant import act_shift
     from quiktool.runtime import cuda
 
@@ -783,7 +785,7 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         head += [stage_names[k] for k in stage_keys]
     body, errors = [], []
     for r in result["rows"]:
-        scheme = r["scheme"] + (f"+{r['gemm_path']}" if r.get("gemm_path") in ("fp8", "int8") else "")
+        scheme = r["scheme"] + (f"+{r['gemm_path']}" if r.get("gemm_path") in ("fp8", "int8", "wgmma") else "")
         base = [r["shape"], str(r["M"]), scheme, str(r["outliers"])]
         if r.get("error"):
             body.append(base + ["error"] + [""] * (len(head) - 5))

@@ -24,8 +24,12 @@ import importlib.resources
 import logging
 import numbers
 import os
+import hashlib
 import re
+import shutil
 import struct
+import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +45,7 @@ __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
     "int_gemm", "quik_gemm", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
     "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
+    "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "compile_wgmma",
 ]
 
 log = logging.getLogger(__name__)
@@ -237,6 +242,112 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
     return stages * (bm * 64 + bn * (32 if w_bits == 4 else 64))
 
 
+# ---------------------------------------------------------------------------------------------------
+# The sm_90a kernel (kernels/quik_wgmma.cu): wgmma needs the sm_90a target, on which NVRTC 13.0 crashes
+# (REFERENCE.md section 3), so this one file is built by nvcc into a cubin, cached on disk by the hash of
+# its source, options and nvcc version, and loaded with cupy.RawModule(path=...). Without nvcc (or on a
+# GPU other than sm_90) the path is simply not offered: gemm_path falls back to the cuBLASLt / mma.sync
+# paths, with one warning.
+# ---------------------------------------------------------------------------------------------------
+WGMMA_FILE = "quik_wgmma.cu"
+WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
+NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
+_WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
+_WG_SMEM = 4 * _WG_BM * 128 + 3 * _WG_BN * 128 + 1024              # its stages + 1 KiB alignment slack
+# QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it.
+WGMMA = os.environ.get("QUIKTOOL_WGMMA", "1") != "0"
+WGMMA_MIN_M: int = _env_int("QUIKTOOL_WGMMA_MIN_M", 128)
+
+
+def find_nvcc() -> str | None:
+    """$QUIKTOOL_NVCC, else nvcc on PATH, else under $CUDA_HOME / $CUDA_PATH / /usr/local/cuda; None if absent."""
+    explicit = os.environ.get("QUIKTOOL_NVCC")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return str(Path(root) / "bin" / "nvcc")
+    return None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("QUIKTOOL_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                                os.path.expanduser("~/.cache"), "quiktool")
+    return Path(root) / "kernels"
+
+
+def compile_wgmma(nvcc: str | None = None) -> Path:
+    """Build kernels/quik_wgmma.cu for sm_90a with nvcc (no GPU needed) -> path of the cached cubin.
+
+    Cached under $QUIKTOOL_CACHE_DIR (default ~/.cache/quiktool)/kernels by the hash of the source, the
+    options and nvcc's version; written to a temporary name and renamed, so concurrent processes never
+    load half a file. Raises KernelError when nvcc is missing or fails (with its message), or when the
+    cubin lacks an expected kernel.
+    """
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise KernelError("nvcc not found (set QUIKTOOL_NVCC or CUDA_HOME, or put nvcc on PATH); "
+                          "it builds the sm_90a wgmma kernel")
+    try:
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelError(f"cannot run {nvcc}: {e}") from None
+    src = _source(WGMMA_FILE)
+    key = hashlib.sha256("\0".join([src, *NVCC_WGMMA_OPTIONS, version]).encode()).hexdigest()[:24]
+    target = _cache_dir() / f"quik_wgmma-{key}.cubin"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="quiktool-nvcc-") as tmp:
+        cu, cubin = Path(tmp) / WGMMA_FILE, Path(tmp) / "out.cubin"
+        cu.write_text(src)
+        log.info("building %s with %s (sm_90a); cached in %s", WGMMA_FILE, nvcc, target.parent)
+        proc = subprocess.run([nvcc, *NVCC_WGMMA_OPTIONS, "-o", str(cubin), str(cu)], capture_output=True,
+                              text=True, timeout=600)
+        if proc.returncode != 0 or not cubin.is_file():
+            raise KernelError(f"nvcc failed on {WGMMA_FILE} (rc {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        data = cubin.read_bytes()
+    missing = set(WGMMA_KERNELS) - _cubin_kernels(data)
+    if missing:
+        raise KernelError(f"{WGMMA_FILE} (sm_90a) lacks kernels {sorted(missing)}")
+    part = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    part.write_bytes(data)
+    os.replace(part, target)
+    return target
+
+
+_WGMMA: dict[int, dict[str, int] | None] = {}
+
+
+def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
+    """The wgmma kernels loaded on one device -> {name: CUfunction}, or None where the path is unavailable
+    (switched off, not an sm_90 GPU, no nvcc, a build failure: warned once)."""
+    if device_index not in _WGMMA:
+        handles = None
+        if WGMMA and _device_info(device_index)[0] == "sm_90":
+            try:
+                path = compile_wgmma()
+                cupy = _cupy()
+                handles = {}
+                with cupy.cuda.Device(device_index):
+                    module = cupy.RawModule(path=str(path))
+                    _MODULES.append(module)
+                    for name in WGMMA_KERNELS:
+                        kernel = module.get_function(name)
+                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM
+                        _MODULES.append(kernel)
+                        handles[name] = int(kernel.kernel.ptr)
+            except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
+                log.warning("wgmma path unavailable on cuda:%d (%s: %s); large-M 4-bit GEMMs use the other paths",
+                            device_index, type(e).__name__, e)
+                handles = None
+        _WGMMA[device_index] = handles
+    return _WGMMA[device_index]
+
+
 class _Params(threading.local):
     """Per-thread, preallocated kernel parameter slots for cuLaunchKernel, by signature.
 
@@ -271,9 +382,11 @@ _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale,
 
 
 @functools.lru_cache(maxsize=None)
-def _device_info(device_index: int) -> tuple[str, int]:
+def _device_info(device_index: int) -> tuple[str, int, int]:
+    """(arch "sm_XY", multiprocessor count, 10 * major + minor), asked once per device (launchers use it)."""
     major, minor = torch.cuda.get_device_capability(device_index)
-    return f"sm_{major}{minor}", torch.cuda.get_device_properties(device_index).multi_processor_count
+    return (f"sm_{major}{minor}", torch.cuda.get_device_properties(device_index).multi_processor_count,
+            10 * major + minor)
 
 
 def _raw_stream(index: int) -> int:
@@ -316,13 +429,16 @@ def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequen
     """Launch ``name`` on torch's current stream of device ``index`` (asynchronous, no sync). ``pdl``: as a
     programmatic dependent launch (the kernel waits for its predecessor with griddepcontrol.wait)."""
     cupy = _cupy()
-    fn = _kernels(index, _device_info(index)[0])[name]
+    if name.startswith("quik_wgmma_"):
+        fn = (_wgmma_kernels(index) or {})[name]
+    else:
+        fn = _kernels(index, _device_info(index)[0])[name]
     if torch.cuda.current_device() != index:
         with torch.cuda.device(index):
             return _launch(index, name, grid, block, sig, args, smem, pdl)
     params = _PARAMS.pack(sig, args)
     stream = _raw_stream(index)
-    ex = _launch_ex() if pdl and PDL and torch.cuda.get_device_capability(index) >= (9, 0) else None
+    ex = _launch_ex() if pdl and PDL and _device_info(index)[2] >= 90 else None
     if ex is not None:
         launch, attr = ex
         cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, stream, ctypes.pointer(attr), 1)
@@ -591,7 +707,8 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     else:
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
-        name, grid, block, smem = _plan(M, N, w_bits, "i32", dev)
+        name, grid, block, smem = (_wgmma_plan(M, N, "i32") if _wgmma_ok(M, w_bits, dev)
+                                   else _plan(M, N, w_bits, "i32", dev))
         _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
     return out
 
@@ -630,7 +747,10 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
         a_scale_p, a_zero_p, w_scale_p, wsum_p, y_p = ptrs
         epi = (a_scale_p, a_zero_p, float(a_shift), w_scale_p, wsum_p, y_p)
         path = gemm_path(M, N, kp, w_bits, a_shift, dev)
-        if path != "mma":
+        if path == "wgmma":
+            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype])
+            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem)
+        elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
             kind = "f32" if path == "fp8" else "i32"
             _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
@@ -664,9 +784,27 @@ def _min_m(path: str) -> int:
     return _PATH_MIN_M[path] if LIB_MIN_M is None else LIB_MIN_M
 
 
+def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
+    """quik_wgmma_<ep>_w4 -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
+    return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
+
+
+def _wgmma_ok(M: int, w_bits: int, dev: int) -> bool:
+    """4-bit weights, at least WGMMA_MIN_M tokens (0: never), and the sm_90a kernel loaded on ``dev``
+    (its first load is a build or a disk read plus a module load: never inside a CUDA graph capture)."""
+    if w_bits != 4 or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
+        return False
+    if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
+        return False
+    return _wgmma_kernels(dev) is not None
+
+
 def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> str:
-    """Which integer GEMM quik_gemm runs: 'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt
-    INT8, torch._int_mm) or 'mma' (quiktool's kernels, with the epilogue fused)."""
+    """Which integer GEMM quik_gemm runs: 'wgmma' (4-bit weights, any activation bits: quik_wgmma.cu, sm_90),
+    'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
+    mma.sync kernels). wgmma and mma fuse the epilogue."""
+    if _wgmma_ok(M, w_bits, dev):
+        return "wgmma"
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:
         return "mma"
     if dev not in _LUTS and torch.cuda.is_current_stream_capturing():

@@ -608,6 +608,7 @@ def test_library_paths_match_mma_path_bit_for_bit(monkeypatch: pytest.MonkeyPatc
     shift = 1 << (a_bits - 1)
     args = (a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
     kp = a.shape[1]
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)                  # this test is about the cuBLASLt paths
     monkeypatch.setattr(cuda, "LIB_MIN_M", 1)
     monkeypatch.setattr(cuda, "LIB_MIN_MACS", 0)
     assert cuda.gemm_path(M, N, kp, w_bits, shift, dev) == path   # the path under test is really taken
@@ -622,6 +623,7 @@ def test_library_paths_match_mma_path_bit_for_bit(monkeypatch: pytest.MonkeyPatc
 
 def test_library_paths_not_taken_where_they_do_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     dev = torch.cuda.current_device()
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)                       # this test is about the cuBLASLt paths
     monkeypatch.setattr(cuda, "LIB_MIN_M", None)                      # the per-path defaults
     monkeypatch.setattr(cuda, "LIB_MIN_MACS", 1 << 34)
     assert cuda.gemm_path(255, 28672, 8192, 4, 8, dev) == "mma"      # too few tokens for FP8
@@ -648,6 +650,7 @@ def test_library_paths_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch,
     a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
     args = (a, w, 4, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, None, torch.float16)
     ref = reference.quik_gemm(*args)
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)            # this test is about the cuBLASLt paths
     monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
     cuda.quik_gemm(*args)                                   # kernels loaded outside the capture
     torch.cuda.synchronize()
@@ -694,4 +697,114 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
         graph.replay()
         torch.cuda.synchronize()
         ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
+        assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
+
+
+# ---------------------------------------------------------------------------------------------------
+# (e) the sm_90a wgmma kernel (kernels/quik_wgmma.cu): 4-bit weights, 4- or 8-bit activations, large M
+# ---------------------------------------------------------------------------------------------------
+def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
+    dev = torch.cuda.current_device()
+    if torch.cuda.get_device_capability(dev) != (9, 0):
+        pytest.skip("the wgmma kernel is sm_90 only")
+    if cuda.find_nvcc() is None:
+        pytest.skip("no nvcc on this machine to build the sm_90a kernel")
+    assert cuda._wgmma_kernels(dev) is not None, "the wgmma kernel did not build or load (see the logged warning)"
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 1)
+    return dev
+
+
+# (Kq, N): Kp = 64 (half of one 128-byte K tile), odd N (unpaired stores), N not a multiple of the 256-row
+# tile, a K whose last tile is half, the 7B shape.
+WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096, 4096)]
+
+
+@pytest.mark.parametrize("a_bits", [4, 8])
+@pytest.mark.parametrize("kq,N", WG_SHAPES)
+@pytest.mark.parametrize("M", [17, 118, 300, 2048])
+def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int) -> None:
+    dev = _wgmma_or_skip(monkeypatch)
+    g = _gen("wgmma-int", M, kq, N, a_bits)
+    a = _act_codes(g, M, kq, a_bits)
+    w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
+    assert cuda.gemm_path(M, N, a.shape[1], 4, 1 << (a_bits - 1), dev) == "wgmma"
+    got = cuda.int_gemm(a, w, 4, out=torch.full((M, N), POISON_I32, dtype=torch.int32, device=DEV))
+    ref = reference.int_gemm(a, w, 4)
+    assert torch.equal(got, ref), _first_mismatch(got, ref)
+
+
+@pytest.mark.parametrize("pattern", ["extremes", "alternating", "random"])
+def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str) -> None:
+    """|acc| up to 128 * 8 * Kq at Kq = 32768 (16 * acc near 2^29 in the kernel's int32 accumulators)."""
+    _wgmma_or_skip(monkeypatch)
+    g = _gen("wgmma-big", pattern)
+    M, N, kq = 130, 260, 32768
+    a = _act_codes(g, M, kq, 8)
+    c = _codes(g, N, kq, 4)
+    if pattern == "extremes":
+        a[: M // 2, :kq], c[: N // 2] = -128, -8          # +128 * 8 per product
+        c[N // 2:] = 7                                      # -128 * 7
+    elif pattern == "alternating":
+        a[:, :kq:2], a[:, 1:kq:2] = -128, 127
+        c[:, ::2], c[:, 1::2] = -8, 7
+    w = cuda.prepare_weight(c, 4)
+    got = cuda.int_gemm(a, w, 4)
+    ref = reference.int_gemm(a, w, 4)
+    assert torch.equal(got, ref), _first_mismatch(got, ref)
+
+
+@pytest.mark.parametrize("with_y", [True, False], ids=["y_base", "no_y"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("a_bits", [4, 8])
+@pytest.mark.parametrize("kq,N", WG_SHAPES)
+@pytest.mark.parametrize("M", [17, 300, 2048])
+def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
+                                       dtype: torch.dtype, with_y: bool) -> None:
+    """Same bits as the reference and as the mma.sync kernels (which the other tests pin to the reference)."""
+    dev = _wgmma_or_skip(monkeypatch)
+    g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y)
+    a = _act_codes(g, M, kq, a_bits)
+    w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype) if with_y else None
+    shift = 1 << (a_bits - 1)
+    assert cuda.gemm_path(M, N, a.shape[1], 4, shift, dev) == "wgmma"
+    _check_fused(a, w, 4, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
+    got = cuda.quik_gemm(a, w, 4, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
+    monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
+    assert cuda.gemm_path(M, N, a.shape[1], 4, shift, dev) == "mma"
+    mma = cuda.quik_gemm(a, w, 4, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
+    assert _bits_equal(got, mma), f"{int((got != mma).sum())} outputs differ between the wgmma and mma.sync paths"
+
+
+def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = _wgmma_or_skip(monkeypatch)
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 128)
+    assert cuda.gemm_path(128, 4096, 4096, 4, 8, dev) == "wgmma"
+    assert cuda.gemm_path(2048, 28672, 8192, 4, 128, dev) == "wgmma"     # W4A8 too
+    assert cuda.gemm_path(127, 4096, 4096, 4, 8, dev) != "wgmma"         # too few tokens
+    assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) != "wgmma"      # 8-bit weights: not this kernel
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
+    assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
+
+
+def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaded outside the capture, the kernel is captured and replays to the reference's bits on new inputs."""
+    dev = _wgmma_or_skip(monkeypatch)
+    M, kq, N = 512, 4096, 1024
+    g = _gen("wgmma-graph")
+    a = _act_codes(g, M, kq, 4)
+    w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    args = (a, w, 4, a_scale, a_zero, 8, w_scale, wsum, None, torch.float16)
+    assert cuda.gemm_path(M, N, a.shape[1], 4, 8, dev) == "wgmma"
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = cuda.quik_gemm(*args)
+    for trial in range(2):
+        a.copy_(_act_codes(g, M, kq, 4))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.quik_gemm(*args)
         assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"

@@ -52,3 +52,24 @@ def test_cpu_tensors_are_rejected_before_any_launch() -> None:
         cuda.quantize_activations(x, idx, idx[:0], 4)
     with pytest.raises(KernelError, match="w_bits must be 4 or 8"):
         cuda.int_gemm(a, w, 3)
+
+
+def test_compile_wgmma_builds_and_caches(monkeypatch, tmp_path) -> None:
+    """kernels/quik_wgmma.cu builds with nvcc for sm_90a (no GPU needed), has every entry point, and a second
+    build is the cached file."""
+    if cuda.find_nvcc() is None:
+        pytest.skip("no nvcc on this machine (it builds the sm_90a wgmma kernel)")
+    monkeypatch.setenv("QUIKTOOL_CACHE_DIR", str(tmp_path))
+    path = cuda.compile_wgmma()
+    assert path.parent == tmp_path / "kernels" and path.suffix == ".cubin"
+    assert set(cuda.WGMMA_KERNELS) <= cuda._cubin_kernels(path.read_bytes())
+    stamp = path.stat().st_mtime_ns
+    assert cuda.compile_wgmma() == path and path.stat().st_mtime_ns == stamp
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_compile_wgmma_reports_a_missing_nvcc(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("QUIKTOOL_NVCC", str(tmp_path / "no-such-nvcc"))
+    assert cuda.find_nvcc() is None
+    with pytest.raises(KernelError, match="nvcc not found"):
+        cuda.compile_wgmma()

@@ -1,0 +1,316 @@
+// quik_wgmma.cu -- QUIK integer GEMM with 4-bit weights on Hopper's warpgroup MMA (wgmma, sm_90a only),
+// with the dequantization epilogue fused. Exact integer product: bit-identical to
+// quiktool.runtime.reference.int_gemm / quik_gemm, like every kernel of quik_gemm.cu.
+//
+// Why this kernel: at large M the mma.sync kernels of quik_gemm.cu stop near cuBLAS FP16 speed (the
+// instruction's own issue rate), and the cuBLASLt FP8 path needs a per-call unpack of the weights to one
+// byte per code plus an fp32 accumulator round trip through memory (~0.3 ms of 1.0 ms on 8192 x 28672 at
+// M = 2048, docs/PERF_LOG.md). Here the int4 -> int8 unpack happens on the way into shared memory and the
+// int32 accumulators go straight from registers through the epilogue.
+//
+// Built by nvcc for sm_90a (-gencode=arch=compute_90a,code=sm_90a -cubin), not by NVRTC, which crashes on
+// wgmma with CUDA 13.0 (REFERENCE.md section 3); the loader in quiktool/runtime/cuda.py does that and
+// caches the cubin by source hash. Only ever launched on compute capability 9.0.
+//
+// Contract
+//   A   int8 [M, Kp] row-major: signed activation codes (4-bit in [-8, 7] or 8-bit)
+//   W   uint8 [N, Kp/2]: byte [n, i] = code of column 2i in the low nibble, 2i+1 in the high nibble
+//       (two's complement; quiktool.format.packing), as in quik_gemm.cu
+//   acc[m, n] = sum_k A[m, k] * W[n, k]   (exact int32)
+//   Entry points quik_wgmma_EP_w4, EP = i32 | f16 | bf16: the EP semantics of quik_gemm.cu (i32 writes acc,
+//   f16 / bf16 apply quik_epilogue.cuh's store_pair, y_base may be null).
+//   Assumptions (checked by the launcher): Kp % 64 == 0, 64 <= Kp < 2^17; M, N >= 1 (tails predicated,
+//   zero-filled); tensors contiguous and 16-byte aligned; the device is sm_90.
+//   Launch geometry: block 256 threads (2 warpgroups), grid = ceil(M/128) * ceil(N/256) (1-D, grouped
+//   raster as in quik_gemm.cu), dynamic smem WG_SMEM_BYTES + 1024 (the kernel aligns its base to 1024 B).
+//
+// Tile: 128 tokens x 256 weight rows x 128 K bytes per stage. Warpgroup g owns tokens 64g .. 64g+63 and all
+// 256 rows: one m64n256k32 wgmma per 32 K bytes, 4 per stage, 128 int32 accumulators per thread.
+//   A stages: 4 x [128 rows][128 B] (16 KiB), filled by cp.async (16-byte chunks, zero-filled past M / Kp).
+//   B slots:  3 x [256 rows][128 B] (32 KiB) of int8 weight codes, written by the threads: each thread
+//             loads 16 packed bytes (32 codes) of 4 rows from global memory one iteration ahead, unpacks
+//             them in registers and stores 2 x 16 bytes per row.
+//   Both in the 128-byte swizzle of the wgmma descriptors: 16-byte chunk c of row r sits at
+//   r * 128 + ((c ^ (r % 8)) * 16), inside 1024-byte-aligned atoms of 8 rows (descriptor: swizzle mode
+//   128B, stride byte offset 1024 between 8-row groups, start address + 32 B per k32 step).
+// Unpack: a nibble w becomes the int8 value 16 * w (exact), so acc is computed as 16 * acc and shifted
+// right by 4 at the end (exact; |16 * acc| < 2^31 because |a| <= 128, |w| <= 8, Kp < 2^17).
+//   x = 8 codes k..k+7 (one packed word): E = (x << 4) & 0xF0F0F0F0 (k, k+2, k+4, k+6),
+//   O = x & 0xF0F0F0F0 (k+1, k+3, ...); byte permutes interleave them back into k order, because the
+//   hardware reads the activations in natural k order.
+// Pipeline, per K tile kt (one __syncthreads each):
+//   wait for my cp.async of A(kt); fence.proxy.async (my generic-proxy shared writes -> the async proxy
+//   of wgmma); barrier [now A(kt) and B(kt) are complete, and every warpgroup has passed
+//   wgmma.wait_group 1 of iteration kt-1, so wgmma(kt-2) is done everywhere]; issue wgmma(kt) (4 steps,
+//   one commit group); unpack the registers of B(kt+1) into slot (kt+1) % 3 (= the slot of kt-2: free);
+//   load B(kt+2) into those registers and cp.async A(kt+2) into stage (kt+2) % 4 (= that of kt-2: free);
+//   wgmma.wait_group 1 (wgmma(kt-1) done). The tensor cores thus always have wgmma(kt-1) and wgmma(kt)
+//   queued while the threads unpack the next tile.
+// Epilogue: from the accumulator fragment (thread = lane l of warp w in warpgroup g holds, for j < 32,
+// d[4j + 2h + e] = acc[64g + 16w + l/4 + 8h][8j + 2(l%4) + e]) straight to global memory via store_pair.
+
+#include "quik_epilogue.cuh"
+
+namespace {
+
+constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 128;
+// Tuning knobs (compile-time; scripts/device_wgmma_variants.py builds variants with -D):
+//   WG_B_AHEAD: iterations between a weight tile's global load and its unpack (1 or 2 register buffers);
+//   WG_L2_AHEAD: prefetch the weight tile this many iterations ahead into L2 (0: off).
+#ifndef WG_B_AHEAD
+#define WG_B_AHEAD 1
+#endif
+#ifndef WG_L2_AHEAD
+#define WG_L2_AHEAD 0
+#endif
+static_assert(WG_B_AHEAD == 1 || WG_B_AHEAD == 2, "WG_B_AHEAD: 1 or 2");
+constexpr int WG_A_STAGES = 4, WG_B_SLOTS = 3, WG_THREADS = 256, WG_GROUP_M = 16;
+constexpr int WG_A_TILE = WG_BM * WG_BK;  // 16 KiB
+constexpr int WG_B_TILE = WG_BN * WG_BK;  // 32 KiB
+constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE;  // 160 KiB
+static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
+
+QDEV unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+QDEV void cp_async16(unsigned dst, const void* src, bool pred) {  // zero-fill when !pred (src-size 0)
+    const int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+QDEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> QDEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+QDEV uint4 ldg16(const void* p) {  // weights: read-only path, not kept in L1 (each byte used once per block)
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+QDEV void sts16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+QDEV void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+QDEV void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+QDEV void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> QDEV void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// Pins the accumulators: the compiler may not move, copy or read them across this point (an empty asm
+// that "writes" each register). Without it ptxas serializes the wgmmas (warning C7514).
+QDEV void fence_acc(int (&d)[128]) {
+#pragma unroll
+    for (int i = 0; i < 128; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+// 16-byte chunk c of row r in a [rows][128 B] tile with the 128-byte swizzle (tile base 1024-aligned).
+QDEV unsigned swz128(int r, int c) { return (unsigned)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+// wgmma shared-memory descriptor: start address >> 4 (bits 0-13), leading byte offset (unused by swizzled
+// K-major layouts; 1), stride byte offset 1024 >> 4 (bits 32-45), base offset 0, swizzle 128B (bits 62-63 = 1).
+QDEV unsigned long long wg_desc(unsigned saddr) {
+    return (unsigned long long)((saddr >> 4) & 0x3FFFu) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) |
+           (1ull << 62);
+}
+
+// 8 packed codes (one word, k..k+7) -> two words of int8 16 * code in k order: (k..k+3), (k+4..k+7).
+QDEV void unpack8(unsigned x, unsigned& lo, unsigned& hi) {
+    const unsigned e = (x << 4) & 0xF0F0F0F0u, o = x & 0xF0F0F0F0u;
+    lo = __byte_perm(e, o, 0x5140);
+    hi = __byte_perm(e, o, 0x7362);
+}
+
+// D[64 x 256] += A[64 x 32] * B[256 x 32]^T, s8 x s8 -> s32, both operands K-major in shared memory
+// (descriptors). scale-d is a predicate, always true here: the caller zeroes d once before the K loop.
+QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(da), "l"(db), "n"(1));
+}
+
+template <int EP>
+QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
+                        int M, int N, int Kp, const EpiArgs& ep) {
+    extern __shared__ __align__(1024) unsigned char wg_smem[];
+    const unsigned s_a = (smem_u32(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
+    const unsigned s_b = s_a + WG_A_STAGES * WG_A_TILE;
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+
+    // Grouped raster (as quik_gemm.cu): consecutive blocks walk WG_GROUP_M M-tiles of the same weight rows.
+    const int m_tiles = (M + WG_BM - 1) / WG_BM, n_tiles = (N + WG_BN - 1) / WG_BN;
+    const int pid = blockIdx.x;
+    const int group = pid / (WG_GROUP_M * n_tiles);
+    const int first_m = group * WG_GROUP_M;
+    const int gsize = min(m_tiles - first_m, WG_GROUP_M);
+    const int inner = pid - group * WG_GROUP_M * n_tiles;
+    const int m0 = (first_m + inner % gsize) * WG_BM;
+    const int n0 = (inner / gsize) * WG_BN;
+
+    const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
+    const int kp2 = Kp >> 1;                  // packed bytes per weight row
+
+    // A: thread -> rows tid/8 + 32i (i < 4), chunk tid % 8 (8 threads cover one row's 128 bytes).
+    auto load_a = [&](int kt) {
+        const unsigned st = s_a + (kt % WG_A_STAGES) * WG_A_TILE;
+        const int c = tid & 7, k = kt * WG_BK + c * 16;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = (tid >> 3) + 32 * i, m = m0 + r;
+            const bool ok = m < M && k < Kp;
+            cp_async16(st + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
+        }
+    };
+    // B: thread -> rows tid/4 + 64i (i < 4), packed chunk q = tid % 4 (codes 32q .. 32q+31 of the K tile).
+    auto load_b = [&](int kt, uint4 (&wq)[4]) {
+        const int q = tid & 3, kb = kt * (WG_BK / 2) + q * 16;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int n = n0 + (tid >> 2) + 64 * i;
+            wq[i] = (n < N && kb < kp2) ? ldg16(W + (size_t)n * kp2 + kb) : make_uint4(0, 0, 0, 0);
+        }
+#if WG_L2_AHEAD > 0
+        // pull tile kt + WG_L2_AHEAD of the weights into L2 now (one 64-byte row segment per 4 threads)
+        const int kf = (kt + WG_L2_AHEAD) * (WG_BK / 2);
+        if (q == 0 && kf < kp2) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int n = n0 + (tid >> 2) + 64 * i;
+                if (n < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(W + (size_t)n * kp2 + kf));
+            }
+        }
+#endif
+    };
+    auto store_b = [&](int kt, const uint4 (&wq)[4]) {
+        const unsigned sl = s_b + (kt % WG_B_SLOTS) * WG_B_TILE;
+        const int q = tid & 3;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = (tid >> 2) + 64 * i;
+            unsigned w[8];
+            unpack8(wq[i].x, w[0], w[1]);
+            unpack8(wq[i].y, w[2], w[3]);
+            unpack8(wq[i].z, w[4], w[5]);
+            unpack8(wq[i].w, w[6], w[7]);
+            sts16(sl + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
+            sts16(sl + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
+        }
+    };
+
+    int d[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) d[i] = 0;
+
+    // Weight registers: WG_B_AHEAD buffers; the one unpacked in iteration kt (tile kt+1) is refilled with
+    // tile kt+1+WG_B_AHEAD, so each global load has WG_B_AHEAD iterations to arrive.
+    uint4 wq0[4], wq1[4];
+    // Prologue: A(0), A(1) in flight (one commit group each), B(0) in its slot, B(1 .. WG_B_AHEAD) in registers.
+    load_a(0);
+    cp_async_commit();
+    if (KT > 1) load_a(1);
+    cp_async_commit();
+    load_b(0, wq0);
+    store_b(0, wq0);
+    if (KT > 1) load_b(1, WG_B_AHEAD == 1 ? wq0 : wq1);
+    if (WG_B_AHEAD == 2 && KT > 2) load_b(2, wq0);
+
+    auto step = [&](int kt, uint4 (&wq)[4]) {
+        cp_async_wait<1>();  // groups committed: kt + 2; A(kt) is the older of the two newest
+        fence_proxy_async();
+        __syncthreads();
+        fence_acc(d);
+        wgmma_fence();
+        {
+            const unsigned a = s_a + (kt % WG_A_STAGES) * WG_A_TILE + wg * (64 * 128);
+            const unsigned b = s_b + (kt % WG_B_SLOTS) * WG_B_TILE;
+#pragma unroll
+            for (int s = 0; s < WG_BK / 32; ++s) wgmma_s8_m64n256k32(d, wg_desc(a + 32 * s), wg_desc(b + 32 * s));
+        }
+        wgmma_commit();
+        fence_acc(d);
+        if (kt + 1 < KT) store_b(kt + 1, wq);
+        if (kt + 1 + WG_B_AHEAD < KT) load_b(kt + 1 + WG_B_AHEAD, wq);
+        if (kt + 2 < KT) load_a(kt + 2);
+        cp_async_commit();
+        wgmma_wait<1>();
+        fence_acc(d);
+    };
+    if (WG_B_AHEAD == 1) {
+        for (int kt = 0; kt < KT; ++kt) step(kt, wq0);
+    } else {  // buffers alternate: tile kt+1 sits in wq1 when kt is even (unrolled by 2: registers need fixed indices)
+        for (int kt = 0; kt < KT; kt += 2) {
+            step(kt, wq1);
+            if (kt + 1 < KT) step(kt + 1, wq0);
+        }
+    }
+    wgmma_wait<0>();
+    fence_acc(d);
+
+    // Epilogue straight from the fragment. Row of d[4j + 2h + e]: 64 wg + 16 warp + lane/4 + 8h; column
+    // 8j + 2 (lane % 4) + e.
+    const int mr = m0 + wg * 64 + warp * 16 + (lane >> 2);
+    float sa[2], za[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int m = mr + 8 * h;
+        sa[h] = 0.f;
+        za[h] = 0.f;
+        if constexpr (EP != 0) {
+            if (m < M) {
+                sa[h] = ep.a_scale[m];
+                za[h] = row_zero(ep, m);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        const int n = n0 + 8 * j + 2 * (lane & 3);
+        if (n >= N) continue;
+        float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
+        if constexpr (EP != 0) {
+            ws0 = ep.w_scale[n];
+            su0 = ep.wsum[n];
+            if (n + 1 < N) {
+                ws1 = ep.w_scale[n + 1];
+                su1 = ep.wsum[n + 1];
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int m = mr + 8 * h;
+            if (m < M)
+                store_pair<EP>(out, ep, M, N, m, n, d[4 * j + 2 * h] >> 4, d[4 * j + 2 * h + 1] >> 4, sa[h], za[h],
+                               ws0, ws1, su0, su1);
+        }
+    }
+}
+
+}  // namespace
+
+#define QUIK_WGMMA(NAME, EP)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        wgmma_gemm_w4<EP>(A, W, out, M, N, Kp, ep);                                                                \
+    }
+
+QUIK_WGMMA(quik_wgmma_i32_w4, 0)
+QUIK_WGMMA(quik_wgmma_f16_w4, 1)
+QUIK_WGMMA(quik_wgmma_bf16_w4, 2)

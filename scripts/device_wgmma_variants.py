@@ -1,0 +1,140 @@
+"""Kernel-level A/B of compile-time variants of kernels/quik_wgmma.cu on the GPU, in one process.
+
+Each variant is the shipped source built by nvcc with extra -D flags (the kernel's tuning knobs). For each
+variant: the i32 entry point is checked for exact sums against reference.int_gemm on fresh random codes
+(odd shapes), then the f16 entry point (the fused epilogue) is timed with CUDA events on the LLaMA-2
+shapes, beside cuBLAS FP16 (torch.matmul) and cuBLASLt FP8 (torch._scaled_mm, e4m3, the library's best
+case) on the same M, N, K. A K sweep at fixed M, N separates per-tile time from per-block fixed costs.
+
+    python3 scripts/device_wgmma_variants.py [--variants "base=;b2=-DWG_B_AHEAD=2"] [--m 2048,8192] [--json F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from quiktool.runtime import cuda, reference  # noqa: E402
+
+SHAPES = [(4096, 4096), (8192, 28672), (28672, 8192)]  # (K, N)
+
+
+def build(defines: list[str]) -> Path:
+    src = cuda._source(cuda.WGMMA_FILE)
+    tmp = Path(tempfile.mkdtemp(prefix="wgmma-var-"))
+    (tmp / "k.cu").write_text(src)
+    out = tmp / "k.cubin"
+    proc = subprocess.run([cuda.find_nvcc(), *cuda.NVCC_WGMMA_OPTIONS, *defines, "-o", str(out), str(tmp / "k.cu")],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"nvcc failed for {defines}: {proc.stderr[-2000:]}")
+    return out
+
+
+def load(cubin: Path) -> dict:
+    import cupy
+    mod = cupy.RawModule(path=str(cubin))
+    fns = {}
+    for ep in ("i32", "f16"):
+        k = mod.get_function(f"quik_wgmma_{ep}_w4")
+        k.max_dynamic_shared_size_bytes = cuda._WG_SMEM
+        fns[ep] = (mod, k)
+    return fns
+
+
+def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
+    import cupy
+    _, k = fn
+    grid = -(-M // cuda._WG_BM) * -(-N // cuda._WG_BN)
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
+            cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),
+            cupy.uint64(epi[3]), cupy.uint64(epi[4]), cupy.uint64(epi[5])]
+    k((grid,), (cuda._WG_THREADS,), tuple(args), shared_mem=cuda._WG_SMEM, stream=stream)
+
+
+def timeit(f, reps: int) -> float:
+    for _ in range(3):
+        f()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        f()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default="base=")
+    ap.add_argument("--m", default="2048,8192")
+    ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="KxN list")
+    ap.add_argument("--ksweep", default="1024,4096,16384", help="K values at M=2048, N=8192 ('' = skip)")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    dev = "cuda"
+    variants = []
+    for item in args.variants.split(";"):
+        name, _, flags = item.partition("=")
+        variants.append((name, flags.split()))
+    built = {name: load(build(flags)) for name, flags in variants}
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+
+    # exactness of every variant (fresh random codes, odd shapes)
+    for name, fns in built.items():
+        for M, kq, N in [(300, 4160, 1000), (2048, 4096, 4096), (17, 64, 301)]:
+            kp = reference.padded_k(kq)
+            a = reference.pad_columns(torch.randint(-128, 128, (M, kq), dtype=torch.int8, device=dev), kp)
+            w = cuda.prepare_weight(torch.randint(-8, 8, (N, kq), dtype=torch.int8, device=dev), 4)
+            out = torch.full((M, N), 0x7FFFFFFF, dtype=torch.int32, device=dev)
+            launch(fns["i32"], a, w, out, M, N, kp)
+            ok = torch.equal(out, reference.int_gemm(a, w, 4))
+            print(f"exact {name:10s} M={M} Kq={kq} N={N}: {ok}")
+            if not ok:
+                raise SystemExit(f"variant {name} is wrong")
+
+    rows = []
+    shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
+    points = [(M, K, N) for M in map(int, args.m.split(",")) for K, N in shapes]
+    points += [(2048, K, 8192) for K in map(int, filter(None, args.ksweep.split(",")))]
+    for M, K, N in points:
+        a = torch.randint(-8, 8, (M, K), dtype=torch.int8, device=dev)
+        w = cuda.prepare_weight(torch.randint(-8, 8, (N, K), dtype=torch.int8, device=dev), 4)
+        sa, za = torch.rand(M, device=dev), torch.randn(M, device=dev)
+        ws, su = torch.rand(N, device=dev), torch.randn(N, device=dev)
+        out = torch.empty(M, N, dtype=torch.float16, device=dev)
+        epi = (sa.data_ptr(), za.data_ptr(), 8.0, ws.data_ptr(), su.data_ptr(), 0)
+        x16 = torch.randn(M, K, dtype=torch.float16, device=dev)
+        w16 = torch.randn(N, K, dtype=torch.float16, device=dev)
+        fp16 = timeit(lambda: torch.matmul(x16, w16.t()), args.reps)
+        a8, w8 = x16.to(torch.float8_e4m3fn), w16.to(torch.float8_e4m3fn)
+        one = torch.ones((), device=dev)
+        fp8 = timeit(lambda: torch._scaled_mm(a8, w8.t(), scale_a=one, scale_b=one, out_dtype=torch.float16), args.reps)
+        del x16, w16, a8, w8
+        row = {"M": M, "K": K, "N": N, "fp16_ms": fp16, "fp8_ms": fp8, "variants": {}}
+        tops = lambda ms: 2 * M * N * K / ms / 1e9  # noqa: E731
+        line = f"M={M:5d} K={K:5d} N={N:5d}  fp16 {fp16:.4f} ({tops(fp16):5.0f})  fp8 {fp8:.4f} ({tops(fp8):5.0f})"
+        for name, fns in built.items():
+            ms = timeit(lambda: launch(fns["f16"], a, w, out, M, N, K, epi), args.reps)
+            row["variants"][name] = ms
+            line += f"  {name} {ms:.4f} ({tops(ms):5.0f}, {fp16 / ms:.2f}x)"
+        print(line, flush=True)
+        rows.append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
