@@ -29,7 +29,8 @@
 //   A stages: 4 x [128 rows][128 B] (16 KiB), filled by cp.async (16-byte chunks, zero-filled past M / Kp).
 //   B slots:  3 x [256 rows][128 B] (32 KiB) of int8 weight codes, written by the threads: each thread
 //             loads 16 packed bytes (32 codes) of 4 rows from global memory one iteration ahead, unpacks
-//             them in registers and stores 2 x 16 bytes per row.
+//             them in registers and stores 2 x 16 bytes per row; it also prefetches the weight tile
+//             WG_L2_AHEAD iterations ahead into L2, so that those loads hit L2.
 //   Both in the 128-byte swizzle of the wgmma descriptors: 16-byte chunk c of row r sits at
 //   r * 128 + ((c ^ (r % 8)) * 16), inside 1024-byte-aligned atoms of 8 rows (descriptor: swizzle mode
 //   128B, stride byte offset 1024 between 8-row groups, start address + 32 B per k32 step).
@@ -64,10 +65,23 @@ constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 128;
 #define WG_L2_AHEAD 0
 #endif
 static_assert(WG_B_AHEAD == 1 || WG_B_AHEAD == 2, "WG_B_AHEAD: 1 or 2");
+// Tuning knobs (compile-time; scripts/device_wgmma_variants.py builds variants with -D). Defaults from
+// its H100 A/B (docs/PERF_LOG.md): the L2 prefetch 4 tiles ahead gave x0.91-0.95 on the 70B shapes at
+// M = 2048; two register buffers gave about the same, not both together.
+//   WG_B_AHEAD: iterations between a weight tile's global load and its unpack (1 or 2 register buffers);
+//   WG_L2_AHEAD: prefetch the weight tile this many iterations ahead into L2 (0: off).
+#ifndef WG_B_AHEAD
+#define WG_B_AHEAD 1
+#endif
+#ifndef WG_L2_AHEAD
+#define WG_L2_AHEAD 4
+#endif
+static_assert(WG_B_AHEAD == 1 || WG_B_AHEAD == 2, "WG_B_AHEAD: 1 or 2");
 constexpr int WG_A_STAGES = 4, WG_B_SLOTS = 3, WG_THREADS = 256, WG_GROUP_M = 16;
 constexpr int WG_A_TILE = WG_BM * WG_BK;  // 16 KiB
 constexpr int WG_B_TILE = WG_BN * WG_BK;  // 32 KiB
 constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE;  // 160 KiB
+static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
 static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
 
 QDEV unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
@@ -186,7 +200,8 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
             wq[i] = (n < N && kb < kp2) ? ldg16(W + (size_t)n * kp2 + kb) : make_uint4(0, 0, 0, 0);
         }
 #if WG_L2_AHEAD > 0
-        // pull tile kt + WG_L2_AHEAD of the weights into L2 now (one 64-byte row segment per 4 threads)
+        // pull tile kt + WG_L2_AHEAD of the weights into L2 now (one 64-byte row segment per 4 threads), so
+        // that the register loads, one iteration before their use, hit L2 rather than DRAM
         const int kf = (kt + WG_L2_AHEAD) * (WG_BK / 2);
         if (q == 0 && kf < kp2) {
 #pragma unroll

@@ -19,7 +19,7 @@ if has build; then
   fi
 fi
 if has tests; then
-  timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda.py -k "wgmma or library" \
+  timeout ${TEST_LIMIT:-400} python3 -m pytest -q -x -m gpu -p no:cacheprovider tests/runtime/test_cuda.py -k "wgmma or library" \
     > "$OUT/pytest_wgmma.txt" 2>&1
   echo "pytest exit $?"; tail -4 "$OUT/pytest_wgmma.txt"
   grep -q " failed\|error" "$OUT/pytest_wgmma.txt" && STEPS=${STEPS/ab/}  # no timing of a wrong kernel

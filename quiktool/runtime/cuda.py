@@ -254,9 +254,17 @@ WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 _WG_SMEM = 4 * _WG_BM * 128 + 3 * _WG_BN * 128 + 1024              # its stages + 1 KiB alignment slack
-# QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it.
+# QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
+# WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: the GPU's multiprocessor count, since one block runs
+# per SM and fewer tiles leave SMs idle: measured on the H100, 16 tiles of 4096 x 4096 at M = 128 took 1.7x
+# the mma.sync kernel's time; the tests set 0 to run the kernel on small shapes).
 WGMMA = os.environ.get("QUIKTOOL_WGMMA", "1") != "0"
 WGMMA_MIN_M: int = _env_int("QUIKTOOL_WGMMA_MIN_M", 128)
+WGMMA_MIN_TILES: int | None = None
+# W4A4 at M >= 2048 with N > 4096 outputs: cuBLASLt FP8 (when it applies) was faster or equal on the H100
+# (A/B over the LLaMA-2 shapes, docs/PERF_LOG.md: wgmma x1.03-1.12 of its time on 4096x11008, 5120x13824,
+# 13824x5120, 8192x28672 at M = 2048; faster only with N = 4096: x0.87-0.93). (min M, min N) of that rule.
+WGMMA_FP8_FIRST: tuple[int, int] = (2048, 4097)
 
 
 def find_nvcc() -> str | None:
@@ -707,7 +715,7 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     else:
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
-        name, grid, block, smem = (_wgmma_plan(M, N, "i32") if _wgmma_ok(M, w_bits, dev)
+        name, grid, block, smem = (_wgmma_plan(M, N, "i32") if _wgmma_ok(M, N, w_bits, dev)
                                    else _plan(M, N, w_bits, "i32", dev))
         _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
     return out
@@ -789,10 +797,14 @@ def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
     return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
 
 
-def _wgmma_ok(M: int, w_bits: int, dev: int) -> bool:
-    """4-bit weights, at least WGMMA_MIN_M tokens (0: never), and the sm_90a kernel loaded on ``dev``
-    (its first load is a build or a disk read plus a module load: never inside a CUDA graph capture)."""
+def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
+    """4-bit weights, at least WGMMA_MIN_M tokens (0: never) and WGMMA_MIN_TILES output tiles, and the sm_90a
+    kernel loaded on ``dev`` (its first load is a build or a disk read plus a module load: never inside a
+    CUDA graph capture)."""
     if w_bits != 4 or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
+        return False
+    min_tiles = _device_info(dev)[1] if WGMMA_MIN_TILES is None else WGMMA_MIN_TILES
+    if -(-M // _WG_BM) * -(-N // _WG_BN) < min_tiles:
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False
@@ -803,19 +815,28 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     """Which integer GEMM quik_gemm runs: 'wgmma' (4-bit weights, any activation bits: quik_wgmma.cu, sm_90),
     'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
     mma.sync kernels). wgmma and mma fuse the epilogue."""
-    if _wgmma_ok(M, w_bits, dev):
+    fp8_first = a_shift == 8 and M >= WGMMA_FP8_FIRST[0] and N >= WGMMA_FP8_FIRST[1] and LIB_MIN_M != 0
+    if _wgmma_ok(M, N, w_bits, dev) and not (fp8_first and _fp8_applies(M, N, kp, w_bits, dev)):
         return "wgmma"
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:
         return "mma"
     if dev not in _LUTS and torch.cuda.is_current_stream_capturing():
         return "mma"  # first use inside a CUDA graph capture: the one-time setup cannot run there
     if a_shift == 8:
-        if (M >= _min_m("fp8") and w_bits == 4 and N % 16 == 0 and kp <= _FP8_MAX_KP and fp8_exact_on(dev)):
-            return "fp8"
-        return "mma"
+        return "fp8" if _fp8_applies(M, N, kp, w_bits, dev) else "mma"
     if M >= max(_min_m("int8"), 17) and N % 8 == 0 and hasattr(torch, "_int_mm"):
         return "int8"
     return "mma"
+
+
+def _fp8_applies(M: int, N: int, kp: int, w_bits: int, dev: int) -> bool:
+    """The FP8 path's own conditions (W4A4 is the caller's): enough tokens and work, shapes cuBLASLt takes,
+    K within the exactness proof, the proof passed on this device."""
+    if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS or M < _min_m("fp8"):
+        return False
+    if dev not in _LUTS and torch.cuda.is_current_stream_capturing():
+        return False
+    return w_bits == 4 and N % 16 == 0 and kp <= _FP8_MAX_KP and fp8_exact_on(dev)
 
 
 _LUTS: dict[int, tuple[Tensor, Tensor, Tensor]] = {}

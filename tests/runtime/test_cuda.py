@@ -711,6 +711,7 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
         pytest.skip("no nvcc on this machine to build the sm_90a kernel")
     assert cuda._wgmma_kernels(dev) is not None, "the wgmma kernel did not build or load (see the logged warning)"
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 1)
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
     return dev
 
 
@@ -781,9 +782,16 @@ def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, 
 def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     dev = _wgmma_or_skip(monkeypatch)
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 128)
-    assert cuda.gemm_path(128, 4096, 4096, 4, 8, dev) == "wgmma"
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)                   # the GPU's multiprocessor count
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(2048, 28672, 8192, 4, 128, dev) == "wgmma"     # W4A8 too
-    assert cuda.gemm_path(127, 4096, 4096, 4, 8, dev) != "wgmma"         # too few tokens
+    # W4A4 at M >= 2048 with N > 4096: the FP8 path first where it applies (measured faster there)
+    assert cuda.gemm_path(2048, 28672, 8192, 4, 8, dev) == ("fp8" if cuda.fp8_exact_on(dev) else "wgmma")
+    assert cuda.gemm_path(1024, 28672, 8192, 4, 8, dev) == "wgmma"
+    assert cuda.gemm_path(128, 256 * sms, 4096, 4, 128, dev) == "wgmma"  # one tile per SM
+    assert cuda.gemm_path(128, 256 * (sms - 1), 4096, 4, 128, dev) != "wgmma"  # an SM would idle
+    assert cuda.gemm_path(127, 256 * sms, 4096, 4, 128, dev) != "wgmma"  # too few tokens
     assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) != "wgmma"      # 8-bit weights: not this kernel
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
