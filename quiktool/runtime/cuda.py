@@ -1,5 +1,6 @@
 """CUDA backend: launchers for kernels/*.cu, compiled with NVRTC through CuPy's RawModule (and its disk
-cache), launched with cuLaunchKernel on torch's current stream.
+cache), launched with cuLaunchKernel on torch's current stream. The one exception, kernels/quik_wgmma.cu
+(sm_90a wgmma, which NVRTC cannot build), is built by nvcc into a cached cubin (compile_wgmma).
 
 The only module of the package that imports CuPy, always lazily (inside functions), so that
 ``import quiktool.runtime.cuda`` works on a machine without CuPy or a GPU and ``is_available()``
