@@ -45,6 +45,31 @@ QDEV void cp_async16(unsigned dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
 
+// Starts copying row xr (K values of x) into srow, by the whole block: 16-byte cp.async (one commit group)
+// when every row of x is 16-byte aligned, else element by element. Returns whether it went async: then
+// the caller waits (cp.async.wait_group 0) before its barrier.
+QDEV bool stage_row(unsigned short* srow, const unsigned short* x, const unsigned short* xr, int K) {
+    const bool async = (K & 7) == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
+    if (async) {
+        const unsigned sbase = (unsigned)__cvta_generic_to_shared(srow);
+        for (int i = threadIdx.x; i < (K >> 3); i += blockDim.x) cp_async16(sbase + 16 * i, xr + 8 * i);
+        asm volatile("cp.async.commit_group;\n" ::);
+    } else {
+        for (int i = threadIdx.x; i < K; i += blockDim.x) srow[i] = xr[i];
+    }
+    return async;
+}
+
+// The outlier columns of one row, copied bit for bit from src (the row); NaN for an index outside [0, K).
+template <bool BF16>
+QDEV void copy_outliers(unsigned short* __restrict__ orow, const unsigned short* src, const int* __restrict__ out_idx,
+                        int n_out, int K) {
+    for (int i = threadIdx.x; i < n_out; i += blockDim.x) {
+        const int c = out_idx[i];
+        orow[i] = ((unsigned)c < (unsigned)K) ? src[c] : nan_bits<BF16>();
+    }
+}
+
 template <bool BF16, bool STAGED>
 QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict__ keep_idx,
                     const int* __restrict__ out_idx, signed char* __restrict__ codes,
@@ -61,14 +86,7 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
     const unsigned short* xr = x + (size_t)row * K;
 
     if constexpr (STAGED) {
-        if ((K & 7) == 0 && (reinterpret_cast<size_t>(x) & 15) == 0) {  // every row is 16-byte aligned
-            const unsigned sbase = (unsigned)__cvta_generic_to_shared(srow);
-            for (int i = tid; i < (K >> 3); i += blockDim.x) cp_async16(sbase + 16 * i, xr + 8 * i);
-            asm volatile("cp.async.commit_group;\n" ::);
-            asm volatile("cp.async.wait_group 0;\n" ::);
-        } else {
-            for (int i = tid; i < K; i += blockDim.x) srow[i] = xr[i];
-        }
+        if (stage_row(srow, x, xr, K)) asm volatile("cp.async.wait_group 0;\n" ::);
         __syncthreads();
     }
     const unsigned short* src = STAGED ? srow : xr;
@@ -123,12 +141,7 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
         crow[j0 >> 2] = (int)packed;
     }
 
-    // Outlier columns, copied bit for bit.
-    unsigned short* orow = x_out + (size_t)row * n_out;
-    for (int i = tid; i < n_out; i += blockDim.x) {
-        const int c = out_idx[i];
-        orow[i] = ((unsigned)c < (unsigned)K) ? src[c] : nan_bits<BF16>();
-    }
+    copy_outliers<BF16>(x_out + (size_t)row * n_out, src, out_idx, n_out, K);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,14 +197,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     const unsigned short* xr = x + (size_t)row * K;
 
     // 1. The row -> shared memory (16-byte cp.async when aligned), while the outlier bitmap is built.
-    const bool async = (K & 7) == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
-    if (async) {
-        const unsigned sbase = (unsigned)__cvta_generic_to_shared(srow);
-        for (int i = tid; i < (K >> 3); i += blockDim.x) cp_async16(sbase + 16 * i, xr + 8 * i);
-        asm volatile("cp.async.commit_group;\n" ::);
-    } else {
-        for (int i = tid; i < K; i += blockDim.x) srow[i] = xr[i];
-    }
+    const bool async = stage_row(srow, x, xr, K);
     for (int i = tid; i < W; i += blockDim.x) bmap[i] = 0u;
     if (tid == 0) s_bad = 0;
     __syncthreads();
@@ -278,12 +284,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     uint4* dst = reinterpret_cast<uint4*>(codes + (size_t)row * Kp);
     for (int i = tid; i < (Kp >> 4); i += blockDim.x) dst[i] = reinterpret_cast<const uint4*>(scode)[i];
 
-    // Outlier columns, copied bit for bit.
-    unsigned short* orow = x_out + (size_t)row * n_out;
-    for (int i = tid; i < n_out; i += blockDim.x) {
-        const int c = out_idx[i];
-        orow[i] = ((unsigned)c < (unsigned)K) ? srow[c] : nan_bits<BF16>();
-    }
+    copy_outliers<BF16>(x_out + (size_t)row * n_out, srow, out_idx, n_out, K);
 }
 
 }  // namespace

@@ -816,7 +816,7 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     """Which integer GEMM quik_gemm runs: 'wgmma' (4-bit weights, any activation bits: quik_wgmma.cu, sm_90),
     'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
     mma.sync kernels). wgmma and mma fuse the epilogue."""
-    fp8_first = a_shift == 8 and M >= WGMMA_FP8_FIRST[0] and N >= WGMMA_FP8_FIRST[1] and LIB_MIN_M != 0
+    fp8_first = a_shift == 8 and M >= WGMMA_FP8_FIRST[0] and N >= WGMMA_FP8_FIRST[1]
     if _wgmma_ok(M, N, w_bits, dev) and not (fp8_first and _fp8_applies(M, N, kp, w_bits, dev)):
         return "wgmma"
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:
