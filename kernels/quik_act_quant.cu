@@ -36,14 +36,11 @@
 // through keep_idx (read 4 indices at a time; the same small array for every row, so it stays in L2).
 
 #include "quik_quant.cuh"
+#include "quik_ptx.cuh"
 
 namespace {
 
 using namespace quikq;
-
-QDEV void cp_async16(unsigned dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
 
 // Starts copying row xr (K values of x) into srow, by the whole block: 16-byte cp.async (one commit group)
 // when every row of x is 16-byte aligned, else element by element. Returns whether it went async: then
@@ -51,9 +48,9 @@ QDEV void cp_async16(unsigned dst, const void* src) {
 QDEV bool stage_row(unsigned short* srow, const unsigned short* x, const unsigned short* xr, int K) {
     const bool async = (K & 7) == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
     if (async) {
-        const unsigned sbase = (unsigned)__cvta_generic_to_shared(srow);
+        const unsigned sbase = smem_addr(srow);
         for (int i = threadIdx.x; i < (K >> 3); i += blockDim.x) cp_async16(sbase + 16 * i, xr + 8 * i);
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
     } else {
         for (int i = threadIdx.x; i < K; i += blockDim.x) srow[i] = xr[i];
     }
@@ -86,7 +83,7 @@ QDEV void act_quant(const unsigned short* __restrict__ x, const int* __restrict_
     const unsigned short* xr = x + (size_t)row * K;
 
     if constexpr (STAGED) {
-        if (stage_row(srow, x, xr, K)) asm volatile("cp.async.wait_group 0;\n" ::);
+        if (stage_row(srow, x, xr, K)) cp_async_wait<0>();
         __syncthreads();
     }
     const unsigned short* src = STAGED ? srow : xr;
@@ -232,7 +229,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
         run += __popc(bmap[i]);
     }
     const bool bad = s_bad != 0 || total != n_out;
-    if (async) asm volatile("cp.async.wait_group 0;\n" ::);
+    if (async) cp_async_wait<0>();
     __syncthreads();
 
     // Pass 1: min / max over the kept columns, 8 columns per thread and step.

@@ -73,25 +73,13 @@
 // variant at M 9..16; L2 evict-first hints on the streamed weights.
 
 #include "quik_epilogue.cuh"
+#include "quik_ptx.cuh"
 
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// PTX helpers
+// PTX helpers (the shared ones: quik_ptx.cuh)
 // ---------------------------------------------------------------------------------------------
-QDEV unsigned smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-
-// 16-byte async copy global -> shared; when !pred, the 16 bytes are zero-filled and nothing is read
-// (src-size 0), src is still a valid address.
-QDEV void cp_async16(unsigned dst, const void* src, bool pred) {
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-QDEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> QDEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 QDEV void ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
@@ -102,14 +90,6 @@ QDEV void lds64(unsigned addr, unsigned& lo, unsigned& hi) {
     asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(lo), "=r"(hi) : "r"(addr));
 }
 
-// Streamed, read-once weights: read-only path, do not pollute L1.
-QDEV uint4 ldg_stream(const void* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 // Activations: re-read by every block, keep them in L1.
 QDEV uint4 ldg_keep(const void* p) {
     uint4 v;

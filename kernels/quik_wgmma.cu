@@ -51,6 +51,7 @@
 // d[4j + 2h + e] = acc[64g + 16w + l/4 + 8h][8j + 2(l%4) + e]) straight to global memory via store_pair.
 
 #include "quik_epilogue.cuh"
+#include "quik_ptx.cuh"
 
 namespace {
 
@@ -82,24 +83,7 @@ constexpr int WG_A_TILE = WG_BM * WG_BK;  // 16 KiB
 constexpr int WG_B_TILE = WG_BN * WG_BK;  // 32 KiB
 constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE;  // 160 KiB
 static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
-static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
 
-QDEV unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-QDEV void cp_async16(unsigned dst, const void* src, bool pred) {  // zero-fill when !pred (src-size 0)
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-QDEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> QDEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-QDEV uint4 ldg16(const void* p) {  // weights: read-only path, not kept in L1 (each byte used once per block)
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 QDEV void sts16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d) {
     asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
 }
@@ -162,7 +146,7 @@ template <int EP>
 QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                         int M, int N, int Kp, const EpiArgs& ep) {
     extern __shared__ __align__(1024) unsigned char wg_smem[];
-    const unsigned s_a = (smem_u32(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
+    const unsigned s_a = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
     const unsigned s_b = s_a + WG_A_STAGES * WG_A_TILE;
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
@@ -197,7 +181,7 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int n = n0 + (tid >> 2) + 64 * i;
-            wq[i] = (n < N && kb < kp2) ? ldg16(W + (size_t)n * kp2 + kb) : make_uint4(0, 0, 0, 0);
+            wq[i] = (n < N && kb < kp2) ? ldg_stream(W + (size_t)n * kp2 + kb) : make_uint4(0, 0, 0, 0);
         }
 #if WG_L2_AHEAD > 0
         // pull tile kt + WG_L2_AHEAD of the weights into L2 now (one 64-byte row segment per 4 threads), so
