@@ -62,11 +62,26 @@ QDEV float epilogue_f32(int acc, float sa, float za, float ws, float su) {  // a
     return add_rn(mul_rn(__int2float_rn(acc), mul_rn(sa, ws)), mul_rn(za, su));
 }
 
-// Stores acc for (m, n) and (m, n + 1). n is even; pair stores need N even (then n < N => n + 1 < N and
-// the address is 4/8-byte aligned); otherwise each element is stored on its own. Caller checks m < M.
+// y_base at (m, n) and (m, n + 1) as raw bits (low half: n), 0 where absent (no y_base, n or n + 1 >= N).
+// Loads only: a caller issues a batch of these before the batch's stores, because the compiler never
+// moves a load of y_base above a store to out (they might alias), and one load-use-store per pair exposes
+// a full memory latency per pair (measured in the wgmma kernel's SASS: 32 serial round trips per thread).
 template <int EP>
-QDEV void store_pair(void* out, const EpiArgs& ep, int M, int N, int m, int n, int v0, int v1, float sa, float za,
-                     float ws0, float ws1, float su0, float su1) {
+QDEV unsigned load_y_pair(const EpiArgs& ep, int N, int m, int n) {
+    const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base);
+    if (EP == 0 || !y || n >= N) return 0u;
+    const size_t base = (size_t)m * N + n;
+    if ((N & 1) == 0) return *reinterpret_cast<const unsigned*>(y + base);
+    return (unsigned)y[base] | (n + 1 < N ? ((unsigned)y[base + 1] << 16) : 0u);
+}
+
+// Stores acc for (m, n) and (m, n + 1), with yy = load_y_pair(ep, N, m, n) (added only when ep.y_base is
+// set: adding a +0 would turn a -0 result into +0). n is even; pair stores need N even (then n < N =>
+// n + 1 < N and the address is 4/8-byte aligned); otherwise each element is stored on its own. Caller
+// checks m < M.
+template <int EP>
+QDEV void store_pair_y(void* out, const EpiArgs& ep, int N, int m, int n, int v0, int v1, float sa, float za,
+                       float ws0, float ws1, float su0, float su1, unsigned yy) {
     const size_t base = (size_t)m * N + n;
     if constexpr (EP == 0) {
         int* o = reinterpret_cast<int*>(out) + base;
@@ -79,28 +94,26 @@ QDEV void store_pair(void* out, const EpiArgs& ep, int M, int N, int m, int n, i
     } else {
         float f0 = epilogue_f32(v0, sa, za, ws0, su0);
         float f1 = epilogue_f32(v1, sa, za, ws1, su1);
+        if (ep.y_base) {
+            f0 = add_rn(f0, load_f32<EP>((unsigned short)(yy & 0xFFFFu)));
+            f1 = add_rn(f1, load_f32<EP>((unsigned short)(yy >> 16)));
+        }
         unsigned short* o = reinterpret_cast<unsigned short*>(out) + base;
-        const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base);
         if ((N & 1) == 0) {
-            if (n < N) {
-                if (y) {
-                    const unsigned yy = *reinterpret_cast<const unsigned*>(y + base);
-                    f0 = add_rn(f0, load_f32<EP>((unsigned short)(yy & 0xFFFFu)));
-                    f1 = add_rn(f1, load_f32<EP>((unsigned short)(yy >> 16)));
-                }
-                *reinterpret_cast<unsigned*>(o) = (unsigned)store_bits<EP>(f0) | ((unsigned)store_bits<EP>(f1) << 16);
-            }
+            if (n < N) *reinterpret_cast<unsigned*>(o) = (unsigned)store_bits<EP>(f0) | ((unsigned)store_bits<EP>(f1) << 16);
         } else {
-            if (n < N) {
-                if (y) f0 = add_rn(f0, load_f32<EP>(y[base]));
-                o[0] = store_bits<EP>(f0);
-            }
-            if (n + 1 < N) {
-                if (y) f1 = add_rn(f1, load_f32<EP>(y[base + 1]));
-                o[1] = store_bits<EP>(f1);
-            }
+            if (n < N) o[0] = store_bits<EP>(f0);
+            if (n + 1 < N) o[1] = store_bits<EP>(f1);
         }
     }
+}
+
+// store_pair_y with its own y_base load (for callers with one pair per thread).
+template <int EP>
+QDEV void store_pair(void* out, const EpiArgs& ep, int M, int N, int m, int n, int v0, int v1, float sa, float za,
+                     float ws0, float ws1, float su0, float su1) {
+    (void)M;
+    store_pair_y<EP>(out, ep, N, m, n, v0, v1, sa, za, ws0, ws1, su0, su1, load_y_pair<EP>(ep, N, m, n));
 }
 
 }  // namespace

@@ -333,11 +333,15 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
                 sa = ep.a_scale[m];
                 za = row_zero(ep, m);
             }
+            // the row's y_base pairs first, all loads in flight together (quik_epilogue.cuh, load_y_pair)
+            unsigned yy[NT];
+#pragma unroll
+            for (int j = 0; j < NT; ++j) yy[j] = load_y_pair<EP>(ep, N, m, n0 + nbase + 8 * j + 2 * t);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
                 const int n = n0 + nbase + 8 * j + 2 * t;
-                store_pair<EP>(out, ep, M, N, m, n, acc[i][j][2 * h] >> SHIFT, acc[i][j][2 * h + 1] >> SHIFT, sa, za,
-                               ws[j][0], ws[j][1], su[j][0], su[j][1]);
+                store_pair_y<EP>(out, ep, N, m, n, acc[i][j][2 * h] >> SHIFT, acc[i][j][2 * h + 1] >> SHIFT, sa, za,
+                                 ws[j][0], ws[j][1], su[j][0], su[j][1], yy[j]);
             }
         }
 }

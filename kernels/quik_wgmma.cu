@@ -28,9 +28,9 @@
 // 256 rows: one m64n256k32 wgmma per 32 K bytes, 4 per stage, 128 int32 accumulators per thread.
 //   A stages: 4 x [128 rows][128 B] (16 KiB), filled by cp.async (16-byte chunks, zero-filled past M / Kp).
 //   B slots:  3 x [256 rows][128 B] (32 KiB) of int8 weight codes, written by the threads: each thread
-//             loads 16 packed bytes (32 codes) of 4 rows from global memory one iteration ahead, unpacks
-//             them in registers and stores 2 x 16 bytes per row; it also prefetches the weight tile
-//             WG_L2_AHEAD iterations ahead into L2, so that those loads hit L2.
+//             loads 16 packed bytes (32 codes) of 4 rows from global memory WG_B_AHEAD iterations
+//             ahead (register buffers), unpacks them and stores 2 x 16 bytes per row; optionally (knob
+//             WG_L2_AHEAD, off by default) it also prefetches a later weight tile into L2.
 //   Both in the 128-byte swizzle of the wgmma descriptors: 16-byte chunk c of row r sits at
 //   r * 128 + ((c ^ (r % 8)) * 16), inside 1024-byte-aligned atoms of 8 rows (descriptor: swizzle mode
 //   128B, stride byte offset 1024 between 8-row groups, start address + 32 B per k32 step).
@@ -48,7 +48,9 @@
 //   wgmma.wait_group 1 (wgmma(kt-1) done). The tensor cores thus always have wgmma(kt-1) and wgmma(kt)
 //   queued while the threads unpack the next tile.
 // Epilogue: from the accumulator fragment (thread = lane l of warp w in warpgroup g holds, for j < 32,
-// d[4j + 2h + e] = acc[64g + 16w + l/4 + 8h][8j + 2(l%4) + e]) straight to global memory via store_pair.
+// d[4j + 2h + e] = acc[64g + 16w + l/4 + 8h][8j + 2(l%4) + e]) straight to global memory via store_pair_y,
+// with w_scale / wsum of the tile's columns staged in shared memory (WG_EPI_BYTES) before the main loop and
+// the y_base tile prefetched into L2 during the third-last K tile.
 
 #include "quik_epilogue.cuh"
 #include "quik_ptx.cuh"
@@ -56,32 +58,25 @@
 namespace {
 
 constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 128;
-// Tuning knobs (compile-time; scripts/device_wgmma_variants.py builds variants with -D):
+// Tuning knobs (compile-time; scripts/device_wgmma_variants.py builds variants with -D). Defaults from
+// its H100 A/B of 2026-11-26 (docs/PERF_LOG.md, fourth session): the L2 prefetch made every point slower
+// (x1.05-1.49 of the time without it; an earlier session's measurement that favoured it never took
+// effect, because a second #define of the knob above the first kept it at 0); two register buffers
+// without the prefetch gave x0.95 / x0.96 on the 70B MLP shapes at M = 2048, x1.02-1.03 at M = 8192.
 //   WG_B_AHEAD: iterations between a weight tile's global load and its unpack (1 or 2 register buffers);
 //   WG_L2_AHEAD: prefetch the weight tile this many iterations ahead into L2 (0: off).
 #ifndef WG_B_AHEAD
-#define WG_B_AHEAD 1
+#define WG_B_AHEAD 2
 #endif
 #ifndef WG_L2_AHEAD
 #define WG_L2_AHEAD 0
 #endif
 static_assert(WG_B_AHEAD == 1 || WG_B_AHEAD == 2, "WG_B_AHEAD: 1 or 2");
-// Tuning knobs (compile-time; scripts/device_wgmma_variants.py builds variants with -D). Defaults from
-// its H100 A/B (docs/PERF_LOG.md): the L2 prefetch 4 tiles ahead gave x0.91-0.95 on the 70B shapes at
-// M = 2048; two register buffers gave about the same, not both together.
-//   WG_B_AHEAD: iterations between a weight tile's global load and its unpack (1 or 2 register buffers);
-//   WG_L2_AHEAD: prefetch the weight tile this many iterations ahead into L2 (0: off).
-#ifndef WG_B_AHEAD
-#define WG_B_AHEAD 1
-#endif
-#ifndef WG_L2_AHEAD
-#define WG_L2_AHEAD 4
-#endif
-static_assert(WG_B_AHEAD == 1 || WG_B_AHEAD == 2, "WG_B_AHEAD: 1 or 2");
 constexpr int WG_A_STAGES = 4, WG_B_SLOTS = 3, WG_THREADS = 256, WG_GROUP_M = 16;
 constexpr int WG_A_TILE = WG_BM * WG_BK;  // 16 KiB
 constexpr int WG_B_TILE = WG_BN * WG_BK;  // 32 KiB
-constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE;  // 160 KiB
+constexpr int WG_EPI_BYTES = 2 * WG_BN * 4;  // w_scale and wsum of the tile's 256 columns (fp32)
+constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE + WG_EPI_BYTES;  // 162 KiB
 static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
 
 QDEV void sts16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d) {
@@ -212,6 +207,17 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
         }
     };
 
+    // The epilogue's per-column factors, staged once while the main loop runs (visible after its first
+    // barrier): reading them from global memory per column pair in the epilogue put one load round trip
+    // in front of every store.
+    float* s_ws = reinterpret_cast<float*>(wg_smem + (s_b + WG_B_SLOTS * WG_B_TILE - smem_addr(wg_smem)));
+    float* s_su = s_ws + WG_BN;
+    if constexpr (EP != 0) {
+        const int n = n0 + tid;  // WG_THREADS == WG_BN: one column per thread
+        s_ws[tid] = n < N ? ep.w_scale[n] : 0.f;
+        s_su[tid] = n < N ? ep.wsum[n] : 0.f;
+    }
+
     int d[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) d[i] = 0;
@@ -247,6 +253,18 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
         if (kt + 1 + WG_B_AHEAD < KT) load_b(kt + 1 + WG_B_AHEAD, wq);
         if (kt + 2 < KT) load_a(kt + 2);
         cp_async_commit();
+        if constexpr (EP != 0) {
+            // y_base of this tile into L2 two iterations before the epilogue reads it: 128 rows x 512 B,
+            // two 128-byte lines per thread (row tid / 2, lines 2 (tid % 2) and 2 (tid % 2) + 1)
+            if (kt == KT - 3 || (KT < 3 && kt == 0)) {
+                const int m = m0 + (tid >> 1), nl = n0 + 128 * (tid & 1);
+                if (ep.y_base && m < M) {
+                    const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base) + (size_t)m * N;
+                    if (nl < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl));
+                    if (nl + 64 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl + 64));
+                }
+            }
+        }
         wgmma_wait<1>();
         fence_acc(d);
     };
@@ -262,7 +280,8 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
     fence_acc(d);
 
     // Epilogue straight from the fragment. Row of d[4j + 2h + e]: 64 wg + 16 warp + lane/4 + 8h; column
-    // 8j + 2 (lane % 4) + e.
+    // 8j + 2 (lane % 4) + e. In batches of 8 column pairs: the batch's y_base loads (16 per thread) are
+    // issued together before its stores (quik_epilogue.cuh, load_y_pair).
     const int mr = m0 + wg * 64 + warp * 16 + (lane >> 2);
     float sa[2], za[2];
 #pragma unroll
@@ -277,25 +296,36 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
             }
         }
     }
+    constexpr int JB = 8;
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        const int n = n0 + 8 * j + 2 * (lane & 3);
-        if (n >= N) continue;
-        float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
-        if constexpr (EP != 0) {
-            ws0 = ep.w_scale[n];
-            su0 = ep.wsum[n];
-            if (n + 1 < N) {
-                ws1 = ep.w_scale[n + 1];
-                su1 = ep.wsum[n + 1];
+    for (int j0 = 0; j0 < 32; j0 += JB) {
+        unsigned yy[JB][2];
+#pragma unroll
+        for (int j = 0; j < JB; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = mr + 8 * h;
+                yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n0 + 8 * (j0 + j) + 2 * (lane & 3)) : 0u;
             }
-        }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int m = mr + 8 * h;
-            if (m < M)
-                store_pair<EP>(out, ep, M, N, m, n, d[4 * j + 2 * h] >> 4, d[4 * j + 2 * h + 1] >> 4, sa[h], za[h],
-                               ws0, ws1, su0, su1);
+        for (int j = 0; j < JB; ++j) {
+            const int c = 8 * (j0 + j) + 2 * (lane & 3), n = n0 + c;  // c: column within the tile
+            if (n >= N) continue;
+            float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
+            if constexpr (EP != 0) {  // staged: 0 past N
+                ws0 = s_ws[c];
+                ws1 = s_ws[c + 1];
+                su0 = s_su[c];
+                su1 = s_su[c + 1];
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = mr + 8 * h;
+                const int k = 4 * (j0 + j) + 2 * h;
+                if (m < M)
+                    store_pair_y<EP>(out, ep, N, m, n, d[k] >> 4, d[k + 1] >> 4, sa[h], za[h], ws0, ws1, su0, su1,
+                                     yy[j][h]);
+            }
         }
     }
 }

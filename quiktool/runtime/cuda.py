@@ -254,7 +254,7 @@ WGMMA_FILE = "quik_wgmma.cu"
 WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
-_WG_SMEM = 4 * _WG_BM * 128 + 3 * _WG_BN * 128 + 1024              # its stages + 1 KiB alignment slack
+_WG_SMEM = 4 * _WG_BM * 128 + 3 * _WG_BN * 128 + 2 * _WG_BN * 4 + 1024  # stages, epilogue factors, 1 KiB align slack
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: the GPU's multiprocessor count, since one block runs
 # per SM and fewer tiles leave SMs idle: measured on the H100, 16 tiles of 4096 x 4096 at M = 128 took 1.7x
@@ -265,7 +265,8 @@ WGMMA_MIN_TILES: int | None = None
 # W4A4 at M >= 2048 with N > 4096 outputs: cuBLASLt FP8 (when it applies) was faster or equal on the H100
 # (A/B over the LLaMA-2 shapes, docs/PERF_LOG.md: wgmma x1.03-1.12 of its time on 4096x11008, 5120x13824,
 # 13824x5120, 8192x28672 at M = 2048; faster only with N = 4096: x0.87-0.93). (min M, min N) of that rule.
-WGMMA_FP8_FIRST: tuple[int, int] = (2048, 4097)
+# QUIKTOOL_WGMMA_FP8_FIRST=0 turns the rule off (A/B runs).
+WGMMA_FP8_FIRST: tuple[int, int] | None = None if os.environ.get("QUIKTOOL_WGMMA_FP8_FIRST") == "0" else (2048, 4097)
 
 
 def find_nvcc() -> str | None:
@@ -816,7 +817,8 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     """Which integer GEMM quik_gemm runs: 'wgmma' (4-bit weights, any activation bits: quik_wgmma.cu, sm_90),
     'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
     mma.sync kernels). wgmma and mma fuse the epilogue."""
-    fp8_first = a_shift == 8 and M >= WGMMA_FP8_FIRST[0] and N >= WGMMA_FP8_FIRST[1]
+    fp8_first = (WGMMA_FP8_FIRST is not None and a_shift == 8 and M >= WGMMA_FP8_FIRST[0]
+                 and N >= WGMMA_FP8_FIRST[1])
     if _wgmma_ok(M, N, w_bits, dev) and not (fp8_first and _fp8_applies(M, N, kp, w_bits, dev)):
         return "wgmma"
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:

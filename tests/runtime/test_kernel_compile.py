@@ -5,6 +5,8 @@ nvidia-cuda-nvrtc wheel missing); a compile error is a failure.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +75,17 @@ def test_compile_wgmma_reports_a_missing_nvcc(monkeypatch, tmp_path) -> None:
     assert cuda.find_nvcc() is None
     with pytest.raises(KernelError, match="nvcc not found"):
         cuda.compile_wgmma()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "kernels").glob("*.cu*")),
+                         ids=lambda p: p.name)
+def test_kernel_sources_define_each_macro_once(path) -> None:
+    """A tuning knob written twice keeps its first default and silently ignores the second (quik_wgmma.cu
+    had `#ifndef WG_L2_AHEAD / #define WG_L2_AHEAD 0` above the documented default of 4, so the L2 prefetch
+    was off in every build): each kernel file defines each macro once."""
+    import collections
+    import re
+
+    names = re.findall(r"^\s*#\s*define\s+(\w+)", path.read_text(), flags=re.M)
+    twice = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+    assert not twice, f"{path.name} defines {twice} more than once"
