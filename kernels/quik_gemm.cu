@@ -376,6 +376,12 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     const int n0 = blockIdx.x * ROWS;
     const size_t w_row_bytes = WBITS == 4 ? (size_t)(Kp >> 1) : (size_t)Kp;
     const int S = (int)((w_row_bytes + 63) >> 6);  // steps of 64 weight bytes
+    // The 256-byte L2 prefetch hint on the weight loads of long rows (quik_ptx.cuh, ldg_stream_l2), for
+    // M <= 8 only. H100 layer A/B (docs/PERF_LOG.md, fourth session): the hint on every load was x0.93-0.97
+    // with 14336-byte rows (K = 28672, w4) and x1.00-1.03 with 5504 bytes or fewer; this form (a uniform
+    // branch per launch) gave M = 1 x0.90-1.01 on the nine LLaMA-2 shapes but M = 16 up to x1.2, so the
+    // MTOK = 16 kernels keep the plain loads (the branch folds away).
+    const bool long_rows = MTOK == 8 && w_row_bytes >= 6144;
 
     int acc[NTW][TT][4];
 #pragma unroll
@@ -420,7 +426,12 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int n = n0 + 16 * a + g + 8 * h;
-                    wv[u][a][h] = (kok && n < N) ? ldg_stream(W + (size_t)n * w_row_bytes + wb) : zero4;
+                    if (kok && n < N) {
+                        const unsigned char* p = W + (size_t)n * w_row_bytes + wb;
+                        wv[u][a][h] = long_rows ? ldg_stream_l2(p) : ldg_stream(p);
+                    } else {
+                        wv[u][a][h] = zero4;
+                    }
                 }
             const size_t ab = WBITS == 4 ? (size_t)s * 128 + 32 * t : (size_t)s * 64 + 16 * t;  // act column
 #pragma unroll

@@ -321,6 +321,18 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
                 _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits), w_bits)
 
 
+@pytest.mark.parametrize("rows", [32, 16])
+@pytest.mark.parametrize("w_bits", [4, 8])
+def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, rows: int) -> None:
+    """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
+    codes, a half last step (Kp % 128 == 64), N = 172, both row counts per block."""
+    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, rows))
+    kq = 13100 if w_bits == 4 else 6150                     # Kp 13120 (6560 bytes) / 6208
+    for M in (1, 3, 16):
+        g = _gen("long-rows", w_bits, rows, M)
+        _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, 172, kq, w_bits), w_bits), w_bits)
+
+
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_extreme_codes(w_bits: int) -> None:
     """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path)."""
