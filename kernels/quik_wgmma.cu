@@ -60,9 +60,9 @@ namespace {
 constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 128;
 // Tuning knobs (compile-time; scripts/device_wgmma_variants.py builds variants with -D). Defaults from
 // its H100 A/B of 2026-11-26 (docs/PERF_LOG.md, fourth session): the L2 prefetch made every point slower
-// (x1.05-1.49 of the time without it; an earlier session's measurement that favoured it never took
-// effect, because a second #define of the knob above the first kept it at 0); two register buffers
-// without the prefetch gave x0.95 / x0.96 on the 70B MLP shapes at M = 2048, x1.02-1.03 at M = 8192.
+// (x1.04-1.49 of the time without it; the third session had measured it faster and made it the default,
+// which never took effect: a second #define above this one kept it at 0); two register buffers without
+// the prefetch gave x0.95 / x0.96 on the 70B MLP shapes at M = 2048, x1.01-1.03 elsewhere.
 //   WG_B_AHEAD: iterations between a weight tile's global load and its unpack (1 or 2 register buffers);
 //   WG_L2_AHEAD: prefetch the weight tile this many iterations ahead into L2 (0: off).
 #ifndef WG_B_AHEAD
