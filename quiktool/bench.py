@@ -60,6 +60,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MIN_REPS = 5              # never fewer timed runs than this (unless --reps is smaller)
 L2_FALLBACK = 50 << 20    # H100 L2, when the device does not report its own
 HEAD_START_CYCLES = 300_000  # ~0.15 ms of GPU spin before each timed call (see Timer)
+UNSTEADY = 2.0  # a row whose median is above this many times its fastest run is marked '~' in the table
 W4A16_GROUP = 128
 W4A16_INNER_K_TILES = 8
 
@@ -747,6 +748,11 @@ def _gemm_path(layer, M: int) -> str:
                           layer.w_rt.get_device())
 
 
+def _unsteady(row: dict) -> bool:
+    ms, best = row.get("quik_ms"), row.get("quik_min_ms")
+    return bool(ms and best and ms > UNSTEADY * best)
+
+
 def format_layer_table(result: dict, compact: bool = False) -> str:
     """The layer benchmark as a text table (what the CLI prints). ``compact``: speed columns only."""
     fp = result["dtype"].upper()
@@ -792,7 +798,7 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
             errors.append(f"  {r['shape']} M={r['M']} {r['scheme']} outliers={r['outliers']}: {r['error']}")
             continue
         wrong = r.get("finite") is False or (r.get("check_rel_err") is not None and not r["check_rel_err"] <= 1e-2)
-        quik = _f(r["quik_ms"], ".4f") + ("!" if wrong else "")
+        quik = _f(r["quik_ms"], ".4f") + ("!" if wrong else "") + ("~" if _unsteady(r) else "")
 
         def peer(name):
             p = r["peers"].get(name) or {}
@@ -819,6 +825,11 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         worst = max((r["check_rel_err"] for r in bad), key=lambda v: v if v == v else float("inf"))
         lines.append(f"WARNING (!): {len(bad)} row(s) whose CUDA output differs from the exact reference "
                      f"(relative error up to {worst:.3g} > 1e-2): their times are of a wrong result")
+    unsteady = sum(1 for r in result["rows"] if not r.get("error") and _unsteady(r))
+    if unsteady:
+        lines.append(f"~: {unsteady} row(s) whose median QUIK time is above {UNSTEADY:g}x their fastest run: unsteady "
+                     "timing (on CUDA: the host fell behind the GPU's head start, so host time is in the span); "
+                     "rerun before trusting them")
     nonfinite = sum(1 for r in result["rows"] if r.get("finite") is False)
     if nonfinite:
         lines.append(f"WARNING (!): {nonfinite} row(s) whose QUIK output holds NaN/Inf")

@@ -63,6 +63,24 @@ def test_bench_layer_table_and_json(tmp_path):
     assert sum(1 for l in lines[hdr + 2:] if l.startswith("64x172")) == 12
 
 
+def test_layer_table_marks_unsteady_rows(tmp_path):
+    """A row whose median is far above its fastest run (a host stall inside the timed span) is marked '~' and
+    counted below the table; steady rows are not."""
+    js = tmp_path / "layer.json"
+    code, out = run(*LAYER, "--schemes", "w4a4", "--outliers", "0", "--json", js)
+    assert code == 0, out
+    r = json.loads(js.read_text())
+    for x in r["rows"]:
+        x["quik_min_ms"] = x["quik_ms"] * 0.9
+    steady = bench.format_layer_table(r)
+    assert "~" not in steady
+    r["rows"][0]["quik_min_ms"] = r["rows"][0]["quik_ms"] / 3
+    text = bench.format_layer_table(r)
+    marked = [l for l in text.splitlines() if l.startswith("64x172") and "~" in l]
+    assert len(marked) == 1 and f"{r['rows'][0]['quik_ms']:.4f}~" in marked[0]
+    assert "~: 1 row(s) whose median QUIK time is above 2x their fastest run" in text
+
+
 def test_bench_layer_default_outliers_skip_counts_not_below_k(tmp_path):
     js = tmp_path / "l.json"
     code, out = run(*LAYER[:4], "--m", "2", "--schemes", "w4a8", "--reps", "2", "--warmup", "1", "--device", "cpu",
