@@ -110,9 +110,8 @@ QDEV void store_pair_y(void* out, const EpiArgs& ep, int N, int m, int n, int v0
 
 // store_pair_y with its own y_base load (for callers with one pair per thread).
 template <int EP>
-QDEV void store_pair(void* out, const EpiArgs& ep, int M, int N, int m, int n, int v0, int v1, float sa, float za,
+QDEV void store_pair(void* out, const EpiArgs& ep, int N, int m, int n, int v0, int v1, float sa, float za,
                      float ws0, float ws1, float su0, float su1) {
-    (void)M;
     store_pair_y<EP>(out, ep, N, m, n, v0, v1, sa, za, ws0, ws1, su0, su1, load_y_pair<EP>(ep, N, m, n));
 }
 

@@ -157,15 +157,8 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
     const int wm = warp / WARPS_N, wn = warp % WARPS_N;
     const int mbase = wm * WM, nbase = wn * WN;
 
-    // Grouped raster: consecutive blocks walk GROUP_M M-tiles of the same W columns first.
-    const int m_tiles = (M + BM - 1) / BM, n_tiles = (N + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    const int group = pid / (GROUP_M * n_tiles);
-    const int first_m = group * GROUP_M;
-    const int gsize = min(m_tiles - first_m, GROUP_M);
-    const int inner = pid - group * GROUP_M * n_tiles;
-    const int m0 = (first_m + inner % gsize) * BM;
-    const int n0 = (inner / gsize) * BN;
+    int m0, n0;
+    grouped_tile<BM, BN, GROUP_M>(M, N, m0, n0);
 
     const int KT = Kp >> 6;
     const size_t w_row_bytes = WBITS == 4 ? (size_t)(Kp >> 1) : (size_t)Kp;
@@ -625,7 +618,7 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
         ws1 = ep.w_scale[n + 1];
         su1 = ep.wsum[n + 1];
     }
-    store_pair<EP>(out, ep, M, N, m, n, v0, v1, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ws1, ep.wsum[n], su1);
+    store_pair<EP>(out, ep, N, m, n, v0, v1, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ws1, ep.wsum[n], su1);
 }
 }  // namespace
 

@@ -1,5 +1,6 @@
-// quik_ptx.cuh -- small PTX helpers shared by the kernels (quik_gemm.cu, quik_wgmma.cu, quik_act_quant.cu):
-// shared-memory addresses, 16-byte cp.async with zero fill, its commit / wait, and the streaming 16-byte load.
+// quik_ptx.cuh -- small device helpers shared by the kernels (quik_gemm.cu, quik_wgmma.cu, quik_act_quant.cu):
+// shared-memory addresses, 16-byte cp.async with zero fill, its commit / wait, the streaming 16-byte loads,
+// and the grouped raster of the tiled GEMMs.
 // Included textually, like quik_quant.cuh (quiktool/runtime/cuda.py, _source).
 #ifndef QUIK_PTX_CUH
 #define QUIK_PTX_CUH
@@ -42,6 +43,21 @@ QDEV uint4 ldg_stream_l2(const void* p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
+}
+
+// Grouped raster of a 1-D grid over BM x BN output tiles: consecutive blocks walk GROUP_M M-tiles of the same
+// weight rows first, so that a weight tile is still in L2 when the next block needs it. -> the tile's first
+// row m0 and first column n0.
+template <int BM, int BN, int GROUP_M>
+QDEV void grouped_tile(int M, int N, int& m0, int& n0) {
+    const int m_tiles = (M + BM - 1) / BM, n_tiles = (N + BN - 1) / BN;
+    const int pid = blockIdx.x;
+    const int group = pid / (GROUP_M * n_tiles);
+    const int first_m = group * GROUP_M;
+    const int gsize = min(m_tiles - first_m, GROUP_M);
+    const int inner = pid - group * GROUP_M * n_tiles;
+    m0 = (first_m + inner % gsize) * BM;
+    n0 = (inner / gsize) * BN;
 }
 
 }  // namespace

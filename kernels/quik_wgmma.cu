@@ -146,15 +146,8 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
 
-    // Grouped raster (as quik_gemm.cu): consecutive blocks walk WG_GROUP_M M-tiles of the same weight rows.
-    const int m_tiles = (M + WG_BM - 1) / WG_BM, n_tiles = (N + WG_BN - 1) / WG_BN;
-    const int pid = blockIdx.x;
-    const int group = pid / (WG_GROUP_M * n_tiles);
-    const int first_m = group * WG_GROUP_M;
-    const int gsize = min(m_tiles - first_m, WG_GROUP_M);
-    const int inner = pid - group * WG_GROUP_M * n_tiles;
-    const int m0 = (first_m + inner % gsize) * WG_BM;
-    const int n0 = (inner / gsize) * WG_BN;
+    int m0, n0;
+    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);  // quik_ptx.cuh, as quik_gemm.cu
 
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
     const int kp2 = Kp >> 1;                  // packed bytes per weight row
