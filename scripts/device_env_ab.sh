@@ -28,7 +28,8 @@ a, b = (json.load(open(f"{out}/ab_{k}.json"))["rows"] for k in ("a", "b"))
 print(f"A: {sa}   B: {'defaults' if sb == '-' else sb}")
 print(f"{'shape':11s} {'M':>5s} {'scheme':6s} {'path A':6s} {'path B':6s} {'A ms':>8s} {'B ms':>8s} {'B/A':>6s} "
       f"{'quant A':>8s} {'quant B':>8s}  x FP16 A -> B  faster")
-unsteady = lambda r: "~" if r.get("quik_min_ms") and r["quik_ms"] > 2 * r["quik_min_ms"] else " "  # noqa: E731
+from quiktool.bench import UNSTEADY, _unsteady
+unsteady = lambda r: "~" if _unsteady(r) else " "  # noqa: E731
 n = 0
 for x, y in zip(a, b):
     qa, qb = x["stages_ms"].get("quantize") or 0, y["stages_ms"].get("quantize") or 0
@@ -37,5 +38,6 @@ for x, y in zip(a, b):
           f"{x['quik_ms']:8.4f}{unsteady(x)}{y['quik_ms']:8.4f}{unsteady(y)}{y['quik_ms'] / x['quik_ms']:6.3f} "
           f"{qa:8.4f} {qb:8.4f}  {x['speedup']:.2f} -> {y['speedup']:.2f}  {'A' if x['quik_ms'] < y['quik_ms'] else 'B'}")
 if n:
-    print(f"~: {n} time(s) whose median is above 2x their fastest run (host stall in the timed span): rerun those points")
+    print(f"~: {n} time(s) whose median is above {UNSTEADY:g}x their fastest run (host stall in the timed span): "
+          "rerun those points")
 PY
