@@ -71,12 +71,26 @@ constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 128;
 #ifndef WG_L2_AHEAD
 #define WG_L2_AHEAD 0
 #endif
+//   WG_DEPTH: wgmma groups (K tiles) left in flight at the end of an iteration. Each extra one costs an
+//   A stage and a B slot (16 + 32 KiB): the ring must not reuse memory an in-flight group still reads.
+#ifndef WG_DEPTH
+#define WG_DEPTH 1
+#endif
+//   WG_DIAG (diagnostic builds only, wrong results: never shipped): 1 = no weight loads or unpacks in the
+//   main loop (the wgmmas read whatever the B slots hold), 2 = no wgmma issued. They split the K-tile
+//   time into its tensor and its thread parts (scripts/device_wgmma_variants.py, variants named diag*).
+#ifndef WG_DIAG
+#define WG_DIAG 0
+#endif
 static_assert(WG_B_AHEAD == 1 || WG_B_AHEAD == 2, "WG_B_AHEAD: 1 or 2");
-constexpr int WG_A_STAGES = 4, WG_B_SLOTS = 3, WG_THREADS = 256, WG_GROUP_M = 16;
+static_assert(WG_DEPTH == 1 || WG_DEPTH == 2, "WG_DEPTH: 1 or 2");
+// Ring sizes: in iteration kt the threads write B slot (kt+1) % WG_B_SLOTS and A stage (kt+2) % WG_A_STAGES
+// while groups kt-WG_DEPTH .. kt may still read theirs, hence D + 2 slots and D + 3 stages.
+constexpr int WG_A_STAGES = WG_DEPTH + 3, WG_B_SLOTS = WG_DEPTH + 2, WG_THREADS = 256, WG_GROUP_M = 16;
 constexpr int WG_A_TILE = WG_BM * WG_BK;  // 16 KiB
 constexpr int WG_B_TILE = WG_BN * WG_BK;  // 32 KiB
 constexpr int WG_EPI_BYTES = 2 * WG_BN * 4;  // w_scale and wsum of the tile's 256 columns (fp32)
-constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE + WG_EPI_BYTES;  // 162 KiB
+constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE + WG_EPI_BYTES;  // 162 KiB (D = 1)
 static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
 
 QDEV void sts16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d) {
@@ -234,7 +248,7 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
         __syncthreads();
         fence_acc(d);
         wgmma_fence();
-        {
+        if (WG_DIAG != 2) {
             const unsigned a = s_a + (kt % WG_A_STAGES) * WG_A_TILE + wg * (64 * 128);
             const unsigned b = s_b + (kt % WG_B_SLOTS) * WG_B_TILE;
 #pragma unroll
@@ -242,8 +256,8 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
         }
         wgmma_commit();
         fence_acc(d);
-        if (kt + 1 < KT) store_b(kt + 1, wq);
-        if (kt + 1 + WG_B_AHEAD < KT) load_b(kt + 1 + WG_B_AHEAD, wq);
+        if (WG_DIAG != 1 && kt + 1 < KT) store_b(kt + 1, wq);
+        if (WG_DIAG != 1 && kt + 1 + WG_B_AHEAD < KT) load_b(kt + 1 + WG_B_AHEAD, wq);
         if (kt + 2 < KT) load_a(kt + 2);
         cp_async_commit();
         if constexpr (EP != 0) {
@@ -258,7 +272,7 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
                 }
             }
         }
-        wgmma_wait<1>();
+        wgmma_wait<WG_DEPTH>();
         fence_acc(d);
     };
     if (WG_B_AHEAD == 1) {

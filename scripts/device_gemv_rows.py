@@ -1,11 +1,11 @@
-"""A/B of the small-M kernel's block size (issue 5, decode): 32 vs 16 output features per block.
+"""A/B of the small-M kernel's block size (issue 5, decode): 32, 16 or 64 output features per block.
 
-For each LLaMA-2 shape and M in {1, 8, 16}: cuda.quik_gemm (W4A4 codes, fp16 out, no y_base) with the
-32-row and the 16-row variant, timed alternately in the same process with quiktool.bench.Timer (CUDA
-events, L2 flushed, GPU head start, median), plus cuBLAS FP16 F.linear for the ratio, and a bit-for-bit
-comparison of the two variants' outputs.
+For each LLaMA-2 shape and M in {1, 8, 16}: cuda.quik_gemm (W4A4 codes, fp16 out, no y_base) with each
+variant, timed alternately in the same process with quiktool.bench.Timer (CUDA events, L2 flushed, GPU
+head start, median), plus cuBLAS FP16 F.linear for the ratio, and a bit-for-bit comparison of every
+variant's output with the 32-row one's.
 
-    PYTHONPATH=$PWD python3 scripts/device_gemv_rows.py [--reps 200]
+    PYTHONPATH=$PWD python3 scripts/device_gemv_rows.py [--reps 200] [--rows 32,16,64] [--shapes KxN,..] [--m 1,8,16]
 """
 import argparse
 
@@ -17,31 +17,38 @@ from quiktool.runtime import cuda
 
 p = argparse.ArgumentParser()
 p.add_argument("--reps", type=int, default=200)
+p.add_argument("--rows", default="32,16,64", help="variants; the first is the base of the ratios")
+p.add_argument("--shapes", default="", help="KxN list (default: the nine LLaMA-2 shapes of bench layer)")
+p.add_argument("--m", default="1,8,16")
 args = p.parse_args()
+ROWS = [int(r) for r in args.rows.split(",")]
 dev = torch.device("cuda")
 timer = Timer(dev, args.reps, 20, 1.0, flush_l2=True)
 g = torch.Generator(device="cuda").manual_seed(0)
 print(torch.cuda.get_device_name(0), torch.__version__)
-print(f"{'K x N':11s} {'M':>3s} {'FP16 ms':>8s} {'r32 ms':>8s} {'r16 ms':>8s} {'r16/r32':>7s} {'x FP16 r32':>10s} "
-      f"{'x FP16 r16':>10s} {'TB/s r32':>8s} {'TB/s r16':>8s} same")
-for K, N in DEFAULT_SHAPES:
+print(f"{'K x N':11s} {'M':>3s} {'FP16 ms':>8s} " + " ".join(f"{'r%d ms' % r:>8s}" for r in ROWS) + " "
+      + " ".join(f"{'r%d/r%d' % (r, ROWS[0]):>8s}" for r in ROWS[1:]) + " "
+      + " ".join(f"{'xFP16 r%d' % r:>9s}" for r in ROWS) + " " + " ".join(f"{'TB/s r%d' % r:>9s}" for r in ROWS) + " same")
+SHAPES = [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")] if args.shapes else DEFAULT_SHAPES
+for K, N in SHAPES:
     kp = cuda.padded_k(K)
     w = cuda.prepare_weight(torch.randint(-8, 8, (N, K), generator=g, device=dev, dtype=torch.int8), 4)
     W16 = torch.randn(N, K, generator=g, device=dev, dtype=torch.float16)
-    for M in (1, 8, 16):
+    for M in map(int, args.m.split(",")):
         a = torch.nn.functional.pad(torch.randint(-8, 8, (M, K), generator=g, device=dev, dtype=torch.int8), (0, kp - K))
         x = torch.randn(M, K, generator=g, device=dev, dtype=torch.float16)
         sa, za = torch.rand(M, device=dev) * 0.01 + 1e-3, torch.randn(M, device=dev)
         sw, su = torch.rand(N, device=dev) * 0.01 + 1e-3, torch.randn(N, device=dev)
         outs, times = {}, {}
-        for rows in (32, 16):
+        for rows in ROWS:
             cuda.GEMV_ROWS = rows
             outs[rows] = cuda.quik_gemm(a, w, 4, sa, za, 8, sw, su, None, torch.float16)
             times[rows] = timer(lambda: cuda.quik_gemm(a, w, 4, sa, za, 8, sw, su, None, torch.float16), [()]).ms
         cuda.GEMV_ROWS = None
         fp = timer(lambda: F.linear(x, W16), [()]).ms
-        same = torch.equal(outs[32], outs[16])
+        same = all(torch.equal(outs[ROWS[0]], outs[r]) for r in ROWS[1:])
         gb = N * kp / 2 / 1e9
-        print(f"{K}x{N:<6d} {M:3d} {fp:8.4f} {times[32]:8.4f} {times[16]:8.4f} {times[16] / times[32]:7.3f} "
-              f"{fp / times[32]:10.2f} {fp / times[16]:10.2f} {gb / times[32] * 1e3:8.2f} {gb / times[16] * 1e3:8.2f} {same}",
-              flush=True)
+        print(f"{K}x{N:<6d} {M:3d} {fp:8.4f} " + " ".join(f"{times[r]:8.4f}" for r in ROWS) + " "
+              + " ".join(f"{times[r] / times[ROWS[0]]:8.3f}" for r in ROWS[1:]) + " "
+              + " ".join(f"{fp / times[r]:9.2f}" for r in ROWS) + " "
+              + " ".join(f"{gb / times[r] * 1e3:9.2f}" for r in ROWS) + f" {same}", flush=True)

@@ -7,6 +7,10 @@ shapes, beside cuBLAS FP16 (torch.matmul) and cuBLASLt FP8 (torch._scaled_mm, e4
 case) on the same M, N, K. A K sweep at fixed M, N separates per-tile time from per-block fixed costs.
 
     python3 scripts/device_wgmma_variants.py [--variants "base=;b2=-DWG_B_AHEAD=2"] [--m 2048,8192] [--json F]
+
+Variants whose name starts with "diag" are diagnostic builds (-DWG_DIAG=1 / 2: no weight unpack / no
+wgmma): their sums are wrong by design, so they are timed but not checked, and only ever compared with
+the others to split a K tile's time into its parts.
 """
 from __future__ import annotations
 
@@ -38,26 +42,35 @@ def build(defines: list[str]) -> Path:
     return out
 
 
-def load(cubin: Path) -> dict:
+def smem_bytes(defines: list[str]) -> int:
+    """The launcher's dynamic shared memory for a variant (its -DWG_DEPTH changes the rings)."""
+    depth = 1
+    for d in defines:
+        if d.startswith("-DWG_DEPTH="):
+            depth = int(d.split("=", 1)[1])
+    return cuda.wgmma_smem_bytes(depth)
+
+
+def load(cubin: Path, smem: int) -> dict:
     import cupy
     mod = cupy.RawModule(path=str(cubin))
     fns = {}
     for ep in ("i32", "f16"):
         k = mod.get_function(f"quik_wgmma_{ep}_w4")
-        k.max_dynamic_shared_size_bytes = cuda._WG_SMEM
-        fns[ep] = (mod, k)
+        k.max_dynamic_shared_size_bytes = smem
+        fns[ep] = (mod, k, smem)
     return fns
 
 
 def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     import cupy
-    _, k = fn
+    _, k, smem = fn
     grid = -(-M // cuda._WG_BM) * -(-N // cuda._WG_BN)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
             cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),
             cupy.uint64(epi[3]), cupy.uint64(epi[4]), cupy.uint64(epi[5])]
-    k((grid,), (cuda._WG_THREADS,), tuple(args), shared_mem=cuda._WG_SMEM, stream=stream)
+    k((grid,), (cuda._WG_THREADS,), tuple(args), shared_mem=smem, stream=stream)
 
 
 def timeit(f, reps: int) -> float:
@@ -89,11 +102,14 @@ def main() -> None:
     for item in args.variants.split(";"):
         name, _, flags = item.partition("=")
         variants.append((name, flags.split()))
-    built = {name: load(build(flags)) for name, flags in variants}
+    built = {name: load(build(flags), smem_bytes(flags)) for name, flags in variants}
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
 
     # exactness of every variant (fresh random codes, odd shapes)
     for name, fns in built.items():
+        if name.startswith("diag"):
+            print(f"exact {name:10s} not checked (diagnostic build)")
+            continue
         for M, kq, N in [(300, 4160, 1000), (2048, 4096, 4096), (17, 64, 301)]:
             kp = reference.padded_k(kq)
             a = reference.pad_columns(torch.randint(-128, 128, (M, kq), dtype=torch.int8, device=dev), kp)

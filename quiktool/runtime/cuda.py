@@ -68,7 +68,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
                           "quik_act_quant_bf16_gmem", "quik_act_quant_split_f16", "quik_act_quant_split_bf16"),
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
-        + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16) for r in ("", "_r16")]
+        + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -254,7 +254,15 @@ WGMMA_FILE = "quik_wgmma.cu"
 WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
-_WG_SMEM = 4 * _WG_BM * 128 + 3 * _WG_BN * 128 + 2 * _WG_BN * 4 + 1024  # stages, epilogue factors, 1 KiB align slack
+
+
+def wgmma_smem_bytes(depth: int = 1) -> int:
+    """quik_wgmma.cu's dynamic shared memory for its WG_DEPTH: depth + 3 activation stages of 128 x 128 B,
+    depth + 2 weight slots of 256 x 128 B, the epilogue's 2 x 256 fp32 factors, 1 KiB alignment slack."""
+    return (depth + 3) * _WG_BM * 128 + (depth + 2) * _WG_BN * 128 + 2 * _WG_BN * 4 + 1024
+
+
+_WG_SMEM = wgmma_smem_bytes()
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: the GPU's multiprocessor count, since one block runs
 # per SM and fewer tiles leave SMs idle: measured on the H100, 16 tiles of 4096 x 4096 at M = 128 took 1.7x
@@ -683,11 +691,11 @@ def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, in
 
 def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
-    block, 32 or 16 (None: GEMV_ROWS, else the M rule there)."""
+    block, 32, 16 or 64 (None: GEMV_ROWS, else the M rule there)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
     rows = rows or GEMV_ROWS or (16 if M > 8 else 32)
-    suffix = {32: "", 16: "_r16"}[rows]
+    suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
 

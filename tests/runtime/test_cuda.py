@@ -306,13 +306,15 @@ def test_int_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> No
     _check_int(a, w, w_bits)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv"])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
-    """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails."""
-    for M in ([1, 5, 8, 9, 16] if cfg == "gemv" else [1, 17, 130, 300]):
-        if cfg == "gemv":
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep))
+    """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails;
+    "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those."""
+    for M in ([1, 5, 8, 9, 16] if cfg.startswith("gemv") else [1, 17, 130, 300]):
+        if cfg.startswith("gemv"):
+            rows = int(cfg[4:]) if cfg != "gemv" else None
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 172, 520):
@@ -321,7 +323,7 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
                 _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits), w_bits)
 
 
-@pytest.mark.parametrize("rows", [32, 16])
+@pytest.mark.parametrize("rows", [32, 16, 64])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, rows: int) -> None:
     """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
@@ -397,11 +399,11 @@ def test_quik_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtyp
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16"])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
 def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
     for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
         if cfg.startswith("gemv"):
-            rows = 16 if cfg == "gemv16" else 32
+            rows = int(cfg[4:]) if cfg != "gemv" else 32
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))

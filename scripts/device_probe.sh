@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Fifth-session probe of both GEMM kernels on the GPU machine, one device call (issue 5, docs/PERF_LOG.md):
+#   OUT=/some/dir bash scripts/device_probe.sh [STEPS...]     steps (default: all):
+#     tests   the small-M kernel's GPU tests (every rows-per-block variant on ragged shapes and long rows)
+#     wgvar   kernel-level A/B of quik_wgmma.cu builds (scripts/device_wgmma_variants.py): the shipped
+#             defaults, WG_DEPTH=2 (two wgmma groups in flight), and the diagnostic builds WG_DIAG=1 / 2
+#             (no weight unpack / no wgmma) that split a K tile's time into its parts
+#     gemvrows the small-M kernel with 32, 16 and 64 output features per block (scripts/device_gemv_rows.py)
+#     ncuwg   ncu (stall reasons, shared memory, scheduler) of the wgmma kernel, 8192 x 28672 at M = 2048,
+#             defaults and WG_DEPTH=2
+#     ncugemv ncu of the small-M kernel on 8192 x 28672 at M = 1 and 16
+#   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
+set -uo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+STEPS=${*:-tests wgvar gemvrows ncuwg ncugemv}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+OUT=${OUT:-out/probe}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+NCU="ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+  --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section Occupancy --section LaunchStats"
+VARIANTS=${WG_VARIANTS:-"base=;d2=-DWG_DEPTH=2;d2b1=-DWG_DEPTH=2 -DWG_B_AHEAD=1;diag_noB=-DWG_DIAG=1;diag_noB_d2=-DWG_DIAG=1 -DWG_DEPTH=2;diag_nomma=-DWG_DIAG=2"}
+if has tests; then
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda.py -k "gemv or ragged" \
+    > "$OUT/pytest_gemv.txt" 2>&1
+  echo "pytest exit $?"; tail -3 "$OUT/pytest_gemv.txt"
+fi
+if has wgvar; then
+  timeout 300 python3 scripts/device_wgmma_variants.py --variants "$VARIANTS" --m 2048,8192 \
+    --json "$OUT/wgvar.json" 2>&1 | grep -v Deprecat | tee "$OUT/wgvar.txt"
+fi
+if has gemvrows; then
+  timeout 240 python3 scripts/device_gemv_rows.py --rows 32,16,64 2>&1 | tee "$OUT/gemvrows.txt"
+fi
+if has ncuwg; then
+  for v in "base=" "d2=-DWG_DEPTH=2"; do
+    timeout 120 $NCU --kernel-name regex:quik_wgmma_f16 --launch-count 1 \
+      python3 scripts/device_wgmma_variants.py --variants "$v" --m 2048 --shapes 8192x28672 --ksweep '' --reps 1 \
+      > "$OUT/ncu_wg_${v%%=*}.txt" 2>&1
+    echo "ncu wgmma ${v%%=*}: exit $?"
+  done
+fi
+if has ncugemv; then
+  for k in "quik_gemv_f16_w4_m8$ 1" "quik_gemv_f16_w4_m16_r16$ 16"; do
+    set -- $k
+    timeout 120 $NCU --kernel-name "regex:$1" --launch-count 1 \
+      python3 scripts/device_gemv_rows.py --shapes 8192x28672 --m "$2" --rows 32,16 --reps 3 \
+      > "$OUT/ncu_gemv_m$2.txt" 2>&1
+    echo "ncu gemv M=$2: exit $?"
+  done
+fi
