@@ -9,6 +9,8 @@
 #     ncuwg   ncu (stall reasons, shared memory, scheduler) of the wgmma kernel, 8192 x 28672 at M = 2048,
 #             defaults and WG_DEPTH=2
 #     ncugemv ncu of the small-M kernel on 8192 x 28672 at M = 1 and 16
+#     gemvrule the layer A/B of the small-M rows-per-block rule: QUIKTOOL_GEMV_RULE=m (earlier) against the
+#             defaults, W4A4, M = 1 and 16, no outliers, the LLaMA-2 7B / 13B / 70B shapes
 #   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -30,6 +32,10 @@ if has wgvar; then
 fi
 if has gemvrows; then
   timeout 240 python3 scripts/device_gemv_rows.py --rows 32,16,64 2>&1 | tee "$OUT/gemvrows.txt"
+fi
+if has gemvrule; then
+  OUT=$OUT/gemvrule bash scripts/device_env_ab.sh 'QUIKTOOL_GEMV_RULE=m' - --schemes w4a4 --m 1,16 \
+    --outliers 0 --shapes llama2-7b,llama2-13b,llama2-70b | tee "$OUT/gemvrule.txt"
 fi
 if has ncuwg; then
   for v in "base=" "d2=-DWG_DEPTH=2"; do

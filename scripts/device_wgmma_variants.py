@@ -42,30 +42,32 @@ def build(defines: list[str]) -> Path:
     return out
 
 
-def smem_bytes(defines: list[str]) -> int:
-    """The launcher's dynamic shared memory for a variant (its -DWG_DEPTH changes the rings)."""
-    depth = 1
+def knob(defines: list[str], name: str, default: int) -> int:
     for d in defines:
-        if d.startswith("-DWG_DEPTH="):
-            depth = int(d.split("=", 1)[1])
-    return cuda.wgmma_smem_bytes(depth)
+        if d.startswith(f"-D{name}="):
+            return int(d.split("=", 1)[1])
+    return default
 
 
-def load(cubin: Path, smem: int) -> dict:
+def load(cubin: Path, defines: list[str]) -> dict:
+    """The variant's entry points with its launch parameters: -DWG_DEPTH changes the shared-memory rings,
+    -DWG_CL the grid (token tiles rounded up to whole clusters)."""
     import cupy
     mod = cupy.RawModule(path=str(cubin))
+    smem = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH))
+    cl = knob(defines, "WG_CL", cuda._WG_CL)
     fns = {}
     for ep in ("i32", "f16"):
         k = mod.get_function(f"quik_wgmma_{ep}_w4")
         k.max_dynamic_shared_size_bytes = smem
-        fns[ep] = (mod, k, smem)
+        fns[ep] = (mod, k, smem, cl)
     return fns
 
 
 def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     import cupy
-    _, k, smem = fn
-    grid = -(-M // cuda._WG_BM) * -(-N // cuda._WG_BN)
+    _, k, smem, cl = fn
+    grid = cuda.wgmma_grid(M, N, cl)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
             cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),
@@ -73,18 +75,22 @@ def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     k((grid,), (cuda._WG_THREADS,), tuple(args), shared_mem=smem, stream=stream)
 
 
-def timeit(f, reps: int) -> float:
-    for _ in range(3):
-        f()
-    ts = []
+def timeit(fs: dict, reps: int) -> dict:
+    """Median ms of each callable, the callables taking turns run by run (a drift of the GPU's clock or
+    temperature during the call then reaches every variant alike, not the ones timed last)."""
+    for f in fs.values():
+        for _ in range(3):
+            f()
+    ts = {name: [] for name in fs}
     for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        f()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+        for name, f in fs.items():
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            f()
+            e.record()
+            e.synchronize()
+            ts[name].append(s.elapsed_time(e))
+    return {name: statistics.median(t) for name, t in ts.items()}
 
 
 def main() -> None:
@@ -102,7 +108,7 @@ def main() -> None:
     for item in args.variants.split(";"):
         name, _, flags = item.partition("=")
         variants.append((name, flags.split()))
-    built = {name: load(build(flags), smem_bytes(flags)) for name, flags in variants}
+    built = {name: load(build(flags), flags) for name, flags in variants}
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
 
     # exactness of every variant (fresh random codes, odd shapes)
@@ -134,18 +140,20 @@ def main() -> None:
         epi = (sa.data_ptr(), za.data_ptr(), 8.0, ws.data_ptr(), su.data_ptr(), 0)
         x16 = torch.randn(M, K, dtype=torch.float16, device=dev)
         w16 = torch.randn(N, K, dtype=torch.float16, device=dev)
-        fp16 = timeit(lambda: torch.matmul(x16, w16.t()), args.reps)
         a8, w8 = x16.to(torch.float8_e4m3fn), w16.to(torch.float8_e4m3fn)
         one = torch.ones((), device=dev)
-        fp8 = timeit(lambda: torch._scaled_mm(a8, w8.t(), scale_a=one, scale_b=one, out_dtype=torch.float16), args.reps)
-        del x16, w16, a8, w8
-        row = {"M": M, "K": K, "N": N, "fp16_ms": fp16, "fp8_ms": fp8, "variants": {}}
-        tops = lambda ms: 2 * M * N * K / ms / 1e9  # noqa: E731
-        line = f"M={M:5d} K={K:5d} N={N:5d}  fp16 {fp16:.4f} ({tops(fp16):5.0f})  fp8 {fp8:.4f} ({tops(fp8):5.0f})"
+        fs = {"fp16": lambda: torch.matmul(x16, w16.t()),
+              "fp8": lambda: torch._scaled_mm(a8, w8.t(), scale_a=one, scale_b=one, out_dtype=torch.float16)}
         for name, fns in built.items():
-            ms = timeit(lambda: launch(fns["f16"], a, w, out, M, N, K, epi), args.reps)
-            row["variants"][name] = ms
-            line += f"  {name} {ms:.4f} ({tops(ms):5.0f}, {fp16 / ms:.2f}x)"
+            fs[name] = lambda fns=fns: launch(fns["f16"], a, w, out, M, N, K, epi)
+        ms = timeit(fs, args.reps)
+        del x16, w16, a8, w8
+        fp16, fp8 = ms.pop("fp16"), ms.pop("fp8")
+        row = {"M": M, "K": K, "N": N, "fp16_ms": fp16, "fp8_ms": fp8, "variants": ms}
+        tops = lambda t: 2 * M * N * K / t / 1e9  # noqa: E731
+        line = f"M={M:5d} K={K:5d} N={N:5d}  fp16 {fp16:.4f} ({tops(fp16):5.0f})  fp8 {fp8:.4f} ({tops(fp8):5.0f})"
+        for name, t in ms.items():
+            line += f"  {name} {t:.4f} ({tops(t):5.0f}, {fp16 / t:.2f}x)"
         print(line, flush=True)
         rows.append(row)
     if args.json:

@@ -76,11 +76,12 @@ KERNELS: dict[str, tuple[str, ...]] = {
 # Tile configurations of quik_gemm.cu (must match its entry-point macros): BM, BN, threads, stages.
 _TILE = {"big": (128, 256, 256, 4), "mid": (64, 128, 128, 4)}
 _GEMV_THREADS = 256
-# Output features per block of the small-M kernel: 32, or 16 (the *_r16 variants: twice the blocks and
-# twice the loads in flight per warp). None: 16 for 9 <= M <= 16, 32 for M <= 8, from the A/B of
-# scripts/device_gemv_rows.py on the H200 (docs/PERF_LOG.md): 16 rows were faster at M = 16 on 8 of 9
-# LLaMA-2 shapes (kernel time x0.83-0.95) but mixed at M <= 8 (x0.97-1.16).
+# Output features per block of the small-M kernel: 32, 16 (*_r16: twice the blocks, twice the loads in
+# flight per warp) or 64 (*_r64: half the blocks, each reading the activations once for 64 rows). None: the
+# rule of _gemv_rows. QUIKTOOL_GEMV_RULE=m restores the earlier rule (16 for 9 <= M <= 16, 32 for M <= 8)
+# for A/B runs.
 GEMV_ROWS: int | None = None
+GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
 _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
 
@@ -254,9 +255,18 @@ WGMMA_FILE = "quik_wgmma.cu"
 WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
+# quik_wgmma.cu's compile-time defaults that the launch depends on (a CPU test reads them from the source):
+# WG_DEPTH (wgmma groups in flight: the shared-memory rings) and WG_CL (CTAs per cluster: the grid).
+_WG_DEPTH, _WG_CL = 1, 1
 
 
-def wgmma_smem_bytes(depth: int = 1) -> int:
+def wgmma_grid(M: int, N: int, cl: int = _WG_CL) -> int:
+    """quik_wgmma.cu's 1-D grid: ceil(M / 128) token tiles rounded up to a multiple of the cluster size,
+    times ceil(N / 256) weight tiles."""
+    return -(-(-(-M // _WG_BM)) // cl) * cl * -(-N // _WG_BN)
+
+
+def wgmma_smem_bytes(depth: int = _WG_DEPTH) -> int:
     """quik_wgmma.cu's dynamic shared memory for its WG_DEPTH: depth + 3 activation stages of 128 x 128 B,
     depth + 2 weight slots of 256 x 128 B, the epilogue's 2 x 256 fp32 factors, 1 KiB alignment slack."""
     return (depth + 3) * _WG_BM * 128 + (depth + 2) * _WG_BN * 128 + 2 * _WG_BN * 4 + 1024
@@ -689,12 +699,26 @@ def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, in
     return f"quik_gemm_{ep}_w{w_bits}_{cfg}", grid, threads, _tile_smem(bm, bn, w_bits, stages)
 
 
+def _gemv_rows(M: int, N: int) -> int:
+    """Output features per block of the small-M kernel. From scripts/device_gemv_rows.py on the H100
+    (docs/PERF_LOG.md, fifth session; kernel time of the nine LLaMA-2 shapes at M = 1, 8, 16): at M <= 8, 64
+    rows were x0.89-0.97 of 32 rows' time wherever N > 4096 (x1.01 on 4096 x 11008) and x1.10-1.15 at
+    N = 4096 (64 blocks leave half the SMs idle); at M = 16, 32 rows beat 16 wherever N > 4096 (x0.85-0.98,
+    except 13824 x 5120: x1.02) and lost at N = 4096 (128 blocks, fewer than the SMs). The earlier rule
+    (16 rows at M > 8, else 32) was measured on an H200."""
+    if GEMV_RULE == "m":
+        return 16 if M > 8 else 32
+    if M > 8:
+        return 32 if N > 4096 else 16
+    return 64 if N > 4096 else 32
+
+
 def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
-    block, 32, 16 or 64 (None: GEMV_ROWS, else the M rule there)."""
+    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
-    rows = rows or GEMV_ROWS or (16 if M > 8 else 32)
+    rows = rows or GEMV_ROWS or _gemv_rows(M, N)
     suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
@@ -804,7 +828,7 @@ def _min_m(path: str) -> int:
 
 def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
     """quik_wgmma_<ep>_w4 -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
-    return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
+    return f"quik_wgmma_{ep}_w4", wgmma_grid(M, N), _WG_THREADS, _WG_SMEM
 
 
 def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
