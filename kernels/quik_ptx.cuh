@@ -48,20 +48,16 @@ QDEV uint4 ldg_stream_l2(const void* p) {
 // Grouped raster of a 1-D grid over BM x BN output tiles: consecutive blocks walk GROUP_M M-tiles of the same
 // weight rows first, so that a weight tile is still in L2 when the next block needs it. -> the tile's first
 // row m0 and first column n0.
-// grouped_tile_at: the same for the pid-th tile (quik_wgmma.cu's clusters number their tiles themselves).
 template <int BM, int BN, int GROUP_M>
-QDEV void grouped_tile_at(int pid, int M, int N, int& m0, int& n0) {
+QDEV void grouped_tile(int M, int N, int& m0, int& n0) {
     const int m_tiles = (M + BM - 1) / BM, n_tiles = (N + BN - 1) / BN;
+    const int pid = blockIdx.x;
     const int group = pid / (GROUP_M * n_tiles);
     const int first_m = group * GROUP_M;
     const int gsize = min(m_tiles - first_m, GROUP_M);
     const int inner = pid - group * GROUP_M * n_tiles;
     m0 = (first_m + inner % gsize) * BM;
     n0 = (inner / gsize) * BN;
-}
-template <int BM, int BN, int GROUP_M>
-QDEV void grouped_tile(int M, int N, int& m0, int& n0) {
-    grouped_tile_at<BM, BN, GROUP_M>(blockIdx.x, M, N, m0, n0);
 }
 
 }  // namespace

@@ -82,14 +82,6 @@ constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 128;
 #ifndef WG_DIAG
 #define WG_DIAG 0
 #endif
-//   WG_CL: CTAs per thread-block cluster, neighbours along M that need the same weight tile. Each CTA loads
-//   and unpacks 1/WG_CL of the tile's 256 weight rows and stores them into the shared memory of every CTA of
-//   its cluster (st.shared::cluster), so each weight byte leaves L2 and is unpacked once per cluster rather
-//   than once per CTA; the per-tile __syncthreads becomes a cluster barrier.
-#ifndef WG_CL
-#define WG_CL 1
-#endif
-static_assert(WG_CL == 1 || WG_CL == 2 || WG_CL == 4, "WG_CL: 1, 2 or 4");
 static_assert(WG_B_AHEAD == 1 || WG_B_AHEAD == 2, "WG_B_AHEAD: 1 or 2");
 static_assert(WG_DEPTH == 1 || WG_DEPTH == 2, "WG_DEPTH: 1 or 2");
 // Ring sizes: in iteration kt the threads write B slot (kt+1) % WG_B_SLOTS and A stage (kt+2) % WG_A_STAGES
@@ -104,34 +96,7 @@ static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM
 QDEV void sts16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d) {
     asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
 }
-// The same store into the shared memory of CTA `rank` of the cluster (addr: an offset in this CTA's window).
-QDEV void sts16_cluster(unsigned addr, unsigned rank, unsigned a, unsigned b, unsigned c, unsigned d) {
-    unsigned remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
-    asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(remote), "r"(a), "r"(b), "r"(c), "r"(d)
-                 : "memory");
-}
-QDEV unsigned cluster_ctarank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-QDEV unsigned cluster_id_x() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
-    return r;
-}
-// Every thread of every CTA of the cluster: release my shared-memory writes (local and remote), acquire theirs.
-QDEV void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-QDEV void fence_proxy_async() {
-#if WG_CL > 1
-    asm volatile("fence.proxy.async.shared::cluster;\n" ::: "memory");  // my remote writes too
-#else
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
+QDEV void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 QDEV void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 QDEV void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> QDEV void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
@@ -196,16 +161,7 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
 
     int m0, n0;
-#if WG_CL > 1
-    // The cluster covers WG_CL consecutive 128-token tiles of the same 256 weight rows (the launcher rounds
-    // the M tiles up to a multiple of WG_CL; a CTA past M still loads and shares its part of the weights).
-    const unsigned crank = cluster_ctarank();
-    grouped_tile_at<WG_BM * WG_CL, WG_BN, WG_GROUP_M / WG_CL>((int)cluster_id_x(), M, N, m0, n0);
-    m0 += (int)crank * WG_BM;
-#else
-    constexpr unsigned crank = 0;
     grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);  // quik_ptx.cuh, as quik_gemm.cu
-#endif
 
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
     const int kp2 = Kp >> 1;                  // packed bytes per weight row
@@ -221,15 +177,12 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
             cp_async16(st + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
         }
     };
-    // B: thread -> rows R0 + tid/4 + 64i (i < WB_ROWS), packed chunk q = tid % 4 (codes 32q .. 32q+31 of the
-    // K tile); R0 = this CTA's share of the 256 rows (all of them without a cluster).
-    constexpr int WB_ROWS = 4 / WG_CL;
-    const int r0 = (int)crank * (WG_BN / WG_CL);
-    auto load_b = [&](int kt, uint4 (&wq)[WB_ROWS]) {
+    // B: thread -> rows tid/4 + 64i (i < 4), packed chunk q = tid % 4 (codes 32q .. 32q+31 of the K tile).
+    auto load_b = [&](int kt, uint4 (&wq)[4]) {
         const int q = tid & 3, kb = kt * (WG_BK / 2) + q * 16;
 #pragma unroll
-        for (int i = 0; i < WB_ROWS; ++i) {
-            const int n = n0 + r0 + (tid >> 2) + 64 * i;
+        for (int i = 0; i < 4; ++i) {
+            const int n = n0 + (tid >> 2) + 64 * i;
             wq[i] = (n < N && kb < kp2) ? ldg_stream(W + (size_t)n * kp2 + kb) : make_uint4(0, 0, 0, 0);
         }
 #if WG_L2_AHEAD > 0
@@ -238,34 +191,26 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
         const int kf = (kt + WG_L2_AHEAD) * (WG_BK / 2);
         if (q == 0 && kf < kp2) {
 #pragma unroll
-            for (int i = 0; i < WB_ROWS; ++i) {
-                const int n = n0 + r0 + (tid >> 2) + 64 * i;
+            for (int i = 0; i < 4; ++i) {
+                const int n = n0 + (tid >> 2) + 64 * i;
                 if (n < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(W + (size_t)n * kp2 + kf));
             }
         }
 #endif
     };
-    auto store_b = [&](int kt, const uint4 (&wq)[WB_ROWS]) {
+    auto store_b = [&](int kt, const uint4 (&wq)[4]) {
         const unsigned sl = s_b + (kt % WG_B_SLOTS) * WG_B_TILE;
         const int q = tid & 3;
 #pragma unroll
-        for (int i = 0; i < WB_ROWS; ++i) {
-            const int r = r0 + (tid >> 2) + 64 * i;
+        for (int i = 0; i < 4; ++i) {
+            const int r = (tid >> 2) + 64 * i;
             unsigned w[8];
             unpack8(wq[i].x, w[0], w[1]);
             unpack8(wq[i].y, w[2], w[3]);
             unpack8(wq[i].z, w[4], w[5]);
             unpack8(wq[i].w, w[6], w[7]);
-#if WG_CL > 1
-#pragma unroll
-            for (unsigned c = 0; c < WG_CL; ++c) {  // the same slot offset in every CTA of the cluster
-                sts16_cluster(sl + swz128(r, 2 * q), c, w[0], w[1], w[2], w[3]);
-                sts16_cluster(sl + swz128(r, 2 * q + 1), c, w[4], w[5], w[6], w[7]);
-            }
-#else
             sts16(sl + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
             sts16(sl + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
-#endif
         }
     };
 
@@ -286,10 +231,7 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 
     // Weight registers: WG_B_AHEAD buffers; the one unpacked in iteration kt (tile kt+1) is refilled with
     // tile kt+1+WG_B_AHEAD, so each global load has WG_B_AHEAD iterations to arrive.
-    uint4 wq0[WB_ROWS], wq1[WB_ROWS];
-#if WG_CL > 1
-    cluster_sync();  // every CTA of the cluster has started: its shared memory may now be written
-#endif
+    uint4 wq0[4], wq1[4];
     // Prologue: A(0), A(1) in flight (one commit group each), B(0) in its slot, B(1 .. WG_B_AHEAD) in registers.
     load_a(0);
     cp_async_commit();
@@ -300,17 +242,10 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
     if (KT > 1) load_b(1, WG_B_AHEAD == 1 ? wq0 : wq1);
     if (WG_B_AHEAD == 2 && KT > 2) load_b(2, wq0);
 
-    auto step = [&](int kt, uint4 (&wq)[WB_ROWS]) {
+    auto step = [&](int kt, uint4 (&wq)[4]) {
         cp_async_wait<1>();  // groups committed: kt + 2; A(kt) is the older of the two newest
         fence_proxy_async();
-#if WG_CL > 1
-        // As the __syncthreads below, cluster-wide: B(kt) is complete in every CTA (each wrote its share
-        // everywhere), and every CTA's groups up to kt-1-WG_DEPTH are done, so the slots written next are free
-        // in all of them. After the last iteration's barrier no CTA writes into another: each may exit alone.
-        cluster_sync();
-#else
         __syncthreads();
-#endif
         fence_acc(d);
         wgmma_fence();
         if (WG_DIAG != 2) {
@@ -404,14 +339,8 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 
 }  // namespace
 
-// The kernel attribute for WG_CL (none for 1), picked by pasting the knob's value onto a name.
-#define WG_CLUSTER_ATTR_1
-#define WG_CLUSTER_ATTR_2 __cluster_dims__(2, 1, 1)
-#define WG_CLUSTER_ATTR_4 __cluster_dims__(4, 1, 1)
-#define WG_PASTE(a, b) a##b
-#define WG_CLUSTER_ATTR(cl) WG_PASTE(WG_CLUSTER_ATTR_, cl)
 #define QUIK_WGMMA(NAME, EP)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) WG_CLUSTER_ATTR(WG_CL)                             \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \

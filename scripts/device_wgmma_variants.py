@@ -50,24 +50,22 @@ def knob(defines: list[str], name: str, default: int) -> int:
 
 
 def load(cubin: Path, defines: list[str]) -> dict:
-    """The variant's entry points with its launch parameters: -DWG_DEPTH changes the shared-memory rings,
-    -DWG_CL the grid (token tiles rounded up to whole clusters)."""
+    """The variant's entry points with its launch parameters (-DWG_DEPTH changes the shared-memory rings)."""
     import cupy
     mod = cupy.RawModule(path=str(cubin))
     smem = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH))
-    cl = knob(defines, "WG_CL", cuda._WG_CL)
     fns = {}
     for ep in ("i32", "f16"):
         k = mod.get_function(f"quik_wgmma_{ep}_w4")
         k.max_dynamic_shared_size_bytes = smem
-        fns[ep] = (mod, k, smem, cl)
+        fns[ep] = (mod, k, smem)
     return fns
 
 
 def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     import cupy
-    _, k, smem, cl = fn
-    grid = cuda.wgmma_grid(M, N, cl)
+    _, k, smem = fn
+    grid = -(-M // cuda._WG_BM) * -(-N // cuda._WG_BN)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
             cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),

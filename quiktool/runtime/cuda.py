@@ -255,15 +255,9 @@ WGMMA_FILE = "quik_wgmma.cu"
 WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
-# quik_wgmma.cu's compile-time defaults that the launch depends on (a CPU test reads them from the source):
-# WG_DEPTH (wgmma groups in flight: the shared-memory rings) and WG_CL (CTAs per cluster: the grid).
-_WG_DEPTH, _WG_CL = 1, 1
-
-
-def wgmma_grid(M: int, N: int, cl: int = _WG_CL) -> int:
-    """quik_wgmma.cu's 1-D grid: ceil(M / 128) token tiles rounded up to a multiple of the cluster size,
-    times ceil(N / 256) weight tiles."""
-    return -(-(-(-M // _WG_BM)) // cl) * cl * -(-N // _WG_BN)
+# quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
+# reads it from the source).
+_WG_DEPTH = 1
 
 
 def wgmma_smem_bytes(depth: int = _WG_DEPTH) -> int:
@@ -828,7 +822,7 @@ def _min_m(path: str) -> int:
 
 def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
     """quik_wgmma_<ep>_w4 -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
-    return f"quik_wgmma_{ep}_w4", wgmma_grid(M, N), _WG_THREADS, _WG_SMEM
+    return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
 
 
 def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
