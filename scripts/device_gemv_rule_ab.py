@@ -41,7 +41,7 @@ for K, N in DEFAULT_SHAPES:
         rows, outs, t = {}, {}, {"m": [], "n": []}
         for rule in ("m", "n"):
             cuda.GEMV_RULE = rule
-            rows[rule] = cuda._gemv_rows(M, N)
+            rows[rule] = cuda._gemv_rows(M, N, torch.cuda.get_device_properties(dev).multi_processor_count)
             outs[rule] = layer(xs[0])
         for r in range(args.rounds):
             for rule in ("m", "n") if r % 2 == 0 else ("n", "m"):

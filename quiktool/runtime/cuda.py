@@ -78,8 +78,8 @@ _TILE = {"big": (128, 256, 256, 4), "mid": (64, 128, 128, 4)}
 _GEMV_THREADS = 256
 # Output features per block of the small-M kernel: 32, 16 (*_r16: twice the blocks, twice the loads in
 # flight per warp) or 64 (*_r64: half the blocks, each reading the activations once for 64 rows). None: the
-# rule of _gemv_rows. QUIKTOOL_GEMV_RULE=m restores the earlier rule (16 for 9 <= M <= 16, 32 for M <= 8)
-# for A/B runs.
+# rule of _gemv_rows. QUIKTOOL_GEMV_RULE=m keeps the earlier rule everywhere (16 for 9 <= M <= 16, 32 for
+# M <= 8), for A/B runs.
 GEMV_ROWS: int | None = None
 GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
@@ -693,26 +693,25 @@ def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, in
     return f"quik_gemm_{ep}_w{w_bits}_{cfg}", grid, threads, _tile_smem(bm, bn, w_bits, stages)
 
 
-def _gemv_rows(M: int, N: int) -> int:
-    """Output features per block of the small-M kernel. From scripts/device_gemv_rows.py on the H100
-    (docs/PERF_LOG.md, fifth session; kernel time of the nine LLaMA-2 shapes at M = 1, 8, 16): at M <= 8, 64
-    rows were x0.89-0.97 of 32 rows' time wherever N > 4096 (x1.01 on 4096 x 11008) and x1.10-1.15 at
-    N = 4096 (64 blocks leave half the SMs idle); at M = 16, 32 rows beat 16 wherever N > 4096 (x0.85-0.98,
-    except 13824 x 5120: x1.02) and lost at N = 4096 (128 blocks, fewer than the SMs). The earlier rule
-    (16 rows at M > 8, else 32) was measured on an H200."""
-    if GEMV_RULE == "m":
-        return 16 if M > 8 else 32
-    if M > 8:
-        return 32 if N > 4096 else 16
-    return 64 if N > 4096 else 32
+def _gemv_rows(M: int, N: int, sms: int) -> int:
+    """Output features per block of the small-M kernel (sms: the GPU's multiprocessors). 64 rows at
+    M <= 8 and 32 at M > 8 once N >= 64 * sms, i.e. when even 64-row blocks cover every SM; otherwise the
+    earlier rule (16 rows at M > 8, else 32; measured on an H200). From the H100 layer A/B in one process
+    (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md fifth session): with N >= 8448 the new choice took
+    x0.86-0.95 of the time at M = 1 and x0.88-0.98 at M = 16; with fewer blocks than SMs, 64 rows at M = 1
+    were x1.02-1.10 (8192 x 8192, 13824 x 5120, 28672 x 8192) and 32 rows at M = 16 mixed (x0.95-1.11)."""
+    if GEMV_RULE == "n" and N >= 64 * sms:
+        return 32 if M > 8 else 64
+    return 16 if M > 8 else 32
 
 
-def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None) -> tuple[str, int, int, int]:
+def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
+               sms: int = 132) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
-    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows)."""
+    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
-    rows = rows or GEMV_ROWS or _gemv_rows(M, N)
+    rows = rows or GEMV_ROWS or _gemv_rows(M, N, sms)
     suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
@@ -725,7 +724,7 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
     """
     if M <= 16:
-        return _gemv_plan(M, N, w_bits, ep)
+        return _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)
