@@ -351,10 +351,12 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 //   w8: mma jj (jj = 0, 1) uses weight words 2jj, 2jj+1 = columns 64s + 16t + 8jj .. +7, natural order,
 //       B = act words 2jj, 2jj+1 of the 16 bytes at 64s + 16t
 // For w4 the last step may be half (Kp % 128 == 64): lanes t = 2, 3 then have no columns and load zeros.
-template <int WBITS, int MTOK, int EP, int NTW, int U>
+template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE>
 QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                int M, int N, int Kp, const EpiArgs& ep) {
     // NTW = 16-row weight tiles per block (ROWS = 16 * NTW output features), U = steps in flight per warp.
+    // PIPE: software pipeline across iterations (two register sets: the next U steps' loads are issued
+    // before this iteration's MMAs, so a warp always has loads in flight); otherwise load, then compute.
     // Measured on H100 (8192 x 28672, w4, NTW = 2): U = 4 streams 2.75 TB/s at M <= 8 (2.44 with U = 2);
     // at M <= 16 the extra activation registers make U = 4 no better. NTW = 1 halves the block's rows
     // (twice the blocks: a smaller last wave) and doubles U to keep the bytes in flight.
@@ -406,9 +408,10 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
-    for (int s0 = warp; s0 < S; s0 += WARPS * U) {
-        uint4 wv[U][NTW][2];
-        uint4 av[U][TT][AW];
+    using WV = uint4[U][NTW][2];
+    using AV = uint4[U][TT][AW];
+    // The weight and activation registers of the U steps s0, s0 + WARPS, ... (zeros past S).
+    auto load = [&](int s0, WV& wv, AV& av) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int s = s0 + u * WARPS;
@@ -435,6 +438,8 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                     av[u][b][q] = (kok && m < M) ? ldg_keep(A + (size_t)m * Kp + ab + 16 * q) : zero4;
             }
         }
+    };
+    auto compute = [&](const WV& wv, const AV& av) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             if constexpr (WBITS == 4) {
@@ -476,6 +481,26 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                     }
                 }
             }
+        }
+    };
+    constexpr int STRIDE = WARPS * U;  // steps per iteration of the whole block
+    if constexpr (!PIPE) {
+        for (int s0 = warp; s0 < S; s0 += STRIDE) {
+            WV wv;
+            AV av;
+            load(s0, wv, av);
+            compute(wv, av);
+        }
+    } else {  // two register sets, unrolled by 2 so that each keeps fixed registers
+        WV w0, w1;
+        AV a0, a1;
+        if (warp < S) load(warp, w0, a0);
+        for (int s0 = warp; s0 < S; s0 += 2 * STRIDE) {
+            if (s0 + STRIDE < S) load(s0 + STRIDE, w1, a1);
+            compute(w0, a0);
+            if (s0 + STRIDE >= S) break;
+            if (s0 + 2 * STRIDE < S) load(s0 + 2 * STRIDE, w0, a0);
+            compute(w1, a1);
         }
     }
 
@@ -535,13 +560,14 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
-#define QUIK_GEMV(NAME, WB, MTOK, EP, NTW, U)                                                                      \
+#define QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, PIPE)                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        gemv<WB, MTOK, EP, NTW, U>(A, W, out, M, N, Kp, ep);                                                       \
+        gemv<WB, MTOK, EP, NTW, U, PIPE>(A, W, out, M, N, Kp, ep);                                                 \
     }
+#define QUIK_GEMV(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, false)
 
 // quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U;
 // *_mT_r64: 64 per block (NTW 4), half the U: every block reads all M x Kp activation bytes once, so at
