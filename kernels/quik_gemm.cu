@@ -28,8 +28,7 @@
 //                       dynamic smem 4 * (128*64 + 256*(WB==4 ? 32 : 64)) bytes = 64 KiB (w4) / 96 KiB (w8)
 //     quik_gemm_*_mid : block 128 threads, tile 64 x 128, grid = ceil(M/64) * ceil(N/128),
 //                       dynamic smem 4 * (64*64 + 128*(WB==4 ? 32 : 64)) bytes = 32 KiB (w4) / 48 KiB (w8)
-//     quik_gemv_*     : block 256 threads, grid = ceil(N / rows), rows = 32, or 16 / 64 for *_r16 / *_r64 and the R of
-//                       *_pRuU; static smem only; on sm_90
+//     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (N/16 for *_r16, N/64 for *_r64), static smem only; on sm_90
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
 //
@@ -573,9 +572,6 @@ QUIK_TILED_ALL(bf16, 2)
 // quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U;
 // *_mT_r64: 64 per block (NTW 4), half the U: every block reads all M x Kp activation bytes once, so at
 // M = 16 the r16 blocks pull twice as many activation bytes through L2 as there are weight bytes.
-// *_pRuU: software-pipelined (PIPE), R output features per block, U steps per register set. Which variant
-// is fastest depends on the shape and the GPU (docs/PERF_LOG.md, fifth session): the launcher times them
-// on first use (cuda._tune_gemv). All compute the same integer sums.
 #define QUIK_GEMV_ALL(EPNAME, EP)                                   \
     QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8, 4, 8, EP, 2, 4)           \
     QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16, 4, 16, EP, 2, 2)         \
@@ -588,15 +584,7 @@ QUIK_TILED_ALL(bf16, 2)
     QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8_r64, 4, 8, EP, 4, 2)       \
     QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16_r64, 4, 16, EP, 4, 1)     \
     QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8_r64, 8, 8, EP, 4, 2)       \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16_r64, 8, 16, EP, 4, 1)     \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w4_m8_p32u2, 4, 8, EP, 2, 2, true)    \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w4_m8_p64u1, 4, 8, EP, 4, 1, true)    \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w4_m16_p16u2, 4, 16, EP, 1, 2, true)  \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w4_m16_p32u1, 4, 16, EP, 2, 1, true)  \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w8_m8_p32u2, 8, 8, EP, 2, 2, true)    \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w8_m8_p64u1, 8, 8, EP, 4, 1, true)    \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w8_m16_p16u2, 8, 16, EP, 1, 2, true)  \
-    QUIK_GEMV_P(quik_gemv_##EPNAME##_w8_m16_p32u1, 8, 16, EP, 2, 1, true)
+    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16_r64, 8, 16, EP, 4, 1)
 
 QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)

@@ -54,16 +54,15 @@ shipped_plan = cuda._gemv_plan
 choice: dict = {"name": None}
 
 
-def plan(M, N, w_bits, ep, rows=None, sms=132, variant=None):
+def plan(M, N, w_bits, ep, rows=None, sms=132):
     if choice["name"] is None:
-        return shipped_plan(M, N, w_bits, ep, rows, sms, variant)
+        return shipped_plan(M, N, w_bits, ep, rows, sms)
     mt, name = choice["name"]
     ntw = variants[mt][name][0]
     return f"quik_gemv_{ep}_w{w_bits}_x{mt}_{name}", -(-N // (16 * ntw)), 256, 0
 
 
 cuda._gemv_plan = plan
-cuda.GEMV_TUNE = False  # "shipped" = the static rule; the tuner's candidates are among the variants
 dev = torch.device("cuda")
 sms = torch.cuda.get_device_properties(dev).multi_processor_count
 timer = Timer(dev, args.reps, 10, 0.5)

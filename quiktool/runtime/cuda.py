@@ -27,7 +27,6 @@ import numbers
 import os
 import hashlib
 import re
-import statistics
 import shutil
 import struct
 import subprocess
@@ -64,17 +63,12 @@ NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 _CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
 
 _EPS = ("i32", "f16", "bf16")
-# The small-M kernel's entry-point suffixes: "" (32 output features per block), _r16, _r64 for either token
-# count (m8: M <= 8, m16: M <= 16), and the software-pipelined ones, which exist per token count.
-_GEMV_PIPED = {8: ("_p32u2", "_p64u1"), 16: ("_p16u2", "_p32u1")}
-_GEMV_ROWS_OF = {"": 32, "_r16": 16, "_r64": 64, "_p32u2": 32, "_p64u1": 64, "_p16u2": 16, "_p32u1": 32}
 KERNELS: dict[str, tuple[str, ...]] = {
     "quik_act_quant.cu": ("quik_act_quant_f16", "quik_act_quant_bf16", "quik_act_quant_f16_gmem",
                           "quik_act_quant_bf16_gmem", "quik_act_quant_split_f16", "quik_act_quant_split_bf16"),
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
-        + [f"quik_gemv_{ep}_w{wb}_m{mt}{v}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)
-           for v in ("", "_r16", "_r64", *_GEMV_PIPED[mt])]
+        + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -88,16 +82,6 @@ _GEMV_THREADS = 256
 # M <= 8), for A/B runs.
 GEMV_ROWS: int | None = None
 GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
-# Which small-M variant runs is measured, not guessed: the first time a (device, token class, N, Kp, weight
-# bits) is seen outside a CUDA graph capture, _tune_gemv times the candidates below on the call's own
-# operands and keeps the fastest for the life of the process (they compute the same bits, so the choice
-# cannot change a result). In one-process layer A/Bs on the H100 each candidate won somewhere and lost
-# up to x1.1-1.4 elsewhere, with no rule in N and K that held across the nine LLaMA-2 shapes (PERF_LOG,
-# fifth session). QUIKTOOL_GEMV_TUNE=0 keeps the static rule (_gemv_rows), as do graph captures.
-GEMV_TUNE = os.environ.get("QUIKTOOL_GEMV_TUNE", "1") != "0"
-GEMV_CANDIDATES = {8: ("", "_r64", "_p32u2", "_p64u1"), 16: ("_r16", "", "_p16u2", "_p32u1")}
-_GEMV_TUNED: dict[tuple[int, int, int, int, int], str] = {}
-_TUNE_ROUNDS = 6
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
 _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
 
@@ -721,50 +705,18 @@ def _gemv_rows(M: int, N: int, sms: int) -> int:
     return 16 if M > 8 else 32
 
 
-def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None, sms: int = 132,
-               variant: str | None = None) -> tuple[str, int, int, int]:
-    """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). variant: an entry-point suffix
-    (_GEMV_ROWS_OF); else rows: output features per block, 32, 16 or 64 (None: GEMV_ROWS, else
-    _gemv_rows for a GPU with ``sms`` multiprocessors)."""
+def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
+               sms: int = 132) -> tuple[str, int, int, int]:
+    """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
+    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
-    if variant is None:
-        rows = rows or GEMV_ROWS or _gemv_rows(M, N, sms)
-        variant = {32: "", 16: "_r16", 64: "_r64"}[rows]
-    return (f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{variant}", -(-N // _GEMV_ROWS_OF[variant]),
-            _GEMV_THREADS, 0)
+    rows = rows or GEMV_ROWS or _gemv_rows(M, N, sms)
+    suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
+    return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
 
-def _tune_gemv(dev: int, M: int, N: int, kp: int, w_bits: int, ep: str, args: tuple) -> None:
-    """Time GEMV_CANDIDATES for this call's class on its own operands (``args``: the kernel arguments;
-    ``out`` is rewritten with the same bits each run) and record the fastest in _GEMV_TUNED. Median of
-    _TUNE_ROUNDS runs each, candidates taking turns, after one untimed round; plain launches on the
-    current stream, one host sync at the end. Weights are not flushed from L2 in between (the large decode
-    shapes exceed L2 anyway)."""
-    mt = 8 if M <= 8 else 16
-    plans = {v: _gemv_plan(M, N, w_bits, ep, variant=v) for v in GEMV_CANDIDATES[mt]}
-    events: dict[str, list] = {v: [] for v in plans}
-    with torch.cuda.device(dev):  # the events on the stream _launch uses
-        for r in range(_TUNE_ROUNDS + 1):
-            for v in plans if r % 2 else reversed(list(plans)):
-                name, grid, block, smem = plans[v]
-                if r == 0:
-                    _launch(dev, name, grid, block, _SIG_GEMM, args, smem)
-                    continue
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                _launch(dev, name, grid, block, _SIG_GEMM, args, smem)
-                e.record()
-                events[v].append((s, e))
-        torch.cuda.current_stream().synchronize()
-    ms = {v: statistics.median(s.elapsed_time(e) for s, e in pairs) for v, pairs in events.items()}
-    best = min(ms, key=ms.get)
-    _GEMV_TUNED[(dev, mt, N, kp, w_bits)] = best
-    log.debug("small-M kernel, M <= %d, N %d, Kp %d, w%d: %s (%s)", mt, N, kp, w_bits, best or "r32",
-              ", ".join(f"{v or 'r32'} {t * 1e3:.1f} us" for v, t in ms.items()))
-
-
-def _plan(M: int, N: int, w_bits: int, ep: str, device: int, kp: int = 0) -> tuple[str, int, int, int]:
+def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, int, int]:
     """Kernel choice -> (name, grid, block, dynamic smem).
 
     M <= 16: the weight-streaming kernel (decode). Otherwise the tiled kernel, 128 x 256 tiles when they
@@ -772,8 +724,7 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int, kp: int = 0) -> tup
     Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
     """
     if M <= 16:
-        return _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1], variant=_GEMV_TUNED.get(
-            (device, 8 if M <= 8 else 16, N, kp, w_bits)) if GEMV_TUNE else None)
+        return _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)
@@ -840,14 +791,10 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
             _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
                     _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
         else:
-            args = (a_ptr, w_ptr, o_ptr, M, N, kp, *epi)
-            ep = _OUT_EP[out_dtype]
-            if (M <= 16 and GEMV_TUNE and (dev, 8 if M <= 8 else 16, N, kp, w_bits) not in _GEMV_TUNED
-                    and not torch.cuda.is_current_stream_capturing()):
-                _tune_gemv(dev, M, N, kp, w_bits, ep, args)
-            name, grid, block, smem = _plan(M, N, w_bits, ep, dev, kp)
+            name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev)
             # the small-M kernel starts early and prefetches its weights while the quantizer runs
-            _launch(dev, name, grid, block, _SIG_GEMM, args, smem, pdl=name.startswith("quik_gemv_"))
+            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem,
+                    pdl=name.startswith("quik_gemv_"))
     return out
 
 

@@ -47,9 +47,6 @@ GEMM_SHAPES = [(172, 64), (64, 172), (576, 1536), (1536, 576), (4096, 4096), (10
 # In-features K of the activation tests (the outliers are taken out of these columns).
 ACT_KS = [172, 64, 576, 1536, 4096, 1000]
 
-# every small-M entry-point suffix per token class (tests/runtime/test_kernel_compile.py checks the list)
-GEMV_VARIANTS = [(8, v) for v in ("", "_r16", "_r64", "_p32u2", "_p64u1")] + \
-                [(16, v) for v in ("", "_r16", "_r64", "_p16u2", "_p32u1")]
 POISON_I32 = 0x7FFFFFFF  # never a real accumulator of these tests (|acc| <= 128 * 128 * 4096)
 POISON_I8 = 0x55         # never a 4-bit code; an 8-bit one only by chance, and exactness still fails then
 
@@ -317,9 +314,9 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
     for M in ([1, 5, 8, 9, 16] if cfg.startswith("gemv") else [1, 17, 130, 300]):
         if cfg.startswith("gemv"):
             rows = int(cfg[4:]) if cfg != "gemv" else None
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp=0, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp=0, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 172, 520):
             for kq in (64, 200, 1000):
                 g = _gen("ragged", cfg, w_bits, M, N, kq)
@@ -331,60 +328,11 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
 def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, rows: int) -> None:
     """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
     codes, a half last step (Kp % 128 == 64), N = 172, both row counts per block."""
-    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp=0: cuda._gemv_plan(M, N, wb, ep, rows))
+    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, rows))
     kq = 13100 if w_bits == 4 else 6150                     # Kp 13120 (6560 bytes) / 6208
     for M in (1, 3, 16):
         g = _gen("long-rows", w_bits, rows, M)
         _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, 172, kq, w_bits), w_bits), w_bits)
-
-
-@pytest.mark.parametrize("w_bits", [4, 8])
-@pytest.mark.parametrize("mt,variant", GEMV_VARIANTS)
-def test_gemv_every_variant_exact(monkeypatch: pytest.MonkeyPatch, mt: int, variant: str, w_bits: int) -> None:
-    """Every small-M entry point (the launcher's tuner may run any of them): exact sums on ragged shapes,
-    a half last step and a long row, and the fused epilogue with y_base in both output dtypes."""
-    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp=0: cuda._gemv_plan(M, N, wb, ep, variant=variant))
-    long_k = 13100 if w_bits == 4 else 6150
-    for M in ((1, 5, 8) if mt == 8 else (9, 16)):
-        for N, kq in ((1, 64), (11, 200), (172, 1000), (520, 200), (172, long_k)):
-            g = _gen("variant", mt, variant, w_bits, M, N, kq)
-            _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits), w_bits)
-        g = _gen("variant-fused", mt, variant, w_bits, M)
-        a = _act_codes(g, M, 1000, 8)
-        w = cuda.prepare_weight(_codes(g, 300, 1000, w_bits), w_bits)
-        a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, 300)
-        for dtype in (torch.float16, torch.bfloat16):
-            y = torch.randn(M, 300, generator=g, device=DEV).to(dtype)
-            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
-
-
-@pytest.mark.parametrize("w_bits", [4, 8])
-def test_gemv_tuner_picks_a_candidate_once_and_results_stay_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int) -> None:
-    """The first fused call of a (token class, N, Kp, weight bits) times the candidates and keeps one of
-    them; later calls reuse it; every output equals the reference; with tuning off nothing is recorded."""
-    monkeypatch.setattr(cuda, "GEMV_TUNE", True)
-    monkeypatch.setattr(cuda, "_GEMV_TUNED", {})
-    dev = torch.device(DEV).index or 0
-    for M in (1, 3, 16):
-        mt = 8 if M <= 8 else 16
-        g = _gen("tuner", w_bits, M)
-        a = _act_codes(g, M, 2000, 8)
-        w = cuda.prepare_weight(_codes(g, 700, 2000, w_bits), w_bits)
-        a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, 700)
-        _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, None, torch.float16)
-        key = (dev, mt, 700, a.shape[1], w_bits)
-        assert cuda._GEMV_TUNED[key] in cuda.GEMV_CANDIDATES[mt]
-        before = dict(cuda._GEMV_TUNED)
-        _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, None, torch.bfloat16)
-        assert cuda._GEMV_TUNED == before
-    monkeypatch.setattr(cuda, "GEMV_TUNE", False)
-    monkeypatch.setattr(cuda, "_GEMV_TUNED", {})
-    g = _gen("tuner-off", w_bits)
-    a = _act_codes(g, 2, 500, 8)
-    w = cuda.prepare_weight(_codes(g, 90, 500, w_bits), w_bits)
-    _check_fused(a, w, w_bits, *_epilogue_inputs(g, 2, 90)[:2], 128, *_epilogue_inputs(g, 2, 90)[2:], None,
-                 torch.float16)
-    assert cuda._GEMV_TUNED == {}
 
 
 @pytest.mark.parametrize("w_bits", [4, 8])
@@ -456,9 +404,9 @@ def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch
     for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
         if cfg.startswith("gemv"):
             rows = int(cfg[4:]) if cfg != "gemv" else 32
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp=0, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp=0, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 300):
             for w_bits in (4, 8):
                 for dtype in (torch.float16, torch.bfloat16):

@@ -104,19 +104,3 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert cuda.wgmma_smem_bytes(1) == 4 * 16384 + 3 * 32768 + 2048 + 1024  # A stages, B slots, factors, slack
     assert cuda.wgmma_smem_bytes(2) == 5 * 16384 + 4 * 32768 + 2048 + 1024
     assert cuda._WG_SMEM == cuda.wgmma_smem_bytes(cuda._WG_DEPTH)
-
-
-def test_gemv_variant_lists_agree() -> None:
-    """The small-M entry points compiled (KERNELS), the rows each launches with, the tuner's candidates and
-    the GPU tests' list of variants name the same suffixes."""
-    from tests.runtime.test_cuda import GEMV_VARIANTS
-
-    names = set(cuda.KERNELS["quik_gemm.cu"])
-    for mt, v in GEMV_VARIANTS:
-        assert v in cuda._GEMV_ROWS_OF
-        for ep in ("i32", "f16", "bf16"):
-            for wb in (4, 8):
-                assert f"quik_gemv_{ep}_w{wb}_m{mt}{v}" in names
-    for mt, cands in cuda.GEMV_CANDIDATES.items():
-        assert set(cands) <= {v for m, v in GEMV_VARIANTS if m == mt}
-    assert len([n for n in names if n.startswith("quik_gemv_")]) == 3 * 2 * len(GEMV_VARIANTS)
