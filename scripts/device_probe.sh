@@ -11,6 +11,9 @@
 #     ncugemv ncu of the small-M kernel on 8192 x 28672 at M = 1 and 16
 #     gemvrule the layer A/B of the small-M rows-per-block rule: QUIKTOOL_GEMV_RULE=m (earlier) against the
 #             defaults, W4A4, M = 1 and 16, no outliers, the LLaMA-2 7B / 13B / 70B shapes
+#     gemvab  the same A/B in one process (scripts/device_gemv_rule_ab.py; $GEMV_AB_A, default the earlier rule)
+#     decode  `quiktool bench layer` at M = 1 and 16 (nine shapes, W4A4 / W4A8, 0 / 256 outliers)
+#     alltests every GPU test
 #   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -36,6 +39,19 @@ fi
 if has gemvrule; then
   OUT=$OUT/gemvrule bash scripts/device_env_ab.sh 'QUIKTOOL_GEMV_RULE=m' - --schemes w4a4 --m 1,16 \
     --outliers 0 --shapes llama2-7b,llama2-13b,llama2-70b | tee "$OUT/gemvrule.txt"
+fi
+if has gemvab; then
+  timeout 300 python3 scripts/device_gemv_rule_ab.py --a "${GEMV_AB_A:-GEMV_RULE=m}" 2>&1 | grep -v Warn \
+    | tee "$OUT/gemvab.txt"
+fi
+if has decode; then
+  timeout 300 python3 -m quiktool bench layer --device cuda --backend cuda --schemes w4a4,w4a8 --outliers 0,256 \
+    --m 1,16 --reps 100 --warmup 10 --max-point-s 0.25 --json "$OUT/decode.json" > "$OUT/decode.txt" 2>&1
+  echo "bench decode exit $?"; tail -40 "$OUT/decode.txt"
+fi
+if has alltests; then
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest_gpu_h100.txt" 2>&1
+  echo "pytest (all gpu tests) exit $?"; tail -2 "$OUT/pytest_gpu_h100.txt"
 fi
 if has ncuwg; then
   for v in "base=" "d2=-DWG_DEPTH=2"; do
