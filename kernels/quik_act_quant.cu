@@ -15,6 +15,8 @@
 //                 quik_act_quant_split_{f16,bf16} no keep_idx: the kept columns are the ascending
 //                                                  complement of out_idx (the layers' case); faster, see
 //                                                  "Split mode" below for its own contract
+//                 quik_act_quant_split_cl_{f16,bf16}  split mode with one row per cluster of 8 CTAs
+//                                                  (sm_90): "Cluster split mode" below
 //   Launch: grid = (M), block = (T), T a multiple of 32 in [32, 1024]. On sm_90 every block first executes
 //   griddepcontrol.launch_dependents, so that a GEMM launched after it as a programmatic dependent launch
 //   can start (and wait for this grid's results with griddepcontrol.wait).
@@ -284,6 +286,177 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     copy_outliers<BF16>(x_out + (size_t)row * n_out, srow, out_idx, n_out, K);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cluster split mode (sm_90; decode sizes): the split kernel's contract and results, one row per
+// thread-block cluster of QC CTAs instead of one CTA. At M = 1 the single-CTA kernel runs on one SM and is
+// instruction bound (~65 warp instructions per element, ncu): a 28672-column row took ~14 us, most of it
+// exposed in front of the small-M GEMM. Here CTA r of the cluster owns the 32-column words
+// [r * wpc, (r + 1) * wpc) of the row (wpc = ceil(ceil(K / 32) / QC)) and does everything for them; the row's
+// min / max and the validity flag are combined through distributed shared memory (each CTA reads the QC
+// partials, once).
+//   Launch: grid = (M * QC), block = (T), T a multiple of 32 in [32, 1024]; cluster dims (QC, 1, 1) are
+//   compiled in. Dynamic shared memory: 64 * wpc (the chunk) + 8 * wpc (bitmap, prefix counts) bytes.
+//   codes need only their 1-byte alignment (codes are stored one byte at a time).
+//   Outlier checks as in split mode: an index outside [0, K) or a repeated one poisons every row.
+// ---------------------------------------------------------------------------------------------
+constexpr int QC = 8;
+
+QDEV unsigned cta_rank() { unsigned r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
+QDEV unsigned cluster_x() { unsigned r; asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r)); return r; }
+QDEV void cl_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+QDEV void cl_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+QDEV float ld_cluster_f32(const void* p, unsigned rank) {
+    unsigned a = smem_addr(p), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+    return v;
+}
+
+template <bool BF16>
+QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const int* __restrict__ out_idx,
+                                  signed char* __restrict__ codes, float* __restrict__ scale_out,
+                                  float* __restrict__ zero_out, unsigned short* __restrict__ x_out, int K, int Kp,
+                                  int n_out, int bits) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ float s_mn[32], s_mx[32];
+    __shared__ int s_cnt[32];
+    __shared__ int s_in, s_before, s_bad;
+    __shared__ float s_part[3];  // this CTA's min, max, bad (read by every CTA of the cluster)
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");  // the GEMM may launch now and wait for us (PDL)
+#endif
+    const unsigned rank = cta_rank();
+    const int row = (int)cluster_x();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+    const int W = (K + 31) >> 5, wpc = (W + QC - 1) / QC;
+    const int w0 = min((int)rank * wpc, W), w1 = min(w0 + wpc, W);
+    const int c_begin = min(32 * w0, K), c_end = min(32 * w1, K), len = c_end - c_begin, Kq = K - n_out;  // len may be 0
+    unsigned short* srow = reinterpret_cast<unsigned short*>(smem);  // columns c_begin .. c_end - 1
+    unsigned* bmap = reinterpret_cast<unsigned*>(smem + 64 * (size_t)wpc);
+    int* pref = reinterpret_cast<int*>(bmap + wpc);
+    const unsigned short* xr = x + (size_t)row * K;
+
+    // 1. The chunk -> shared memory (16-byte cp.async when every row and the chunk start are aligned:
+    //    K % 8 == 0 and c_begin % 32 == 0), while the outliers are sorted into before / in / out of range.
+    const bool async = (K & 7) == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
+    if (async) {
+        const unsigned sbase = smem_addr(srow);
+        for (int i = tid; i < (len >> 3); i += blockDim.x) cp_async16(sbase + 16 * i, xr + c_begin + 8 * i);
+        cp_async_commit();
+    } else {
+        for (int i = tid; i < len; i += blockDim.x) srow[i] = xr[c_begin + i];
+    }
+    for (int i = tid; i < wpc; i += blockDim.x) bmap[i] = 0u;
+    if (tid == 0) { s_in = 0; s_before = 0; s_bad = 0; }
+    __syncthreads();
+    int in = 0, before = 0;
+    for (int i = tid; i < n_out; i += blockDim.x) {
+        const int c = out_idx[i];
+        if ((unsigned)c >= (unsigned)K) { s_bad = 1; continue; }
+        if (c < c_begin) ++before;
+        else if (c < c_end) { ++in; atomicOr(&bmap[(c >> 5) - w0], 1u << (c & 31)); }
+    }
+    if (in) atomicAdd(&s_in, in);
+    if (before) atomicAdd(&s_before, before);
+    __syncthreads();
+
+    // 2. Outliers before each of my words (a scan over at most wpc words, by warp 0) and my duplicate check.
+    if (warp == 0) {
+        const int per = (w1 - w0 + 31) >> 5;
+        const int i0 = min(lane * per, w1 - w0), i1 = min(i0 + per, w1 - w0);
+        int local = 0;
+        for (int i = i0; i < i1; ++i) local += __popc(bmap[i]);
+        int incl = local;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += v;
+        }
+        int run = s_before + incl - local;
+        for (int i = i0; i < i1; ++i) {
+            pref[i] = run;
+            run += __popc(bmap[i]);
+        }
+        const int total = __shfl_sync(0xffffffffu, incl, 31);
+        if (lane == 0 && total != s_in) s_bad = 1;  // a repeated index in my range
+    }
+    if (async) cp_async_wait<0>();
+    __syncthreads();
+
+    // 3. My min / max over the kept columns, 8 columns per thread and step.
+    float mn = plus_inf(), mx = minus_inf();
+    for (int l0 = tid * 8; l0 < len; l0 += blockDim.x * 8) {
+        const unsigned ob = (bmap[l0 >> 5] >> (l0 & 31)) & 0xFFu;  // l0 % 8 == 0: within one word
+        float v[8];
+        load8<BF16>(srow, l0, len, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (l0 + e < len && !((ob >> e) & 1u)) {
+                mn = min_nan(mn, v[e]);
+                mx = max_nan(mx, v[e]);
+            }
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+    if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
+    __syncthreads();
+    if (tid == 0) {
+        float a = s_mn[0], b = s_mx[0];
+        for (int w = 1; w < nwarps; ++w) { a = min_nan(a, s_mn[w]); b = max_nan(b, s_mx[w]); }
+        s_part[0] = a; s_part[1] = b; s_part[2] = s_bad ? 1.0f : 0.0f;
+    }
+    // 4. The row's min / max / bad from the QC partials (min.NaN / max.NaN: any order gives the same bits).
+    cl_arrive();
+    cl_wait();
+    mn = plus_inf(); mx = minus_inf();
+    bool bad = false;
+#pragma unroll
+    for (unsigned r = 0; r < QC; ++r) {
+        mn = min_nan(mn, ld_cluster_f32(&s_part[0], r));
+        mx = max_nan(mx, ld_cluster_f32(&s_part[1], r));
+        bad = bad || ld_cluster_f32(&s_part[2], r) != 0.0f;
+    }
+    cl_arrive();  // done reading the others' partials: matched by the cl_wait before exit
+    float scale, zero;
+    row_params(mn, mx, bits, bad, scale, zero);
+    if (rank == 0 && tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
+
+    // 5. My codes at their kept positions, one byte each; the pad columns Kq .. Kp - 1 by the last CTA;
+    //    a poisoned row is all zeros (each CTA clears its share of the positions).
+    signed char* crow = codes + (size_t)row * Kp;
+    if (!bad) {
+        for (int l0 = tid * 8; l0 < len; l0 += blockDim.x * 8) {
+            const unsigned word = bmap[l0 >> 5];
+            const unsigned ob = (word >> (l0 & 31)) & 0xFFu;
+            int j = c_begin + l0 - (pref[l0 >> 5] + __popc(word & ((1u << (l0 & 31)) - 1u)));
+            float v[8];
+            load8<BF16>(srow, l0, len, v);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (l0 + e < len && !((ob >> e) & 1u)) crow[j++] = (signed char)code_of(v[e], zero, scale, bits);
+            }
+        }
+        if (rank == QC - 1)
+            for (int j = Kq + tid; j < Kp; j += blockDim.x) crow[j] = 0;
+    } else {
+        const int per = (Kp + QC - 1) / QC, j0 = (int)rank * per, j1 = min(j0 + per, Kp);
+        for (int j = j0 + tid; j < j1; j += blockDim.x) crow[j] = 0;
+    }
+    if (rank == 0) {  // the outlier columns, from global memory (they lie in every CTA's chunk)
+        unsigned short* orow = x_out + (size_t)row * n_out;
+        for (int i = tid; i < n_out; i += blockDim.x) {
+            const int c = out_idx[i];
+            orow[i] = ((unsigned)c < (unsigned)K) ? xr[c] : nan_bits<BF16>();
+        }
+    }
+    cl_wait();  // no CTA leaves while another may still read its partials
+}
+
 }  // namespace
 
 #define QUIK_ACT_QUANT_SPLIT(NAME, BF16)                                                                         \
@@ -295,6 +468,29 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
 
 QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_f16, false)
 QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_bf16, true)
+
+// The cluster kernels exist only for sm_90 and later (the launcher uses them there); elsewhere the entry
+// points are kept, trapping, so that every build has the same names.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define QUIK_HAS_CLUSTERS
+#endif
+#ifdef QUIK_HAS_CLUSTERS
+extern "C" __global__ void __launch_bounds__(1024) __cluster_dims__(QC, 1, 1)
+quik_act_quant_split_cl_f16(const unsigned short* x, const int* out_idx, signed char* codes, float* scale, float* zero,
+                            unsigned short* x_out, int K, int Kp, int n_out, int bits) {
+    act_quant_split_cluster<false>(x, out_idx, codes, scale, zero, x_out, K, Kp, n_out, bits);
+}
+extern "C" __global__ void __launch_bounds__(1024) __cluster_dims__(QC, 1, 1)
+quik_act_quant_split_cl_bf16(const unsigned short* x, const int* out_idx, signed char* codes, float* scale,
+                             float* zero, unsigned short* x_out, int K, int Kp, int n_out, int bits) {
+    act_quant_split_cluster<true>(x, out_idx, codes, scale, zero, x_out, K, Kp, n_out, bits);
+}
+#else
+extern "C" __global__ void quik_act_quant_split_cl_f16(const unsigned short*, const int*, signed char*, float*, float*,
+                                                       unsigned short*, int, int, int, int) { __trap(); }
+extern "C" __global__ void quik_act_quant_split_cl_bf16(const unsigned short*, const int*, signed char*, float*, float*,
+                                                        unsigned short*, int, int, int, int) { __trap(); }
+#endif
 
 #define QUIK_ACT_QUANT(NAME, BF16, STAGED)                                                                      \
     extern "C" __global__ void __launch_bounds__(1024)                                                             \

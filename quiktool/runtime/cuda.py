@@ -65,7 +65,8 @@ _CUPY_ADDED_OPTIONS: tuple[str, ...] = ("-ftz=true", "--device-as-default-execut
 _EPS = ("i32", "f16", "bf16")
 KERNELS: dict[str, tuple[str, ...]] = {
     "quik_act_quant.cu": ("quik_act_quant_f16", "quik_act_quant_bf16", "quik_act_quant_f16_gmem",
-                          "quik_act_quant_bf16_gmem", "quik_act_quant_split_f16", "quik_act_quant_split_bf16"),
+                          "quik_act_quant_bf16_gmem", "quik_act_quant_split_f16", "quik_act_quant_split_bf16",
+                          "quik_act_quant_split_cl_f16", "quik_act_quant_split_cl_bf16"),
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
         + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16) for r in ("", "_r16", "_r64")]
@@ -601,6 +602,19 @@ def _act_threads(K: int, kp: int) -> int:
     return min(1024, max(128, 1 << (max(kp, K) // 16 - 1).bit_length()))
 
 
+# quik_act_quant_split_cl_*: one row per cluster of _QC CTAs (sm_90 and later), each CTA a chunk of whole
+# 32-column words. QUIKTOOL_QUANT_CLUSTER=0 keeps the one-CTA-per-row split kernel (A/B runs; same bits).
+_QC = 8  # kernels/quik_act_quant.cu, QC
+QUANT_CLUSTER = os.environ.get("QUIKTOOL_QUANT_CLUSTER", "1") != "0"
+
+
+def _cluster_plan(K: int) -> tuple[int, int]:
+    """quik_act_quant_split_cl_*: (threads per CTA, dynamic shared memory) for rows of K columns: a chunk of
+    wpc words per CTA, ~16 columns per thread, 64 * wpc bytes of staged row + 8 * wpc of bitmap and counts."""
+    wpc = -(-(-(-K // 32)) // _QC)
+    return min(1024, max(64, 1 << (-(-32 * wpc // 16) - 1).bit_length())), 72 * wpc
+
+
 def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes | None = None) -> ActCodes:
     """QUIK's activation split (bit-exact with reference.quantize_split): the outlier columns copied, every
     other column, in ascending order, quantized per token.
@@ -608,8 +622,9 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     x fp16/bf16 [M, K]; outlier_idx [n_out] int32 (int64 is converted), distinct, any order ->
     ActCodes(codes int8 [M, Kp], scale fp32 [M], zero fp32 [M], x_outlier x.dtype [M, n_out]),
     Kp = padded_k(K - n_out). The kept columns are found from a bitmap of the outliers, not gathered
-    through an index array (quik_act_quant_split); rows too wide for its shared memory (K above ~60k) go
-    through quantize_activations with the complement computed by torch (a host sync).
+    through an index array: on sm_90 and later one row per cluster of 8 CTAs (quik_act_quant_split_cl_*),
+    elsewhere one per CTA (quik_act_quant_split_*), where rows too wide for its shared memory (K above
+    ~60k) go through quantize_activations with the complement computed by torch (a host sync).
     ``out`` (optional) receives the results in place; out.codes must be 16-byte aligned.
     """
     x_ptr = _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
@@ -622,6 +637,14 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     if kq < 1:
         raise KernelError(f"outlier_idx: {n_out} outliers leave no column of K={K} to quantize")
     kp = padded_k(kq)
+    if QUANT_CLUSTER and _device_info(dev)[2] >= 90:
+        out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)
+        if M:
+            threads, smem = _cluster_plan(K)
+            name = "quik_act_quant_split_cl_" + ("f16" if x.dtype == torch.float16 else "bf16")
+            _launch(dev, name, M * _QC, threads, _SIG_SPLIT, (x_ptr, outl.data_ptr() if n_out else 0, *ptrs[:3],
+                                                              ptrs[3] if n_out else 0, K, kp, n_out, bits), smem)
+        return out
     smem = _split_smem(K, kp)
     if smem > _ACT_SMEM_MAX:
         from quiktool.algo.outliers import keep_columns  # noqa: PLC0415

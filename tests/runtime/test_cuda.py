@@ -188,6 +188,15 @@ def test_act_quant_int64_index_is_accepted() -> None:
         _assert_equal(field, getattr(got, field), getattr(ref, field))
 
 
+@pytest.fixture(params=[True, False], ids=["cluster", "cta"])
+def split_kernel(request, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both split quantizers: one row per cluster of 8 CTAs (sm_90 and later) and one row per CTA."""
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER", request.param)
+    if request.param and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("thread-block clusters need sm_90")
+    return request.param
+
+
 def _check_split(x: torch.Tensor, outl: torch.Tensor, bits: int) -> None:
     M, K = x.shape
     kp = reference.padded_k(K - outl.numel())
@@ -205,7 +214,8 @@ SPLIT_CASES = ([(M, K, n) for M in MS for K in ACT_KS for n in (0, 16, 256) if n
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("M,K,n_out", SPLIT_CASES)
-def test_act_quant_split_exact(M: int, K: int, n_out: int, dtype: torch.dtype, bits: int) -> None:
+def test_act_quant_split_exact(M: int, K: int, n_out: int, dtype: torch.dtype, bits: int,
+                               split_kernel: bool) -> None:
     """The layers' quantizer (kept columns = the complement of the outliers, from a bitmap) = the
     reference on the complement, bit for bit; outliers in random order."""
     g = _gen("split", M, K, dtype, bits, n_out)
@@ -213,7 +223,7 @@ def test_act_quant_split_exact(M: int, K: int, n_out: int, dtype: torch.dtype, b
     _check_split(_activations(g, M, K, dtype, outl), outl, bits)
 
 
-def test_act_quant_split_edge_rows_misaligned_and_wide() -> None:
+def test_act_quant_split_edge_rows_misaligned_and_wide(split_kernel: bool) -> None:
     g = _gen("split-edge")
     K = 128
     ties = torch.arange(K, device=DEV, dtype=torch.float32) % 16 + 0.5
@@ -235,7 +245,7 @@ def test_act_quant_split_edge_rows_misaligned_and_wide() -> None:
         _check_split(_activations(g, 2, K, torch.bfloat16, outl), outl, 4)
 
 
-def test_act_quant_split_bad_outlier_index_poisons_every_row() -> None:
+def test_act_quant_split_bad_outlier_index_poisons_every_row(split_kernel: bool) -> None:
     g = _gen("split-oob")
     for bad in ([3, 3, 9], [3, 80, 9], [-1, 4]):
         x = _activations(g, 4, 80, torch.float16, torch.tensor([0], device=DEV))
