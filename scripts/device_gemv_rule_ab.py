@@ -1,4 +1,5 @@
-"""In-process layer A/B of the small-M kernel's choice (issue 5, decode): two settings of quiktool.runtime.cuda.
+"""In-process layer A/B at decode sizes (issue 5): two settings of quiktool.runtime.cuda (e.g. the small-M rule,
+QUANT_CLUSTER).
 
 For each shape and M: one QUIK layer (as `quiktool bench layer` builds it), timed under setting A and
 setting B in alternating rounds in the same process (ABBA...), each round a bench.Timer point (L2 flushed,
@@ -38,7 +39,7 @@ def parse(setting: str) -> dict:
     return out
 
 
-defaults = {k: getattr(cuda, k) for k in ("GEMV_RULE", "GEMV_ROWS")}
+defaults = {k: getattr(cuda, k) for k in {"GEMV_RULE", "GEMV_ROWS", *parse(args.a), *parse(args.b)}}
 settings = {"a": {**defaults, **parse(args.a)}, "b": {**defaults, **parse(args.b)}}
 
 
