@@ -603,9 +603,19 @@ def _act_threads(K: int, kp: int) -> int:
 
 
 # quik_act_quant_split_cl_*: one row per cluster of _QC CTAs (sm_90 and later), each CTA a chunk of whole
-# 32-column words. QUIKTOOL_QUANT_CLUSTER=0 keeps the one-CTA-per-row split kernel (A/B runs; same bits).
+# 32-column words, for rows of at least QUANT_CLUSTER_MIN_K columns. H100 layer A/B in one process
+# (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md fifth session): at K = 28672 the cluster kernel took
+# x0.96 (M = 1) and x0.92 (M = 16) of the layer time, at K = 11008 / 13824 x0.98-1.12, at K <= 8192
+# x1.03-1.19 (its fixed cost, ~9 us, is more than the one-CTA kernel's at small K). QUIKTOOL_QUANT_CLUSTER=0
+# keeps the one-CTA kernel everywhere, QUIKTOOL_QUANT_CLUSTER_MIN_K moves the bound (A/B runs; same bits).
 _QC = 8  # kernels/quik_act_quant.cu, QC
 QUANT_CLUSTER = os.environ.get("QUIKTOOL_QUANT_CLUSTER", "1") != "0"
+QUANT_CLUSTER_MIN_K: int = _env_int("QUIKTOOL_QUANT_CLUSTER_MIN_K", 16384)
+
+
+def _cluster_quant(K: int, capability: int) -> bool:
+    """Whether quantize_split runs the cluster kernel for rows of K columns on a GPU of this capability."""
+    return QUANT_CLUSTER and capability >= 90 and K >= QUANT_CLUSTER_MIN_K
 
 
 def _cluster_plan(K: int) -> tuple[int, int]:
@@ -622,9 +632,10 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     x fp16/bf16 [M, K]; outlier_idx [n_out] int32 (int64 is converted), distinct, any order ->
     ActCodes(codes int8 [M, Kp], scale fp32 [M], zero fp32 [M], x_outlier x.dtype [M, n_out]),
     Kp = padded_k(K - n_out). The kept columns are found from a bitmap of the outliers, not gathered
-    through an index array: on sm_90 and later one row per cluster of 8 CTAs (quik_act_quant_split_cl_*),
-    elsewhere one per CTA (quik_act_quant_split_*), where rows too wide for its shared memory (K above
-    ~60k) go through quantize_activations with the complement computed by torch (a host sync).
+    through an index array: on sm_90 and later rows of QUANT_CLUSTER_MIN_K columns or more take one
+    cluster of 8 CTAs each (quik_act_quant_split_cl_*), other rows one CTA (quik_act_quant_split_*), and
+    rows too wide for that one's shared memory (K above ~60k) go through quantize_activations with the
+    complement computed by torch (a host sync).
     ``out`` (optional) receives the results in place; out.codes must be 16-byte aligned.
     """
     x_ptr = _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
@@ -637,7 +648,7 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     if kq < 1:
         raise KernelError(f"outlier_idx: {n_out} outliers leave no column of K={K} to quantize")
     kp = padded_k(kq)
-    if QUANT_CLUSTER and _device_info(dev)[2] >= 90:
+    if _cluster_quant(K, _device_info(dev)[2]):
         out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)
         if M:
             threads, smem = _cluster_plan(K)

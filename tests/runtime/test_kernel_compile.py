@@ -104,3 +104,15 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert cuda.wgmma_smem_bytes(1) == 4 * 16384 + 3 * 32768 + 2048 + 1024  # A stages, B slots, factors, slack
     assert cuda.wgmma_smem_bytes(2) == 5 * 16384 + 4 * 32768 + 2048 + 1024
     assert cuda._WG_SMEM == cuda.wgmma_smem_bytes(cuda._WG_DEPTH)
+
+
+def test_cluster_quantizer_choice(monkeypatch) -> None:
+    """quantize_split's kernel: the cluster one on sm_90+ for rows of QUANT_CLUSTER_MIN_K columns or more,
+    the one-CTA one otherwise, and never when QUANT_CLUSTER is off."""
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER", True)
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER_MIN_K", 16384)
+    assert cuda._cluster_quant(28672, 90) and cuda._cluster_quant(16384, 90)
+    assert not cuda._cluster_quant(13824, 90) and not cuda._cluster_quant(28672, 80)
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER", False)
+    assert not cuda._cluster_quant(28672, 90)
+    assert cuda._cluster_plan(28672) == (256, 72 * 112) and cuda._cluster_plan(80) == (64, 72)
