@@ -606,7 +606,7 @@ def _act_threads(K: int, kp: int) -> int:
 # 32-column words, for rows of at least QUANT_CLUSTER_MIN_K columns. H100 layer A/B in one process
 # (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md fifth session): at K = 28672 the cluster kernel took
 # x0.96 (M = 1) and x0.92 (M = 16) of the layer time, at K = 11008 / 13824 x0.98-1.12, at K <= 8192
-# x1.03-1.19 (its fixed cost, ~9 us, is more than the one-CTA kernel's at small K). QUIKTOOL_QUANT_CLUSTER=0
+# x1.03-1.19 (it takes ~8-9 us at any K; the one-CTA kernel ~7 us at K = 4096, ~14.5 us at K = 28672). QUIKTOOL_QUANT_CLUSTER=0
 # keeps the one-CTA kernel everywhere, QUIKTOOL_QUANT_CLUSTER_MIN_K moves the bound (A/B runs; same bits).
 _QC = 8  # kernels/quik_act_quant.cu, QC
 QUANT_CLUSTER = os.environ.get("QUIKTOOL_QUANT_CLUSTER", "1") != "0"
