@@ -175,6 +175,48 @@ QDEV void load8(const unsigned short* srow, int c0, int K, float (&v)[8]) {
     }
 }
 
+// Both split kernels' passes over a staged run of columns srow[0 .. len) whose outlier bits are bmap (bit l % 32
+// of word l / 32 for column l) and, for pass 2, pref[w] = outliers before word w of the row:
+// this thread's min / max over the kept columns, reduced over its warp (8 columns per thread and step) ...
+template <bool BF16>
+QDEV void warp_kept_min_max(const unsigned short* srow, const unsigned* bmap, int len, float& mn, float& mx) {
+    mn = plus_inf();
+    mx = minus_inf();
+    for (int l0 = threadIdx.x * 8; l0 < len; l0 += blockDim.x * 8) {
+        const unsigned ob = (bmap[l0 >> 5] >> (l0 & 31)) & 0xFFu;  // outlier bits of columns l0 .. l0 + 7
+        float v[8];
+        load8<BF16>(srow, l0, len, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (l0 + e < len && !((ob >> e) & 1u)) {
+                mn = min_nan(mn, v[e]);
+                mx = max_nan(mx, v[e]);
+            }
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+}
+// ... and the codes of the kept columns: column l's code goes to dst[base + l - (outliers before l)].
+template <bool BF16, typename Dst>
+QDEV void place_codes(const unsigned short* srow, const unsigned* bmap, const int* pref, int len, int base, float zero,
+                      float scale, int bits, Dst dst) {
+    for (int l0 = threadIdx.x * 8; l0 < len; l0 += blockDim.x * 8) {
+        const unsigned word = bmap[l0 >> 5];
+        const unsigned ob = (word >> (l0 & 31)) & 0xFFu;
+        int j = base + l0 - (pref[l0 >> 5] + __popc(word & ((1u << (l0 & 31)) - 1u)));
+        float v[8];
+        load8<BF16>(srow, l0, len, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (l0 + e < len && !((ob >> e) & 1u)) dst[j++] = (signed char)code_of(v[e], zero, scale, bits);
+        }
+    }
+}
+
 template <bool BF16>
 QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __restrict__ out_idx,
                           signed char* __restrict__ codes, float* __restrict__ scale_out,
@@ -234,25 +276,9 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     if (async) cp_async_wait<0>();
     __syncthreads();
 
-    // Pass 1: min / max over the kept columns, 8 columns per thread and step.
-    float mn = plus_inf(), mx = minus_inf();
-    for (int c0 = tid * 8; c0 < K; c0 += blockDim.x * 8) {
-        const unsigned ob = (bmap[c0 >> 5] >> (c0 & 31)) & 0xFFu;  // outlier bits of columns c0 .. c0 + 7
-        float v[8];
-        load8<BF16>(srow, c0, K, v);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            if (c0 + e < K && !((ob >> e) & 1u)) {
-                mn = min_nan(mn, v[e]);
-                mx = max_nan(mx, v[e]);
-            }
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-        mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    }
+    // Pass 1: min / max over the kept columns.
+    float mn, mx;
+    warp_kept_min_max<BF16>(srow, bmap, K, mn, mx);
     if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
     __syncthreads();
     mn = s_mn[0]; mx = s_mx[0];
@@ -265,19 +291,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     if (tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
 
     // Pass 2: codes into the shared code row at their kept positions; pad (and poisoned rows) 0.
-    if (!bad) {
-        for (int c0 = tid * 8; c0 < K; c0 += blockDim.x * 8) {
-            const unsigned word = bmap[c0 >> 5];
-            const unsigned ob = (word >> (c0 & 31)) & 0xFFu;
-            int j = c0 - (pref[c0 >> 5] + __popc(word & ((1u << (c0 & 31)) - 1u)));
-            float v[8];
-            load8<BF16>(srow, c0, K, v);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                if (c0 + e < K && !((ob >> e) & 1u)) scode[j++] = (signed char)code_of(v[e], zero, scale, bits);
-            }
-        }
-    }
+    if (!bad) place_codes<BF16>(srow, bmap, pref, K, 0, zero, scale, bits, scode);
     for (int j = bad ? tid : Kq + tid; j < Kp; j += blockDim.x) scode[j] = 0;
     __syncthreads();
     uint4* dst = reinterpret_cast<uint4*>(codes + (size_t)row * Kp);
@@ -384,25 +398,9 @@ QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const in
     if (async) cp_async_wait<0>();
     __syncthreads();
 
-    // 3. My min / max over the kept columns, 8 columns per thread and step.
-    float mn = plus_inf(), mx = minus_inf();
-    for (int l0 = tid * 8; l0 < len; l0 += blockDim.x * 8) {
-        const unsigned ob = (bmap[l0 >> 5] >> (l0 & 31)) & 0xFFu;  // l0 % 8 == 0: within one word
-        float v[8];
-        load8<BF16>(srow, l0, len, v);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            if (l0 + e < len && !((ob >> e) & 1u)) {
-                mn = min_nan(mn, v[e]);
-                mx = max_nan(mx, v[e]);
-            }
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-        mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    }
+    // 3. My min / max over the kept columns.
+    float mn, mx;
+    warp_kept_min_max<BF16>(srow, bmap, len, mn, mx);
     if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
     __syncthreads();
     if (tid == 0) {
@@ -430,17 +428,7 @@ QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const in
     //    a poisoned row is all zeros (each CTA clears its share of the positions).
     signed char* crow = codes + (size_t)row * Kp;
     if (!bad) {
-        for (int l0 = tid * 8; l0 < len; l0 += blockDim.x * 8) {
-            const unsigned word = bmap[l0 >> 5];
-            const unsigned ob = (word >> (l0 & 31)) & 0xFFu;
-            int j = c_begin + l0 - (pref[l0 >> 5] + __popc(word & ((1u << (l0 & 31)) - 1u)));
-            float v[8];
-            load8<BF16>(srow, l0, len, v);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                if (l0 + e < len && !((ob >> e) & 1u)) crow[j++] = (signed char)code_of(v[e], zero, scale, bits);
-            }
-        }
+        place_codes<BF16>(srow, bmap, pref, len, c_begin, zero, scale, bits, crow);
         if (rank == QC - 1)
             for (int j = Kq + tid; j < Kp; j += blockDim.x) crow[j] = 0;
     } else {
