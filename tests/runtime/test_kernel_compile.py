@@ -116,3 +116,18 @@ def test_cluster_quantizer_choice(monkeypatch) -> None:
     monkeypatch.setattr(cuda, "QUANT_CLUSTER", False)
     assert not cuda._cluster_quant(28672, 90)
     assert cuda._cluster_plan(28672) == (256, 72 * 112) and cuda._cluster_plan(80) == (64, 72)
+
+
+def test_gemv_rows_rule(monkeypatch) -> None:
+    """The small-M kernel's block size: 64 rows (M <= 8) / 32 rows (M > 8) once N >= 64 x SMs, else 32 / 16;
+    QUIKTOOL_GEMV_RULE=m keeps 32 / 16 everywhere; GEMV_ROWS or an explicit rows argument overrides both."""
+    monkeypatch.setattr(cuda, "GEMV_RULE", "n")
+    monkeypatch.setattr(cuda, "GEMV_ROWS", None)
+    assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 8, 9, 16)] == [64, 64, 32, 32]
+    assert [cuda._gemv_rows(m, 8192, 132) for m in (1, 16)] == [32, 16]   # 128 blocks of 64 < 132 SMs
+    assert cuda._gemv_rows(1, 8448, 132) == 64 and cuda._gemv_rows(1, 8447, 132) == 32
+    assert cuda._gemv_plan(1, 28672, 4, "f16", sms=132) == ("quik_gemv_f16_w4_m8_r64", 448, 256, 0)
+    assert cuda._gemv_plan(16, 28672, 8, "bf16", sms=132) == ("quik_gemv_bf16_w8_m16", 896, 256, 0)
+    assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
+    monkeypatch.setattr(cuda, "GEMV_RULE", "m")
+    assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
