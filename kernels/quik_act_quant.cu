@@ -59,6 +59,23 @@ QDEV bool stage_row(unsigned short* srow, const unsigned short* x, const unsigne
     return async;
 }
 
+// Inclusive prefix sum of v over the 32 lanes of a warp.
+QDEV int warp_inclusive_sum(int v, int lane) {
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int u = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += u;
+    }
+    return v;
+}
+// pref[i] = run + outliers in bmap[i0 .. i), for i in [i0, i1) (the per-word counts of the split kernels).
+QDEV void word_prefix(const unsigned* bmap, int* pref, int i0, int i1, int run) {
+    for (int i = i0; i < i1; ++i) {
+        pref[i] = run;
+        run += __popc(bmap[i]);
+    }
+}
+
 // The outlier columns of one row, copied bit for bit from src (the row); NaN for an index outside [0, K).
 template <bool BF16>
 QDEV void copy_outliers(unsigned short* __restrict__ orow, const unsigned short* src, const int* __restrict__ out_idx,
@@ -254,12 +271,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     const int w0 = min(tid * per, W), w1 = min(w0 + per, W);
     int local = 0;
     for (int i = w0; i < w1; ++i) local += __popc(bmap[i]);
-    int incl = local;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += v;
-    }
+    const int incl = warp_inclusive_sum(local, lane);
     if (lane == 31) s_cnt[warp] = incl;
     __syncthreads();
     int before = 0, total = 0;
@@ -267,11 +279,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
         if (w < warp) before += s_cnt[w];
         total += s_cnt[w];
     }
-    int run = before + incl - local;
-    for (int i = w0; i < w1; ++i) {
-        pref[i] = run;
-        run += __popc(bmap[i]);
-    }
+    word_prefix(bmap, pref, w0, w1, before + incl - local);
     const bool bad = s_bad != 0 || total != n_out;
     if (async) cp_async_wait<0>();
     __syncthreads();
@@ -381,17 +389,8 @@ QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const in
         const int i0 = min(lane * per, w1 - w0), i1 = min(i0 + per, w1 - w0);
         int local = 0;
         for (int i = i0; i < i1; ++i) local += __popc(bmap[i]);
-        int incl = local;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int v = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += v;
-        }
-        int run = s_before + incl - local;
-        for (int i = i0; i < i1; ++i) {
-            pref[i] = run;
-            run += __popc(bmap[i]);
-        }
+        const int incl = warp_inclusive_sum(local, lane);
+        word_prefix(bmap, pref, i0, i1, s_before + incl - local);
         const int total = __shfl_sync(0xffffffffu, incl, 31);
         if (lane == 0 && total != s_in) s_bad = 1;  // a repeated index in my range
     }
