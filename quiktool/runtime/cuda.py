@@ -69,7 +69,8 @@ KERNELS: dict[str, tuple[str, ...]] = {
                           "quik_act_quant_split_cl_f16", "quik_act_quant_split_cl_bf16"),
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
-        + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16) for r in ("", "_r16", "_r64")]
+        + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)
+           for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -606,8 +607,9 @@ def _act_threads(K: int, kp: int) -> int:
 # 32-column words, for rows of at least QUANT_CLUSTER_MIN_K columns. H100 layer A/B in one process
 # (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md fifth session): at K = 28672 the cluster kernel took
 # x0.96 (M = 1) and x0.92 (M = 16) of the layer time, at K = 11008 / 13824 x0.98-1.12, at K <= 8192
-# x1.03-1.19 (it takes ~8-9 us at any K; the one-CTA kernel ~7 us at K = 4096, ~14.5 us at K = 28672). QUIKTOOL_QUANT_CLUSTER=0
-# keeps the one-CTA kernel everywhere, QUIKTOOL_QUANT_CLUSTER_MIN_K moves the bound (A/B runs; same bits).
+# x1.03-1.19 (it takes ~8-9 us at any K; the one-CTA kernel ~7 us at K = 4096, ~14.5 us at K = 28672).
+# QUIKTOOL_QUANT_CLUSTER=0 keeps the one-CTA kernel everywhere, QUIKTOOL_QUANT_CLUSTER_MIN_K moves the bound
+# (A/B runs; same bits).
 _QC = 8  # kernels/quik_act_quant.cu, QC
 QUANT_CLUSTER = os.environ.get("QUIKTOOL_QUANT_CLUSTER", "1") != "0"
 QUANT_CLUSTER_MIN_K: int = _env_int("QUIKTOOL_QUANT_CLUSTER_MIN_K", 16384)
@@ -621,7 +623,8 @@ def _cluster_quant(K: int, capability: int) -> bool:
 def _cluster_plan(K: int) -> tuple[int, int]:
     """quik_act_quant_split_cl_*: (threads per CTA, dynamic shared memory) for rows of K columns: a chunk of
     wpc words per CTA, ~16 columns per thread, 64 * wpc bytes of staged row + 8 * wpc of bitmap and counts."""
-    wpc = -(-(-(-K // 32)) // _QC)
+    words = -(-K // 32)
+    wpc = -(-words // _QC)
     return min(1024, max(64, 1 << (-(-32 * wpc // 16) - 1).bit_length())), 72 * wpc
 
 
@@ -648,25 +651,20 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     if kq < 1:
         raise KernelError(f"outlier_idx: {n_out} outliers leave no column of K={K} to quantize")
     kp = padded_k(kq)
-    if _cluster_quant(K, _device_info(dev)[2]):
-        out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)
-        if M:
-            threads, smem = _cluster_plan(K)
-            name = "quik_act_quant_split_cl_" + ("f16" if x.dtype == torch.float16 else "bf16")
-            _launch(dev, name, M * _QC, threads, _SIG_SPLIT, (x_ptr, outl.data_ptr() if n_out else 0, *ptrs[:3],
-                                                              ptrs[3] if n_out else 0, K, kp, n_out, bits), smem)
-        return out
-    smem = _split_smem(K, kp)
-    if smem > _ACT_SMEM_MAX:
-        from quiktool.algo.outliers import keep_columns  # noqa: PLC0415
-        keep = keep_columns(K, outl.long()).to(device=x.device, dtype=torch.int32)
-        return quantize_activations(x, keep, outl, bits, out=out)
-    out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)  # 16-byte copies of the code rows
-    if M == 0:
-        return out
-    name = "quik_act_quant_split_" + ("f16" if x.dtype == torch.float16 else "bf16")
-    _launch(dev, name, M, _act_threads(K, kp), _SIG_SPLIT,
-            (x_ptr, outl.data_ptr() if n_out else 0, *ptrs[:3], ptrs[3] if n_out else 0, K, kp, n_out, bits), smem)
+    if _cluster_quant(K, _device_info(dev)[2]):  # one row per cluster of _QC CTAs
+        kernel, grid = "quik_act_quant_split_cl_", M * _QC
+        threads, smem = _cluster_plan(K)
+    else:  # one row per CTA
+        smem = _split_smem(K, kp)
+        if smem > _ACT_SMEM_MAX:
+            from quiktool.algo.outliers import keep_columns  # noqa: PLC0415
+            keep = keep_columns(K, outl.long()).to(device=x.device, dtype=torch.int32)
+            return quantize_activations(x, keep, outl, bits, out=out)
+        kernel, grid, threads = "quik_act_quant_split_", M, _act_threads(K, kp)
+    out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)  # the one-CTA kernel: 16-byte row copies
+    if M:
+        _launch(dev, kernel + ("f16" if x.dtype == torch.float16 else "bf16"), grid, threads, _SIG_SPLIT,
+                (x_ptr, outl.data_ptr() if n_out else 0, *ptrs[:3], ptrs[3] if n_out else 0, K, kp, n_out, bits), smem)
     return out
 
 
