@@ -10,6 +10,8 @@
 //   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
 //     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
 //     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
+//     quik_gemvo_EP_WB_m8     the same for M <= 8 (EP = f16 | bf16) with the outlier product fused:
+//                             y_base replaced by outlier_sums (reference.outlier_sum's order)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
 //   EP = i32 : C int32 [M, N] = acc                                (the exactness/debug path)
 //   EP = f16 / bf16 : out[m, n] = acc * (a_scale[m] * w_scale[n])
@@ -31,6 +33,8 @@
 //     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (N/16 for *_r16, N/64 for *_r64), static smem only; on sm_90
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
+//     quik_gemvo_*    : as quik_gemv_*_m8*, dynamic smem 2 * M * min(n_out, 1024) bytes; before
+//                       griddepcontrol.wait it also reads x, the outlier indices, w_out and bias
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
 // TOPS), while m16n8k32 .s8 runs at ~1.2 POPS. A weight nibble w is unpacked into the HIGH half of a
@@ -340,6 +344,90 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 }
 
 // ---------------------------------------------------------------------------------------------
+// The decode outlier product, fused into the small-M kernel (quik_gemvo_*; reference.outlier_sum):
+//   s[m, n] = 0;  s = s + x[m, idx[j]] * w_out[n, j]  for j = 0 .. n_out - 1;  s = s + bias[n]   (fp32)
+// each product and each sum rounded to nearest, in that order, so every thread of any launch geometry
+// gives the reference's bits. fp16 inputs: the product of two fp16 values is exact in fp32 (11 + 11
+// significand bits, exponents within 2^-48 .. 2^32), so one fma.rn equals mul.rn then add.rn and saves an
+// instruction; bf16 products can leave the fp32 range, so they keep the two roundings.
+// ---------------------------------------------------------------------------------------------
+struct OutlArgs {
+    const unsigned short* x;      // [M, K] the layer input (fp16 / bf16 bits), row stride K
+    const int* idx;               // [n_out] the outlier columns of x, in the order of w_out's columns
+    const unsigned short* w_out;  // [N, n_out] the outlier weights
+    const unsigned short* bias;   // [N] or null
+    int K, n_out;
+};
+
+constexpr int OUTL_CHUNK = 1024;  // outlier columns staged per round: 2 * M * 1024 bytes of dynamic smem
+
+template <int EP>
+QDEV float outl_step(float s, float x, float w) {
+    if constexpr (EP == 1) {
+        float r;
+        asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(x), "f"(w), "f"(s));
+        return r;
+    } else {
+        return add_rn(s, mul_rn(x, w));
+    }
+}
+
+// The PAIRS sums of this thread: feature n0 + tid % ROWS, tokens tid / ROWS + i * (THREADS / ROWS), i.e.
+// the (token, feature) outputs the thread stores in the small-M kernel's epilogue. All threads must call
+// it (block barriers). Reads x, idx, w_out and bias only: safe before griddepcontrol.wait, since they were
+// written before the quantizer that this grid may overlap. An outlier index outside [0, K) yields NaN.
+template <int EP, int ROWS, int THREADS, int PAIRS>
+QDEV void outlier_sums(const OutlArgs& ol, int M, int N, int n0, float (&os)[PAIRS]) {
+    extern __shared__ unsigned short xs[];  // [M][nj]: the x values of one chunk of outlier columns
+    const int tid = threadIdx.x, n = n0 + tid % ROWS;
+    // rows of w_out are 16-byte aligned when n_out % 8 == 0 and the base is (chunks start at multiples of 8)
+    const bool vec = (ol.n_out & 7) == 0 && (reinterpret_cast<size_t>(ol.w_out) & 15) == 0;
+#pragma unroll
+    for (int i = 0; i < PAIRS; ++i) os[i] = 0.f;
+    for (int j0 = 0; j0 < ol.n_out; j0 += OUTL_CHUNK) {
+        const int nj = min(OUTL_CHUNK, ol.n_out - j0);
+        __syncthreads();  // the previous chunk's readers are done with xs
+        for (int e = tid; e < M * nj; e += THREADS) {
+            const int m = e / nj, c = ol.idx[j0 + e - m * nj];
+            xs[e] = (unsigned)c < (unsigned)ol.K ? ol.x[(size_t)m * ol.K + c] : quikq::nan_bits<EP == 2>();
+        }
+        __syncthreads();
+        if (n >= N) continue;
+        const unsigned short* wr = ol.w_out + (size_t)n * ol.n_out + j0;
+        for (int j = 0; j < nj; j += 8) {
+            unsigned short wv[8];
+            if (vec) {
+                const uint4 v = *reinterpret_cast<const uint4*>(wr + j);
+                const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    wv[2 * q] = (unsigned short)(u[q] & 0xFFFFu);
+                    wv[2 * q + 1] = (unsigned short)(u[q] >> 16);
+                }
+            } else {
+#pragma unroll
+                for (int q = 0; q < 8; ++q) wv[q] = j + q < nj ? wr[j + q] : (unsigned short)0;
+            }
+#pragma unroll
+            for (int q = 0; q < 8; ++q) {
+                if (j + q >= nj) break;
+                const float wf = load_f32<EP>(wv[q]);
+#pragma unroll
+                for (int i = 0; i < PAIRS; ++i) {
+                    const int m = tid / ROWS + i * (THREADS / ROWS);
+                    if (m < M) os[i] = outl_step<EP>(os[i], load_f32<EP>(xs[m * nj + j + q]), wf);
+                }
+            }
+        }
+    }
+    if (ol.bias && n < N) {
+        const float b = load_f32<EP>(ol.bias[n]);
+#pragma unroll
+        for (int i = 0; i < PAIRS; ++i) os[i] = add_rn(os[i], b);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Small-M kernel (M <= MTOK, MTOK = 8 or 16)
 // ---------------------------------------------------------------------------------------------
 // A "step" is 64 bytes of every weight row: 128 columns (w4) or 64 columns (w8). Lane (g, t) loads the
@@ -351,19 +439,21 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 //   w8: mma jj (jj = 0, 1) uses weight words 2jj, 2jj+1 = columns 64s + 16t + 8jj .. +7, natural order,
 //       B = act words 2jj, 2jj+1 of the 16 bytes at 64s + 16t
 // For w4 the last step may be half (Kp % 128 == 64): lanes t = 2, 3 then have no columns and load zeros.
-template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE>
+template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false>
 QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
-               int M, int N, int Kp, const EpiArgs& ep) {
+               int M, int N, int Kp, const EpiArgs& ep, const OutlArgs& ol = OutlArgs{}) {
     // NTW = 16-row weight tiles per block (ROWS = 16 * NTW output features), U = steps in flight per warp.
     // PIPE: software pipeline across iterations (two register sets: the next U steps' loads are issued
     // before this iteration's MMAs, so a warp always has loads in flight); otherwise load, then compute.
     // Measured on H100 (8192 x 28672, w4, NTW = 2): U = 4 streams 2.75 TB/s at M <= 8 (2.44 with U = 2);
     // at M <= 16 the extra activation registers make U = 4 no better. NTW = 1 halves the block's rows
     // (twice the blocks: a smaller last wave) and doubles U to keep the bytes in flight.
+    // OUTL: the outlier product (outlier_sums) is computed before griddepcontrol.wait and added last.
     constexpr int WARPS = 8, TT = MTOK / 8;
     constexpr int AW = WBITS == 4 ? 2 : 1;  // 16-byte activation loads per token row per step
     constexpr int SHIFT = WBITS == 4 ? 4 : 0;
     constexpr int ROWS = 16 * NTW;          // output features per block
+    constexpr int PAIRS = (MTOK * ROWS + WARPS * 32 - 1) / (WARPS * 32);  // epilogue outputs per thread
     __shared__ int red[WARPS][MTOK][ROWS + 1];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -405,6 +495,10 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                 }
         }
     }
+#endif
+    float osum[PAIRS];
+    if constexpr (OUTL) outlier_sums<EP, ROWS, WARPS * 32, PAIRS>(ol, M, N, n0, osum);
+#if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
@@ -516,7 +610,10 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                 red[warp][m][nl] = acc[a][b][r];
             }
     __syncthreads();
-    for (int o = tid; o < MTOK * ROWS; o += WARPS * 32) {
+#pragma unroll
+    for (int i = 0; i < PAIRS; ++i) {
+        const int o = tid + i * WARPS * 32;
+        if (o >= MTOK * ROWS) break;
         const int m = o / ROWS, nl = o % ROWS;  // a warp writes 32 consecutive features of one token
         const int n = n0 + nl;
         if (m >= M || n >= N) continue;
@@ -529,6 +626,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
             reinterpret_cast<int*>(out)[idx] = v;
         } else {
             float f = epilogue_f32(v, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ep.wsum[n]);
+            if constexpr (OUTL) f = add_rn(f, osum[i]);
             if (ep.y_base) f = add_rn(f, load_f32<EP>(reinterpret_cast<const unsigned short*>(ep.y_base)[idx]));
             reinterpret_cast<unsigned short*>(out)[idx] = store_bits<EP>(f);
         }
@@ -589,6 +687,30 @@ QUIK_TILED_ALL(bf16, 2)
 QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
+
+// quik_gemvo_*: the M <= 8 kernels with the outlier product fused (outlier_sums; the launcher is
+// cuda.quik_gemm_outliers): dynamic smem 2 * M * min(n_out, OUTL_CHUNK) bytes; y_base is not taken.
+#define QUIK_GEMVO(NAME, WB, EP, NTW, U)                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x, int K,        \
+         const int* outlier_idx, const void* w_out, int n_out, const void* bias) {                                 \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
+        const OutlArgs ol = {static_cast<const unsigned short*>(x), outlier_idx,                                   \
+                             static_cast<const unsigned short*>(w_out), static_cast<const unsigned short*>(bias),  \
+                             K, n_out};                                                                            \
+        gemv<WB, 8, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                         \
+    }
+#define QUIK_GEMVO_ALL(EPNAME, EP)                              \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8, 4, EP, 2, 4)        \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8, 8, EP, 2, 4)        \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r16, 4, EP, 1, 8)    \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r16, 8, EP, 1, 8)    \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r64, 4, EP, 4, 2)    \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r64, 8, EP, 4, 2)
+
+QUIK_GEMVO_ALL(f16, 1)
+QUIK_GEMVO_ALL(bf16, 2)
 
 // ---------------------------------------------------------------------------------------------
 // The library paths for large M (launcher: cuda.quik_gemm via gemm_path and _library_int_gemm). mma.sync s8 stops near cuBLAS FP16 speed

@@ -473,6 +473,10 @@ def reference_forward(layer, codes: Tensor, x: Tensor) -> Tensor:
 
     w = ref.prepare_weight(codes, layer.weight_bits)
     a = ref.quantize_activations(x.contiguous(), layer.keep_idx.long(), layer.outlier_idx.long(), layer.act_bits)
+    if layer.outlier_idx.numel() and x.shape[0] <= ref.FUSED_OUTLIER_MAX_M:  # the decode outlier order
+        return ref.quik_gemm_outliers(a.codes, w, layer.weight_bits, a.scale, a.zero, act_shift(layer.act_bits),
+                                      layer.w_scale, layer.wsum, x.contiguous(), layer.outlier_idx,
+                                      layer.outlier_weight, layer.bias, x.dtype)
     y_base = F.linear(a.x_outlier, layer.outlier_weight, layer.bias) if layer.outlier_idx.numel() else None
     return ref.quik_gemm(a.codes, w, layer.weight_bits, a.scale, a.zero, act_shift(layer.act_bits),
                          layer.w_scale, layer.wsum, y_base, x.dtype)
@@ -482,21 +486,31 @@ def time_stages(layer, backend_mod, xs: Sequence[Tensor], timer: Timer, fused: b
     """Time each stage of ``QuikLinear.forward`` separately, calling the backend as forward does.
 
     fused (CUDA backend): quantize, gemm_epilogue (quik_gemm: int GEMM + epilogue in one kernel), outlier_gemm.
-    otherwise: quantize, int_gemm, epilogue (= quik_gemm - int_gemm), outlier_gemm. ms; None = no such stage."""
+    otherwise: quantize, int_gemm, epilogue (= quik_gemm - int_gemm), outlier_gemm. ms; None = no such stage.
+    At decode sizes (M <= reference.FUSED_OUTLIER_MAX_M) the outlier product is part of the GEMM call
+    (quik_gemm_outliers), so outlier_gemm is None and the GEMM / epilogue stage includes it."""
     from quiktool.algo.quant import act_shift
+    from quiktool.runtime import reference as ref
 
     be, L = backend_mod, layer
     shift = act_shift(L.act_bits)
     acts = [be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits) for x in xs]
     has_out = L.outlier_idx.numel() > 0
-    ybs = [F.linear(a.x_outlier, L.outlier_weight, L.bias) if has_out else None for a in acts]
+    in_gemm = has_out and xs[0].shape[0] <= ref.FUSED_OUTLIER_MAX_M
+    ybs = [F.linear(a.x_outlier, L.outlier_weight, L.bias) if has_out and not in_gemm else None for a in acts]
     st: dict[str, float | None] = {}
     st["quantize"] = timer(lambda x: be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits),
                            [(x,) for x in xs]).ms
     st["outlier_gemm"] = (timer(lambda a: F.linear(a.x_outlier, L.outlier_weight, L.bias), [(a,) for a in acts]).ms
-                          if has_out else None)
-    t_q = timer(lambda a, yb: be.quik_gemm(a.codes, L.w_rt, L.weight_bits, a.scale, a.zero, shift, L.w_scale,
-                                           L.wsum, yb, xs[0].dtype), list(zip(acts, ybs))).ms
+                          if has_out and not in_gemm else None)
+    if in_gemm:
+        t_q = timer(lambda a, x: be.quik_gemm_outliers(a.codes, L.w_rt, L.weight_bits, a.scale, a.zero, shift,
+                                                       L.w_scale, L.wsum, x.contiguous(), L.outlier_idx,
+                                                       L.outlier_weight, L.bias, xs[0].dtype),
+                    list(zip(acts, xs))).ms
+    else:
+        t_q = timer(lambda a, yb: be.quik_gemm(a.codes, L.w_rt, L.weight_bits, a.scale, a.zero, shift, L.w_scale,
+                                               L.wsum, yb, xs[0].dtype), list(zip(acts, ybs))).ms
     if fused:
         st["gemm_epilogue"] = t_q
     else:
@@ -779,6 +793,7 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         lines.append("stage columns: share of the QUIK layer time; "
                      + ("with the cuda backend the epilogue is fused into the GEMM (gemm+epi); "
                         if fused else "epi = quik_gemm - int_gemm; ")
+                     + "at M <= 8 with outliers the outlier product runs inside the GEMM call (outl gemm -); "
                      + "the rest of the layer time is host overhead and the reshape/bias glue")
     head = ["shape", "M", "scheme", "out", "QUIK ms", f"{fp} ms", f"x {fp}", "TOP/s", "FP8 x", "W4A16 x"]
     stage_keys = (["quantize", "gemm_epilogue", "outlier_gemm"] if fused

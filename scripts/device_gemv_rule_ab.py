@@ -6,7 +6,9 @@ setting B in alternating rounds in the same process (ABBA...), each round a benc
 GPU head start, median of its runs); reported: the median over rounds of each, their ratio, the kernel
 each setting ran, x FP16 (F.linear), and whether the two outputs are the same bits. Separate processes
 gave same-kernel ratios of 1.01-1.04 on the H100 (order effects), too much for a few-% decision.
-A setting is a space-separated list of cuda module attributes, NAME=VALUE (ints, or strings).
+A setting is a space-separated list of module attributes, NAME=VALUE (ints, or strings): quiktool.runtime.cuda's,
+or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the outlier product through F.linear at
+decode sizes, as before the fused kernels; the two settings then give different bits by design).
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rule_ab.py [--a "GEMV_RULE=m"] [--b ""]
       [--m 1,16] [--rounds 6] [--reps 100]
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from quiktool.bench import DEFAULT_SHAPES, Timer, _inputs, build_layers
-from quiktool.runtime import cuda
+from quiktool.runtime import cuda, reference
 
 p = argparse.ArgumentParser()
 p.add_argument("--a", default="GEMV_RULE=m", help="setting A (default: the earlier rule)")
@@ -39,13 +41,17 @@ def parse(setting: str) -> dict:
     return out
 
 
-defaults = {k: getattr(cuda, k) for k in {"GEMV_RULE", "GEMV_ROWS", *parse(args.a), *parse(args.b)}}
+def target(name: str) -> tuple:
+    return (reference, name[4:]) if name.startswith("ref.") else (cuda, name)
+
+
+defaults = {k: getattr(*target(k)) for k in {"GEMV_RULE", "GEMV_ROWS", *parse(args.a), *parse(args.b)}}
 settings = {"a": {**defaults, **parse(args.a)}, "b": {**defaults, **parse(args.b)}}
 
 
 def use(which: str) -> None:
     for k, v in settings[which].items():
-        setattr(cuda, k, v)
+        setattr(*target(k), v)
 
 
 dev = torch.device("cuda")

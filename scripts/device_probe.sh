@@ -14,6 +14,9 @@
 #     gemvab  the same A/B in one process (scripts/device_gemv_rule_ab.py; $GEMV_AB_A, default the earlier rule)
 #     decode  `quiktool bench layer` at M = 1 and 16 (nine shapes, W4A4 / W4A8, 0 / 256 outliers)
 #     alltests every GPU test
+#     outlab  sixth session: layer A/B in one process of the fused decode outlier product (B, the default)
+#             against F.linear (A: ref.FUSED_OUTLIER_MAX_M=0), 256 outliers, M = 1 and 8, W4A4
+#     outlmodels `quiktool bench model` 7B twice: QUIKTOOL_FUSED_OUTLIER_MAX_M=0 (QUIK-4B, W4A8) and the defaults
 #   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -52,6 +55,19 @@ fi
 if has alltests; then
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest_gpu_h100.txt" 2>&1
   echo "pytest (all gpu tests) exit $?"; tail -2 "$OUT/pytest_gpu_h100.txt"
+fi
+if has outlab; then
+  timeout 300 python3 scripts/device_gemv_rule_ab.py --a "ref.FUSED_OUTLIER_MAX_M=0" --outliers 256 --m 1,8 \
+    --rounds 4 2>&1 | grep -v Warn | tee "$OUT/outlab.txt"
+fi
+if has outlmodels; then
+  M7=(--arch llama2-7b --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)
+  QUIKTOOL_FUSED_OUTLIER_MAX_M=0 timeout 200 python3 -m quiktool bench model --device cuda --backend cuda \
+    "${M7[@]}" --json "$OUT/model_7b_linear_outl.json" > "$OUT/model_7b_linear_outl.txt" 2>&1
+  echo "model 7b (F.linear outliers) exit $?"; tail -4 "$OUT/model_7b_linear_outl.txt"
+  timeout 200 python3 -m quiktool bench model --device cuda --backend cuda "${M7[@]}" \
+    --json "$OUT/model_7b.json" > "$OUT/model_7b.txt" 2>&1
+  echo "model 7b (defaults) exit $?"; tail -4 "$OUT/model_7b.txt"
 fi
 if has ncuwg; then
   for v in "base=" "d2=-DWG_DEPTH=2"; do

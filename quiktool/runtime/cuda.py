@@ -44,7 +44,7 @@ from quiktool.runtime.reference import ActCodes, padded_k
 
 __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
-    "int_gemm", "quik_gemm", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
+    "int_gemm", "quik_gemm", "quik_gemm_outliers", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
     "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
     "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "compile_wgmma",
 ]
@@ -71,6 +71,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
         + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)
            for r in ("", "_r16", "_r64")]
+        + [f"quik_gemvo_{ep}_w{wb}_m8{r}" for ep in ("f16", "bf16") for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -401,6 +402,7 @@ _PARAMS = _Params()
 _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
 _SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
+_SIG_GEMVO = "pppiiippfpppippip"  # _SIG_GEMM without y_base, then x, K, outlier_idx, w_out, n_out, bias
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 
@@ -693,6 +695,11 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
     """The whole QUIK layer, as reference.quik_linear (bit-identical): quantize_layer, the outlier product
     (cuBLAS, as on the torch backend), quik_gemm."""
     M = x.shape[0]
+    if M <= _ref.FUSED_OUTLIER_MAX_M and outlier_idx.numel():
+        # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
+        a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
+        return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum, x,
+                                  outlier_idx, outlier_weight, bias, x.dtype, overlap=True)
     if M <= 16 and outlier_idx.numel():
         # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
         # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
@@ -827,6 +834,58 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
             # the small-M kernel starts early and prefetches its weights while the quantizer runs
             _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem,
                     pdl=name.startswith("quik_gemv_"))
+    return out
+
+
+_GEMVO_M = 8           # the fused kernels' token count per launch (kernels/quik_gemm.cu, quik_gemvo_*)
+_OUTL_CHUNK = 1024     # outlier columns staged in shared memory per round (quik_gemm.cu, OUTL_CHUNK)
+
+
+def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
+                       w_scale: Tensor, wsum: Tensor, x: Tensor, outlier_idx: Tensor, outlier_weight: Tensor,
+                       bias: Tensor | None, out_dtype: torch.dtype, *, out: Tensor | None = None,
+                       overlap: bool = False) -> Tensor:
+    """quik_gemm with the outlier product fused (bit-identical to reference.quik_gemm_outliers): y_base =
+    reference.outlier_sum(x[:, outlier_idx], outlier_weight, bias), computed by the small-M kernel itself
+    (quik_gemvo_*) before it waits for the quantizer; any M, in launches of up to 8 tokens.
+
+    a_codes .. wsum as in quik_gemm; x [M, K] the layer input, out_dtype (fp16 / bf16); outlier_idx [n_out]
+    int32 (int64 is converted); outlier_weight [N, n_out] and bias [N] (or None) in out_dtype. An index
+    outside [0, K) makes the outputs NaN.
+    overlap: on sm_90, start as a programmatic dependent launch of the preceding kernel and read x,
+    outlier_weight and bias before waiting for it; only right when that kernel writes none of them (in
+    quik_linear it is the quantizer, which only reads x). Otherwise an ordinary launch.
+    """
+    M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
+    if out_dtype not in _OUT_EP:
+        raise KernelError(f"out_dtype must be {_dt(list(_OUT_EP))}, got {out_dtype}")
+    x_ptr = _check("x", x, (out_dtype,), (M, None), dev)
+    K = x.shape[1]
+    outl = _index_i32("outlier_idx", outlier_idx, dev)
+    n_out = outl.numel()
+    ptrs = (_check("a_scale", a_scale, (torch.float32,), (M,), dev),
+            _check("a_zero", a_zero, (torch.float32,), (M,), dev),
+            _check("w_scale", w_scale, (torch.float32,), (N,), dev),
+            _check("wsum", wsum, (torch.float32,), (N,), dev))
+    wo_ptr = _check("outlier_weight", outlier_weight, (out_dtype,), (N, n_out), dev)
+    b_ptr = 0 if bias is None else _check("bias", bias, (out_dtype,), (N,), dev)
+    if isinstance(a_shift, bool) or not isinstance(a_shift, numbers.Real):
+        raise KernelError(f"a_shift must be a number (2^(bits-1)), got {a_shift!r}")
+    if out is None:
+        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
+        o_ptr = out.data_ptr()
+    else:
+        o_ptr = _check("out", out, (out_dtype,), (M, N), dev, align=16)
+    ep = _OUT_EP[out_dtype]
+    for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 8 (decode): one launch
+        mc = min(_GEMVO_M, M - m0)
+        name, grid, block, _ = _gemv_plan(mc, N, w_bits, ep, sms=_device_info(dev)[1])
+        a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
+        args = (a_ptr + m0 * kp, w_ptr, o_ptr + m0 * N * out.element_size(), mc, N, kp, a_scale_p + 4 * m0,
+                a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, x_ptr + m0 * K * x.element_size(), K,
+                outl.data_ptr() if n_out else 0, wo_ptr if n_out else 0, n_out, b_ptr)
+        _launch(dev, name.replace("quik_gemv_", "quik_gemvo_"), grid, block, _SIG_GEMVO, args,
+                2 * mc * min(n_out, _OUTL_CHUNK), pdl=overlap)
     return out
 
 

@@ -18,7 +18,14 @@ The epilogue (fp32): out[m, n] = acc[m, n] * (a_scale[m] * w_scale[n])
                                + (a_zero[m] + a_shift * a_scale[m]) * wsum[n]
                                + y_base[m, n]          (outlier product + bias, or 0)
 Each operation is one IEEE fp32 operation rounded to nearest, in exactly this order (parenthesised
-products first, then the sums left to right), then one rounding to the output dtype. The order is part
+products first, then the sums left to right), then one rounding to the output dtype.
+
+The outlier product (the FP16 part of the layer), two definitions by token count M (``quik_linear``):
+  M <= FUSED_OUTLIER_MAX_M (decode): y_base = outlier_sum, fp32, summed over the outlier columns j in
+      ascending order, s = s + x[m, idx[j]] * w_out[n, j] (each product and each sum rounded to nearest),
+      then + bias[n]; the CUDA backend computes it inside the small-M GEMM kernel (quik_gemm_outliers).
+  otherwise: y_base = F.linear(x_out, w_out, bias) in the model dtype (cuBLAS on a GPU: the same call on
+      both backends). The order is part
 of the contract: the CUDA epilogue performs the same sequence without FMA contraction, so the two
 backends' outputs are bit-identical, and so are the logits of a whole quantized model. (Close is not
 enough: 4-bit activation rounding is discontinuous, and a 1-ulp-sized perturbation of the inputs moves
@@ -26,6 +33,7 @@ a SmolLM2-135M QUIK-4B perplexity by about 1%; see docs/RESULTS.md.)
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -39,6 +47,10 @@ from quiktool.format.packing import pad_columns, unpack_int4
 
 K_ALIGN = 64
 NAME = "torch"
+# Layers called with at most this many tokens sum their outlier product in the order of outlier_sum (the
+# CUDA backend fuses it into the decode GEMM kernel); above, F.linear. Part of the contract of both
+# backends, which read it at call time; QUIKTOOL_FUSED_OUTLIER_MAX_M=0 restores F.linear everywhere (A/B runs).
+FUSED_OUTLIER_MAX_M = int(os.environ.get("QUIKTOOL_FUSED_OUTLIER_MAX_M", "8"))
 
 
 class ActCodes(NamedTuple):
@@ -121,6 +133,33 @@ def outlier_base(x_outlier: Tensor | None, outlier_weight: Tensor, bias: Tensor 
     return None
 
 
+def outlier_sum(x_outlier: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The decode definition of the outlier product: fp32 [M, N] with
+        s[m, n] = 0;  s = s + x_outlier[m, j] * outlier_weight[n, j]  for j = 0, 1, ..., n_out - 1;  s = s + bias[n]
+    every product and every sum one IEEE fp32 operation rounded to nearest (the inputs widened exactly).
+    Sequential on purpose: any GPU thread can reproduce it, whatever the shape (a matmul's order is the
+    library's choice). x_outlier [M, n_out], outlier_weight [N, n_out], bias [N] or None; same dtype."""
+    M, N = x_outlier.shape[0], outlier_weight.shape[0]
+    xf = x_outlier.float()                                               # [M, n_out]
+    wt = outlier_weight.float().T.contiguous()                           # [n_out, N]
+    s = torch.zeros(M, N, dtype=torch.float32, device=x_outlier.device)
+    for j in range(x_outlier.shape[1]):
+        p = xf[:, j, None] * wt[j][None, :]                               # [M, N], one rounding
+        s = s + p                                                        # one rounding, never fused with p
+    if bias is not None:
+        s = s + bias.float()[None, :]
+    return s
+
+
+def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
+                       w_scale: Tensor, wsum: Tensor, x: Tensor, outlier_idx: Tensor, outlier_weight: Tensor,
+                       bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    """quik_gemm with y_base = outlier_sum(x[:, outlier_idx], outlier_weight, bias) (fp32): the decode layer's
+    GEMM with its outlier product in the fixed order. x [M, K] is the layer input, outlier_idx [n_out]."""
+    y_base = outlier_sum(x.index_select(1, outlier_idx.long()), outlier_weight, bias)
+    return quik_gemm(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, y_base, out_dtype)
+
+
 def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
                 w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
     """The whole QUIK layer on x [M, K] -> [M, N] in x's dtype (what QuikLinear.forward runs):
@@ -129,7 +168,12 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
         y = quik_gemm(codes, ..., y_base = x_out @ outlier_weight^T + bias)
 
     keep_idx must be the complement of outlier_idx in ascending order (algo.outliers.keep_columns; the
-    layer keeps it precomputed): the CUDA backend derives it from outlier_idx inside its kernel."""
+    layer keeps it precomputed): the CUDA backend derives it from outlier_idx inside its kernel.
+    With at most FUSED_OUTLIER_MAX_M tokens and outliers, the outlier product is outlier_sum instead
+    (quik_gemm_outliers)."""
     a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
+    if x.shape[0] <= FUSED_OUTLIER_MAX_M and outlier_idx.numel():
+        return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, act_shift(act_bits), w_scale, wsum, x,
+                                  outlier_idx, outlier_weight, bias, x.dtype)
     y_base = outlier_base(a.x_outlier, outlier_weight, bias, x.shape[0])
     return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, act_shift(act_bits), w_scale, wsum, y_base, x.dtype)

@@ -279,7 +279,7 @@ def test_act_quant_split_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("n_out", [0, 100])
-@pytest.mark.parametrize("M", [1, 5, 16, 118, 600])
+@pytest.mark.parametrize("M", [1, 5, 8, 9, 16, 118, 600])
 def test_quik_linear_backends_identical(M: int, n_out: int, has_bias: bool) -> None:
     """The whole layer (split quantizer, outlier product, GEMM, epilogue) on both backends."""
     K, N, dtype = 1100, 304, torch.float16
@@ -841,3 +841,102 @@ def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None
         torch.cuda.synchronize()
         ref = reference.quik_gemm(*args)
         assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
+
+
+# ---------------------------------------------------------------------------------------------------
+# (f) the decode outlier product fused into the small-M kernel (quik_gemm_outliers, quik_gemvo_*)
+# ---------------------------------------------------------------------------------------------------
+# (M, K, N, n_out): odd N, one outlier column, n_out not a multiple of 8 (scalar weight loads), the 7B
+# decode shape, M > 8 (two launches), n_out > 1024 (two shared-memory chunks).
+OUTL_CASES = [(1, 172, 304, 100), (3, 1100, 11, 7), (8, 576, 1536, 256), (5, 4096, 4096, 256),
+              (13, 300, 172, 1), (2, 2100, 300, 1030)]
+
+
+def _outlier_case(g: torch.Generator, M: int, K: int, N: int, n_out: int, w_bits: int, a_bits: int,
+                  dtype: torch.dtype, has_bias: bool) -> tuple:
+    _, outl = _split_columns(g, K, n_out)
+    x = _activations(g, M, K, dtype, outl)
+    a = _act_codes(g, M, K - n_out, a_bits)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, w_bits), w_bits)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if has_bias else None
+    return (a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, x, outl, w_out, bias, dtype)
+
+
+def _check_outliers(args: tuple, **kw) -> torch.Tensor:
+    a, w, dtype = args[0], args[1], args[-1]
+    out = torch.full((a.shape[0], w.shape[0]), float("nan"), dtype=dtype, device=DEV)
+    got = cuda.quik_gemm_outliers(*args, out=out, **kw)
+    ref = reference.quik_gemm_outliers(*args)
+    _assert_equal("out", got, ref)
+    return got
+
+
+@pytest.mark.parametrize("rows", [32, 16, 64])
+@pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("w_bits,a_bits", [(4, 4), (8, 8)])
+@pytest.mark.parametrize("M,K,N,n_out", OUTL_CASES)
+def test_quik_gemm_outliers_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, K: int, N: int, n_out: int,
+                                          w_bits: int, a_bits: int, dtype: torch.dtype, has_bias: bool,
+                                          rows: int) -> None:
+    monkeypatch.setattr(cuda, "GEMV_ROWS", rows)
+    g = _gen("outliers", M, K, N, n_out, w_bits, a_bits, dtype, has_bias, rows)
+    got = _check_outliers(_outlier_case(g, M, K, N, n_out, w_bits, a_bits, dtype, has_bias))
+    assert not torch.isnan(got).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_quik_gemm_outliers_extreme_values(dtype: torch.dtype) -> None:
+    """Products that overflow fp32 (bf16 only) or are fp32 subnormals: no flush to zero, one rounding each."""
+    M, K, N, n_out = 3, 300, 64, 40
+    args = list(_outlier_case(_gen("outliers-extreme", dtype), M, K, N, n_out, 4, 4, dtype, True))
+    x, outl, w_out = args[8], args[9], args[10]
+    big = 1e30 if dtype == torch.bfloat16 else 3e4
+    x[0, outl.long()] = big                         # row 0: huge products (inf in fp32 for bf16)
+    x[1, outl.long()] = 1e-20 if dtype == torch.bfloat16 else 6e-8   # row 1: tiny products
+    if dtype == torch.bfloat16:
+        w_out[:, ::2] = 1e10
+        w_out[:, 1::2] = 1e-20
+    args[3], args[4] = args[3].clone(), args[4].clone()
+    args[3][1] = args[4][1] = 1e-30                 # row 1: the integer part tiny too, so the sums show
+    got = _check_outliers(tuple(args))
+    if dtype == torch.bfloat16:
+        assert torch.isinf(got[0]).all()
+
+
+def test_quik_gemm_outliers_bad_index_gives_nan() -> None:
+    args = list(_outlier_case(_gen("outliers-badidx"), 2, 300, 40, 10, 4, 4, torch.float16, False))
+    args[9] = args[9].clone()
+    args[9][3] = 300                                # = K: out of range
+    got = cuda.quik_gemm_outliers(*args)
+    assert torch.isnan(got).all()
+
+
+def test_quik_gemm_outliers_overlapped_launch() -> None:
+    """overlap=True (programmatic dependent launch after the quantizer), as quik_linear runs it."""
+    g = _gen("outliers-overlap")
+    args = _outlier_case(g, 4, 1100, 304, 100, 4, 4, torch.float16, True)
+    x, outl = args[8], args[9]
+    q = cuda.quantize_split(x, outl, 4)
+    args = (q.codes, *args[1:3], q.scale, q.zero, *args[5:])
+    _check_outliers(args, overlap=True)
+
+
+def test_quik_gemm_outliers_rejects_bad_arguments() -> None:
+    args = _outlier_case(_gen("outliers-args"), 2, 300, 40, 10, 4, 4, torch.float16, True)
+    x, outl, w_out, bias = args[8:12]
+
+    def call(**changes):
+        a = dict(zip(["x", "outl", "w_out", "bias"], (x, outl, w_out, bias)), **changes)
+        return cuda.quik_gemm_outliers(*args[:8], a["x"], a["outl"], a["w_out"], a["bias"], torch.float16)
+
+    cases = [(dict(x=x.to(torch.bfloat16)), r"x: dtype must be float16"),
+             (dict(x=x[:1]), r"x: shape must be \[2, \*\]"),
+             (dict(w_out=w_out[:, :9].contiguous()), r"outlier_weight: shape must be \[40, 10\]"),
+             (dict(bias=bias.float()), r"bias: dtype must be float16"),
+             (dict(outl=outl.float()), r"outlier_idx")]
+    for change, msg in cases:
+        with pytest.raises(KernelError, match=msg):
+            call(**change)

@@ -1,6 +1,8 @@
 """The exact torch reference kernels (runtime/reference.py): integer GEMM, activation split, dequant epilogue."""
 from __future__ import annotations
 
+import struct
+
 import pytest
 import torch
 
@@ -13,7 +15,9 @@ from quiktool.runtime.reference import (
     prepare_weight,
     quantize_activations,
     outlier_base,
+    outlier_sum,
     quik_gemm,
+    quik_gemm_outliers,
     quik_linear,
     quantize_split,
 )
@@ -214,3 +218,74 @@ def test_outlier_base_terms():
     assert torch.equal(outlier_base(x_out[:, :0], w_out[:, :0], bias, 3), bias.expand(3, 5))
     assert outlier_base(None, w_out, None, 3) is None
     assert outlier_base(x_out[:, :0], w_out[:, :0], None, 3) is None
+
+
+def _f32(v: float) -> float:
+    """Round a Python float (double) to the nearest fp32 value."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def _outlier_sum_scalar(x_out, w_out, bias):
+    """outlier_sum's contract written independently, in Python floats: each fp32 operation computed in double
+    and rounded to fp32, which is the correctly rounded fp32 result (53 >= 2 * 24 + 2 bits)."""
+    M, N = x_out.shape[0], w_out.shape[0]
+    xs, ws = x_out.float().tolist(), w_out.float().tolist()
+    out = torch.empty(M, N, dtype=torch.float32)
+    for m in range(M):
+        for n in range(N):
+            s = 0.0
+            for j in range(x_out.shape[1]):
+                s = _f32(s + _f32(xs[m][j] * ws[n][j]))
+            if bias is not None:
+                s = _f32(s + bias[n].float().item())
+            out[m, n] = s
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("M,N,n_out,has_bias", [(1, 7, 13, True), (3, 5, 64, False), (8, 3, 1, True)])
+def test_outlier_sum_is_the_sequential_fp32_sum(dtype, M, N, n_out, has_bias):
+    g = torch.Generator().manual_seed(M * 100 + N * 10 + n_out)
+    # magnitudes spread over many binades, so that a different summation order would change low bits
+    x_out = (torch.randn(M, n_out, generator=g) * torch.exp2(torch.randint(-8, 9, (M, n_out), generator=g))).to(dtype)
+    w_out = (torch.randn(N, n_out, generator=g) * 0.05).to(dtype)
+    bias = torch.randn(N, generator=g).to(dtype) if has_bias else None
+    got = outlier_sum(x_out, w_out, bias)
+    assert got.dtype == torch.float32 and got.shape == (M, N)
+    assert torch.equal(got, _outlier_sum_scalar(x_out, w_out, bias))
+    exact = x_out.double() @ w_out.double().T + (0 if bias is None else bias.double())
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_outlier_sum_order_is_visible():
+    """The order is part of the contract. 1 followed by 255 terms of 2^-24: summed left to right each small
+    term rounds away (ties to even), so the sum is exactly 1; any order that adds small terms together
+    first (SIMD lanes, a tree, a matmul, the reverse) ends above 1."""
+    x_out = torch.tensor([[1.0] + [2.0 ** -24] * 255] * 2)
+    w_out = torch.ones(16, 256)
+    assert torch.equal(outlier_sum(x_out, w_out, None), torch.ones(2, 16))
+    assert (outlier_sum(x_out.flip(1), w_out.flip(1), None) > 1.0).all()
+    assert ((x_out @ w_out.T) > 1.0).all(), "this BLAS sums left to right too: the order test above proves less"
+
+
+@pytest.mark.parametrize("M", [1, 8, 9])
+def test_quik_linear_outlier_product_definition_by_token_count(M):
+    """Up to FUSED_OUTLIER_MAX_M tokens the layer adds outlier_sum (fp32), above it F.linear's product."""
+    from quiktool.runtime import reference
+
+    g = torch.Generator().manual_seed(M)
+    K, N, n_out = 172, 24, 11
+    x = (torch.randn(M, K, generator=g) * 3).to(torch.float16)
+    idx = torch.randperm(K, generator=g)[:n_out].to(torch.int32)
+    keep = keep_columns(K, idx.long()).to(torch.int32)
+    codes_w = _codes((N, K - n_out), 4, g)
+    w = prepare_weight(codes_w, 4)
+    w_scale, wsum = torch.rand(N, generator=g) * 0.02, torch.randn(N, generator=g)
+    w_out, bias = (torch.randn(N, n_out, generator=g) * 0.1).to(torch.float16), torch.randn(N, generator=g).half()
+    y = quik_linear(x, keep, idx, 4, w, 4, w_scale, wsum, w_out, bias)
+    a = quantize_activations(x, keep, idx, 4)
+    fused = quik_gemm_outliers(a.codes, w, 4, a.scale, a.zero, 8, w_scale, wsum, x, idx, w_out, bias, x.dtype)
+    plain = quik_gemm(a.codes, w, 4, a.scale, a.zero, 8, w_scale, wsum, outlier_base(a.x_outlier, w_out, bias, M),
+                      x.dtype)
+    assert torch.equal(y, fused if M <= reference.FUSED_OUTLIER_MAX_M else plain)
+    assert reference.FUSED_OUTLIER_MAX_M == 8
