@@ -11,7 +11,7 @@
 //     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
 //     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
 //     quik_gemvo_EP_WB_m8     the same for M <= 8 (EP = f16 | bf16) with the outlier product fused:
-//                             y_base replaced by outlier_sums (reference.outlier_sum's order)
+//                             y_base replaced by OutlierProduct (reference.outlier_sum's order)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
 //   EP = i32 : C int32 [M, N] = acc                                (the exactness/debug path)
 //   EP = f16 / bf16 : out[m, n] = acc * (a_scale[m] * w_scale[n])
@@ -33,8 +33,8 @@
 //     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (N/16 for *_r16, N/64 for *_r64), static smem only; on sm_90
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
-//     quik_gemvo_*    : as quik_gemv_*_m8*, dynamic smem 2 * M * min(n_out, 1024) bytes; before
-//                       griddepcontrol.wait it also reads x, the outlier indices, w_out and bias
+//     quik_gemvo_*    : as quik_gemv_*_m8*, dynamic smem ROWS * 528 + 4 * M * n_out bytes (OutlierProduct);
+//                       before griddepcontrol.wait it also reads x, the outlier indices and w_out
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
 // TOPS), while m16n8k32 .s8 runs at ~1.2 POPS. A weight nibble w is unpacked into the HIGH half of a
@@ -359,7 +359,12 @@ struct OutlArgs {
     int K, n_out;
 };
 
-constexpr int OUTL_CHUNK = 1024;  // outlier columns staged per round: 2 * M * 1024 bytes of dynamic smem
+// Dynamic shared memory of a quik_gemvo_* block (the launcher computes the same, cuda._gemvo_smem):
+//   tile [ROWS][OUTL_RS bytes]: one chunk of OUTL_CHUNK outlier columns of the block's weight rows (the
+//        16-byte pad per row puts the rows read by 8 neighbouring lanes on distinct banks);
+//   xs   [M][n_out] fp32: the tokens' outlier values.
+constexpr int OUTL_CHUNK = 256, OUTL_RS = 2 * OUTL_CHUNK + 16;
+constexpr int OUTL_THREADS = 256;
 
 template <int EP>
 QDEV float outl_step(float s, float x, float w) {
@@ -372,60 +377,118 @@ QDEV float outl_step(float s, float x, float w) {
     }
 }
 
-// The PAIRS sums of this thread: feature n0 + tid % ROWS, tokens tid / ROWS + i * (THREADS / ROWS), i.e.
-// the (token, feature) outputs the thread stores in the small-M kernel's epilogue. All threads must call
-// it (block barriers). Reads x, idx, w_out and bias only: safe before griddepcontrol.wait, since they were
-// written before the quantizer that this grid may overlap. An outlier index outside [0, K) yields NaN.
-template <int EP, int ROWS, int THREADS, int PAIRS>
-QDEV void outlier_sums(const OutlArgs& ol, int M, int N, int n0, float (&os)[PAIRS]) {
-    extern __shared__ unsigned short xs[];  // [M][nj]: the x values of one chunk of outlier columns
-    const int tid = threadIdx.x, n = n0 + tid % ROWS;
-    // rows of w_out are 16-byte aligned when n_out % 8 == 0 and the base is (chunks start at multiples of 8)
-    const bool vec = (ol.n_out & 7) == 0 && (reinterpret_cast<size_t>(ol.w_out) & 15) == 0;
+// Where the work goes: a sequential chain of n_out dependent fp32 operations per output is short (n_out
+// ~256: ~1000 cycles), but loading the operands on the way was not: the first version walked each weight
+// row with dependent 16-byte loads before the main loop (32 memory latencies per block) and made decode
+// layers x1.0-1.3 slower than cuBLAS's separate product. Now every load is issued before the main loop
+// without waiting for it (the weight tile by cp.async into shared memory, the x values into registers),
+// and the chains run after the main loop, from shared memory.
+template <int EP, int MTOK, int ROWS>
+struct OutlierProduct {
+    static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;
+    unsigned xr[MTOK / 2];    // x[m, idx[tid]] (m = 2i low half, 2i + 1 high) for column tid < OUTL_THREADS:
+                              // in flight during the main loop, two tokens per register
+    bool vec;                 // 16-byte copies of the weight tile (n_out % 8 == 0 and w_out 16-byte aligned)
+
+    // Before griddepcontrol.wait (reads x, idx, w_out only: written before the quantizer this grid may
+    // overlap): the x values of the first OUTL_THREADS outlier columns, and chunk 0 of the weight tile.
+    QDEV void issue(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem) {
+        const int tid = threadIdx.x;
+        vec = (ol.n_out & 7) == 0 && (reinterpret_cast<size_t>(ol.w_out) & 15) == 0;
+        const int c = tid < ol.n_out ? ol.idx[tid] : 0;
+        const bool ok = (unsigned)c < (unsigned)ol.K;
+        unsigned short v[MTOK];
 #pragma unroll
-    for (int i = 0; i < PAIRS; ++i) os[i] = 0.f;
-    for (int j0 = 0; j0 < ol.n_out; j0 += OUTL_CHUNK) {
+        for (int m = 0; m < MTOK; ++m)
+            v[m] = (tid < ol.n_out && m < M) ? (ok ? ol.x[(size_t)m * ol.K + c] : quikq::nan_bits<EP == 2>())
+                                             : (unsigned short)0;
+#pragma unroll
+        for (int i = 0; i < MTOK / 2; ++i) xr[i] = (unsigned)v[2 * i] | ((unsigned)v[2 * i + 1] << 16);
+        if (vec) load_tile(ol, N, n0, 0, smem);
+    }
+
+    // One chunk of the weight tile into shared memory: cp.async when vec (completes later), else plain copies.
+    QDEV void load_tile(const OutlArgs& ol, int N, int n0, int j0, unsigned char* tile) {
         const int nj = min(OUTL_CHUNK, ol.n_out - j0);
-        __syncthreads();  // the previous chunk's readers are done with xs
-        for (int e = tid; e < M * nj; e += THREADS) {
-            const int m = e / nj, c = ol.idx[j0 + e - m * nj];
-            xs[e] = (unsigned)c < (unsigned)ol.K ? ol.x[(size_t)m * ol.K + c] : quikq::nan_bits<EP == 2>();
-        }
-        __syncthreads();
-        if (n >= N) continue;
-        const unsigned short* wr = ol.w_out + (size_t)n * ol.n_out + j0;
-        for (int j = 0; j < nj; j += 8) {
-            unsigned short wv[8];
-            if (vec) {
-                const uint4 v = *reinterpret_cast<const uint4*>(wr + j);
-                const unsigned u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    wv[2 * q] = (unsigned short)(u[q] & 0xFFFFu);
-                    wv[2 * q + 1] = (unsigned short)(u[q] >> 16);
-                }
-            } else {
-#pragma unroll
-                for (int q = 0; q < 8; ++q) wv[q] = j + q < nj ? wr[j + q] : (unsigned short)0;
+        if (vec) {
+            const int per_row = nj >> 3;  // 16-byte pieces per row
+            for (int p = threadIdx.x; p < ROWS * per_row; p += OUTL_THREADS) {
+                const int r = p / per_row, q = p - r * per_row;
+                const bool in = n0 + r < N;
+                const unsigned short* src = ol.w_out + (size_t)(in ? n0 + r : 0) * ol.n_out + j0 + 8 * q;
+                cp_async16(smem_addr(tile + r * OUTL_RS + 16 * q), src, in);
             }
-#pragma unroll
-            for (int q = 0; q < 8; ++q) {
-                if (j + q >= nj) break;
-                const float wf = load_f32<EP>(wv[q]);
-#pragma unroll
-                for (int i = 0; i < PAIRS; ++i) {
-                    const int m = tid / ROWS + i * (THREADS / ROWS);
-                    if (m < M) os[i] = outl_step<EP>(os[i], load_f32<EP>(xs[m * nj + j + q]), wf);
-                }
+            cp_async_commit();
+        } else {
+            for (int p = threadIdx.x; p < ROWS * nj; p += OUTL_THREADS) {
+                const int r = p / nj, j = p - r * nj;
+                reinterpret_cast<unsigned short*>(tile + r * OUTL_RS)[j] =
+                    n0 + r < N ? ol.w_out[(size_t)(n0 + r) * ol.n_out + j0 + j] : (unsigned short)0;
             }
         }
     }
-    if (ol.bias && n < N) {
-        const float b = load_f32<EP>(ol.bias[n]);
+
+    // After the main loop: os[i] = the sum for (token tid / ROWS + i * (OUTL_THREADS / ROWS), feature n0 +
+    // tid % ROWS), the outputs this thread stores in the epilogue. All threads call it (block barriers).
+    QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) {
+        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl;
+        float* xs = reinterpret_cast<float*>(smem + ROWS * OUTL_RS);  // [M][n_out]
 #pragma unroll
-        for (int i = 0; i < PAIRS; ++i) os[i] = add_rn(os[i], b);
+        for (int m = 0; m < MTOK; ++m)
+            if (m < M && tid < ol.n_out)
+                xs[m * ol.n_out + tid] = load_f32<EP>((unsigned short)(xr[m / 2] >> (16 * (m & 1))));
+        for (int j = OUTL_THREADS + tid; j < ol.n_out; j += OUTL_THREADS) {  // columns beyond the first 256
+            const int c = ol.idx[j];
+            for (int m = 0; m < M; ++m)
+                xs[m * ol.n_out + j] = load_f32<EP>((unsigned)c < (unsigned)ol.K ? ol.x[(size_t)m * ol.K + c]
+                                                                               : quikq::nan_bits<EP == 2>());
+        }
+#pragma unroll
+        for (int i = 0; i < PAIRS; ++i) os[i] = 0.f;
+        for (int j0 = 0; j0 < ol.n_out; j0 += OUTL_CHUNK) {
+            const int nj = min(OUTL_CHUNK, ol.n_out - j0);
+            if (j0 > 0 || !vec) {
+                __syncthreads();  // the previous chunk's readers are done with the tile
+                load_tile(ol, N, n0, j0, smem);
+            }
+            cp_async_wait<0>();
+            __syncthreads();
+            if (n >= N) continue;
+            const unsigned char* row = smem + nl * OUTL_RS;
+            for (int j = 0; j < nj; j += 8) {
+                unsigned short wv[8];
+                if (vec) {
+                    const uint4 v = *reinterpret_cast<const uint4*>(row + 2 * j);
+                    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        wv[2 * q] = (unsigned short)(u[q] & 0xFFFFu);
+                        wv[2 * q + 1] = (unsigned short)(u[q] >> 16);
+                    }
+                } else {
+#pragma unroll
+                    for (int q = 0; q < 8; ++q)
+                        wv[q] = j + q < nj ? reinterpret_cast<const unsigned short*>(row)[j + q] : (unsigned short)0;
+                }
+#pragma unroll
+                for (int q = 0; q < 8; ++q) {
+                    if (j + q >= nj) break;
+                    const float wf = load_f32<EP>(wv[q]);
+#pragma unroll
+                    for (int i = 0; i < PAIRS; ++i) {
+                        const int m = tid / ROWS + i * (OUTL_THREADS / ROWS);
+                        if (m < M) os[i] = outl_step<EP>(os[i], xs[m * ol.n_out + j0 + j + q], wf);
+                    }
+                }
+            }
+        }
+        if (ol.bias && n < N) {
+            const float b = load_f32<EP>(ol.bias[n]);
+#pragma unroll
+            for (int i = 0; i < PAIRS; ++i) os[i] = add_rn(os[i], b);
+        }
     }
-}
+};
 
 // ---------------------------------------------------------------------------------------------
 // Small-M kernel (M <= MTOK, MTOK = 8 or 16)
@@ -448,7 +511,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     // Measured on H100 (8192 x 28672, w4, NTW = 2): U = 4 streams 2.75 TB/s at M <= 8 (2.44 with U = 2);
     // at M <= 16 the extra activation registers make U = 4 no better. NTW = 1 halves the block's rows
     // (twice the blocks: a smaller last wave) and doubles U to keep the bytes in flight.
-    // OUTL: the outlier product (outlier_sums) is computed before griddepcontrol.wait and added last.
+    // OUTL: the outlier product (OutlierProduct): loads issued before griddepcontrol.wait, sums after the loop.
     constexpr int WARPS = 8, TT = MTOK / 8;
     constexpr int AW = WBITS == 4 ? 2 : 1;  // 16-byte activation loads per token row per step
     constexpr int SHIFT = WBITS == 4 ? 4 : 0;
@@ -496,8 +559,9 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         }
     }
 #endif
-    float osum[PAIRS];
-    if constexpr (OUTL) outlier_sums<EP, ROWS, WARPS * 32, PAIRS>(ol, M, N, n0, osum);
+    extern __shared__ __align__(16) unsigned char outl_smem[];  // OUTL only (OutlierProduct)
+    OutlierProduct<EP, MTOK, ROWS> outl;
+    if constexpr (OUTL) outl.issue(ol, M, N, n0, outl_smem);
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
@@ -598,6 +662,12 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         }
     }
 
+    float osum[PAIRS];
+    if constexpr (OUTL) {
+        static_assert(WARPS * 32 == OUTL_THREADS && PAIRS == OutlierProduct<EP, MTOK, ROWS>::PAIRS);
+        outl.sums(ol, M, N, n0, outl_smem, osum);
+    }
+
     // Split-K reduction over the 8 warps. Fragment: c0, c1 = (feature g, tokens 2t, 2t+1), c2, c3 = g + 8.
 #pragma unroll
     for (int a = 0; a < NTW; ++a)
@@ -688,8 +758,8 @@ QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
-// quik_gemvo_*: the M <= 8 kernels with the outlier product fused (outlier_sums; the launcher is
-// cuda.quik_gemm_outliers): dynamic smem 2 * M * min(n_out, OUTL_CHUNK) bytes; y_base is not taken.
+// quik_gemvo_*: the M <= 8 kernels with the outlier product fused (OutlierProduct; the launcher is
+// cuda.quik_gemm_outliers): dynamic smem ROWS * OUTL_RS + 4 * M * n_out bytes; y_base is not taken.
 #define QUIK_GEMVO(NAME, WB, EP, NTW, U)                                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \

@@ -235,6 +235,8 @@ def _kernels(device_index: int, arch: str) -> dict[str, int]:
                     kernel.max_dynamic_shared_size_bytes = _tile_smem(bm, bn, wb, stages)
                 elif name.startswith("quik_act_quant_") and not name.endswith("_gmem"):  # they stage rows
                     kernel.max_dynamic_shared_size_bytes = _ACT_SMEM_MAX
+                elif name.startswith("quik_gemvo_"):
+                    kernel.max_dynamic_shared_size_bytes = _GEMVO_SMEM_MAX
                 handles[name] = int(kernel.kernel.ptr)
     return handles
 
@@ -837,8 +839,14 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     return out
 
 
-_GEMVO_M = 8           # the fused kernels' token count per launch (kernels/quik_gemm.cu, quik_gemvo_*)
-_OUTL_CHUNK = 1024     # outlier columns staged in shared memory per round (quik_gemm.cu, OUTL_CHUNK)
+_GEMVO_M = 8                 # the fused kernels' token count per launch (kernels/quik_gemm.cu, quik_gemvo_*)
+_OUTL_RS = 2 * 256 + 16      # bytes per weight row of a tile chunk of 256 outlier columns (OUTL_RS)
+_GEMVO_SMEM_MAX = 192 << 10  # dynamic shared memory allowed to quik_gemvo_* (+ <= 16.3 KiB static)
+
+
+def _gemvo_smem(rows: int, M: int, n_out: int) -> int:
+    """Dynamic shared memory of quik_gemvo_*: the weight tile chunk [rows, OUTL_RS bytes] + x values fp32 [M, n_out]."""
+    return rows * _OUTL_RS + 4 * M * n_out
 
 
 def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
@@ -877,15 +885,21 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
     else:
         o_ptr = _check("out", out, (out_dtype,), (M, N), dev, align=16)
     ep = _OUT_EP[out_dtype]
+    if _gemvo_smem(64, _GEMVO_M, n_out) > _GEMVO_SMEM_MAX:  # > ~5000 outlier columns: torch ops, same bits
+        log.warning("quik_gemm_outliers: %d outlier columns exceed the fused kernel's shared memory; using the "
+                    "torch reference ops (slow)", n_out)
+        return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, x,
+                                                 outl, outlier_weight, bias, out_dtype))
+    a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
     for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 8 (decode): one launch
         mc = min(_GEMVO_M, M - m0)
         name, grid, block, _ = _gemv_plan(mc, N, w_bits, ep, sms=_device_info(dev)[1])
-        a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
+        rows = {"_r16": 16, "_r64": 64}.get(name[-4:], 32)  # output features per block (_gemv_plan's suffix)
         args = (a_ptr + m0 * kp, w_ptr, o_ptr + m0 * N * out.element_size(), mc, N, kp, a_scale_p + 4 * m0,
                 a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, x_ptr + m0 * K * x.element_size(), K,
                 outl.data_ptr() if n_out else 0, wo_ptr if n_out else 0, n_out, b_ptr)
         _launch(dev, name.replace("quik_gemv_", "quik_gemvo_"), grid, block, _SIG_GEMVO, args,
-                2 * mc * min(n_out, _OUTL_CHUNK), pdl=overlap)
+                _gemvo_smem(rows, mc, n_out), pdl=overlap)
     return out
 
 
