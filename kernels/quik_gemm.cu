@@ -33,7 +33,7 @@
 //     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (N/16 for *_r16, N/64 for *_r64), static smem only; on sm_90
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
-//     quik_gemvo_*    : as quik_gemv_*_m8*, dynamic smem ROWS * 528 + 4 * M * n_out bytes (OutlierProduct);
+//     quik_gemvo_*    : as quik_gemv_*_m8*, dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out (OutlierProduct);
 //                       before griddepcontrol.wait it also reads x, the outlier indices and w_out
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
@@ -357,13 +357,14 @@ struct OutlArgs {
     const unsigned short* w_out;  // [N, n_out] the outlier weights
     const unsigned short* bias;   // [N] or null
     int K, n_out;
+    int chunk;                    // outlier columns of the weight tile staged at a time (launcher: all of
+                                  // them when they fit; a multiple of 8 when n_out is)
 };
 
 // Dynamic shared memory of a quik_gemvo_* block (the launcher computes the same, cuda._gemvo_smem):
-//   tile [ROWS][OUTL_RS bytes]: one chunk of OUTL_CHUNK outlier columns of the block's weight rows (the
-//        16-byte pad per row puts the rows read by 8 neighbouring lanes on distinct banks);
-//   xs   [M][n_out] fp32: the tokens' outlier values.
-constexpr int OUTL_CHUNK = 256, OUTL_RS = 2 * OUTL_CHUNK + 16;
+//   tile [ROWS][2 * chunk + 16 bytes]: the block's weight rows, `chunk` outlier columns at a time (the
+//        16-byte pad spreads the rows that neighbouring lanes read over the banks);
+//   xs   [M][n_out] 16-bit: the tokens' outlier values.
 constexpr int OUTL_THREADS = 256;
 
 template <int EP>
@@ -377,21 +378,25 @@ QDEV float outl_step(float s, float x, float w) {
     }
 }
 
-// Where the work goes: a sequential chain of n_out dependent fp32 operations per output is short (n_out
-// ~256: ~1000 cycles), but loading the operands on the way was not: the first version walked each weight
-// row with dependent 16-byte loads before the main loop (32 memory latencies per block) and made decode
-// layers x1.0-1.3 slower than cuBLAS's separate product. Now every load is issued before the main loop
-// without waiting for it (the weight tile by cp.async into shared memory, the x values into registers),
-// and the chains run after the main loop, from shared memory.
+// Where the time goes (H100, docs/PERF_LOG.md sixth session): a sequential chain of n_out dependent fp32
+// operations per output is short (~4 cycles each), but loads on the way are not. The first version walked
+// each weight row with dependent 16-byte global loads before the main loop (decode layers x1.0-1.3 slower
+// than cuBLAS's separate product); the second staged 256-column chunks but its loop kept a bounds check
+// per column, which serialised shared-memory latency into the chain (+10-27 us per layer at kernel level).
+// Now every global load is issued before the main loop without waiting for it (the weight tile by
+// cp.async, the x values of the first 256 outlier columns into registers), and the chains run after the
+// main loop on 8 columns at a time whose operands are loaded together.
 template <int EP, int MTOK, int ROWS>
 struct OutlierProduct {
     static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;
     unsigned xr[MTOK / 2];    // x[m, idx[tid]] (m = 2i low half, 2i + 1 high) for column tid < OUTL_THREADS:
                               // in flight during the main loop, two tokens per register
-    bool vec;                 // 16-byte copies of the weight tile (n_out % 8 == 0 and w_out 16-byte aligned)
+    bool vec;                 // 16-byte copies and reads (n_out % 8 == 0, w_out 16-byte aligned)
+
+    QDEV static int row_bytes(const OutlArgs& ol) { return 2 * ol.chunk + 16; }
 
     // Before griddepcontrol.wait (reads x, idx, w_out only: written before the quantizer this grid may
-    // overlap): the x values of the first OUTL_THREADS outlier columns, and chunk 0 of the weight tile.
+    // overlap): the x values of the first OUTL_THREADS outlier columns, and the first chunk of the tile.
     QDEV void issue(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem) {
         const int tid = threadIdx.x;
         vec = (ol.n_out & 7) == 0 && (reinterpret_cast<size_t>(ol.w_out) & 15) == 0;
@@ -408,21 +413,21 @@ struct OutlierProduct {
     }
 
     // One chunk of the weight tile into shared memory: cp.async when vec (completes later), else plain copies.
-    QDEV void load_tile(const OutlArgs& ol, int N, int n0, int j0, unsigned char* tile) {
-        const int nj = min(OUTL_CHUNK, ol.n_out - j0);
+    QDEV void load_tile(const OutlArgs& ol, int N, int n0, int j0, unsigned char* tile) const {
+        const int nj = min(ol.chunk, ol.n_out - j0), rb = row_bytes(ol);
         if (vec) {
             const int per_row = nj >> 3;  // 16-byte pieces per row
             for (int p = threadIdx.x; p < ROWS * per_row; p += OUTL_THREADS) {
                 const int r = p / per_row, q = p - r * per_row;
                 const bool in = n0 + r < N;
                 const unsigned short* src = ol.w_out + (size_t)(in ? n0 + r : 0) * ol.n_out + j0 + 8 * q;
-                cp_async16(smem_addr(tile + r * OUTL_RS + 16 * q), src, in);
+                cp_async16(smem_addr(tile + r * rb + 16 * q), src, in);
             }
             cp_async_commit();
         } else {
             for (int p = threadIdx.x; p < ROWS * nj; p += OUTL_THREADS) {
                 const int r = p / nj, j = p - r * nj;
-                reinterpret_cast<unsigned short*>(tile + r * OUTL_RS)[j] =
+                reinterpret_cast<unsigned short*>(tile + r * rb)[j] =
                     n0 + r < N ? ol.w_out[(size_t)(n0 + r) * ol.n_out + j0 + j] : (unsigned short)0;
             }
         }
@@ -430,23 +435,28 @@ struct OutlierProduct {
 
     // After the main loop: os[i] = the sum for (token tid / ROWS + i * (OUTL_THREADS / ROWS), feature n0 +
     // tid % ROWS), the outputs this thread stores in the epilogue. All threads call it (block barriers).
-    QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) {
-        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl;
-        float* xs = reinterpret_cast<float*>(smem + ROWS * OUTL_RS);  // [M][n_out]
+    QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) const {
+        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol);
+        unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * rb);  // [M][n_out]
 #pragma unroll
         for (int m = 0; m < MTOK; ++m)
-            if (m < M && tid < ol.n_out)
-                xs[m * ol.n_out + tid] = load_f32<EP>((unsigned short)(xr[m / 2] >> (16 * (m & 1))));
+            if (m < M && tid < ol.n_out) xs[m * ol.n_out + tid] = (unsigned short)(xr[m / 2] >> (16 * (m & 1)));
         for (int j = OUTL_THREADS + tid; j < ol.n_out; j += OUTL_THREADS) {  // columns beyond the first 256
             const int c = ol.idx[j];
             for (int m = 0; m < M; ++m)
-                xs[m * ol.n_out + j] = load_f32<EP>((unsigned)c < (unsigned)ol.K ? ol.x[(size_t)m * ol.K + c]
-                                                                               : quikq::nan_bits<EP == 2>());
+                xs[m * ol.n_out + j] = (unsigned)c < (unsigned)ol.K ? ol.x[(size_t)m * ol.K + c]
+                                                                   : quikq::nan_bits<EP == 2>();
         }
+        // the rows of xs this thread reads (a clamped row for tokens past M: computed, never stored)
+        int xo[PAIRS];
 #pragma unroll
-        for (int i = 0; i < PAIRS; ++i) os[i] = 0.f;
-        for (int j0 = 0; j0 < ol.n_out; j0 += OUTL_CHUNK) {
-            const int nj = min(OUTL_CHUNK, ol.n_out - j0);
+        for (int i = 0; i < PAIRS; ++i) {
+            const int m = tid / ROWS + i * (OUTL_THREADS / ROWS);
+            xo[i] = (m < M ? m : 0) * ol.n_out;
+            os[i] = 0.f;
+        }
+        for (int j0 = 0; j0 < ol.n_out; j0 += ol.chunk) {
+            const int nj = min(ol.chunk, ol.n_out - j0);
             if (j0 > 0 || !vec) {
                 __syncthreads();  // the previous chunk's readers are done with the tile
                 load_tile(ol, N, n0, j0, smem);
@@ -454,31 +464,31 @@ struct OutlierProduct {
             cp_async_wait<0>();
             __syncthreads();
             if (n >= N) continue;
-            const unsigned char* row = smem + nl * OUTL_RS;
-            for (int j = 0; j < nj; j += 8) {
-                unsigned short wv[8];
-                if (vec) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(row + 2 * j);
-                    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+            const unsigned char* row = smem + nl * rb;
+            if (vec) {  // nj % 8 == 0; rows and xs rows 16-byte aligned
+#pragma unroll 2
+                for (int j = 0; j < nj; j += 8) {
+                    const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
+                    uint4 xv[PAIRS];
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                        wv[2 * q] = (unsigned short)(u[q] & 0xFFFFu);
-                        wv[2 * q + 1] = (unsigned short)(u[q] >> 16);
+                    for (int i = 0; i < PAIRS; ++i) xv[i] = *reinterpret_cast<const uint4*>(xs + xo[i] + j0 + j);
+                    const unsigned wu[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+                    for (int q = 0; q < 8; ++q) {
+                        const float wf = load_f32<EP>((unsigned short)(wu[q / 2] >> (16 * (q & 1))));
+#pragma unroll
+                        for (int i = 0; i < PAIRS; ++i) {
+                            const unsigned xu[4] = {xv[i].x, xv[i].y, xv[i].z, xv[i].w};
+                            os[i] = outl_step<EP>(os[i], load_f32<EP>((unsigned short)(xu[q / 2] >> (16 * (q & 1)))), wf);
+                        }
                     }
-                } else {
-#pragma unroll
-                    for (int q = 0; q < 8; ++q)
-                        wv[q] = j + q < nj ? reinterpret_cast<const unsigned short*>(row)[j + q] : (unsigned short)0;
                 }
+            } else {
+                const unsigned short* r16 = reinterpret_cast<const unsigned short*>(row);
+                for (int j = 0; j < nj; ++j) {
+                    const float wf = load_f32<EP>(r16[j]);
 #pragma unroll
-                for (int q = 0; q < 8; ++q) {
-                    if (j + q >= nj) break;
-                    const float wf = load_f32<EP>(wv[q]);
-#pragma unroll
-                    for (int i = 0; i < PAIRS; ++i) {
-                        const int m = tid / ROWS + i * (OUTL_THREADS / ROWS);
-                        if (m < M) os[i] = outl_step<EP>(os[i], xs[m * ol.n_out + j0 + j + q], wf);
-                    }
+                    for (int i = 0; i < PAIRS; ++i) os[i] = outl_step<EP>(os[i], load_f32<EP>(xs[xo[i] + j0 + j]), wf);
                 }
             }
         }
@@ -759,16 +769,17 @@ QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
 // quik_gemvo_*: the M <= 8 kernels with the outlier product fused (OutlierProduct; the launcher is
-// cuda.quik_gemm_outliers): dynamic smem ROWS * OUTL_RS + 4 * M * n_out bytes; y_base is not taken.
+// cuda.quik_gemm_outliers): dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out bytes (16-byte aligned
+// parts); y_base is not taken.
 #define QUIK_GEMVO(NAME, WB, EP, NTW, U)                                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x, int K,        \
-         const int* outlier_idx, const void* w_out, int n_out, const void* bias) {                                 \
+         const int* outlier_idx, const void* w_out, int n_out, int chunk, const void* bias) {                      \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
         const OutlArgs ol = {static_cast<const unsigned short*>(x), outlier_idx,                                   \
                              static_cast<const unsigned short*>(w_out), static_cast<const unsigned short*>(bias),  \
-                             K, n_out};                                                                            \
+                             K, n_out, chunk};                                                                     \
         gemv<WB, 8, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                         \
     }
 #define QUIK_GEMVO_ALL(EPNAME, EP)                              \

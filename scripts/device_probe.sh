@@ -16,6 +16,8 @@
 #     alltests every GPU test
 #     outlab  sixth session: layer A/B in one process of the fused decode outlier product (B, the default)
 #             against F.linear (A: ref.FUSED_OUTLIER_MAX_M=0), 256 outliers, M = 1 and 8, W4A4
+#     gemvo   kernel-level probe of the fused outlier product (scripts/device_gemvo_probe.py) and ncu of
+#             quik_gemvo_f16_w4_m8 on 8192 x 8192 at M = 1
 #     outlmodels `quiktool bench model` 7B twice: QUIKTOOL_FUSED_OUTLIER_MAX_M=0 (QUIK-4B, W4A8) and the defaults
 #   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
 set -uo pipefail
@@ -59,6 +61,17 @@ fi
 if has outlab; then
   timeout 300 python3 scripts/device_gemv_rule_ab.py --a "ref.FUSED_OUTLIER_MAX_M=0" --outliers 256 --m 1,8 \
     --rounds 4 2>&1 | grep -v Warn | tee "$OUT/outlab.txt"
+fi
+if has gemvo; then
+  timeout 200 python3 scripts/device_gemvo_probe.py 2>&1 | grep -v Warn | tee "$OUT/gemvo_probe.txt"
+  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemvo_f16_w4_m8$" --launch-skip 20 \
+    --launch-count 1 python3 scripts/device_gemvo_probe.py --m 1 --shapes 8192x8192 --reps 30 \
+    > "$OUT/ncu_gemvo.txt" 2>&1
+  echo "ncu gemvo exit $?"
+  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemv_f16_w4_m8$" --launch-skip 20 \
+    --launch-count 1 python3 scripts/device_gemvo_probe.py --m 1 --shapes 8192x8192 --reps 30 \
+    > "$OUT/ncu_gemv.txt" 2>&1
+  echo "ncu gemv exit $?"
 fi
 if has outlmodels; then
   M7=(--arch llama2-7b --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)

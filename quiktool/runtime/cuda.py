@@ -404,7 +404,7 @@ _PARAMS = _Params()
 _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
 _SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
-_SIG_GEMVO = "pppiiippfpppippip"  # _SIG_GEMM without y_base, then x, K, outlier_idx, w_out, n_out, bias
+_SIG_GEMVO = "pppiiippfpppippiip"  # _SIG_GEMM without y_base, then x, K, outlier_idx, w_out, n_out, chunk, bias
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 
@@ -840,13 +840,26 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 
 
 _GEMVO_M = 8                 # the fused kernels' token count per launch (kernels/quik_gemm.cu, quik_gemvo_*)
-_OUTL_RS = 2 * 256 + 16      # bytes per weight row of a tile chunk of 256 outlier columns (OUTL_RS)
 _GEMVO_SMEM_MAX = 192 << 10  # dynamic shared memory allowed to quik_gemvo_* (+ <= 16.3 KiB static)
+# The whole weight tile is staged when the block then needs at most this much dynamic shared memory (two
+# blocks per SM, as the registers allow), else chunks of it (only for thousands of outlier columns).
+_GEMVO_SMEM_WANT = 96 << 10
 
 
-def _gemvo_smem(rows: int, M: int, n_out: int) -> int:
-    """Dynamic shared memory of quik_gemvo_*: the weight tile chunk [rows, OUTL_RS bytes] + x values fp32 [M, n_out]."""
-    return rows * _OUTL_RS + 4 * M * n_out
+def _gemvo_smem(rows: int, M: int, n_out: int, chunk: int) -> int:
+    """Dynamic shared memory of quik_gemvo_*: the weight tile [rows, 2 * chunk + 16 bytes] + x values [M, n_out]
+    16-bit (quik_gemm.cu, OutlierProduct)."""
+    return rows * (2 * chunk + 16) + 2 * M * n_out
+
+
+def _gemvo_chunk(rows: int, M: int, n_out: int) -> int | None:
+    """Outlier columns per staged tile chunk: all of them when that fits _GEMVO_SMEM_WANT, else the most that
+    do (a multiple of 8; at least 8 within _GEMVO_SMEM_MAX); None when not even that fits."""
+    if _gemvo_smem(rows, M, n_out, n_out) <= _GEMVO_SMEM_WANT or n_out <= 8:
+        return n_out if _gemvo_smem(rows, M, n_out, n_out) <= _GEMVO_SMEM_MAX else None
+    chunk = (_GEMVO_SMEM_WANT - 2 * M * n_out - 16 * rows) // (2 * rows) // 8 * 8
+    chunk = max(chunk, 8)
+    return chunk if _gemvo_smem(rows, M, n_out, chunk) <= _GEMVO_SMEM_MAX else None
 
 
 def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
@@ -885,7 +898,7 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
     else:
         o_ptr = _check("out", out, (out_dtype,), (M, N), dev, align=16)
     ep = _OUT_EP[out_dtype]
-    if _gemvo_smem(64, _GEMVO_M, n_out) > _GEMVO_SMEM_MAX:  # > ~5000 outlier columns: torch ops, same bits
+    if _gemvo_chunk(64, _GEMVO_M, n_out) is None:  # > ~12000 outlier columns: torch ops, same bits
         log.warning("quik_gemm_outliers: %d outlier columns exceed the fused kernel's shared memory; using the "
                     "torch reference ops (slow)", n_out)
         return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, x,
@@ -895,11 +908,12 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
         mc = min(_GEMVO_M, M - m0)
         name, grid, block, _ = _gemv_plan(mc, N, w_bits, ep, sms=_device_info(dev)[1])
         rows = {"_r16": 16, "_r64": 64}.get(name[-4:], 32)  # output features per block (_gemv_plan's suffix)
+        chunk = _gemvo_chunk(rows, mc, n_out)
         args = (a_ptr + m0 * kp, w_ptr, o_ptr + m0 * N * out.element_size(), mc, N, kp, a_scale_p + 4 * m0,
                 a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, x_ptr + m0 * K * x.element_size(), K,
-                outl.data_ptr() if n_out else 0, wo_ptr if n_out else 0, n_out, b_ptr)
+                outl.data_ptr() if n_out else 0, wo_ptr if n_out else 0, n_out, max(chunk, 1), b_ptr)
         _launch(dev, name.replace("quik_gemv_", "quik_gemvo_"), grid, block, _SIG_GEMVO, args,
-                _gemvo_smem(rows, mc, n_out), pdl=overlap)
+                _gemvo_smem(rows, mc, n_out, chunk), pdl=overlap)
     return out
 
 

@@ -847,9 +847,10 @@ def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None
 # (f) the decode outlier product fused into the small-M kernel (quik_gemm_outliers, quik_gemvo_*)
 # ---------------------------------------------------------------------------------------------------
 # (M, K, N, n_out): odd N, one outlier column, n_out not a multiple of 8 (scalar weight loads), the 7B
-# decode shape, M > 8 (two launches), n_out > 1024 (two shared-memory chunks).
+# decode shape, M > 8 (two launches), n_out > 256 (x values gathered after the main loop; 1030: scalar
+# path, 1792 at M = 8: the weight tile staged in 2-4 chunks).
 OUTL_CASES = [(1, 172, 304, 100), (3, 1100, 11, 7), (8, 576, 1536, 256), (5, 4096, 4096, 256),
-              (13, 300, 172, 1), (2, 2100, 300, 1030)]
+              (13, 300, 172, 1), (2, 2100, 300, 1030), (8, 2100, 300, 1792)]
 
 
 def _outlier_case(g: torch.Generator, M: int, K: int, N: int, n_out: int, w_bits: int, a_bits: int,
@@ -906,12 +907,18 @@ def test_quik_gemm_outliers_extreme_values(dtype: torch.dtype) -> None:
         assert torch.isinf(got[0]).all()
 
 
-def test_quik_gemm_outliers_bad_index_gives_nan() -> None:
-    args = list(_outlier_case(_gen("outliers-badidx"), 2, 300, 40, 10, 4, 4, torch.float16, False))
+@pytest.mark.parametrize("pos", [3, 280])  # an x value gathered before the main loop / after it
+def test_quik_gemm_outliers_bad_index_gives_nan(pos: int) -> None:
+    args = list(_outlier_case(_gen("outliers-badidx", pos), 2, 700, 40, 300, 4, 4, torch.float16, False))
     args[9] = args[9].clone()
-    args[9][3] = 300                                # = K: out of range
+    args[9][pos] = 700                              # = K: out of range
     got = cuda.quik_gemm_outliers(*args)
     assert torch.isnan(got).all()
+
+
+def test_quik_gemm_outliers_beyond_shared_memory_uses_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda, "_GEMVO_SMEM_MAX", 1024)   # as if the outlier columns were ~12000
+    _check_outliers(_outlier_case(_gen("outliers-fallback"), 3, 1100, 300, 100, 4, 4, torch.float16, True))
 
 
 def test_quik_gemm_outliers_overlapped_launch() -> None:
