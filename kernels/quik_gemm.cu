@@ -34,7 +34,7 @@
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
 //     quik_gemvo_*    : as quik_gemv_*_m8*, dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out (OutlierProduct);
-//                       before griddepcontrol.wait it also reads x, the outlier indices and w_out
+//                       before griddepcontrol.wait it also reads w_out (x_out, the quantizer's, after it)
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
 // TOPS), while m16n8k32 .s8 runs at ~1.2 POPS. A weight nibble w is unpacked into the HIGH half of a
@@ -352,11 +352,10 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 // instruction; bf16 products can leave the fp32 range, so they keep the two roundings.
 // ---------------------------------------------------------------------------------------------
 struct OutlArgs {
-    const unsigned short* x;      // [M, K] the layer input (fp16 / bf16 bits), row stride K
-    const int* idx;               // [n_out] the outlier columns of x, in the order of w_out's columns
+    const unsigned short* x_out;  // [M, n_out] the tokens' outlier values (the quantizer's x_outlier)
     const unsigned short* w_out;  // [N, n_out] the outlier weights
     const unsigned short* bias;   // [N] or null
-    int K, n_out;
+    int n_out;
     int chunk;                    // outlier columns of the weight tile staged at a time (launcher: all of
                                   // them when they fit; a multiple of 8 when n_out is)
 };
@@ -364,7 +363,7 @@ struct OutlArgs {
 // Dynamic shared memory of a quik_gemvo_* block (the launcher computes the same, cuda._gemvo_smem):
 //   tile [ROWS][2 * chunk + 16 bytes]: the block's weight rows, `chunk` outlier columns at a time (the
 //        16-byte pad spreads the rows that neighbouring lanes read over the banks);
-//   xs   [M][n_out] 16-bit: the tokens' outlier values.
+//   xs   [M][n_out] 16-bit: a copy of x_out.
 constexpr int OUTL_THREADS = 256;
 
 template <int EP>
@@ -381,35 +380,32 @@ QDEV float outl_step(float s, float x, float w) {
 // Where the time goes (H100, docs/PERF_LOG.md sixth session): a sequential chain of n_out dependent fp32
 // operations per output is short (~4 cycles each), but loads on the way are not. The first version walked
 // each weight row with dependent 16-byte global loads before the main loop (decode layers x1.0-1.3 slower
-// than cuBLAS's separate product); the second staged 256-column chunks but its loop kept a bounds check
-// per column, which serialised shared-memory latency into the chain (+10-27 us per layer at kernel level).
-// Now every global load is issued before the main loop without waiting for it (the weight tile by
-// cp.async, the x values of the first 256 outlier columns into registers), and the chains run after the
+// than cuBLAS's separate product); the second staged the tile but kept a bounds check per column in the
+// chain (serialised shared-memory latency) and gathered x through the outlier indices before the main loop
+// (a dependent load at every block's start). Now: the weight tile is copied by cp.async before
+// griddepcontrol.wait (weights do not depend on the quantizer), the quantizer's own copy of the outlier
+// values (x_out) by cp.async right after it, both land during the main loop, and the chains run after the
 // main loop on 8 columns at a time whose operands are loaded together.
 template <int EP, int MTOK, int ROWS>
 struct OutlierProduct {
     static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;
-    unsigned xr[MTOK / 2];    // x[m, idx[tid]] (m = 2i low half, 2i + 1 high) for column tid < OUTL_THREADS:
-                              // in flight during the main loop, two tokens per register
-    bool vec;                 // 16-byte copies and reads (n_out % 8 == 0, w_out 16-byte aligned)
+    bool vec;  // 16-byte copies and reads (n_out % 8 == 0, w_out and x_out 16-byte aligned)
 
     QDEV static int row_bytes(const OutlArgs& ol) { return 2 * ol.chunk + 16; }
 
-    // Before griddepcontrol.wait (reads x, idx, w_out only: written before the quantizer this grid may
-    // overlap): the x values of the first OUTL_THREADS outlier columns, and the first chunk of the tile.
-    QDEV void issue(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem) {
-        const int tid = threadIdx.x;
-        vec = (ol.n_out & 7) == 0 && (reinterpret_cast<size_t>(ol.w_out) & 15) == 0;
-        const int c = tid < ol.n_out ? ol.idx[tid] : 0;
-        const bool ok = (unsigned)c < (unsigned)ol.K;
-        unsigned short v[MTOK];
-#pragma unroll
-        for (int m = 0; m < MTOK; ++m)
-            v[m] = (tid < ol.n_out && m < M) ? (ok ? ol.x[(size_t)m * ol.K + c] : quikq::nan_bits<EP == 2>())
-                                             : (unsigned short)0;
-#pragma unroll
-        for (int i = 0; i < MTOK / 2; ++i) xr[i] = (unsigned)v[2 * i] | ((unsigned)v[2 * i + 1] << 16);
+    // Before griddepcontrol.wait: the first chunk of the weight tile (cp.async, when vec).
+    QDEV void issue_weights(const OutlArgs& ol, int N, int n0, unsigned char* smem) {
+        vec = (ol.n_out & 7) == 0 && ((reinterpret_cast<size_t>(ol.w_out) | reinterpret_cast<size_t>(ol.x_out)) & 15) == 0;
         if (vec) load_tile(ol, N, n0, 0, smem);
+    }
+
+    // After griddepcontrol.wait (x_out is the quantizer's output): x_out into xs (cp.async, when vec).
+    QDEV void issue_x(const OutlArgs& ol, int M, unsigned char* smem) const {
+        if (!vec) return;
+        unsigned char* xs = smem + ROWS * row_bytes(ol);
+        for (int p = threadIdx.x; p < (M * ol.n_out) >> 3; p += OUTL_THREADS)
+            cp_async16(smem_addr(xs + 16 * p), ol.x_out + 8 * p);
+        cp_async_commit();
     }
 
     // One chunk of the weight tile into shared memory: cp.async when vec (completes later), else plain copies.
@@ -438,15 +434,8 @@ struct OutlierProduct {
     QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) const {
         const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol);
         unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * rb);  // [M][n_out]
-#pragma unroll
-        for (int m = 0; m < MTOK; ++m)
-            if (m < M && tid < ol.n_out) xs[m * ol.n_out + tid] = (unsigned short)(xr[m / 2] >> (16 * (m & 1)));
-        for (int j = OUTL_THREADS + tid; j < ol.n_out; j += OUTL_THREADS) {  // columns beyond the first 256
-            const int c = ol.idx[j];
-            for (int m = 0; m < M; ++m)
-                xs[m * ol.n_out + j] = (unsigned)c < (unsigned)ol.K ? ol.x[(size_t)m * ol.K + c]
-                                                                   : quikq::nan_bits<EP == 2>();
-        }
+        if (!vec)
+            for (int e = tid; e < M * ol.n_out; e += OUTL_THREADS) xs[e] = ol.x_out[e];
         // the rows of xs this thread reads (a clamped row for tokens past M: computed, never stored)
         int xo[PAIRS];
 #pragma unroll
@@ -571,10 +560,11 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
 #endif
     extern __shared__ __align__(16) unsigned char outl_smem[];  // OUTL only (OutlierProduct)
     OutlierProduct<EP, MTOK, ROWS> outl;
-    if constexpr (OUTL) outl.issue(ol, M, N, n0, outl_smem);
+    if constexpr (OUTL) outl.issue_weights(ol, N, n0, outl_smem);
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+    if constexpr (OUTL) outl.issue_x(ol, M, outl_smem);
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     using WV = uint4[U][NTW][2];
     using AV = uint4[U][TT][AW];
@@ -774,12 +764,11 @@ QUIK_GEMV_ALL(bf16, 2)
 #define QUIK_GEMVO(NAME, WB, EP, NTW, U)                                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
-         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x, int K,        \
-         const int* outlier_idx, const void* w_out, int n_out, int chunk, const void* bias) {                      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x_out,           \
+         const void* w_out, int n_out, int chunk, const void* bias) {                                              \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
-        const OutlArgs ol = {static_cast<const unsigned short*>(x), outlier_idx,                                   \
-                             static_cast<const unsigned short*>(w_out), static_cast<const unsigned short*>(bias),  \
-                             K, n_out, chunk};                                                                     \
+        const OutlArgs ol = {static_cast<const unsigned short*>(x_out), static_cast<const unsigned short*>(w_out), \
+                             static_cast<const unsigned short*>(bias), n_out, chunk};                              \
         gemv<WB, 8, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                         \
     }
 #define QUIK_GEMVO_ALL(EPNAME, EP)                              \

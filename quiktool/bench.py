@@ -475,8 +475,8 @@ def reference_forward(layer, codes: Tensor, x: Tensor) -> Tensor:
     a = ref.quantize_activations(x.contiguous(), layer.keep_idx.long(), layer.outlier_idx.long(), layer.act_bits)
     if layer.outlier_idx.numel() and x.shape[0] <= ref.FUSED_OUTLIER_MAX_M:  # the decode outlier order
         return ref.quik_gemm_outliers(a.codes, w, layer.weight_bits, a.scale, a.zero, act_shift(layer.act_bits),
-                                      layer.w_scale, layer.wsum, x.contiguous(), layer.outlier_idx,
-                                      layer.outlier_weight, layer.bias, x.dtype)
+                                      layer.w_scale, layer.wsum, a.x_outlier, layer.outlier_weight, layer.bias,
+                                      x.dtype)
     y_base = F.linear(a.x_outlier, layer.outlier_weight, layer.bias) if layer.outlier_idx.numel() else None
     return ref.quik_gemm(a.codes, w, layer.weight_bits, a.scale, a.zero, act_shift(layer.act_bits),
                          layer.w_scale, layer.wsum, y_base, x.dtype)
@@ -504,10 +504,9 @@ def time_stages(layer, backend_mod, xs: Sequence[Tensor], timer: Timer, fused: b
     st["outlier_gemm"] = (timer(lambda a: F.linear(a.x_outlier, L.outlier_weight, L.bias), [(a,) for a in acts]).ms
                           if has_out and not in_gemm else None)
     if in_gemm:
-        t_q = timer(lambda a, x: be.quik_gemm_outliers(a.codes, L.w_rt, L.weight_bits, a.scale, a.zero, shift,
-                                                       L.w_scale, L.wsum, x.contiguous(), L.outlier_idx,
-                                                       L.outlier_weight, L.bias, xs[0].dtype),
-                    list(zip(acts, xs))).ms
+        t_q = timer(lambda a: be.quik_gemm_outliers(a.codes, L.w_rt, L.weight_bits, a.scale, a.zero, shift,
+                                                    L.w_scale, L.wsum, a.x_outlier, L.outlier_weight, L.bias,
+                                                    xs[0].dtype), [(a,) for a in acts]).ms
     else:
         t_q = timer(lambda a, yb: be.quik_gemm(a.codes, L.w_rt, L.weight_bits, a.scale, a.zero, shift, L.w_scale,
                                                L.wsum, yb, xs[0].dtype), list(zip(acts, ybs))).ms

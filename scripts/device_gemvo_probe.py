@@ -47,14 +47,15 @@ for shape in args.shapes.split(","):
         a = reference.pad_columns(torch.randint(-8, 8, (M, kq), generator=g, device=dev, dtype=torch.int8), kp)
         a_scale = torch.rand(M, generator=g, device=dev) * 0.05 + 0.005
         a_zero = torch.randn(M, generator=g, device=dev)
-        y = F.linear(x.index_select(1, outl), w_out)
+        x_out = x.index_select(1, outl)  # [M, n_out], as the quantizer returns it
+        y = F.linear(x_out, w_out)
         common = (a, w, 4, a_scale, a_zero, 8, w_scale, wsum)
         t = {
             "gemv": timer(lambda: cuda.quik_gemm(*common, None, torch.float16), [()]).ms,
             "gemv+y": timer(lambda: cuda.quik_gemm(*common, y, torch.float16), [()]).ms,
             "outl_lin": timer(lambda: F.linear(x.index_select(1, outl), w_out), [()]).ms,
-            "gemvo0": timer(lambda: cuda.quik_gemm_outliers(*common, x, outl[:0], w_out0, None, torch.float16),
+            "gemvo0": timer(lambda: cuda.quik_gemm_outliers(*common, x_out[:, :0], w_out0, None, torch.float16),
                             [()]).ms,
-            "gemvo": timer(lambda: cuda.quik_gemm_outliers(*common, x, outl, w_out, None, torch.float16), [()]).ms,
+            "gemvo": timer(lambda: cuda.quik_gemm_outliers(*common, x_out, w_out, None, torch.float16), [()]).ms,
         }
         print(f"{shape:12s} {M:2d} " + " ".join(f"{1e3 * t[k]:8.1f}" for k in t), flush=True)

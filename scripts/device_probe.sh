@@ -64,11 +64,11 @@ if has outlab; then
 fi
 if has gemvo; then
   timeout 200 python3 scripts/device_gemvo_probe.py 2>&1 | grep -v Warn | tee "$OUT/gemvo_probe.txt"
-  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemvo_f16_w4_m8$" --launch-skip 20 \
+  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemvo_f16_w4_m8$" --launch-skip 45 \
     --launch-count 1 python3 scripts/device_gemvo_probe.py --m 1 --shapes 8192x8192 --reps 30 \
     > "$OUT/ncu_gemvo.txt" 2>&1
   echo "ncu gemvo exit $?"
-  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemv_f16_w4_m8$" --launch-skip 20 \
+  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemv_f16_w4_m8$" --launch-skip 45 \
     --launch-count 1 python3 scripts/device_gemvo_probe.py --m 1 --shapes 8192x8192 --reps 30 \
     > "$OUT/ncu_gemv.txt" 2>&1
   echo "ncu gemv exit $?"

@@ -404,7 +404,7 @@ _PARAMS = _Params()
 _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
 _SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
-_SIG_GEMVO = "pppiiippfpppippiip"  # _SIG_GEMM without y_base, then x, K, outlier_idx, w_out, n_out, chunk, bias
+_SIG_GEMVO = "pppiiippfppppiip"  # _SIG_GEMM without y_base, then x_out, w_out, n_out, chunk, bias
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 
@@ -700,8 +700,8 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
     if M <= _ref.FUSED_OUTLIER_MAX_M and outlier_idx.numel():
         # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
         a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
-        return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum, x,
-                                  outlier_idx, outlier_weight, bias, x.dtype, overlap=True)
+        return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum,
+                                  a.x_outlier, outlier_weight, bias, x.dtype)
     if M <= 16 and outlier_idx.numel():
         # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
         # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
@@ -863,27 +863,21 @@ def _gemvo_chunk(rows: int, M: int, n_out: int) -> int | None:
 
 
 def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
-                       w_scale: Tensor, wsum: Tensor, x: Tensor, outlier_idx: Tensor, outlier_weight: Tensor,
-                       bias: Tensor | None, out_dtype: torch.dtype, *, out: Tensor | None = None,
-                       overlap: bool = False) -> Tensor:
+                       w_scale: Tensor, wsum: Tensor, x_outlier: Tensor, outlier_weight: Tensor,
+                       bias: Tensor | None, out_dtype: torch.dtype, *, out: Tensor | None = None) -> Tensor:
     """quik_gemm with the outlier product fused (bit-identical to reference.quik_gemm_outliers): y_base =
-    reference.outlier_sum(x[:, outlier_idx], outlier_weight, bias), computed by the small-M kernel itself
-    (quik_gemvo_*) before it waits for the quantizer; any M, in launches of up to 8 tokens.
+    reference.outlier_sum(x_outlier, outlier_weight, bias), computed by the small-M kernel itself
+    (quik_gemvo_*); any M, in launches of up to 8 tokens.
 
-    a_codes .. wsum as in quik_gemm; x [M, K] the layer input, out_dtype (fp16 / bf16); outlier_idx [n_out]
-    int32 (int64 is converted); outlier_weight [N, n_out] and bias [N] (or None) in out_dtype. An index
-    outside [0, K) makes the outputs NaN.
-    overlap: on sm_90, start as a programmatic dependent launch of the preceding kernel and read x,
-    outlier_weight and bias before waiting for it; only right when that kernel writes none of them (in
-    quik_linear it is the quantizer, which only reads x). Otherwise an ordinary launch.
+    a_codes .. wsum as in quik_gemm; x_outlier [M, n_out] (the quantizer's), outlier_weight [N, n_out] and
+    bias [N] (or None) in out_dtype (fp16 / bf16). Started as a programmatic dependent launch of the
+    preceding kernel (the quantizer): only the weights are read before waiting for it.
     """
     M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
     if out_dtype not in _OUT_EP:
         raise KernelError(f"out_dtype must be {_dt(list(_OUT_EP))}, got {out_dtype}")
-    x_ptr = _check("x", x, (out_dtype,), (M, None), dev)
-    K = x.shape[1]
-    outl = _index_i32("outlier_idx", outlier_idx, dev)
-    n_out = outl.numel()
+    xo_ptr = _check("x_outlier", x_outlier, (out_dtype,), (M, None), dev)
+    n_out = x_outlier.shape[1]
     ptrs = (_check("a_scale", a_scale, (torch.float32,), (M,), dev),
             _check("a_zero", a_zero, (torch.float32,), (M,), dev),
             _check("w_scale", w_scale, (torch.float32,), (N,), dev),
@@ -901,8 +895,8 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
     if _gemvo_chunk(64, _GEMVO_M, n_out) is None:  # > ~12000 outlier columns: torch ops, same bits
         log.warning("quik_gemm_outliers: %d outlier columns exceed the fused kernel's shared memory; using the "
                     "torch reference ops (slow)", n_out)
-        return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, x,
-                                                 outl, outlier_weight, bias, out_dtype))
+        return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum,
+                                                 x_outlier, outlier_weight, bias, out_dtype))
     a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
     for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 8 (decode): one launch
         mc = min(_GEMVO_M, M - m0)
@@ -910,10 +904,10 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
         rows = {"_r16": 16, "_r64": 64}.get(name[-4:], 32)  # output features per block (_gemv_plan's suffix)
         chunk = _gemvo_chunk(rows, mc, n_out)
         args = (a_ptr + m0 * kp, w_ptr, o_ptr + m0 * N * out.element_size(), mc, N, kp, a_scale_p + 4 * m0,
-                a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, x_ptr + m0 * K * x.element_size(), K,
-                outl.data_ptr() if n_out else 0, wo_ptr if n_out else 0, n_out, max(chunk, 1), b_ptr)
+                a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, xo_ptr + m0 * n_out * x_outlier.element_size(),
+                wo_ptr, n_out, max(chunk, 1), b_ptr)
         _launch(dev, name.replace("quik_gemv_", "quik_gemvo_"), grid, block, _SIG_GEMVO, args,
-                _gemvo_smem(rows, mc, n_out, chunk), pdl=overlap)
+                _gemvo_smem(rows, mc, n_out, chunk), pdl=True)
     return out
 
 

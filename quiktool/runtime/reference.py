@@ -152,11 +152,11 @@ def outlier_sum(x_outlier: Tensor, outlier_weight: Tensor, bias: Tensor | None) 
 
 
 def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
-                       w_scale: Tensor, wsum: Tensor, x: Tensor, outlier_idx: Tensor, outlier_weight: Tensor,
+                       w_scale: Tensor, wsum: Tensor, x_outlier: Tensor, outlier_weight: Tensor,
                        bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
-    """quik_gemm with y_base = outlier_sum(x[:, outlier_idx], outlier_weight, bias) (fp32): the decode layer's
-    GEMM with its outlier product in the fixed order. x [M, K] is the layer input, outlier_idx [n_out]."""
-    y_base = outlier_sum(x.index_select(1, outlier_idx.long()), outlier_weight, bias)
+    """quik_gemm with y_base = outlier_sum(x_outlier, outlier_weight, bias) (fp32): the decode layer's GEMM
+    with its outlier product in the fixed order. x_outlier [M, n_out] as the quantizer returns it."""
+    y_base = outlier_sum(x_outlier, outlier_weight, bias)
     return quik_gemm(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, y_base, out_dtype)
 
 
@@ -173,7 +173,7 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
     (quik_gemm_outliers)."""
     a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
     if x.shape[0] <= FUSED_OUTLIER_MAX_M and outlier_idx.numel():
-        return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, act_shift(act_bits), w_scale, wsum, x,
-                                  outlier_idx, outlier_weight, bias, x.dtype)
+        return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, act_shift(act_bits), w_scale, wsum,
+                                  a.x_outlier, outlier_weight, bias, x.dtype)
     y_base = outlier_base(a.x_outlier, outlier_weight, bias, x.shape[0])
     return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, act_shift(act_bits), w_scale, wsum, y_base, x.dtype)

@@ -855,20 +855,21 @@ OUTL_CASES = [(1, 172, 304, 100), (3, 1100, 11, 7), (8, 576, 1536, 256), (5, 409
 
 def _outlier_case(g: torch.Generator, M: int, K: int, N: int, n_out: int, w_bits: int, a_bits: int,
                   dtype: torch.dtype, has_bias: bool) -> tuple:
+    """quik_gemm_outliers' arguments with x_outlier as the quantizer gives it (large outlier channels)."""
     _, outl = _split_columns(g, K, n_out)
-    x = _activations(g, M, K, dtype, outl)
+    x_out = _activations(g, M, K, dtype, outl)[:, outl.long()].contiguous()
     a = _act_codes(g, M, K - n_out, a_bits)
     w = cuda.prepare_weight(_codes(g, N, K - n_out, w_bits), w_bits)
     a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
     w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
     bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if has_bias else None
-    return (a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, x, outl, w_out, bias, dtype)
+    return (a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, x_out, w_out, bias, dtype)
 
 
-def _check_outliers(args: tuple, **kw) -> torch.Tensor:
+def _check_outliers(args: tuple) -> torch.Tensor:
     a, w, dtype = args[0], args[1], args[-1]
     out = torch.full((a.shape[0], w.shape[0]), float("nan"), dtype=dtype, device=DEV)
-    got = cuda.quik_gemm_outliers(*args, out=out, **kw)
+    got = cuda.quik_gemm_outliers(*args, out=out)
     ref = reference.quik_gemm_outliers(*args)
     _assert_equal("out", got, ref)
     return got
@@ -890,13 +891,13 @@ def test_quik_gemm_outliers_bit_identical(monkeypatch: pytest.MonkeyPatch, M: in
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_quik_gemm_outliers_extreme_values(dtype: torch.dtype) -> None:
-    """Products that overflow fp32 (bf16 only) or are fp32 subnormals: no flush to zero, one rounding each."""
+    """Products that overflow fp32 (bf16 only) or are tiny: no flush to zero, one rounding each."""
     M, K, N, n_out = 3, 300, 64, 40
     args = list(_outlier_case(_gen("outliers-extreme", dtype), M, K, N, n_out, 4, 4, dtype, True))
-    x, outl, w_out = args[8], args[9], args[10]
+    x_out, w_out = args[8], args[9]
     big = 1e30 if dtype == torch.bfloat16 else 3e4
-    x[0, outl.long()] = big                         # row 0: huge products (inf in fp32 for bf16)
-    x[1, outl.long()] = 1e-20 if dtype == torch.bfloat16 else 6e-8   # row 1: tiny products
+    x_out[0] = big                                  # row 0: huge products (inf in fp32 for bf16)
+    x_out[1] = 1e-20 if dtype == torch.bfloat16 else 6e-8   # row 1: tiny products
     if dtype == torch.bfloat16:
         w_out[:, ::2] = 1e10
         w_out[:, 1::2] = 1e-20
@@ -907,13 +908,18 @@ def test_quik_gemm_outliers_extreme_values(dtype: torch.dtype) -> None:
         assert torch.isinf(got[0]).all()
 
 
-@pytest.mark.parametrize("pos", [3, 280])  # an x value gathered before the main loop / after it
-def test_quik_gemm_outliers_bad_index_gives_nan(pos: int) -> None:
-    args = list(_outlier_case(_gen("outliers-badidx", pos), 2, 700, 40, 300, 4, 4, torch.float16, False))
-    args[9] = args[9].clone()
-    args[9][pos] = 700                              # = K: out of range
-    got = cuda.quik_gemm_outliers(*args)
-    assert torch.isnan(got).all()
+def test_quik_gemm_outliers_after_the_quantizer() -> None:
+    """As quik_linear runs it: the split quantizer, then the fused kernel as its programmatic dependent launch
+    (the weight tile is read before the kernel waits for the quantizer, x_outlier after)."""
+    g = _gen("outliers-pdl")
+    K, N, n_out, dtype = 1100, 304, 96, torch.float16
+    _, outl = _split_columns(g, K, n_out)
+    x = _activations(g, 4, K, dtype, outl)
+    q = cuda.quantize_split(x, outl, 4)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    _, _, w_scale, wsum = _epilogue_inputs(g, 4, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    _check_outliers((q.codes, w, 4, q.scale, q.zero, 8, w_scale, wsum, q.x_outlier, w_out, None, dtype))
 
 
 def test_quik_gemm_outliers_beyond_shared_memory_uses_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -921,29 +927,19 @@ def test_quik_gemm_outliers_beyond_shared_memory_uses_the_reference(monkeypatch:
     _check_outliers(_outlier_case(_gen("outliers-fallback"), 3, 1100, 300, 100, 4, 4, torch.float16, True))
 
 
-def test_quik_gemm_outliers_overlapped_launch() -> None:
-    """overlap=True (programmatic dependent launch after the quantizer), as quik_linear runs it."""
-    g = _gen("outliers-overlap")
-    args = _outlier_case(g, 4, 1100, 304, 100, 4, 4, torch.float16, True)
-    x, outl = args[8], args[9]
-    q = cuda.quantize_split(x, outl, 4)
-    args = (q.codes, *args[1:3], q.scale, q.zero, *args[5:])
-    _check_outliers(args, overlap=True)
-
-
 def test_quik_gemm_outliers_rejects_bad_arguments() -> None:
     args = _outlier_case(_gen("outliers-args"), 2, 300, 40, 10, 4, 4, torch.float16, True)
-    x, outl, w_out, bias = args[8:12]
+    x_out, w_out, bias = args[8:11]
 
     def call(**changes):
-        a = dict(zip(["x", "outl", "w_out", "bias"], (x, outl, w_out, bias)), **changes)
-        return cuda.quik_gemm_outliers(*args[:8], a["x"], a["outl"], a["w_out"], a["bias"], torch.float16)
+        a = dict(zip(["x_out", "w_out", "bias"], (x_out, w_out, bias)), **changes)
+        return cuda.quik_gemm_outliers(*args[:8], a["x_out"], a["w_out"], a["bias"], torch.float16)
 
-    cases = [(dict(x=x.to(torch.bfloat16)), r"x: dtype must be float16"),
-             (dict(x=x[:1]), r"x: shape must be \[2, \*\]"),
+    cases = [(dict(x_out=x_out.to(torch.bfloat16)), r"x_outlier: dtype must be float16"),
+             (dict(x_out=x_out[:1]), r"x_outlier: shape must be \[2, \*\]"),
+             (dict(x_out=x_out.T), r"x_outlier: (shape|must be contiguous)"),
              (dict(w_out=w_out[:, :9].contiguous()), r"outlier_weight: shape must be \[40, 10\]"),
-             (dict(bias=bias.float()), r"bias: dtype must be float16"),
-             (dict(outl=outl.float()), r"outlier_idx")]
+             (dict(bias=bias.float()), r"bias: dtype must be float16")]
     for change, msg in cases:
         with pytest.raises(KernelError, match=msg):
             call(**change)

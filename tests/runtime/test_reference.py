@@ -284,7 +284,7 @@ def test_quik_linear_outlier_product_definition_by_token_count(M):
     w_out, bias = (torch.randn(N, n_out, generator=g) * 0.1).to(torch.float16), torch.randn(N, generator=g).half()
     y = quik_linear(x, keep, idx, 4, w, 4, w_scale, wsum, w_out, bias)
     a = quantize_activations(x, keep, idx, 4)
-    fused = quik_gemm_outliers(a.codes, w, 4, a.scale, a.zero, 8, w_scale, wsum, x, idx, w_out, bias, x.dtype)
+    fused = quik_gemm_outliers(a.codes, w, 4, a.scale, a.zero, 8, w_scale, wsum, a.x_outlier, w_out, bias, x.dtype)
     plain = quik_gemm(a.codes, w, 4, a.scale, a.zero, 8, w_scale, wsum, outlier_base(a.x_outlier, w_out, bias, M),
                       x.dtype)
     assert torch.equal(y, fused if M <= reference.FUSED_OUTLIER_MAX_M else plain)
