@@ -10,7 +10,7 @@
 //   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
 //     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
 //     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
-//     quik_gemvo_EP_WB_m8     the same for M <= 8 (EP = f16 | bf16) with the outlier product fused:
+//     quik_gemvo_EP_WB_MT     the same (EP = f16 | bf16) with the outlier product fused:
 //                             y_base replaced by OutlierProduct (reference.outlier_sum's order)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
 //   EP = i32 : C int32 [M, N] = acc                                (the exactness/debug path)
@@ -33,7 +33,7 @@
 //     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (N/16 for *_r16, N/64 for *_r64), static smem only; on sm_90
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
-//     quik_gemvo_*    : as quik_gemv_*_m8*, dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out (OutlierProduct);
+//     quik_gemvo_*    : as quik_gemv_*, dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out (OutlierProduct);
 //                       before griddepcontrol.wait it also reads w_out (x_out, the quantizer's, after it)
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
@@ -758,10 +758,10 @@ QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
-// quik_gemvo_*: the M <= 8 kernels with the outlier product fused (OutlierProduct; the launcher is
+// quik_gemvo_*: the small-M kernels with the outlier product fused (OutlierProduct; the launcher is
 // cuda.quik_gemm_outliers): dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out bytes (16-byte aligned
 // parts); y_base is not taken.
-#define QUIK_GEMVO(NAME, WB, EP, NTW, U)                                                                           \
+#define QUIK_GEMVO(NAME, WB, MTOK, EP, NTW, U)                                                                     \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x_out,           \
@@ -769,15 +769,21 @@ QUIK_GEMV_ALL(bf16, 2)
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
         const OutlArgs ol = {static_cast<const unsigned short*>(x_out), static_cast<const unsigned short*>(w_out), \
                              static_cast<const unsigned short*>(bias), n_out, chunk};                              \
-        gemv<WB, 8, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                         \
+        gemv<WB, MTOK, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                      \
     }
-#define QUIK_GEMVO_ALL(EPNAME, EP)                              \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8, 4, EP, 2, 4)        \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8, 8, EP, 2, 4)        \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r16, 4, EP, 1, 8)    \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r16, 8, EP, 1, 8)    \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r64, 4, EP, 4, 2)    \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r64, 8, EP, 4, 2)
+#define QUIK_GEMVO_ALL(EPNAME, EP)                                  \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8, 4, 8, EP, 2, 4)         \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8, 8, 8, EP, 2, 4)         \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r16, 4, 8, EP, 1, 8)     \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r16, 8, 8, EP, 1, 8)     \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r64, 4, 8, EP, 4, 2)     \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r64, 8, 8, EP, 4, 2)     \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m16, 4, 16, EP, 2, 2)       \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m16, 8, 16, EP, 2, 2)       \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m16_r16, 4, 16, EP, 1, 4)   \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m16_r16, 8, 16, EP, 1, 4)   \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m16_r64, 4, 16, EP, 4, 1)   \
+    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m16_r64, 8, 16, EP, 4, 1)
 
 QUIK_GEMVO_ALL(f16, 1)
 QUIK_GEMVO_ALL(bf16, 2)

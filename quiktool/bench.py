@@ -792,7 +792,7 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         lines.append("stage columns: share of the QUIK layer time; "
                      + ("with the cuda backend the epilogue is fused into the GEMM (gemm+epi); "
                         if fused else "epi = quik_gemm - int_gemm; ")
-                     + "at M <= 8 with outliers the outlier product runs inside the GEMM call (outl gemm -); "
+                     + "at M <= 16 with outliers the outlier product runs inside the GEMM call (outl gemm -); "
                      + "the rest of the layer time is host overhead and the reshape/bias glue")
     head = ["shape", "M", "scheme", "out", "QUIK ms", f"{fp} ms", f"x {fp}", "TOP/s", "FP8 x", "W4A16 x"]
     stage_keys = (["quantize", "gemm_epilogue", "outlier_gemm"] if fused

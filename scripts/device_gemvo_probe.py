@@ -20,7 +20,7 @@ from quiktool.bench import Timer
 from quiktool.runtime import cuda, reference
 
 p = argparse.ArgumentParser()
-p.add_argument("--m", default="1,8")
+p.add_argument("--m", default="1,8,16")
 p.add_argument("--n-out", type=int, default=256)
 p.add_argument("--shapes", default="4096x4096,8192x8192,4096x11008,11008x4096,8192x28672")
 p.add_argument("--reps", type=int, default=200)

@@ -59,7 +59,7 @@ if has alltests; then
   echo "pytest (all gpu tests) exit $?"; tail -2 "$OUT/pytest_gpu_h100.txt"
 fi
 if has outlab; then
-  timeout 300 python3 scripts/device_gemv_rule_ab.py --a "ref.FUSED_OUTLIER_MAX_M=0" --outliers 256 --m 1,8 \
+  timeout 300 python3 scripts/device_gemv_rule_ab.py --a "ref.FUSED_OUTLIER_MAX_M=0" --outliers 256 --m 1,8,16 \
     --rounds 4 2>&1 | grep -v Warn | tee "$OUT/outlab.txt"
 fi
 if has gemvo; then

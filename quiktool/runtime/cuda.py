@@ -71,7 +71,8 @@ KERNELS: dict[str, tuple[str, ...]] = {
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
         + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)
            for r in ("", "_r16", "_r64")]
-        + [f"quik_gemvo_{ep}_w{wb}_m8{r}" for ep in ("f16", "bf16") for wb in (4, 8) for r in ("", "_r16", "_r64")]
+        + [f"quik_gemvo_{ep}_w{wb}_m{mt}{r}" for ep in ("f16", "bf16") for wb in (4, 8) for mt in (8, 16)
+           for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -839,7 +840,7 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     return out
 
 
-_GEMVO_M = 8                 # the fused kernels' token count per launch (kernels/quik_gemm.cu, quik_gemvo_*)
+_GEMVO_M = 16                # the fused kernels' most tokens per launch (kernels/quik_gemm.cu, quik_gemvo_*)
 _GEMVO_SMEM_MAX = 192 << 10  # dynamic shared memory allowed to quik_gemvo_* (+ <= 16.3 KiB static)
 # The whole weight tile is staged when the block then needs at most this much dynamic shared memory (two
 # blocks per SM, as the registers allow), else chunks of it (only for thousands of outlier columns).
@@ -867,7 +868,7 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
                        bias: Tensor | None, out_dtype: torch.dtype, *, out: Tensor | None = None) -> Tensor:
     """quik_gemm with the outlier product fused (bit-identical to reference.quik_gemm_outliers): y_base =
     reference.outlier_sum(x_outlier, outlier_weight, bias), computed by the small-M kernel itself
-    (quik_gemvo_*); any M, in launches of up to 8 tokens.
+    (quik_gemvo_*); any M, in launches of up to 16 tokens.
 
     a_codes .. wsum as in quik_gemm; x_outlier [M, n_out] (the quantizer's), outlier_weight [N, n_out] and
     bias [N] (or None) in out_dtype (fp16 / bf16). Started as a programmatic dependent launch of the
@@ -898,7 +899,7 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
         return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum,
                                                  x_outlier, outlier_weight, bias, out_dtype))
     a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
-    for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 8 (decode): one launch
+    for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 16 (decode): one launch
         mc = min(_GEMVO_M, M - m0)
         name, grid, block, _ = _gemv_plan(mc, N, w_bits, ep, sms=_device_info(dev)[1])
         rows = {"_r16": 16, "_r64": 64}.get(name[-4:], 32)  # output features per block (_gemv_plan's suffix)

@@ -50,7 +50,7 @@ NAME = "torch"
 # Layers called with at most this many tokens sum their outlier product in the order of outlier_sum (the
 # CUDA backend fuses it into the decode GEMM kernel); above, F.linear. Part of the contract of both
 # backends, which read it at call time; QUIKTOOL_FUSED_OUTLIER_MAX_M=0 restores F.linear everywhere (A/B runs).
-FUSED_OUTLIER_MAX_M = int(os.environ.get("QUIKTOOL_FUSED_OUTLIER_MAX_M", "8"))
+FUSED_OUTLIER_MAX_M = int(os.environ.get("QUIKTOOL_FUSED_OUTLIER_MAX_M", "16"))
 
 
 class ActCodes(NamedTuple):
