@@ -740,19 +740,22 @@ QUIK_TILED_ALL(bf16, 2)
 // quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U;
 // *_mT_r64: 64 per block (NTW 4), half the U: every block reads all M x Kp activation bytes once, so at
 // M = 16 the r16 blocks pull twice as many activation bytes through L2 as there are weight bytes.
-#define QUIK_GEMV_ALL(EPNAME, EP)                                   \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8, 4, 8, EP, 2, 4)           \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16, 4, 16, EP, 2, 2)         \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8, 8, 8, EP, 2, 4)           \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16, 8, 16, EP, 2, 2)         \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8_r16, 4, 8, EP, 1, 8)       \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16_r16, 4, 16, EP, 1, 4)     \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8_r16, 8, 8, EP, 1, 8)       \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16_r16, 8, 16, EP, 1, 4)     \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m8_r64, 4, 8, EP, 4, 2)       \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w4_m16_r64, 4, 16, EP, 4, 1)     \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m8_r64, 8, 8, EP, 4, 2)       \
-    QUIK_GEMV(quik_gemv_##EPNAME##_w8_m16_r64, 8, 16, EP, 4, 1)
+// QUIK_GEMV_CONFIGS(X, PREFIX, EP) calls X(name, WB, MTOK, EP, NTW, U) for each of the 12 configurations
+// (the plain and the outlier-fused entry points share them).
+#define QUIK_GEMV_CONFIGS(X, PREFIX, EP)              \
+    X(PREFIX##_w4_m8, 4, 8, EP, 2, 4)                 \
+    X(PREFIX##_w4_m16, 4, 16, EP, 2, 2)               \
+    X(PREFIX##_w8_m8, 8, 8, EP, 2, 4)                 \
+    X(PREFIX##_w8_m16, 8, 16, EP, 2, 2)               \
+    X(PREFIX##_w4_m8_r16, 4, 8, EP, 1, 8)             \
+    X(PREFIX##_w4_m16_r16, 4, 16, EP, 1, 4)           \
+    X(PREFIX##_w8_m8_r16, 8, 8, EP, 1, 8)             \
+    X(PREFIX##_w8_m16_r16, 8, 16, EP, 1, 4)           \
+    X(PREFIX##_w4_m8_r64, 4, 8, EP, 4, 2)             \
+    X(PREFIX##_w4_m16_r64, 4, 16, EP, 4, 1)           \
+    X(PREFIX##_w8_m8_r64, 8, 8, EP, 4, 2)             \
+    X(PREFIX##_w8_m16_r64, 8, 16, EP, 4, 1)
+#define QUIK_GEMV_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMV, quik_gemv_##EPNAME, EP)
 
 QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
@@ -771,19 +774,7 @@ QUIK_GEMV_ALL(bf16, 2)
                              static_cast<const unsigned short*>(bias), n_out, chunk};                              \
         gemv<WB, MTOK, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                      \
     }
-#define QUIK_GEMVO_ALL(EPNAME, EP)                                  \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8, 4, 8, EP, 2, 4)         \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8, 8, 8, EP, 2, 4)         \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r16, 4, 8, EP, 1, 8)     \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r16, 8, 8, EP, 1, 8)     \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m8_r64, 4, 8, EP, 4, 2)     \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m8_r64, 8, 8, EP, 4, 2)     \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m16, 4, 16, EP, 2, 2)       \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m16, 8, 16, EP, 2, 2)       \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m16_r16, 4, 16, EP, 1, 4)   \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m16_r16, 8, 16, EP, 1, 4)   \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w4_m16_r64, 4, 16, EP, 4, 1)   \
-    QUIK_GEMVO(quik_gemvo_##EPNAME##_w8_m16_r64, 8, 16, EP, 4, 1)
+#define QUIK_GEMVO_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMVO, quik_gemvo_##EPNAME, EP)
 
 QUIK_GEMVO_ALL(f16, 1)
 QUIK_GEMVO_ALL(bf16, 2)

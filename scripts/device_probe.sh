@@ -18,7 +18,8 @@
 #             against F.linear (A: ref.FUSED_OUTLIER_MAX_M=0), 256 outliers, M = 1 and 8, W4A4
 #     gemvo   kernel-level probe of the fused outlier product (scripts/device_gemvo_probe.py) and ncu of
 #             quik_gemvo_f16_w4_m8 on 8192 x 8192 at M = 1
-#     outlmodels `quiktool bench model` 7B twice: QUIKTOOL_FUSED_OUTLIER_MAX_M=0 (QUIK-4B, W4A8) and the defaults
+#     outlmodels `quiktool bench model` ($OUTL_ARCH, default llama2-7b) twice: QUIKTOOL_FUSED_OUTLIER_MAX_M=0 and
+#             the defaults
 #   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -74,13 +75,14 @@ if has gemvo; then
   echo "ncu gemv exit $?"
 fi
 if has outlmodels; then
-  M7=(--arch llama2-7b --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)
+  A=${OUTL_ARCH:-llama2-7b}
+  M7=(--arch "$A" --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)
   QUIKTOOL_FUSED_OUTLIER_MAX_M=0 timeout 200 python3 -m quiktool bench model --device cuda --backend cuda \
-    "${M7[@]}" --json "$OUT/model_7b_linear_outl.json" > "$OUT/model_7b_linear_outl.txt" 2>&1
-  echo "model 7b (F.linear outliers) exit $?"; tail -4 "$OUT/model_7b_linear_outl.txt"
+    "${M7[@]}" --json "$OUT/model_${A}_linear_outl.json" > "$OUT/model_${A}_linear_outl.txt" 2>&1
+  echo "model $A (F.linear outliers) exit $?"; tail -4 "$OUT/model_${A}_linear_outl.txt"
   timeout 200 python3 -m quiktool bench model --device cuda --backend cuda "${M7[@]}" \
-    --json "$OUT/model_7b.json" > "$OUT/model_7b.txt" 2>&1
-  echo "model 7b (defaults) exit $?"; tail -4 "$OUT/model_7b.txt"
+    --json "$OUT/model_${A}.json" > "$OUT/model_${A}.txt" 2>&1
+  echo "model $A (defaults) exit $?"; tail -4 "$OUT/model_${A}.txt"
 fi
 if has ncuwg; then
   for v in "base=" "d2=-DWG_DEPTH=2"; do

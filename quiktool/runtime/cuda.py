@@ -695,15 +695,16 @@ def quantize_layer(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) 
 
 def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
                 w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
-    """The whole QUIK layer, as reference.quik_linear (bit-identical): quantize_layer, the outlier product
-    (cuBLAS, as on the torch backend), quik_gemm."""
+    """The whole QUIK layer, as reference.quik_linear (bit-identical): quantize_layer, then at most
+    FUSED_OUTLIER_MAX_M tokens quik_gemm_outliers (the outlier product inside the small-M kernel), else the
+    outlier product by F.linear (cuBLAS, as on the torch backend) and quik_gemm."""
     M = x.shape[0]
     if M <= _ref.FUSED_OUTLIER_MAX_M and outlier_idx.numel():
         # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
         a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
         return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum,
                                   a.x_outlier, outlier_weight, bias, x.dtype)
-    if M <= 16 and outlier_idx.numel():
+    if M <= 16 and outlier_idx.numel():  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
         # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
         # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
         y_base = _ref.outlier_base(x.index_select(1, outlier_idx), outlier_weight, bias, M)
@@ -772,6 +773,25 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)
 
 
+def _epilogue_checks(a_codes: Tensor, a_scale: Tensor, a_zero: Tensor, a_shift: Any, w_scale: Tensor,
+                     wsum: Tensor, out_dtype: torch.dtype, out: Tensor | None, M: int, N: int,
+                     dev: int) -> tuple[tuple[int, int, int, int], Tensor, int]:
+    """Validate the epilogue's operands and the output (allocated when None) -> (pointers of a_scale, a_zero,
+    w_scale, wsum), out, out's pointer."""
+    if out_dtype not in _OUT_EP:
+        raise KernelError(f"out_dtype must be {_dt(list(_OUT_EP))}, got {out_dtype}")
+    ptrs = (_check("a_scale", a_scale, (torch.float32,), (M,), dev),
+            _check("a_zero", a_zero, (torch.float32,), (M,), dev),
+            _check("w_scale", w_scale, (torch.float32,), (N,), dev),
+            _check("wsum", wsum, (torch.float32,), (N,), dev))
+    if isinstance(a_shift, bool) or not isinstance(a_shift, numbers.Real):
+        raise KernelError(f"a_shift must be a number (2^(bits-1)), got {a_shift!r}")
+    if out is None:
+        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
+        return ptrs, out, out.data_ptr()
+    return ptrs, out, _check("out", out, (out_dtype,), (M, N), dev, align=16)
+
+
 def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = None) -> Tensor:
     """acc[m, n] = sum_k a_codes[m, k] * wcode[n, k], exactly, as int32 [M, N] (the debug/exactness path).
 
@@ -806,22 +826,10 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     the epilogue fused (see _plan).
     """
     M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
-    if out_dtype not in _OUT_EP:
-        raise KernelError(f"out_dtype must be {_dt(list(_OUT_EP))}, got {out_dtype}")
-    ptrs = (_check("a_scale", a_scale, (torch.float32,), (M,), dev),
-            _check("a_zero", a_zero, (torch.float32,), (M,), dev),
-            _check("w_scale", w_scale, (torch.float32,), (N,), dev),
-            _check("wsum", wsum, (torch.float32,), (N,), dev),
-            0 if y_base is None else _check("y_base", y_base, (out_dtype,), (M, N), dev, align=16))
-    if isinstance(a_shift, bool) or not isinstance(a_shift, numbers.Real):
-        raise KernelError(f"a_shift must be a number (2^(bits-1)), got {a_shift!r}")
-    if out is None:
-        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
-        o_ptr = out.data_ptr()
-    else:
-        o_ptr = _check("out", out, (out_dtype,), (M, N), dev, align=16)
+    ptrs, out, o_ptr = _epilogue_checks(a_codes, a_scale, a_zero, a_shift, w_scale, wsum, out_dtype, out, M, N, dev)
+    y_p = 0 if y_base is None else _check("y_base", y_base, (out_dtype,), (M, N), dev, align=16)
     if M and N:
-        a_scale_p, a_zero_p, w_scale_p, wsum_p, y_p = ptrs
+        a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
         epi = (a_scale_p, a_zero_p, float(a_shift), w_scale_p, wsum_p, y_p)
         path = gemm_path(M, N, kp, w_bits, a_shift, dev)
         if path == "wgmma":
@@ -875,23 +883,11 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
     preceding kernel (the quantizer): only the weights are read before waiting for it.
     """
     M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
-    if out_dtype not in _OUT_EP:
-        raise KernelError(f"out_dtype must be {_dt(list(_OUT_EP))}, got {out_dtype}")
+    ptrs, out, o_ptr = _epilogue_checks(a_codes, a_scale, a_zero, a_shift, w_scale, wsum, out_dtype, out, M, N, dev)
     xo_ptr = _check("x_outlier", x_outlier, (out_dtype,), (M, None), dev)
     n_out = x_outlier.shape[1]
-    ptrs = (_check("a_scale", a_scale, (torch.float32,), (M,), dev),
-            _check("a_zero", a_zero, (torch.float32,), (M,), dev),
-            _check("w_scale", w_scale, (torch.float32,), (N,), dev),
-            _check("wsum", wsum, (torch.float32,), (N,), dev))
     wo_ptr = _check("outlier_weight", outlier_weight, (out_dtype,), (N, n_out), dev)
     b_ptr = 0 if bias is None else _check("bias", bias, (out_dtype,), (N,), dev)
-    if isinstance(a_shift, bool) or not isinstance(a_shift, numbers.Real):
-        raise KernelError(f"a_shift must be a number (2^(bits-1)), got {a_shift!r}")
-    if out is None:
-        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
-        o_ptr = out.data_ptr()
-    else:
-        o_ptr = _check("out", out, (out_dtype,), (M, N), dev, align=16)
     ep = _OUT_EP[out_dtype]
     if _gemvo_chunk(64, _GEMVO_M, n_out) is None:  # > ~12000 outlier columns: torch ops, same bits
         log.warning("quik_gemm_outliers: %d outlier columns exceed the fused kernel's shared memory; using the "
