@@ -83,6 +83,11 @@ if has outlmodels; then
   timeout 200 python3 -m quiktool bench model --device cuda --backend cuda "${M7[@]}" \
     --json "$OUT/model_${A}.json" > "$OUT/model_${A}.txt" 2>&1
   echo "model $A (defaults) exit $?"; tail -4 "$OUT/model_${A}.txt"
+  if [ -n "${OUTL_SMEM:-}" ]; then  # the fused kernels with a smaller shared-memory attribute (carve-out)
+    QUIKTOOL_GEMVO_SMEM_MAX=$OUTL_SMEM timeout 200 python3 -m quiktool bench model --device cuda --backend cuda \
+      "${M7[@]}" --json "$OUT/model_${A}_smem${OUTL_SMEM}.json" > "$OUT/model_${A}_smem${OUTL_SMEM}.txt" 2>&1
+    echo "model $A (QUIKTOOL_GEMVO_SMEM_MAX=$OUTL_SMEM) exit $?"; tail -4 "$OUT/model_${A}_smem${OUTL_SMEM}.txt"
+  fi
 fi
 if has ncuwg; then
   for v in "base=" "d2=-DWG_DEPTH=2"; do

@@ -849,10 +849,12 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 
 
 _GEMVO_M = 16                # the fused kernels' most tokens per launch (kernels/quik_gemm.cu, quik_gemvo_*)
-_GEMVO_SMEM_MAX = 192 << 10  # dynamic shared memory allowed to quik_gemvo_* (+ <= 16.3 KiB static)
-# The whole weight tile is staged when the block then needs at most this much dynamic shared memory (two
-# blocks per SM, as the registers allow), else chunks of it (only for thousands of outlier columns).
-_GEMVO_SMEM_WANT = 96 << 10
+# Dynamic shared memory allowed to quik_gemvo_* (+ <= 16.3 KiB static; the kernel attribute is set to it at
+# load, which also sets the SM's shared-memory carve-out), and the most the launcher asks for before it
+# stages the weight tile in chunks (only for thousands of outlier columns). QUIKTOOL_GEMVO_SMEM_MAX (bytes)
+# lowers both, for A/B runs.
+_GEMVO_SMEM_MAX: int = _env_int("QUIKTOOL_GEMVO_SMEM_MAX", 192 << 10)
+_GEMVO_SMEM_WANT = min(96 << 10, _GEMVO_SMEM_MAX)
 
 
 def _gemvo_smem(rows: int, M: int, n_out: int, chunk: int) -> int:
