@@ -68,6 +68,12 @@ QDEV int warp_inclusive_sum(int v, int lane) {
     }
     return v;
 }
+// Outliers in bmap[i0 .. i1).
+QDEV int popc_words(const unsigned* bmap, int i0, int i1) {
+    int c = 0;
+    for (int i = i0; i < i1; ++i) c += __popc(bmap[i]);
+    return c;
+}
 // pref[i] = run + outliers in bmap[i0 .. i), for i in [i0, i1) (the per-word counts of the split kernels).
 QDEV void word_prefix(const unsigned* bmap, int* pref, int i0, int i1, int run) {
     for (int i = i0; i < i1; ++i) {
@@ -192,6 +198,16 @@ QDEV void load8(const unsigned short* srow, int c0, int K, float (&v)[8]) {
     }
 }
 
+// mn, mx = min.NaN / max.NaN over n warps' partials s_mn[0 .. n), s_mx[0 .. n), in warp order.
+QDEV void reduce_min_max(const float* s_mn, const float* s_mx, int n, float& mn, float& mx) {
+    mn = s_mn[0];
+    mx = s_mx[0];
+    for (int w = 1; w < n; ++w) {
+        mn = min_nan(mn, s_mn[w]);
+        mx = max_nan(mx, s_mx[w]);
+    }
+}
+
 // Both split kernels' passes over a staged run of columns srow[0 .. len) whose outlier bits are bmap (bit l % 32
 // of word l / 32 for column l) and, for pass 2, pref[w] = outliers before word w of the row:
 // this thread's min / max over the kept columns, reduced over its warp (8 columns per thread and step) ...
@@ -269,8 +285,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     // 2. Outliers before each word: every thread scans a contiguous run of words, then a block scan.
     const int per = (W + blockDim.x - 1) / blockDim.x;
     const int w0 = min(tid * per, W), w1 = min(w0 + per, W);
-    int local = 0;
-    for (int i = w0; i < w1; ++i) local += __popc(bmap[i]);
+    const int local = popc_words(bmap, w0, w1);
     const int incl = warp_inclusive_sum(local, lane);
     if (lane == 31) s_cnt[warp] = incl;
     __syncthreads();
@@ -289,11 +304,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     warp_kept_min_max<BF16>(srow, bmap, K, mn, mx);
     if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
     __syncthreads();
-    mn = s_mn[0]; mx = s_mx[0];
-    for (int w = 1; w < nwarps; ++w) {
-        mn = min_nan(mn, s_mn[w]);
-        mx = max_nan(mx, s_mx[w]);
-    }
+    reduce_min_max(s_mn, s_mx, nwarps, mn, mx);
     float scale, zero;
     row_params(mn, mx, bits, bad, scale, zero);
     if (tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
@@ -342,7 +353,6 @@ QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const in
                                   int n_out, int bits) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ float s_mn[32], s_mx[32];
-    __shared__ int s_cnt[32];
     __shared__ int s_in, s_before, s_bad;
     __shared__ float s_part[3];  // this CTA's min, max, bad (read by every CTA of the cluster)
 #if __CUDA_ARCH__ >= 900
@@ -387,8 +397,7 @@ QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const in
     if (warp == 0) {
         const int per = (w1 - w0 + 31) >> 5;
         const int i0 = min(lane * per, w1 - w0), i1 = min(i0 + per, w1 - w0);
-        int local = 0;
-        for (int i = i0; i < i1; ++i) local += __popc(bmap[i]);
+        const int local = popc_words(bmap, i0, i1);
         const int incl = warp_inclusive_sum(local, lane);
         word_prefix(bmap, pref, i0, i1, s_before + incl - local);
         const int total = __shfl_sync(0xffffffffu, incl, 31);
@@ -403,8 +412,8 @@ QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const in
     if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
     __syncthreads();
     if (tid == 0) {
-        float a = s_mn[0], b = s_mx[0];
-        for (int w = 1; w < nwarps; ++w) { a = min_nan(a, s_mn[w]); b = max_nan(b, s_mx[w]); }
+        float a, b;
+        reduce_min_max(s_mn, s_mx, nwarps, a, b);
         s_part[0] = a; s_part[1] = b; s_part[2] = s_bad ? 1.0f : 0.0f;
     }
     // 4. The row's min / max / bad from the QC partials (min.NaN / max.NaN: any order gives the same bits).

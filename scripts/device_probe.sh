@@ -76,18 +76,17 @@ if has gemvo; then
 fi
 if has outlmodels; then
   A=${OUTL_ARCH:-llama2-7b}
-  M7=(--arch "$A" --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)
-  QUIKTOOL_FUSED_OUTLIER_MAX_M=0 timeout 200 python3 -m quiktool bench model --device cuda --backend cuda \
-    "${M7[@]}" --json "$OUT/model_${A}_linear_outl.json" > "$OUT/model_${A}_linear_outl.txt" 2>&1
-  echo "model $A (F.linear outliers) exit $?"; tail -4 "$OUT/model_${A}_linear_outl.txt"
-  timeout 200 python3 -m quiktool bench model --device cuda --backend cuda "${M7[@]}" \
-    --json "$OUT/model_${A}.json" > "$OUT/model_${A}.txt" 2>&1
-  echo "model $A (defaults) exit $?"; tail -4 "$OUT/model_${A}.txt"
-  if [ -n "${OUTL_SMEM:-}" ]; then  # the fused kernels with a smaller shared-memory attribute (carve-out)
-    QUIKTOOL_GEMVO_SMEM_MAX=$OUTL_SMEM timeout 200 python3 -m quiktool bench model --device cuda --backend cuda \
-      "${M7[@]}" --json "$OUT/model_${A}_smem${OUTL_SMEM}.json" > "$OUT/model_${A}_smem${OUTL_SMEM}.txt" 2>&1
-    echo "model $A (QUIKTOOL_GEMVO_SMEM_MAX=$OUTL_SMEM) exit $?"; tail -4 "$OUT/model_${A}_smem${OUTL_SMEM}.txt"
-  fi
+  # model_run NAME [VAR=VALUE ...]: `bench model` of $A under those environment settings -> $OUT/model_NAME.*
+  model_run() {
+    local name=$1; shift
+    env "$@" timeout 200 python3 -m quiktool bench model --device cuda --backend cuda --arch "$A" --batch 1 \
+      --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2 --json "$OUT/model_$name.json" > "$OUT/model_$name.txt" 2>&1
+    echo "model $name (${*:-defaults}) exit $?"; tail -4 "$OUT/model_$name.txt"
+  }
+  model_run "${A}_linear_outl" QUIKTOOL_FUSED_OUTLIER_MAX_M=0
+  model_run "$A"
+  # the fused kernels with a smaller shared-memory attribute (carve-out)
+  [ -n "${OUTL_SMEM:-}" ] && model_run "${A}_smem${OUTL_SMEM}" QUIKTOOL_GEMVO_SMEM_MAX="$OUTL_SMEM"
 fi
 if has ncuwg; then
   for v in "base=" "d2=-DWG_DEPTH=2"; do

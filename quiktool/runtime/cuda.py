@@ -748,13 +748,18 @@ def _gemv_rows(M: int, N: int, sms: int) -> int:
     return 16 if M > 8 else 32
 
 
+def _gemv_block_rows(M: int, N: int, sms: int) -> int:
+    """Output features per block of the small-M kernels: GEMV_ROWS when set, else the rule of _gemv_rows."""
+    return GEMV_ROWS or _gemv_rows(M, N, sms)
+
+
 def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
                sms: int = 132) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
     block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
-    rows = rows or GEMV_ROWS or _gemv_rows(M, N, sms)
+    rows = rows or _gemv_block_rows(M, N, sms)
     suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
@@ -899,12 +904,12 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
     a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
     for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 16 (decode): one launch
         mc = min(_GEMVO_M, M - m0)
-        name, grid, block, _ = _gemv_plan(mc, N, w_bits, ep, sms=_device_info(dev)[1])
-        rows = {"_r16": 16, "_r64": 64}.get(name[-4:], 32)  # output features per block (_gemv_plan's suffix)
+        rows = _gemv_block_rows(mc, N, _device_info(dev)[1])
+        name, grid, block, _ = _gemv_plan(mc, N, w_bits, ep, rows=rows)
         chunk = _gemvo_chunk(rows, mc, n_out)
         args = (a_ptr + m0 * kp, w_ptr, o_ptr + m0 * N * out.element_size(), mc, N, kp, a_scale_p + 4 * m0,
                 a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, xo_ptr + m0 * n_out * x_outlier.element_size(),
-                wo_ptr, n_out, max(chunk, 1), b_ptr)
+                wo_ptr, n_out, chunk, b_ptr)
         _launch(dev, name.replace("quik_gemv_", "quik_gemvo_"), grid, block, _SIG_GEMVO, args,
                 _gemvo_smem(rows, mc, n_out, chunk), pdl=True)
     return out
