@@ -337,6 +337,256 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
     }
 }
 
+
+// ============================================================================================================
+// The register-operand variant (entry points quik_wgmma_rs_EP_w4): the product computed transposed, weights
+// as wgmma's A operand straight from registers, activations as its B operand from shared memory.
+//
+// Why: in the kernel above every weight tile costs the threads a load, an unpack AND a 16-byte shared store
+// per 16 codes, plus the tensor cores' shared-memory reads of it, and a 128-token tile amortizes that over
+// only 128 tokens (PERF_LOG, fifth session: the thread half alone took 0.86 ms of the kernel's ~1.05 ms on
+// 8192 x 28672 at M = 2048). Here a block covers 256 tokens x 128 weight rows, so each unpacked code serves
+// twice the tokens, and the unpacked codes never touch shared memory: each thread loads 16 packed bytes of
+// two of its warp's weight rows per K tile, and four shuffles within its quad move the bytes to the lanes
+// whose wgmma fragment holds them.
+//
+// Tile: 256 tokens x 128 weight rows x 128 K bytes per stage; warpgroup g owns weight rows 64g .. 64g+63 and
+// all 256 tokens: one m64n256k32 wgmma (A = registers, B = the activation stage) per 32 K bytes, 4 per
+// stage, 128 int32 accumulators per thread.
+//   A stages (activations): RS_STAGES x [256 rows][128 B] (32 KiB), cp.async, the 128-byte swizzle above.
+//   Epilogue factors: a_scale and a_zero + a_shift * a_scale of the 256 tokens, w_scale and wsum of the 128
+//   weight rows (fp32, RS_EPI_BYTES), staged before the main loop.
+// Weight fragment (the register A operand of wgmma, 8-bit, per warp 16 rows x 32 codes = mma.m16n8k32's A):
+// lane l = 4 gid + t holds a0 = row gid, codes 4t..4t+3; a1 = row gid+8, same codes; a2 / a3 = the same rows,
+// codes 16+4t..16+4t+3, of each 32-code step s. Lane t of a quad loads the packed bytes of step t (codes
+// 32t..32t+31 of the K tile, 16 bytes) for rows gid and gid+8; "piece" p of a step is its codes 4p..4p+3
+// (2 packed bytes). Lane t needs pieces t and t+4 of every step: a 4 x 4 transpose of 32-bit messages within
+// the quad (round i: lane t sends the pieces that lane t^i needs, __shfl_xor_sync by i), then a permutation
+// by selects (what arrives in round i is step t^i). unpack8 of a message gives (a0, a2) or (a1, a3).
+// Accumulators: lane l of warp w in warpgroup g holds d[4j + 2h + e] = acc[token 8j + 2(l%4) + e]
+// [weight row 64g + 16w + l/4 + 8h]. Epilogue: lanes l and l^4 (rows r, r^1) swap one value per pair so
+// that each holds two adjacent output columns of one token, then store_pair_y as everywhere else.
+// Pipeline, per K tile kt (one __syncthreads each): wait for my cp.async of A(kt); fence.proxy.async;
+// barrier [A(kt) complete everywhere; every warpgroup has passed wgmma.wait_group 1 of iteration kt-1, so
+// wgmma(kt-2) is done]; issue wgmma(kt) from fragment buffer kt % 2; cp.async A(kt+2) into the stage of
+// kt-2; wgmma.wait_group 1 (wgmma(kt-1) done: fragment buffer (kt+1) % 2 is free); build fragment kt+1
+// from its packed registers (shuffles, unpack); load the packed weights of tile kt+3 into those registers.
+// Launch geometry: block 256 threads, grid = ceil(M/256) * ceil(N/128) (1-D, grouped raster), dynamic smem
+// RS_SMEM_BYTES + 1024. Assumptions as for the kernel above.
+// ============================================================================================================
+constexpr int RS_BT = 256, RS_BW = 128, RS_STAGES = 4;
+constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
+constexpr int RS_EPI_BYTES = 2 * RS_BT * 4 + 2 * RS_BW * 4;  // token and weight-row factors (fp32)
+constexpr int RS_SMEM_BYTES = RS_STAGES * RS_A_TILE + RS_EPI_BYTES;  // 131 KiB
+static_assert(RS_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for RS_SMEM_BYTES + 1024 bytes");
+
+// D[64 x 256] += A[64 x 32] (registers: this thread's fragment a0..a3) * B[256 x 32]^T (shared, descriptor).
+QDEV void wgmma_s8_m64n256k32_rs(int (&d)[128], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                 unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "{%128, %129, %130, %131}, %132, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "n"(1));
+}
+
+// Pins a fragment buffer (as fence_acc): its registers stay put while a wgmma that reads them is in flight.
+QDEV void fence_frag(unsigned (&f)[16]) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) asm volatile("" : "+r"(f[i])::"memory");
+}
+
+// One weight row's packed K tile as this lane holds it (q: the 16 bytes of step t, t = lane % 4) -> r[s] =
+// pieces t (low half) and t+4 (high half) of step s, packed (see the contract above).
+QDEV void quad_transpose(const uint4& q, int t, unsigned (&r)[4]) {
+    unsigned v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int u = t ^ i;  // the lane this round's message is for
+        const unsigned lo = (u & 2) ? q.y : q.x, hi = (u & 2) ? q.w : q.z;
+        const unsigned x = __byte_perm(lo, hi, (u & 1) ? 0x7632 : 0x5410);
+        v[i] = i ? __shfl_xor_sync(0xFFFFFFFFu, x, i) : x;  // from lane t^i: step t^i
+    }
+    // r[s] = v[s ^ t], by selects (a register array indexed at run time would live in local memory)
+    const bool b0 = t & 1, b1 = t & 2;
+    const unsigned w0 = b0 ? v[1] : v[0], w1 = b0 ? v[0] : v[1], w2 = b0 ? v[3] : v[2], w3 = b0 ? v[2] : v[3];
+    r[0] = b1 ? w2 : w0;
+    r[1] = b1 ? w3 : w1;
+    r[2] = b1 ? w0 : w2;
+    r[3] = b1 ? w1 : w3;
+}
+
+// Packed rows gid (qa) and gid+8 (qb) of one K tile -> the 16 fragment registers: f[4s + i] = a_i of step s.
+QDEV void build_frag(const uint4 (&q)[2], int t, unsigned (&f)[16]) {
+    unsigned ra[4], rb[4];
+    quad_transpose(q[0], t, ra);
+    quad_transpose(q[1], t, rb);
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        unpack8(ra[s], f[4 * s + 0], f[4 * s + 2]);
+        unpack8(rb[s], f[4 * s + 1], f[4 * s + 3]);
+    }
+}
+
+template <int EP>
+QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
+                           void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep) {
+    extern __shared__ __align__(1024) unsigned char wg_smem[];
+    const unsigned s_a = (smem_addr(wg_smem) + 1023u) & ~1023u;
+    float* s_sa = reinterpret_cast<float*>(wg_smem + (s_a + RS_STAGES * RS_A_TILE - smem_addr(wg_smem)));
+    float* s_za = s_sa + RS_BT;
+    float* s_ws = s_za + RS_BT;
+    float* s_su = s_ws + RS_BW;
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, t = lane & 3;
+
+    int m0, n0;
+    grouped_tile<RS_BT, RS_BW, WG_GROUP_M>(M, N, m0, n0);
+
+    const int KT = (Kp + WG_BK - 1) / WG_BK;
+    const int kp2 = Kp >> 1;
+
+    // Activations: thread -> rows tid/8 + 32i (i < 8), chunk tid % 8.
+    auto load_a = [&](int kt) {
+        const unsigned st = s_a + (kt % RS_STAGES) * RS_A_TILE;
+        const int c = tid & 7, k = kt * WG_BK + c * 16;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int r = (tid >> 3) + 32 * i, m = m0 + r;
+            const bool ok = m < M && k < Kp;
+            cp_async16(st + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
+        }
+    };
+    // Weights: rows n_a = n0 + 64 wg + 16 warp + lane/4 and n_a + 8, packed bytes of step t of the K tile.
+    const int n_a = n0 + wg * 64 + warp * 16 + (lane >> 2);
+    auto load_w = [&](int kt, uint4 (&q)[2]) {
+        const int kb = kt * (WG_BK / 2) + t * 16;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int n = n_a + 8 * h;
+            q[h] = (n < N && kb < kp2) ? ldg_stream(W + (size_t)n * kp2 + kb) : make_uint4(0, 0, 0, 0);
+        }
+    };
+
+    if constexpr (EP != 0) {  // staged for the epilogue (visible after the main loop's first barrier)
+        const int m = m0 + tid;  // RS_BT == 256 threads: one token per thread
+        s_sa[tid] = m < M ? ep.a_scale[m] : 0.f;
+        s_za[tid] = m < M ? row_zero(ep, m) : 0.f;
+        if (tid < RS_BW) {
+            const int n = n0 + tid;
+            s_ws[tid] = n < N ? ep.w_scale[n] : 0.f;
+            s_su[tid] = n < N ? ep.wsum[n] : 0.f;
+        }
+    }
+
+    int d[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) d[i] = 0;
+
+    // Prologue: A(0), A(1) in flight; fragment 0 built; packed tiles 1 and 2 in registers.
+    unsigned f0[16], f1[16];
+    uint4 qa[2], qb[2];
+    load_a(0);
+    cp_async_commit();
+    if (KT > 1) load_a(1);
+    cp_async_commit();
+    load_w(0, qa);
+    build_frag(qa, t, f0);
+    if (KT > 1) load_w(1, qa);
+    if (KT > 2) load_w(2, qb);
+
+    // Iteration kt: fcur = fragment kt, fnext <- fragment kt+1 from q (packed tile kt+1), q <- packed tile kt+3.
+    auto step = [&](int kt, unsigned (&fcur)[16], unsigned (&fnext)[16], uint4 (&q)[2]) {
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+        fence_acc(d);
+        fence_frag(fcur);
+        wgmma_fence();
+        const unsigned b = s_a + (kt % RS_STAGES) * RS_A_TILE;
+#pragma unroll
+        for (int s = 0; s < WG_BK / 32; ++s)
+            wgmma_s8_m64n256k32_rs(d, fcur[4 * s], fcur[4 * s + 1], fcur[4 * s + 2], fcur[4 * s + 3],
+                                   wg_desc(b + 32 * s));
+        wgmma_commit();
+        fence_acc(d);
+        fence_frag(fcur);
+        if (kt + 2 < KT) load_a(kt + 2);
+        cp_async_commit();
+        wgmma_wait<1>();  // wgmma(kt-1) done: fnext is free
+        fence_acc(d);
+        fence_frag(fnext);
+        if (kt + 1 < KT) build_frag(q, t, fnext);
+        if (kt + 3 < KT) load_w(kt + 3, q);
+        fence_frag(fnext);
+    };
+    for (int kt = 0; kt < KT; kt += 2) {  // unrolled by 2: the buffers need fixed register names
+        step(kt, f0, f1, qa);
+        if (kt + 1 < KT) step(kt + 1, f1, f0, qb);
+    }
+    wgmma_wait<0>();
+    fence_acc(d);
+
+    // Epilogue. This lane: weight rows r_h = 64 wg + 16 warp + lane/4 + 8h, tokens 8j + 2t + e. Lanes l and
+    // l ^ 4 hold rows r and r ^ 1; after one exchange per pair the even-row lane holds columns (r, r+1) of
+    // token 8j + 2t, the odd-row lane those of token 8j + 2t + 1.
+    const int odd = (lane >> 2) & 1;
+    const int cl = wg * 64 + warp * 16 + ((lane >> 2) & ~1);  // first column of this lane's pairs, h = 0
+    float ws[2][2], su[2][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            ws[h][e] = EP != 0 ? s_ws[cl + 8 * h + e] : 0.f;
+            su[h][e] = EP != 0 ? s_su[cl + 8 * h + e] : 0.f;
+        }
+    constexpr int JB = 8;
+#pragma unroll
+    for (int j0 = 0; j0 < 32; j0 += JB) {
+        int v[JB][2][2];
+        unsigned yy[JB][2];
+#pragma unroll
+        for (int j = 0; j < JB; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int k = 4 * (j0 + j) + 2 * h;
+                const int send = odd ? d[k] : d[k + 1];
+                const int recv = __shfl_xor_sync(0xFFFFFFFFu, send, 4);
+                v[j][h][0] = (odd ? recv : d[k]) >> 4;
+                v[j][h][1] = (odd ? d[k + 1] : recv) >> 4;
+                const int m = m0 + 8 * (j0 + j) + 2 * t + odd;
+                yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n0 + cl + 8 * h) : 0u;
+            }
+#pragma unroll
+        for (int j = 0; j < JB; ++j) {
+            const int ml = 8 * (j0 + j) + 2 * t + odd, m = m0 + ml;
+            if (m >= M) continue;
+            const float sa = EP != 0 ? s_sa[ml] : 0.f, za = EP != 0 ? s_za[ml] : 0.f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                store_pair_y<EP>(out, ep, N, m, n0 + cl + 8 * h, v[j][h][0], v[j][h][1], sa, za, ws[h][0], ws[h][1],
+                                 su[h][0], su[h][1], yy[j][h]);
+        }
+    }
+}
+
 }  // namespace
 
 #define QUIK_WGMMA(NAME, EP)                                                                                        \
@@ -350,3 +600,15 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 QUIK_WGMMA(quik_wgmma_i32_w4, 0)
 QUIK_WGMMA(quik_wgmma_f16_w4, 1)
 QUIK_WGMMA(quik_wgmma_bf16_w4, 2)
+
+#define QUIK_WGMMA_RS(NAME, EP)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        wgmma_rs_gemm_w4<EP>(A, W, out, M, N, Kp, ep);                                                             \
+    }
+
+QUIK_WGMMA_RS(quik_wgmma_rs_i32_w4, 0)
+QUIK_WGMMA_RS(quik_wgmma_rs_f16_w4, 1)
+QUIK_WGMMA_RS(quik_wgmma_rs_bf16_w4, 2)

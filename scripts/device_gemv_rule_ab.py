@@ -1,12 +1,12 @@
-"""In-process layer A/B at decode sizes (issue 5): two settings of quiktool.runtime.cuda (e.g. the small-M rule,
-QUANT_CLUSTER).
+"""In-process layer A/B (issue 5): two settings of quiktool.runtime.cuda (e.g. the small-M rule, QUANT_CLUSTER,
+WGMMA_RS at large M), at decode sizes by default.
 
 For each shape and M: one QUIK layer (as `quiktool bench layer` builds it), timed under setting A and
 setting B in alternating rounds in the same process (ABBA...), each round a bench.Timer point (L2 flushed,
 GPU head start, median of its runs); reported: the median over rounds of each, their ratio, the kernel
 each setting ran, x FP16 (F.linear), and whether the two outputs are the same bits. Separate processes
 gave same-kernel ratios of 1.01-1.04 on the H100 (order effects), too much for a few-% decision.
-A setting is a space-separated list of module attributes, NAME=VALUE (ints, or strings): quiktool.runtime.cuda's,
+A setting is a space-separated list of module attributes, NAME=VALUE (ints, None, or strings): quiktool.runtime.cuda's,
 or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the outlier product through F.linear at
 decode sizes, as before the fused kernels; the two settings then give different bits by design).
 
@@ -37,7 +37,7 @@ def parse(setting: str) -> dict:
     out = {}
     for item in setting.split():
         k, v = item.split("=", 1)
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
+        out[k] = int(v) if v.lstrip("-").isdigit() else None if v == "None" else v
     return out
 
 
@@ -52,6 +52,18 @@ settings = {"a": {**defaults, **parse(args.a)}, "b": {**defaults, **parse(args.b
 def use(which: str) -> None:
     for k, v in settings[which].items():
         setattr(*target(k), v)
+
+
+def kernel_name(layer, M: int) -> str:
+    """The integer GEMM the layer runs at M tokens under the current setting (short name)."""
+    d = dev.index or 0
+    kp = layer.w_rt.shape[1] * (8 // layer.weight_bits)
+    path = cuda.gemm_path(M, layer.out_features, kp, layer.weight_bits, 1 << (layer.act_bits - 1), d)
+    if path == "wgmma":
+        return cuda._wgmma_plan(M, layer.out_features, "f16")[0].replace("_f16_w4", "")
+    if path != "mma":
+        return path
+    return cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d)[0].replace("quik_gemv_f16_w4_", "")
 
 
 dev = torch.device("cuda")
@@ -72,7 +84,7 @@ for K, N in DEFAULT_SHAPES:
         for which in ("a", "b"):
             use(which)
             outs[which] = layer(xs[0])
-            kernel[which] = cuda._plan(M, N, 4, "f16", dev.index or 0)[0].replace("quik_gemv_f16_w4_", "")
+            kernel[which] = kernel_name(layer, M)
         for r in range(args.rounds):
             for which in ("a", "b") if r % 2 == 0 else ("b", "a"):
                 use(which)

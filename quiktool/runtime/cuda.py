@@ -258,7 +258,7 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
+WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma{v}_{ep}_w4" for v in ("", "_rs") for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -273,6 +273,12 @@ def wgmma_smem_bytes(depth: int = _WG_DEPTH) -> int:
 
 
 _WG_SMEM = wgmma_smem_bytes()
+# The register-operand variant (quik_wgmma_rs_*): 256 tokens x 128 weight rows per block; 4 activation
+# stages of 256 x 128 B, the 256 tokens' and 128 rows' fp32 factors (2 each), 1 KiB alignment slack.
+_WG_RS_BT, _WG_RS_BW = 256, 128
+_WG_RS_SMEM = 4 * _WG_RS_BT * 128 + 2 * 4 * (_WG_RS_BT + _WG_RS_BW) + 1024
+# QUIKTOOL_WGMMA_RS=1 runs the register-operand variant wherever the wgmma path is taken (A/B runs).
+WGMMA_RS = os.environ.get("QUIKTOOL_WGMMA_RS", "0") == "1"
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: the GPU's multiprocessor count, since one block runs
 # per SM and fewer tiles leave SMs idle: measured on the H100, 16 tiles of 4096 x 4096 at M = 128 took 1.7x
@@ -365,7 +371,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                     _MODULES.append(module)
                     for name in WGMMA_KERNELS:
                         kernel = module.get_function(name)
-                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM
+                        kernel.max_dynamic_shared_size_bytes = _WG_RS_SMEM if "_rs_" in name else _WG_SMEM
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
@@ -937,7 +943,9 @@ def _min_m(path: str) -> int:
 
 
 def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
-    """quik_wgmma_<ep>_w4 -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
+    """quik_wgmma[_rs]_<ep>_w4 (WGMMA_RS) -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
+    if WGMMA_RS:
+        return f"quik_wgmma_rs_{ep}_w4", -(-M // _WG_RS_BT) * -(-N // _WG_RS_BW), _WG_THREADS, _WG_RS_SMEM
     return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
 
 
@@ -948,7 +956,7 @@ def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
     if w_bits != 4 or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
         return False
     min_tiles = _device_info(dev)[1] if WGMMA_MIN_TILES is None else WGMMA_MIN_TILES
-    if -(-M // _WG_BM) * -(-N // _WG_BN) < min_tiles:
+    if _wgmma_plan(M, N, "i32")[1] < min_tiles:
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False

@@ -104,6 +104,12 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert cuda.wgmma_smem_bytes(1) == 4 * 16384 + 3 * 32768 + 2048 + 1024  # A stages, B slots, factors, slack
     assert cuda.wgmma_smem_bytes(2) == 5 * 16384 + 4 * 32768 + 2048 + 1024
     assert cuda._WG_SMEM == cuda.wgmma_smem_bytes(cuda._WG_DEPTH)
+    # the register-operand kernel: tile and stage count as the launcher assumes them
+    m = re.search(r"constexpr int RS_BT = (\d+), RS_BW = (\d+), RS_STAGES = (\d+);", src)
+    assert m, f"RS_BT / RS_BW / RS_STAGES not found in {cuda.WGMMA_FILE}"
+    bt, bw, stages = map(int, m.groups())
+    assert (bt, bw) == (cuda._WG_RS_BT, cuda._WG_RS_BW)
+    assert cuda._WG_RS_SMEM == stages * bt * 128 + 8 * (bt + bw) + 1024
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
