@@ -77,7 +77,8 @@ constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 128;
 #define WG_DEPTH 1
 #endif
 //   WG_DIAG (diagnostic builds only, wrong results: never shipped): 1 = no weight loads or unpacks in the
-//   main loop (the wgmmas read whatever the B slots hold), 2 = no wgmma issued. They split the K-tile
+//   main loop (the wgmmas read whatever the B slots / fragment registers hold), 2 = no wgmma issued. Both
+//   kernels of this file honour it. They split the K-tile
 //   time into its tensor and its thread parts (scripts/device_wgmma_variants.py, variants named diag*).
 #ifndef WG_DIAG
 #define WG_DIAG 0
@@ -521,10 +522,12 @@ QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned cha
         fence_frag(fcur);
         wgmma_fence();
         const unsigned b = s_a + (kt % RS_STAGES) * RS_A_TILE;
+        if (WG_DIAG != 2) {
 #pragma unroll
-        for (int s = 0; s < WG_BK / 32; ++s)
-            wgmma_s8_m64n256k32_rs(d, fcur[4 * s], fcur[4 * s + 1], fcur[4 * s + 2], fcur[4 * s + 3],
-                                   wg_desc(b + 32 * s));
+            for (int s = 0; s < WG_BK / 32; ++s)
+                wgmma_s8_m64n256k32_rs(d, fcur[4 * s], fcur[4 * s + 1], fcur[4 * s + 2], fcur[4 * s + 3],
+                                       wg_desc(b + 32 * s));
+        }
         wgmma_commit();
         fence_acc(d);
         fence_frag(fcur);
@@ -533,8 +536,8 @@ QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned cha
         wgmma_wait<1>();  // wgmma(kt-1) done: fnext is free
         fence_acc(d);
         fence_frag(fnext);
-        if (kt + 1 < KT) build_frag(q, t, fnext);
-        if (kt + 3 < KT) load_w(kt + 3, q);
+        if (WG_DIAG != 1 && kt + 1 < KT) build_frag(q, t, fnext);
+        if (WG_DIAG != 1 && kt + 3 < KT) load_w(kt + 3, q);
         fence_frag(fnext);
     };
     for (int kt = 0; kt < KT; kt += 2) {  // unrolled by 2: the buffers need fixed register names
