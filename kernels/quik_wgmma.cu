@@ -341,22 +341,31 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 
 // ============================================================================================================
 // The register-operand variant (entry points quik_wgmma_rs_EP_w4): the product computed transposed, weights
-// as wgmma's A operand straight from registers, activations as its B operand from shared memory.
+// as wgmma's A operand straight from registers, activations as its B operand from shared memory, loaded by
+// TMA and shared by the two CTAs of a cluster (multicast).
 //
-// Why: in the kernel above every weight tile costs the threads a load, an unpack AND a 16-byte shared store
-// per 16 codes, plus the tensor cores' shared-memory reads of it, and a 128-token tile amortizes that over
-// only 128 tokens (PERF_LOG, fifth session: the thread half alone took 0.86 ms of the kernel's ~1.05 ms on
-// 8192 x 28672 at M = 2048). Here a block covers 256 tokens x 128 weight rows, so each unpacked code serves
-// twice the tokens, and the unpacked codes never touch shared memory: each thread loads 16 packed bytes of
-// two of its warp's weight rows per K tile, and four shuffles within its quad move the bytes to the lanes
-// whose wgmma fragment holds them.
+// Why: the kernel above reads, per 128 x 256 output tile and K tile, 16 KiB of activations and 16 KiB of
+// packed weights from L2, and its threads unpack every weight code into shared memory. Its diagnostic builds
+// (PERF_LOG, fifth and seventh sessions) put the thread half at 0.83-0.87 ms of a ~1.07 ms kernel on the
+// 70B MLP shapes at M = 2048, and the L2 -> SM traffic of every variant at the same ~4.4 TB/s ceiling. Here
+//   - a CTA covers 256 tokens x 128 weight rows, so each unpacked code serves twice the tokens, and the
+//     unpacked codes never touch shared memory: each thread loads 16 packed bytes of two of its warp's
+//     weight rows per K tile, and shuffles within its quad move the bytes to the lanes whose wgmma fragment
+//     holds them;
+//   - the two CTAs of a cluster (same 256 tokens, adjacent 128-row weight tiles) each load one half of the
+//     activation tile with one TMA instruction multicast to both, so activations cross from L2 once per
+//     256 weight rows, as in the kernel above, and no thread spends instructions on them.
 //
+// Activations: a 2-D TMA tensor map over A [M, Kp] int8 (box 128 K bytes x 128 rows, 128-byte swizzle,
+// zero fill out of bounds), built by the launcher (quiktool/runtime/cuda.py, _tma_map) and passed by value
+// (__grid_constant__). CTA r of the cluster loads rows m0 + 128r .. +127 of K tile kt into offset 16 KiB * r
+// of the stage in both CTAs; each CTA's full barrier of that stage expects 32 KiB.
 // Tile: 256 tokens x 128 weight rows x 128 K bytes per stage; warpgroup g owns weight rows 64g .. 64g+63 and
-// all 256 tokens: one m64n256k32 wgmma (A = registers, B = the activation stage) per 32 K bytes, 4 per
-// stage, 128 int32 accumulators per thread.
-//   A stages (activations): RS_STAGES x [256 rows][128 B] (32 KiB), cp.async, the 128-byte swizzle above.
-//   Epilogue factors: a_scale and a_zero + a_shift * a_scale of the 256 tokens, w_scale and wsum of the 128
-//   weight rows (fp32, RS_EPI_BYTES), staged before the main loop.
+// all 256 tokens: one m64n256k32 wgmma (A = registers, B = the stage) per 32 K bytes, 4 per stage, 128 int32
+// accumulators per thread.
+//   Stages: RS_STAGES x [256 rows][128 B] (32 KiB), the 128-byte swizzle of the descriptors above (written
+//   by TMA); one mbarrier per stage ("full"); the epilogue factors (a_scale and a_zero + a_shift * a_scale of
+//   the 256 tokens, w_scale and wsum of the 128 weight rows, fp32).
 // Weight fragment (the register A operand of wgmma, 8-bit, per warp 16 rows x 32 codes = mma.m16n8k32's A):
 // lane l = 4 gid + t holds a0 = row gid, codes 4t..4t+3; a1 = row gid+8, same codes; a2 / a3 = the same rows,
 // codes 16+4t..16+4t+3, of each 32-code step s. Lane t of a quad loads the packed bytes of step t (codes
@@ -367,19 +376,52 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 // Accumulators: lane l of warp w in warpgroup g holds d[4j + 2h + e] = acc[token 8j + 2(l%4) + e]
 // [weight row 64g + 16w + l/4 + 8h]. Epilogue: lanes l and l^4 (rows r, r^1) swap one value per pair so
 // that each holds two adjacent output columns of one token, then store_pair_y as everywhere else.
-// Pipeline, per K tile kt (one __syncthreads each): wait for my cp.async of A(kt); fence.proxy.async;
-// barrier [A(kt) complete everywhere; every warpgroup has passed wgmma.wait_group 1 of iteration kt-1, so
-// wgmma(kt-2) is done]; issue wgmma(kt) from fragment buffer kt % 2; cp.async A(kt+2) into the stage of
-// kt-2; wgmma.wait_group 1 (wgmma(kt-1) done: fragment buffer (kt+1) % 2 is free); build fragment kt+1
-// from its packed registers (shuffles, unpack); load the packed weights of tile kt+3 into those registers.
-// Launch geometry: block 256 threads, grid = ceil(M/256) * ceil(N/128) (1-D, grouped raster), dynamic smem
-// RS_SMEM_BYTES + 1024. Assumptions as for the kernel above.
+// Pipeline, per K tile kt (no __syncthreads):
+//   wait for full[kt % S] (parity kt / S); issue wgmma(kt) from fragment buffer kt % 2;
+//   cluster barrier wait (pairs with the arrive of iteration kt-1: every thread of both CTAs is past
+//   wgmma(kt-2), so stage (kt+2) % S is free in both) -> thread 0 issues its half of tile kt+2;
+//   wgmma.wait_group 1 (wgmma(kt-1) done: fragment buffer (kt+1) % 2 free); cluster barrier arrive;
+//   build fragment kt+1 from its packed registers; load the packed weights of tile kt+3 into them.
+//   A final cluster barrier keeps both CTAs alive until neither has reads or TMA writes pending in the other.
+// Launch geometry: block 256 threads, cluster (2, 1, 1), grid = 2 * ceil(M/256) * ceil(N/256) (1-D, grouped
+// raster over 256 x 256 pairs; CTA r of a pair takes weight rows n0 + 128r, possibly all past N: it still
+// loads its half of the activations), dynamic smem RS_SMEM_BYTES + 1024. Assumptions as for the kernel above.
 // ============================================================================================================
 constexpr int RS_BT = 256, RS_BW = 128, RS_STAGES = 4;
 constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
 constexpr int RS_EPI_BYTES = 2 * RS_BT * 4 + 2 * RS_BW * 4;  // token and weight-row factors (fp32)
-constexpr int RS_SMEM_BYTES = RS_STAGES * RS_A_TILE + RS_EPI_BYTES;  // 131 KiB
+constexpr int RS_BAR_BYTES = 8 * RS_STAGES;                  // one mbarrier per stage
+constexpr int RS_SMEM_BYTES = RS_STAGES * RS_A_TILE + RS_EPI_BYTES + RS_BAR_BYTES;  // 131 KiB
 static_assert(RS_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for RS_SMEM_BYTES + 1024 bytes");
+
+// The TMA tensor map as the driver encodes it (CUtensorMap: 128 opaque bytes, 64-byte aligned).
+struct __align__(64) TmaMap {
+    unsigned long long v[16];
+};
+
+QDEV unsigned cta_rank() { unsigned r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
+QDEV void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+QDEV void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+QDEV void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+QDEV void mbar_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+QDEV void mbar_wait(unsigned bar, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// Rows [row, row + 128) x K bytes [k, k + 128) of the map's tensor -> offset dst of the shared memory of every
+// CTA of the cluster (mask 0b11), completing bar (same offset) in each.
+QDEV void tma_load_multicast(unsigned dst, const TmaMap* map, int k, int row, unsigned bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+        "[%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(k),
+        "r"(row), "r"(bar), "h"((unsigned short)3) : "memory");
+}
 
 // D[64 x 256] += A[64 x 32] (registers: this thread's fragment a0..a3) * B[256 x 32]^T (shared, descriptor).
 QDEV void wgmma_s8_m64n256k32_rs(int (&d)[128], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
@@ -447,33 +489,40 @@ QDEV void build_frag(const uint4 (&q)[2], int t, unsigned (&f)[16]) {
 }
 
 template <int EP>
-QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
-                           void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep) {
+QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__ W, void* __restrict__ out, int M,
+                           int N, int Kp, const EpiArgs& ep) {
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned s_a = (smem_addr(wg_smem) + 1023u) & ~1023u;
-    float* s_sa = reinterpret_cast<float*>(wg_smem + (s_a + RS_STAGES * RS_A_TILE - smem_addr(wg_smem)));
+    unsigned char* base = wg_smem + (s_a - smem_addr(wg_smem));
+    float* s_sa = reinterpret_cast<float*>(base + RS_STAGES * RS_A_TILE);
     float* s_za = s_sa + RS_BT;
     float* s_ws = s_za + RS_BT;
     float* s_su = s_ws + RS_BW;
+    const unsigned s_bar = s_a + RS_STAGES * RS_A_TILE + RS_EPI_BYTES;  // full[s] at s_bar + 8 s
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, t = lane & 3;
+    const unsigned rank = cta_rank();
 
+    // The pair's 256 x 256 tile (grouped raster over pairs), then this CTA's 128 weight rows.
     int m0, n0;
-    grouped_tile<RS_BT, RS_BW, WG_GROUP_M>(M, N, m0, n0);
+    {
+        const int m_tiles = (M + RS_BT - 1) / RS_BT, n_tiles = (N + 2 * RS_BW - 1) / (2 * RS_BW);
+        const int pid = blockIdx.x >> 1;
+        const int group = pid / (WG_GROUP_M * n_tiles), first_m = group * WG_GROUP_M;
+        const int gsize = min(m_tiles - first_m, WG_GROUP_M), inner = pid - group * WG_GROUP_M * n_tiles;
+        m0 = (first_m + inner % gsize) * RS_BT;
+        n0 = (inner / gsize) * 2 * RS_BW + (int)rank * RS_BW;
+    }
 
     const int KT = (Kp + WG_BK - 1) / WG_BK;
     const int kp2 = Kp >> 1;
 
-    // Activations: thread -> rows tid/8 + 32i (i < 8), chunk tid % 8.
-    auto load_a = [&](int kt) {
-        const unsigned st = s_a + (kt % RS_STAGES) * RS_A_TILE;
-        const int c = tid & 7, k = kt * WG_BK + c * 16;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int r = (tid >> 3) + 32 * i, m = m0 + r;
-            const bool ok = m < M && k < Kp;
-            cp_async16(st + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
-        }
+    // thread 0: this CTA's half of activation tile kt, into stage kt % S of both CTAs
+    auto issue_a = [&](int kt) {
+        const int st = kt % RS_STAGES;
+        mbar_expect_tx(s_bar + 8 * st, RS_A_TILE);  // both halves land here
+        tma_load_multicast(s_a + st * RS_A_TILE + rank * (RS_A_TILE / 2), amap, kt * WG_BK, m0 + (int)rank * 128,
+                           s_bar + 8 * st);
     };
     // Weights: rows n_a = n0 + 64 wg + 16 warp + lane/4 and n_a + 8, packed bytes of step t of the K tile.
     const int n_a = n0 + wg * 64 + warp * 16 + (lane >> 2);
@@ -486,7 +535,12 @@ QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned cha
         }
     };
 
-    if constexpr (EP != 0) {  // staged for the epilogue (visible after the main loop's first barrier)
+    if (tid == 0) {
+#pragma unroll
+        for (int st = 0; st < RS_STAGES; ++st) mbar_init(s_bar + 8 * st, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    if constexpr (EP != 0) {  // staged for the epilogue (visible after the cluster barrier below)
         const int m = m0 + tid;  // RS_BT == 256 threads: one token per thread
         s_sa[tid] = m < M ? ep.a_scale[m] : 0.f;
         s_za[tid] = m < M ? row_zero(ep, m) : 0.f;
@@ -496,18 +550,21 @@ QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned cha
             s_su[tid] = n < N ? ep.wsum[n] : 0.f;
         }
     }
+    // both CTAs' barriers initialized before either CTA's TMA may complete on them
+    cluster_arrive();
+    cluster_wait();
 
     int d[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) d[i] = 0;
 
-    // Prologue: A(0), A(1) in flight; fragment 0 built; packed tiles 1 and 2 in registers.
+    // Prologue: activation tiles 0, 1 in flight; fragment 0 built; packed tiles 1 and 2 in registers.
     unsigned f0[16], f1[16];
     uint4 qa[2], qb[2];
-    load_a(0);
-    cp_async_commit();
-    if (KT > 1) load_a(1);
-    cp_async_commit();
+    if (tid == 0) {
+        issue_a(0);
+        if (KT > 1) issue_a(1);
+    }
     load_w(0, qa);
     build_frag(qa, t, f0);
     if (KT > 1) load_w(1, qa);
@@ -515,9 +572,7 @@ QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned cha
 
     // Iteration kt: fcur = fragment kt, fnext <- fragment kt+1 from q (packed tile kt+1), q <- packed tile kt+3.
     auto step = [&](int kt, unsigned (&fcur)[16], unsigned (&fnext)[16], uint4 (&q)[2]) {
-        cp_async_wait<1>();
-        fence_proxy_async();
-        __syncthreads();
+        mbar_wait(s_bar + 8 * (kt % RS_STAGES), (kt / RS_STAGES) & 1);
         fence_acc(d);
         fence_frag(fcur);
         wgmma_fence();
@@ -531,9 +586,10 @@ QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned cha
         wgmma_commit();
         fence_acc(d);
         fence_frag(fcur);
-        if (kt + 2 < KT) load_a(kt + 2);
-        cp_async_commit();
-        wgmma_wait<1>();  // wgmma(kt-1) done: fnext is free
+        if (kt > 0) cluster_wait();  // everyone is past wgmma(kt-2): stage (kt+2) % S is free everywhere
+        if (tid == 0 && kt + 2 < KT) issue_a(kt + 2);
+        wgmma_wait<1>();  // wgmma(kt-1) done: fnext is free, and this thread's reads of stage (kt-1) % S
+        cluster_arrive();
         fence_acc(d);
         fence_frag(fnext);
         if (WG_DIAG != 1 && kt + 1 < KT) build_frag(q, t, fnext);
@@ -546,6 +602,7 @@ QDEV void wgmma_rs_gemm_w4(const signed char* __restrict__ A, const unsigned cha
     }
     wgmma_wait<0>();
     fence_acc(d);
+    cluster_wait();  // pairs with the last arrive; no TMA of the partner is still writing here
 
     // Epilogue. This lane: weight rows r_h = 64 wg + 16 warp + lane/4 + 8h, tokens 8j + 2t + e. Lanes l and
     // l ^ 4 hold rows r and r ^ 1; after one exchange per pair the even-row lane holds columns (r, r+1) of
@@ -605,11 +662,12 @@ QUIK_WGMMA(quik_wgmma_f16_w4, 1)
 QUIK_WGMMA(quik_wgmma_bf16_w4, 2)
 
 #define QUIK_WGMMA_RS(NAME, EP)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
-    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
-         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) __cluster_dims__(2, 1, 1)                          \
+    NAME(const __grid_constant__ TmaMap amap, const unsigned char* W, void* out, int M, int N, int Kp,             \
+         const float* a_scale, const float* a_zero, float a_shift, const float* w_scale, const float* wsum,        \
+         const void* y_base) {                                                                                     \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_rs_gemm_w4<EP>(A, W, out, M, N, Kp, ep);                                                             \
+        wgmma_rs_gemm_w4<EP>(&amap, W, out, M, N, Kp, ep);                                                         \
     }
 
 QUIK_WGMMA_RS(quik_wgmma_rs_i32_w4, 0)

@@ -69,6 +69,13 @@ def load(cubin: Path, defines: list[str], rs: bool) -> dict:
 def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     import cupy
     _, k, smem, (bm, bn) = fn
+    if bm == cuda._WG_RS_BT:  # the rs kernel: clusters of 2 over 256 x 256 tiles, activations by TMA map
+        grid = 2 * -(-M // bm) * -(-N // (2 * bn))
+        params = cuda._PARAMS.pack(cuda._SIG_GEMM_TMA, (cuda._tma_map(a, M, kp), w.data_ptr(), out.data_ptr(), M, N,
+                                                        kp, *epi))
+        cupy.cuda.driver.launchKernel(int(k.kernel.ptr), grid, 1, 1, cuda._WG_THREADS, 1, 1, smem,
+                                      torch.cuda.current_stream().cuda_stream, params, 0)
+        return
     grid = -(-M // bm) * -(-N // bn)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),

@@ -109,7 +109,7 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert m, f"RS_BT / RS_BW / RS_STAGES not found in {cuda.WGMMA_FILE}"
     bt, bw, stages = map(int, m.groups())
     assert (bt, bw) == (cuda._WG_RS_BT, cuda._WG_RS_BW)
-    assert cuda._WG_RS_SMEM == stages * bt * 128 + 8 * (bt + bw) + 1024
+    assert cuda._WG_RS_SMEM == stages * bt * 128 + 8 * (bt + bw) + 8 * stages + 1024
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
