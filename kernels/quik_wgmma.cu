@@ -379,7 +379,8 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 // Pipeline, per K tile kt (no __syncthreads):
 //   wait for full[kt % S] (parity kt / S); issue wgmma(kt) from fragment buffer kt % 2;
 //   cluster barrier wait (pairs with the arrive of iteration kt-1: every thread of both CTAs is past
-//   wgmma(kt-2), so stage (kt+2) % S is free in both) -> thread 0 issues its half of tile kt+2;
+//   wgmma(kt-2), so stage (kt+AHEAD) % S, last used by tile kt-2, is free in both) -> thread 0 issues its
+//   half of tile kt+AHEAD;
 //   wgmma.wait_group 1 (wgmma(kt-1) done: fragment buffer (kt+1) % 2 free); cluster barrier arrive;
 //   build fragment kt+1 from its packed registers; load the packed weights of tile kt+3 into them.
 //   A final cluster barrier keeps both CTAs alive until neither has reads or TMA writes pending in the other.
@@ -387,7 +388,12 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 // raster over 256 x 256 pairs; CTA r of a pair takes weight rows n0 + 128r, possibly all past N: it still
 // loads its half of the activations), dynamic smem RS_SMEM_BYTES + 1024. Assumptions as for the kernel above.
 // ============================================================================================================
-constexpr int RS_BT = 256, RS_BW = 128, RS_STAGES = 4;
+//   RS_AHEAD: activation tiles in flight ahead of the one being multiplied (TMA issue distance); the ring
+//   has RS_AHEAD + 2 stages (tiles kt-1 and kt may still be read by wgmmas when tile kt + RS_AHEAD is issued).
+#ifndef RS_AHEAD
+#define RS_AHEAD 2
+#endif
+constexpr int RS_BT = 256, RS_BW = 128, RS_STAGES = RS_AHEAD + 2;
 constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
 constexpr int RS_EPI_BYTES = 2 * RS_BT * 4 + 2 * RS_BW * 4;  // token and weight-row factors (fp32)
 constexpr int RS_BAR_BYTES = 8 * RS_STAGES;                  // one mbarrier per stage
@@ -562,8 +568,9 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
     unsigned f0[16], f1[16];
     uint4 qa[2], qb[2];
     if (tid == 0) {
-        issue_a(0);
-        if (KT > 1) issue_a(1);
+#pragma unroll
+        for (int j = 0; j < RS_AHEAD; ++j)
+            if (j < KT) issue_a(j);
     }
     load_w(0, qa);
     build_frag(qa, t, f0);
@@ -586,8 +593,8 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
         wgmma_commit();
         fence_acc(d);
         fence_frag(fcur);
-        if (kt > 0) cluster_wait();  // everyone is past wgmma(kt-2): stage (kt+2) % S is free everywhere
-        if (tid == 0 && kt + 2 < KT) issue_a(kt + 2);
+        if (kt > 0) cluster_wait();  // everyone is past wgmma(kt-2): stage (kt+AHEAD) % S is free everywhere
+        if (tid == 0 && kt + RS_AHEAD < KT) issue_a(kt + RS_AHEAD);
         wgmma_wait<1>();  // wgmma(kt-1) done: fnext is free, and this thread's reads of stage (kt-1) % S
         cluster_arrive();
         fence_acc(d);

@@ -55,7 +55,7 @@ def load(cubin: Path, defines: list[str], rs: bool) -> dict:
     import cupy
     mod = cupy.RawModule(path=str(cubin))
     if rs:
-        smem, tile = cuda._WG_RS_SMEM, (cuda._WG_RS_BT, cuda._WG_RS_BW)
+        smem, tile = cuda.wgmma_rs_smem_bytes(knob(defines, "RS_AHEAD", cuda._WG_RS_AHEAD)), (cuda._WG_RS_BT, cuda._WG_RS_BW)
     else:
         smem, tile = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH)), (cuda._WG_BM, cuda._WG_BN)
     fns = {}

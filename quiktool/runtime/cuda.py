@@ -277,7 +277,17 @@ _WG_SMEM = wgmma_smem_bytes()
 # activation stages of 256 x 128 B, the 256 tokens' and 128 rows' fp32 factors (2 each), one 8-byte mbarrier
 # per stage, 1 KiB alignment slack.
 _WG_RS_BT, _WG_RS_BW = 256, 128
-_WG_RS_SMEM = 4 * _WG_RS_BT * 128 + 2 * 4 * (_WG_RS_BT + _WG_RS_BW) + 8 * 4 + 1024
+_WG_RS_AHEAD = 2  # quik_wgmma.cu's RS_AHEAD default (a CPU test reads it from the source)
+
+
+def wgmma_rs_smem_bytes(ahead: int = _WG_RS_AHEAD) -> int:
+    """quik_wgmma_rs_*'s dynamic shared memory for its RS_AHEAD: ahead + 2 stages of 256 x 128 B, the
+    factors, one mbarrier per stage, alignment slack."""
+    stages = ahead + 2
+    return stages * _WG_RS_BT * 128 + 2 * 4 * (_WG_RS_BT + _WG_RS_BW) + 8 * stages + 1024
+
+
+_WG_RS_SMEM = wgmma_rs_smem_bytes()
 # QUIKTOOL_WGMMA_RS=1 runs the register-operand variant wherever the wgmma path is taken (A/B runs).
 WGMMA_RS = os.environ.get("QUIKTOOL_WGMMA_RS", "0") == "1"
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;

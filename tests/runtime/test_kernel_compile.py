@@ -105,11 +105,13 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert cuda.wgmma_smem_bytes(2) == 5 * 16384 + 4 * 32768 + 2048 + 1024
     assert cuda._WG_SMEM == cuda.wgmma_smem_bytes(cuda._WG_DEPTH)
     # the register-operand kernel: tile and stage count as the launcher assumes them
-    m = re.search(r"constexpr int RS_BT = (\d+), RS_BW = (\d+), RS_STAGES = (\d+);", src)
+    m = re.search(r"constexpr int RS_BT = (\d+), RS_BW = (\d+), RS_STAGES = RS_AHEAD \+ 2;", src)
     assert m, f"RS_BT / RS_BW / RS_STAGES not found in {cuda.WGMMA_FILE}"
-    bt, bw, stages = map(int, m.groups())
-    assert (bt, bw) == (cuda._WG_RS_BT, cuda._WG_RS_BW)
-    assert cuda._WG_RS_SMEM == stages * bt * 128 + 8 * (bt + bw) + 8 * stages + 1024
+    assert tuple(map(int, m.groups())) == (cuda._WG_RS_BT, cuda._WG_RS_BW)
+    m = re.search(r"#ifndef RS_AHEAD\s*\n\s*#define RS_AHEAD (\d+)", src)
+    assert m and int(m.group(1)) == cuda._WG_RS_AHEAD, "RS_AHEAD: the launcher's default differs from the kernel's"
+    assert cuda.wgmma_rs_smem_bytes(2) == 4 * 32768 + 8 * (256 + 128) + 8 * 4 + 1024
+    assert cuda._WG_RS_SMEM == cuda.wgmma_rs_smem_bytes(cuda._WG_RS_AHEAD)
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
