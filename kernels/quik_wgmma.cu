@@ -376,28 +376,35 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 // Accumulators: lane l of warp w in warpgroup g holds d[4j + 2h + e] = acc[token 8j + 2(l%4) + e]
 // [weight row 64g + 16w + l/4 + 8h]. Epilogue: lanes l and l^4 (rows r, r^1) swap one value per pair so
 // that each holds two adjacent output columns of one token, then store_pair_y as everywhere else.
-// Pipeline, per K tile kt (no __syncthreads):
-//   wait for full[kt % S] (parity kt / S); issue wgmma(kt) from fragment buffer kt % 2;
-//   cluster barrier wait (pairs with the arrive of iteration kt-1: every thread of both CTAs is past
-//   wgmma(kt-2), so stage (kt+AHEAD) % S, last used by tile kt-2, is free in both) -> thread 0 issues its
-//   half of tile kt+AHEAD;
-//   wgmma.wait_group 1 (wgmma(kt-1) done: fragment buffer (kt+1) % 2 free); cluster barrier arrive;
-//   build fragment kt+1 from its packed registers; load the packed weights of tile kt+3 into them.
-//   A final cluster barrier keeps both CTAs alive until neither has reads or TMA writes pending in the other.
-// Launch geometry: block 256 threads, cluster (2, 1, 1), grid = 2 * ceil(M/256) * ceil(N/256) (1-D, grouped
-// raster over 256 x 256 pairs; CTA r of a pair takes weight rows n0 + 128r, possibly all past N: it still
-// loads its half of the activations), dynamic smem RS_SMEM_BYTES + 1024. Assumptions as for the kernel above.
+// Pipeline (no __syncthreads): a third warpgroup is the producer (setmaxnreg moves its registers to the
+// consumers); one of its threads issues this CTA's half of every
+// activation tile kt into stage kt % S once empty[kt % S] shows tile kt - S released by all 16 consumer
+// warps of both CTAs, after arming full[kt % S] for the 32 KiB that both halves bring. The 8 consumer warps
+// (2 warpgroups), per K tile kt: wait full[kt % S]; issue wgmma(kt) from fragment buffer kt % 2;
+// wgmma.wait_group 1 (wgmma(kt-1) done: fragment buffer (kt+1) % 2 is free, and so is stage (kt-1) % S:
+// lane 0 arrives on empty[(kt-1) % S] of both CTAs); build fragment kt+1 from its packed registers; load the
+// packed weights of tile kt+3 into them. One cluster barrier at the start (barriers initialized) and one
+// split across the epilogue (no CTA exits while the other may still arrive on its barriers).
+// (A first version had no producer warp and synchronized the stage reuse with a cluster barrier per K tile:
+// exact, but its no-MMA build took 0.82 ms on 8192 x 28672 at M = 2048, that barrier's round trip per K tile.)
+// Launch geometry: block 384 threads (2 consumer warpgroups + the producer's), cluster (2, 1, 1), grid =
+// 2 * ceil(M/256) * ceil(N/256) (1-D, grouped raster over 256 x 256 pairs; CTA r of a pair takes weight rows
+// n0 + 128r, possibly all past N: it still loads its half of the activations), dynamic smem
+// RS_SMEM_BYTES + 1024. Assumptions as for the kernel above.
 // ============================================================================================================
-//   RS_AHEAD: activation tiles in flight ahead of the one being multiplied (TMA issue distance); the ring
-//   has RS_AHEAD + 2 stages (tiles kt-1 and kt may still be read by wgmmas when tile kt + RS_AHEAD is issued).
-#ifndef RS_AHEAD
-#define RS_AHEAD 2
+//   RS_STAGES: activation stages in the ring (the producer warp runs up to that many tiles ahead).
+#ifndef RS_STAGES
+#define RS_STAGES 4
 #endif
-constexpr int RS_BT = 256, RS_BW = 128, RS_STAGES = RS_AHEAD + 2;
+constexpr int RS_BT = 256, RS_BW = 128, RS_CONSUMERS = 256, RS_THREADS = RS_CONSUMERS + 128;
+// Registers per thread after setmaxnreg: the block starts with 168 each (65536 / 384, rounded down to a
+// multiple of 8); the producer warpgroup gives back what the consumers take: 128 x 40 + 256 x 232 = 384 x 168.
+constexpr int RS_REGS_PRODUCER = 40, RS_REGS_CONSUMER = 232;
+static_assert(128 * RS_REGS_PRODUCER + RS_CONSUMERS * RS_REGS_CONSUMER <= RS_THREADS * 168, "register pool");
 constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
 constexpr int RS_EPI_BYTES = 2 * RS_BT * 4 + 2 * RS_BW * 4;  // token and weight-row factors (fp32)
-constexpr int RS_BAR_BYTES = 8 * RS_STAGES;                  // one mbarrier per stage
-constexpr int RS_SMEM_BYTES = RS_STAGES * RS_A_TILE + RS_EPI_BYTES + RS_BAR_BYTES;  // 131 KiB
+constexpr int RS_BAR_BYTES = 16 * RS_STAGES;                 // full[s], empty[s]: 8-byte mbarriers
+constexpr int RS_SMEM_BYTES = RS_STAGES * RS_A_TILE + RS_EPI_BYTES + RS_BAR_BYTES;  // 131 KiB (4 stages)
 static_assert(RS_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for RS_SMEM_BYTES + 1024 bytes");
 
 // The TMA tensor map as the driver encodes it (CUtensorMap: 128 opaque bytes, 64-byte aligned).
@@ -419,6 +426,19 @@ QDEV void mbar_wait(unsigned bar, unsigned parity) {
         "{\n.reg .pred done;\nWAIT_%=:\n"
         "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
         "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// The producer's wait for a stage's release by every consumer warp of both CTAs (their arrives are remote).
+QDEV void mbar_wait_cluster(unsigned bar, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// Arrive on the mbarrier at offset bar of the shared memory of CTA `rank` of the cluster.
+QDEV void mbar_arrive_remote(unsigned bar, unsigned rank) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(bar), "r"(rank));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(r) : "memory");
 }
 // Rows [row, row + 128) x K bytes [k, k + 128) of the map's tensor -> offset dst of the shared memory of every
 // CTA of the cluster (mask 0b11), completing bar (same offset) in each.
@@ -504,7 +524,11 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
     float* s_za = s_sa + RS_BT;
     float* s_ws = s_za + RS_BT;
     float* s_su = s_ws + RS_BW;
-    const unsigned s_bar = s_a + RS_STAGES * RS_A_TILE + RS_EPI_BYTES;  // full[s] at s_bar + 8 s
+    // full[s] at s_bar + 8 s (count 1: the local producer's expect_tx; completed by the two TMA halves),
+    // empty[s] at s_bar + 8 (S + s) (count 16: every consumer warp of both CTAs, once done with the stage)
+    const unsigned s_bar = s_a + RS_STAGES * RS_A_TILE + RS_EPI_BYTES;
+    auto full = [&](int st) { return s_bar + 8 * st; };
+    auto empty = [&](int st) { return s_bar + 8 * (RS_STAGES + st); };
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, t = lane & 3;
     const unsigned rank = cta_rank();
@@ -523,13 +547,48 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
     const int KT = (Kp + WG_BK - 1) / WG_BK;
     const int kp2 = Kp >> 1;
 
-    // thread 0: this CTA's half of activation tile kt, into stage kt % S of both CTAs
-    auto issue_a = [&](int kt) {
-        const int st = kt % RS_STAGES;
-        mbar_expect_tx(s_bar + 8 * st, RS_A_TILE);  // both halves land here
-        tma_load_multicast(s_a + st * RS_A_TILE + rank * (RS_A_TILE / 2), amap, kt * WG_BK, m0 + (int)rank * 128,
-                           s_bar + 8 * st);
-    };
+    if (tid == 0) {
+#pragma unroll
+        for (int st = 0; st < RS_STAGES; ++st) {
+            mbar_init(full(st), 1);
+            mbar_init(empty(st), 16);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    if constexpr (EP != 0) {  // staged for the epilogue (visible after the cluster barrier below)
+        if (tid < RS_BT) {
+            const int m = m0 + tid;
+            s_sa[tid] = m < M ? ep.a_scale[m] : 0.f;
+            s_za[tid] = m < M ? row_zero(ep, m) : 0.f;
+        }
+        if (tid < RS_BW) {
+            const int n = n0 + tid;
+            s_ws[tid] = n < N ? ep.w_scale[n] : 0.f;
+            s_su[tid] = n < N ? ep.wsum[n] : 0.f;
+        }
+    }
+    // both CTAs' barriers initialized before either CTA's TMA or arrive may reach them
+    cluster_arrive();
+    cluster_wait();
+
+    if (tid >= RS_CONSUMERS) {  // the producer warpgroup: one thread issues this CTA's half of every tile
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(RS_REGS_PRODUCER));
+        if (tid == RS_CONSUMERS) {
+            for (int kt = 0; kt < KT; ++kt) {
+                const int st = kt % RS_STAGES, use = kt / RS_STAGES;
+                if (use > 0) mbar_wait_cluster(empty(st), (use - 1) & 1);  // tile kt - S released everywhere
+                mbar_expect_tx(full(st), RS_A_TILE);  // both halves land here
+                tma_load_multicast(s_a + st * RS_A_TILE + rank * (RS_A_TILE / 2), amap, kt * WG_BK,
+                                   m0 + (int)rank * 128, full(st));
+            }
+        }
+        __syncwarp();
+        cluster_arrive();
+        cluster_wait();  // no consumer of the partner will still arrive here
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(RS_REGS_CONSUMER));
     // Weights: rows n_a = n0 + 64 wg + 16 warp + lane/4 and n_a + 8, packed bytes of step t of the K tile.
     const int n_a = n0 + wg * 64 + warp * 16 + (lane >> 2);
     auto load_w = [&](int kt, uint4 (&q)[2]) {
@@ -541,37 +600,13 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
         }
     };
 
-    if (tid == 0) {
-#pragma unroll
-        for (int st = 0; st < RS_STAGES; ++st) mbar_init(s_bar + 8 * st, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    if constexpr (EP != 0) {  // staged for the epilogue (visible after the cluster barrier below)
-        const int m = m0 + tid;  // RS_BT == 256 threads: one token per thread
-        s_sa[tid] = m < M ? ep.a_scale[m] : 0.f;
-        s_za[tid] = m < M ? row_zero(ep, m) : 0.f;
-        if (tid < RS_BW) {
-            const int n = n0 + tid;
-            s_ws[tid] = n < N ? ep.w_scale[n] : 0.f;
-            s_su[tid] = n < N ? ep.wsum[n] : 0.f;
-        }
-    }
-    // both CTAs' barriers initialized before either CTA's TMA may complete on them
-    cluster_arrive();
-    cluster_wait();
-
     int d[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) d[i] = 0;
 
-    // Prologue: activation tiles 0, 1 in flight; fragment 0 built; packed tiles 1 and 2 in registers.
+    // Prologue: fragment 0 built; packed tiles 1 and 2 in registers.
     unsigned f0[16], f1[16];
     uint4 qa[2], qb[2];
-    if (tid == 0) {
-#pragma unroll
-        for (int j = 0; j < RS_AHEAD; ++j)
-            if (j < KT) issue_a(j);
-    }
     load_w(0, qa);
     build_frag(qa, t, f0);
     if (KT > 1) load_w(1, qa);
@@ -579,7 +614,7 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
 
     // Iteration kt: fcur = fragment kt, fnext <- fragment kt+1 from q (packed tile kt+1), q <- packed tile kt+3.
     auto step = [&](int kt, unsigned (&fcur)[16], unsigned (&fnext)[16], uint4 (&q)[2]) {
-        mbar_wait(s_bar + 8 * (kt % RS_STAGES), (kt / RS_STAGES) & 1);
+        mbar_wait(full(kt % RS_STAGES), (kt / RS_STAGES) & 1);
         fence_acc(d);
         fence_frag(fcur);
         wgmma_fence();
@@ -593,10 +628,11 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
         wgmma_commit();
         fence_acc(d);
         fence_frag(fcur);
-        if (kt > 0) cluster_wait();  // everyone is past wgmma(kt-2): stage (kt+AHEAD) % S is free everywhere
-        if (tid == 0 && kt + RS_AHEAD < KT) issue_a(kt + RS_AHEAD);
-        wgmma_wait<1>();  // wgmma(kt-1) done: fnext is free, and this thread's reads of stage (kt-1) % S
-        cluster_arrive();
+        wgmma_wait<1>();  // wgmma(kt-1) done: fnext is free, and this warp is done with stage (kt-1) % S
+        if (kt > 0 && lane == 0) {
+            mbar_arrive_remote(empty((kt - 1) % RS_STAGES), 0);
+            mbar_arrive_remote(empty((kt - 1) % RS_STAGES), 1);
+        }
         fence_acc(d);
         fence_frag(fnext);
         if (WG_DIAG != 1 && kt + 1 < KT) build_frag(q, t, fnext);
@@ -609,7 +645,7 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
     }
     wgmma_wait<0>();
     fence_acc(d);
-    cluster_wait();  // pairs with the last arrive; no TMA of the partner is still writing here
+    cluster_arrive();  // this CTA's consumers are done with every remote barrier and stage
 
     // Epilogue. This lane: weight rows r_h = 64 wg + 16 warp + lane/4 + 8h, tokens 8j + 2t + e. Lanes l and
     // l ^ 4 hold rows r and r ^ 1; after one exchange per pair the even-row lane holds columns (r, r+1) of
@@ -652,6 +688,7 @@ QDEV void wgmma_rs_gemm_w4(const TmaMap* amap, const unsigned char* __restrict__
                                  su[h][0], su[h][1], yy[j][h]);
         }
     }
+    cluster_wait();  // the partner's producer and consumers are done with this CTA's barriers and stages
 }
 
 }  // namespace
@@ -669,7 +706,7 @@ QUIK_WGMMA(quik_wgmma_f16_w4, 1)
 QUIK_WGMMA(quik_wgmma_bf16_w4, 2)
 
 #define QUIK_WGMMA_RS(NAME, EP)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) __cluster_dims__(2, 1, 1)                          \
+    extern "C" __global__ void __launch_bounds__(RS_THREADS, 1) __cluster_dims__(2, 1, 1)                          \
     NAME(const __grid_constant__ TmaMap amap, const unsigned char* W, void* out, int M, int N, int Kp,             \
          const float* a_scale, const float* a_zero, float a_shift, const float* w_scale, const float* wsum,        \
          const void* y_base) {                                                                                     \

@@ -55,7 +55,7 @@ def load(cubin: Path, defines: list[str], rs: bool) -> dict:
     import cupy
     mod = cupy.RawModule(path=str(cubin))
     if rs:
-        smem, tile = cuda.wgmma_rs_smem_bytes(knob(defines, "RS_AHEAD", cuda._WG_RS_AHEAD)), (cuda._WG_RS_BT, cuda._WG_RS_BW)
+        smem, tile = cuda.wgmma_rs_smem_bytes(knob(defines, "RS_STAGES", cuda._WG_RS_STAGES)), (cuda._WG_RS_BT, cuda._WG_RS_BW)
     else:
         smem, tile = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH)), (cuda._WG_BM, cuda._WG_BN)
     fns = {}
@@ -73,7 +73,7 @@ def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
         grid = 2 * -(-M // bm) * -(-N // (2 * bn))
         params = cuda._PARAMS.pack(cuda._SIG_GEMM_TMA, (cuda._tma_map(a, M, kp), w.data_ptr(), out.data_ptr(), M, N,
                                                         kp, *epi))
-        cupy.cuda.driver.launchKernel(int(k.kernel.ptr), grid, 1, 1, cuda._WG_THREADS, 1, 1, smem,
+        cupy.cuda.driver.launchKernel(int(k.kernel.ptr), grid, 1, 1, cuda._WG_RS_THREADS, 1, 1, smem,
                                       torch.cuda.current_stream().cuda_stream, params, 0)
         return
     grid = -(-M // bm) * -(-N // bn)

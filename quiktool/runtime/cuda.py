@@ -273,18 +273,16 @@ def wgmma_smem_bytes(depth: int = _WG_DEPTH) -> int:
 
 
 _WG_SMEM = wgmma_smem_bytes()
-# The register-operand variant (quik_wgmma_rs_*): 256 tokens x 128 weight rows per block, clusters of 2; 4
-# activation stages of 256 x 128 B, the 256 tokens' and 128 rows' fp32 factors (2 each), one 8-byte mbarrier
-# per stage, 1 KiB alignment slack.
-_WG_RS_BT, _WG_RS_BW = 256, 128
-_WG_RS_AHEAD = 2  # quik_wgmma.cu's RS_AHEAD default (a CPU test reads it from the source)
+# The register-operand variant (quik_wgmma_rs_*): 256 tokens x 128 weight rows per block of 384 threads,
+# clusters of 2.
+_WG_RS_BT, _WG_RS_BW, _WG_RS_THREADS = 256, 128, 384
+_WG_RS_STAGES = 4  # quik_wgmma.cu's RS_STAGES default (a CPU test reads it from the source)
 
 
-def wgmma_rs_smem_bytes(ahead: int = _WG_RS_AHEAD) -> int:
-    """quik_wgmma_rs_*'s dynamic shared memory for its RS_AHEAD: ahead + 2 stages of 256 x 128 B, the
-    factors, one mbarrier per stage, alignment slack."""
-    stages = ahead + 2
-    return stages * _WG_RS_BT * 128 + 2 * 4 * (_WG_RS_BT + _WG_RS_BW) + 8 * stages + 1024
+def wgmma_rs_smem_bytes(stages: int = _WG_RS_STAGES) -> int:
+    """quik_wgmma_rs_*'s dynamic shared memory for its RS_STAGES: the stages of 256 x 128 B, the factors, two
+    8-byte mbarriers per stage, alignment slack."""
+    return stages * _WG_RS_BT * 128 + 2 * 4 * (_WG_RS_BT + _WG_RS_BW) + 16 * stages + 1024
 
 
 _WG_RS_SMEM = wgmma_rs_smem_bytes()
@@ -963,7 +961,8 @@ def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
     """quik_wgmma[_rs]_<ep>_w4 (WGMMA_RS) -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it
     (the rs kernel: clusters of 2 CTAs over 256 x 256 output tiles)."""
     if WGMMA_RS:
-        return f"quik_wgmma_rs_{ep}_w4", 2 * -(-M // _WG_RS_BT) * -(-N // (2 * _WG_RS_BW)), _WG_THREADS, _WG_RS_SMEM
+        return (f"quik_wgmma_rs_{ep}_w4", 2 * -(-M // _WG_RS_BT) * -(-N // (2 * _WG_RS_BW)), _WG_RS_THREADS,
+                _WG_RS_SMEM)
     return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
 
 
