@@ -20,14 +20,6 @@
 #             quik_gemvo_f16_w4_m8 on 8192 x 8192 at M = 1
 #     outlmodels `quiktool bench model` ($OUTL_ARCH, default llama2-7b) twice: QUIKTOOL_FUSED_OUTLIER_MAX_M=0 and
 #             the defaults
-#     rstests seventh session: the wgmma GPU tests (both kernels: shared-memory and register weight operand)
-#     rsvar   kernel level, the shipped wgmma kernel against the register-operand one (quik_wgmma_rs_*),
-#             beside cuBLAS FP16 and cuBLASLt FP8, M = 512 / 2048 / 8192
-#     rsab    layer A/B in one process: W4A8 QUIKTOOL_WGMMA_RS 0 vs 1; W4A4 the defaults (FP8 path first at
-#             M >= 2048, N > 4096) vs the register-operand kernel everywhere; M = $RS_M (default 512,2048,8192)
-#     rsdiag  kernel level at M = 2048 on the 70B MLP shapes: both wgmma kernels and their diagnostic builds
-#             (WG_DIAG=1: no weight loads / unpack, 2: no wgmma), then ncu of both kernels (L2 / shared /
-#             tensor throughput, stall reasons) on 8192 x 28672
 #   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -42,32 +34,6 @@ if has tests; then
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda.py -k "gemv or ragged" \
     > "$OUT/pytest_gemv.txt" 2>&1
   echo "pytest exit $?"; tail -3 "$OUT/pytest_gemv.txt"
-fi
-if has rstests; then
-  timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda.py -k wgmma \
-    > "$OUT/pytest_wgmma.txt" 2>&1
-  echo "pytest wgmma exit $?"; grep -E "FAILED|passed|failed" "$OUT/pytest_wgmma.txt" | tail -8
-fi
-if has rsvar; then
-  timeout 300 python3 scripts/device_wgmma_variants.py --variants "base=;rs=" --m 512,2048,8192 \
-    --json "$OUT/rsvar.json" 2>&1 | grep -v Deprecat | tee "$OUT/rsvar.txt"
-fi
-if has rsab; then
-  timeout 300 python3 scripts/device_gemv_rule_ab.py --a "WGMMA_RS=0" --b "WGMMA_RS=1" --scheme w4a8 \
-    --m "${RS_M:-512,2048,8192}" --rounds 2 --reps 20 2>&1 | grep -v Warn | tee "$OUT/rsab_w4a8.txt"
-  timeout 300 python3 scripts/device_gemv_rule_ab.py --a "" --b "WGMMA_RS=1 WGMMA_FP8_FIRST=None" --scheme w4a4 \
-    --m "${RS_M:-512,2048,8192}" --rounds 2 --reps 20 2>&1 | grep -v Warn | tee "$OUT/rsab_w4a4.txt"
-fi
-if has rsdiag; then
-  timeout 240 python3 scripts/device_wgmma_variants.py --m 2048 --shapes 8192x28672,28672x8192 --ksweep '' \
-    --variants "base=;rs=;diag1=-DWG_DIAG=1;rsdiag1=-DWG_DIAG=1;diag2=-DWG_DIAG=2;rsdiag2=-DWG_DIAG=2" \
-    2>&1 | grep -v Deprecat | tee "$OUT/rsdiag.txt"
-  for v in "base=" "rs="; do
-    timeout 120 $NCU --section SourceCounters --section ComputeWorkloadAnalysis --kernel-name "regex:quik_wgmma_(rs_)?f16" \
-      --launch-skip 2 --launch-count 1 python3 scripts/device_wgmma_variants.py --variants "$v" --m 2048 \
-      --shapes 8192x28672 --ksweep '' --reps 1 > "$OUT/ncu_${v%%=*}.txt" 2>&1
-    echo "ncu ${v%%=*}: exit $?"
-  done
 fi
 if has wgvar; then
   timeout 300 python3 scripts/device_wgmma_variants.py --variants "$VARIANTS" --m 2048,8192 \

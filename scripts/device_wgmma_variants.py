@@ -8,8 +8,7 @@ case) on the same M, N, K. A K sweep at fixed M, N separates per-tile time from 
 
     python3 scripts/device_wgmma_variants.py [--variants "base=;b2=-DWG_B_AHEAD=2"] [--m 2048,8192] [--json F]
 
-Variants whose name starts with "rs" run the register-operand kernel (quik_wgmma_rs_*: 256 tokens x 128
-weight rows per block) instead of the shared-memory-operand one. Variants whose name contains "diag" are diagnostic builds (-DWG_DIAG=1 / 2: no weight unpack / no
+Variants whose name starts with "diag" are diagnostic builds (-DWG_DIAG=1 / 2: no weight unpack / no
 wgmma): their sums are wrong by design, so they are timed but not checked, and only ever compared with
 the others to split a K tile's time into its parts.
 """
@@ -50,33 +49,23 @@ def knob(defines: list[str], name: str, default: int) -> int:
     return default
 
 
-def load(cubin: Path, defines: list[str], rs: bool) -> dict:
-    """The variant's entry points with their launch parameters (-DWG_DEPTH changes the shared-memory rings)."""
+def load(cubin: Path, defines: list[str]) -> dict:
+    """The variant's entry points with its launch parameters (-DWG_DEPTH changes the shared-memory rings)."""
     import cupy
     mod = cupy.RawModule(path=str(cubin))
-    if rs:
-        smem, tile = cuda.wgmma_rs_smem_bytes(knob(defines, "RS_STAGES", cuda._WG_RS_STAGES)), (cuda._WG_RS_BT, cuda._WG_RS_BW)
-    else:
-        smem, tile = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH)), (cuda._WG_BM, cuda._WG_BN)
+    smem = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH))
     fns = {}
     for ep in ("i32", "f16"):
-        k = mod.get_function(f"quik_wgmma{'_rs' if rs else ''}_{ep}_w4")
+        k = mod.get_function(f"quik_wgmma_{ep}_w4")
         k.max_dynamic_shared_size_bytes = smem
-        fns[ep] = (mod, k, smem, tile)
+        fns[ep] = (mod, k, smem)
     return fns
 
 
 def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     import cupy
-    _, k, smem, (bm, bn) = fn
-    if bm == cuda._WG_RS_BT:  # the rs kernel: clusters of 2 over 256 x 256 tiles, activations by TMA map
-        grid = 2 * -(-M // bm) * -(-N // (2 * bn))
-        params = cuda._PARAMS.pack(cuda._SIG_GEMM_TMA, (cuda._tma_map(a, M, kp), w.data_ptr(), out.data_ptr(), M, N,
-                                                        kp, *epi))
-        cupy.cuda.driver.launchKernel(int(k.kernel.ptr), grid, 1, 1, cuda._WG_RS_THREADS, 1, 1, smem,
-                                      torch.cuda.current_stream().cuda_stream, params, 0)
-        return
-    grid = -(-M // bm) * -(-N // bn)
+    _, k, smem = fn
+    grid = -(-M // cuda._WG_BM) * -(-N // cuda._WG_BN)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
             cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),
@@ -117,12 +106,12 @@ def main() -> None:
     for item in args.variants.split(";"):
         name, _, flags = item.partition("=")
         variants.append((name, flags.split()))
-    built = {name: load(build(flags), flags, name.startswith("rs")) for name, flags in variants}
+    built = {name: load(build(flags), flags) for name, flags in variants}
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
 
     # exactness of every variant (fresh random codes, odd shapes)
     for name, fns in built.items():
-        if "diag" in name:
+        if name.startswith("diag"):
             print(f"exact {name:10s} not checked (diagnostic build)")
             continue
         for M, kq, N in [(300, 4160, 1000), (2048, 4096, 4096), (17, 64, 301)]:

@@ -258,7 +258,7 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma{v}_{ep}_w4" for v in ("", "_rs") for ep in _EPS)
+WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -273,21 +273,6 @@ def wgmma_smem_bytes(depth: int = _WG_DEPTH) -> int:
 
 
 _WG_SMEM = wgmma_smem_bytes()
-# The register-operand variant (quik_wgmma_rs_*): 256 tokens x 128 weight rows per block of 384 threads,
-# clusters of 2.
-_WG_RS_BT, _WG_RS_BW, _WG_RS_THREADS = 256, 128, 384
-_WG_RS_STAGES = 4  # quik_wgmma.cu's RS_STAGES default (a CPU test reads it from the source)
-
-
-def wgmma_rs_smem_bytes(stages: int = _WG_RS_STAGES) -> int:
-    """quik_wgmma_rs_*'s dynamic shared memory for its RS_STAGES: the stages of 256 x 128 B, the factors, two
-    8-byte mbarriers per stage, alignment slack."""
-    return stages * _WG_RS_BT * 128 + 2 * 4 * (_WG_RS_BT + _WG_RS_BW) + 16 * stages + 1024
-
-
-_WG_RS_SMEM = wgmma_rs_smem_bytes()
-# QUIKTOOL_WGMMA_RS=1 runs the register-operand variant wherever the wgmma path is taken (A/B runs).
-WGMMA_RS = os.environ.get("QUIKTOOL_WGMMA_RS", "0") == "1"
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: the GPU's multiprocessor count, since one block runs
 # per SM and fewer tiles leave SMs idle: measured on the H100, 16 tiles of 4096 x 4096 at M = 128 took 1.7x
@@ -380,7 +365,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                     _MODULES.append(module)
                     for name in WGMMA_KERNELS:
                         kernel = module.get_function(name)
-                        kernel.max_dynamic_shared_size_bytes = _WG_RS_SMEM if "_rs_" in name else _WG_SMEM
+                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
@@ -396,11 +381,10 @@ class _Params(threading.local):
 
     CuPy's RawKernel call packs its arguments anew on every launch (~15 us); filling ctypes slots and
     calling the driver directly costs a few microseconds, which matters for decode-sized GEMMs.
-    Signature letters: p = pointer (uint64), i = int32, l = int64, f = float32, t = a 128-byte TMA tensor map.
+    Signature letters: p = pointer (uint64), i = int32, l = int64, f = float32.
     """
 
-    _CTYPE = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "l": ctypes.c_int64, "f": ctypes.c_float,
-              "t": ctypes.c_uint64 * 16}
+    _CTYPE = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "l": ctypes.c_int64, "f": ctypes.c_float}
 
     def __init__(self) -> None:
         self.by_sig: dict[str, tuple[list[Any], int, Any]] = {}
@@ -413,10 +397,7 @@ class _Params(threading.local):
             entry = self.by_sig[sig] = (slots, ctypes.addressof(array), array)
         slots = entry[0]
         for slot, value in zip(slots, values):
-            if isinstance(slot, ctypes.Array):  # a TMA tensor map, passed by value (128 bytes)
-                ctypes.memmove(slot, value, 128)
-            else:
-                slot.value = value
+            slot.value = value
         return entry[1]
 
 
@@ -424,7 +405,6 @@ _PARAMS = _Params()
 _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
 _SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
-_SIG_GEMM_TMA = "tppiiippfppp"  # the same with A as a TMA tensor map (quik_wgmma_rs_*)
 _SIG_GEMVO = "pppiiippfppppiip"  # _SIG_GEMM without y_base, then x_out, w_out, n_out, chunk, bias
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
@@ -829,11 +809,9 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     else:
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
-        if _wgmma_ok(M, N, w_bits, dev):
-            _wgmma_launch(dev, M, N, kp, "i32", a_codes, (a_ptr, w_ptr, o_ptr, 0, 0, 0.0, 0, 0, 0))
-        else:
-            name, grid, block, smem = _plan(M, N, w_bits, "i32", dev)
-            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
+        name, grid, block, smem = (_wgmma_plan(M, N, "i32") if _wgmma_ok(M, N, w_bits, dev)
+                                   else _plan(M, N, w_bits, "i32", dev))
+        _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
     return out
 
 
@@ -860,7 +838,8 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
         epi = (a_scale_p, a_zero_p, float(a_shift), w_scale_p, wsum_p, y_p)
         path = gemm_path(M, N, kp, w_bits, a_shift, dev)
         if path == "wgmma":
-            _wgmma_launch(dev, M, N, kp, _OUT_EP[out_dtype], a_codes, (a_ptr, w_ptr, o_ptr, *epi))
+            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype])
+            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
             kind = "f32" if path == "fp8" else "i32"
@@ -958,58 +937,8 @@ def _min_m(path: str) -> int:
 
 
 def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
-    """quik_wgmma[_rs]_<ep>_w4 (WGMMA_RS) -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it
-    (the rs kernel: clusters of 2 CTAs over 256 x 256 output tiles)."""
-    if WGMMA_RS:
-        return (f"quik_wgmma_rs_{ep}_w4", 2 * -(-M // _WG_RS_BT) * -(-N // (2 * _WG_RS_BW)), _WG_RS_THREADS,
-                _WG_RS_SMEM)
+    """quik_wgmma_<ep>_w4 -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
     return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
-
-
-def _wgmma_launch(dev: int, M: int, N: int, kp: int, ep: str, a_codes: Tensor, ptrs: tuple) -> None:
-    """Launch the wgmma kernel of _wgmma_plan; ptrs = (A, W, out, then the epilogue's six arguments)."""
-    name, grid, block, smem = _wgmma_plan(M, N, ep)
-    if "_rs_" in name:
-        _launch(dev, name, grid, block, _SIG_GEMM_TMA, (_tma_map(a_codes, M, kp), *ptrs[1:3], M, N, kp, *ptrs[3:]),
-                smem)
-    else:
-        _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs[:3], M, N, kp, *ptrs[3:]), smem)
-
-
-# cuTensorMapEncodeTiled (driver API; CuPy does not wrap it): enums from cuda.h
-_TMA_UINT8, _TMA_SWIZZLE_128B, _TMA_L2_256B = 0, 3, 3
-_TMA_MAPS: dict[tuple[int, int, int], Any] = {}
-
-
-@functools.lru_cache(maxsize=None)
-def _tma_encode() -> Any:
-    fn = ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled
-    fn.restype = ctypes.c_int
-    u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p, u64p, u32p, u32p,
-                   ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    return fn
-
-
-def _tma_map(a_codes: Tensor, M: int, kp: int) -> Any:
-    """The TMA tensor map of quik_wgmma_rs_*'s activations: int8 [M, Kp] row-major, box 128 K bytes x 128
-    rows, 128-byte swizzle, zero fill out of bounds -> a 128-byte ctypes buffer (64-byte aligned), cached per
-    (address, M, Kp): encoding costs host time, and a CUDA graph replays the bytes it captured."""
-    key = (a_codes.data_ptr(), M, kp)
-    buf = _TMA_MAPS.get(key)
-    if buf is None:
-        raw = (ctypes.c_ubyte * 192)()
-        addr = (ctypes.addressof(raw) + 63) & ~63
-        dims, strides = (ctypes.c_uint64 * 2)(kp, M), (ctypes.c_uint64 * 1)(kp)
-        box, elem = (ctypes.c_uint32 * 2)(128, 128), (ctypes.c_uint32 * 2)(1, 1)
-        rc = _tma_encode()(addr, _TMA_UINT8, 2, key[0], dims, strides, box, elem, 0, _TMA_SWIZZLE_128B,
-                           _TMA_L2_256B, 0)
-        if rc != 0:
-            raise KernelError(f"cuTensorMapEncodeTiled failed for activations [{M}, {kp}]: CUresult {rc}")
-        if len(_TMA_MAPS) >= 256:
-            _TMA_MAPS.clear()
-        buf = _TMA_MAPS[key] = (ctypes.c_ubyte * 128).from_address(addr), raw
-    return buf[0]
 
 
 def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
@@ -1019,7 +948,7 @@ def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
     if w_bits != 4 or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
         return False
     min_tiles = _device_info(dev)[1] if WGMMA_MIN_TILES is None else WGMMA_MIN_TILES
-    if _wgmma_plan(M, N, "i32")[1] < min_tiles:
+    if -(-M // _WG_BM) * -(-N // _WG_BN) < min_tiles:
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False

@@ -728,9 +728,7 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # (e) the sm_90a wgmma kernel (kernels/quik_wgmma.cu): 4-bit weights, 4- or 8-bit activations, large M
 # ---------------------------------------------------------------------------------------------------
-def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, rs: bool = False) -> int:
-    """Skips off sm_90 or without nvcc; runs the wgmma path from one token on, in its shared-memory-operand
-    kernel (quik_wgmma_*) or, with rs, the register-operand one (quik_wgmma_rs_*)."""
+def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
     dev = torch.cuda.current_device()
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("the wgmma kernel is sm_90 only")
@@ -739,11 +737,7 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, rs: bool = False) -> int:
     assert cuda._wgmma_kernels(dev) is not None, "the wgmma kernel did not build or load (see the logged warning)"
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 1)
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
-    monkeypatch.setattr(cuda, "WGMMA_RS", rs)
     return dev
-
-
-WG_VARIANTS = pytest.mark.parametrize("rs", [False, True], ids=["smem_b", "reg_a"])
 
 
 # (Kq, N): Kp = 64 (half of one 128-byte K tile), odd N (unpaired stores), N not a multiple of the 256-row
@@ -754,10 +748,8 @@ WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096
 @pytest.mark.parametrize("a_bits", [4, 8])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 118, 300, 2048])
-@WG_VARIANTS
-def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
-                              rs: bool) -> None:
-    dev = _wgmma_or_skip(monkeypatch, rs)
+def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int) -> None:
+    dev = _wgmma_or_skip(monkeypatch)
     g = _gen("wgmma-int", M, kq, N, a_bits)
     a = _act_codes(g, M, kq, a_bits)
     w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
@@ -768,10 +760,9 @@ def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, 
 
 
 @pytest.mark.parametrize("pattern", ["extremes", "alternating", "random"])
-@WG_VARIANTS
-def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str, rs: bool) -> None:
+def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str) -> None:
     """|acc| up to 128 * 8 * Kq at Kq = 32768 (16 * acc near 2^29 in the kernel's int32 accumulators)."""
-    _wgmma_or_skip(monkeypatch, rs)
+    _wgmma_or_skip(monkeypatch)
     g = _gen("wgmma-big", pattern)
     M, N, kq = 130, 260, 32768
     a = _act_codes(g, M, kq, 8)
@@ -793,11 +784,10 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("a_bits", [4, 8])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
-@WG_VARIANTS
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
-                                       dtype: torch.dtype, with_y: bool, rs: bool) -> None:
+                                       dtype: torch.dtype, with_y: bool) -> None:
     """Same bits as the reference and as the mma.sync kernels (which the other tests pin to the reference)."""
-    dev = _wgmma_or_skip(monkeypatch, rs)
+    dev = _wgmma_or_skip(monkeypatch)
     g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y)
     a = _act_codes(g, M, kq, a_bits)
     w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
@@ -832,10 +822,9 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
 
 
-@WG_VARIANTS
-def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch, rs: bool) -> None:
+def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loaded outside the capture, the kernel is captured and replays to the reference's bits on new inputs."""
-    dev = _wgmma_or_skip(monkeypatch, rs)
+    dev = _wgmma_or_skip(monkeypatch)
     M, kq, N = 512, 4096, 1024
     g = _gen("wgmma-graph")
     a = _act_codes(g, M, kq, 4)

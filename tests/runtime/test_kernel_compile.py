@@ -104,16 +104,6 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert cuda.wgmma_smem_bytes(1) == 4 * 16384 + 3 * 32768 + 2048 + 1024  # A stages, B slots, factors, slack
     assert cuda.wgmma_smem_bytes(2) == 5 * 16384 + 4 * 32768 + 2048 + 1024
     assert cuda._WG_SMEM == cuda.wgmma_smem_bytes(cuda._WG_DEPTH)
-    # the register-operand kernel: tile and stage count as the launcher assumes them
-    m = re.search(r"constexpr int RS_BT = (\d+), RS_BW = (\d+), RS_CONSUMERS = (\d+), RS_THREADS = RS_CONSUMERS \+ 128;",
-                  src)
-    assert m, f"RS_BT / RS_BW / RS_CONSUMERS not found in {cuda.WGMMA_FILE}"
-    bt, bw, consumers = map(int, m.groups())
-    assert (bt, bw, consumers + 128) == (cuda._WG_RS_BT, cuda._WG_RS_BW, cuda._WG_RS_THREADS)
-    m = re.search(r"#ifndef RS_STAGES\s*\n\s*#define RS_STAGES (\d+)", src)
-    assert m and int(m.group(1)) == cuda._WG_RS_STAGES, "RS_STAGES: the launcher's default differs from the kernel's"
-    assert cuda.wgmma_rs_smem_bytes(4) == 4 * 32768 + 8 * (256 + 128) + 16 * 4 + 1024
-    assert cuda._WG_RS_SMEM == cuda.wgmma_rs_smem_bytes(cuda._WG_RS_STAGES)
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
