@@ -23,6 +23,7 @@ import ctypes
 import functools
 import importlib.resources
 import logging
+import math
 import numbers
 import os
 import hashlib
@@ -274,12 +275,17 @@ def wgmma_smem_bytes(depth: int = _WG_DEPTH) -> int:
 
 _WG_SMEM = wgmma_smem_bytes()
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
-# WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: the GPU's multiprocessor count, since one block runs
-# per SM and fewer tiles leave SMs idle: measured on the H100, 16 tiles of 4096 x 4096 at M = 128 took 1.7x
-# the mma.sync kernel's time; the tests set 0 to run the kernel on small shapes).
+# WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
+# since one block runs per SM and too few tiles leave SMs idle; the tests set 0 to run the kernel on small
+# shapes). The share, from a layer A/B in one process on the H100 at M = 256 / 512 / 1024 over the LLaMA-2
+# shapes, W4A4 and W4A8 (docs/PERF_LOG.md, seventh session, s7g): with 80 or more tiles (0.6 of 132 SMs) the
+# wgmma kernel beat the path taken otherwise at every point (x0.59-0.95 of its time); at 64 tiles it lost on
+# five of seven points (to x1.11), at 32-40 tiles on all (x1.12-1.49). The earlier rule (one tile per SM) had
+# sent e.g. 28672 x 8192 at M = 512 (128 tiles) to cuBLASLt INT8 at 0.71x FP16, where wgmma gives 1.06x.
 WGMMA = os.environ.get("QUIKTOOL_WGMMA", "1") != "0"
 WGMMA_MIN_M: int = _env_int("QUIKTOOL_WGMMA_MIN_M", 128)
 WGMMA_MIN_TILES: int | None = None
+WGMMA_MIN_TILE_SHARE = 0.6
 # W4A4 at M >= 2048 with N > 4096 outputs: cuBLASLt FP8 (when it applies) was faster or equal on the H100
 # (A/B over the LLaMA-2 shapes, docs/PERF_LOG.md: wgmma x1.03-1.12 of its time on 4096x11008, 5120x13824,
 # 13824x5120, 8192x28672 at M = 2048; faster only with N = 4096: x0.87-0.93). (min M, min N) of that rule.
@@ -947,7 +953,8 @@ def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
     CUDA graph capture)."""
     if w_bits != 4 or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
         return False
-    min_tiles = _device_info(dev)[1] if WGMMA_MIN_TILES is None else WGMMA_MIN_TILES
+    min_tiles = (math.ceil(WGMMA_MIN_TILE_SHARE * _device_info(dev)[1]) if WGMMA_MIN_TILES is None
+                 else WGMMA_MIN_TILES)
     if -(-M // _WG_BM) * -(-N // _WG_BN) < min_tiles:
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():

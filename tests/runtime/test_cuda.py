@@ -13,6 +13,7 @@ pass. Every test needs a CUDA GPU and CuPy.
 """
 from __future__ import annotations
 
+import math
 import zlib
 
 import pytest
@@ -807,15 +808,17 @@ def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, 
 def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     dev = _wgmma_or_skip(monkeypatch)
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 128)
-    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)                   # the GPU's multiprocessor count
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)                   # 0.6 of the multiprocessor count
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    need = math.ceil(cuda.WGMMA_MIN_TILE_SHARE * sms)
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(2048, 28672, 8192, 4, 128, dev) == "wgmma"     # W4A8 too
     # W4A4 at M >= 2048 with N > 4096: the FP8 path first where it applies (measured faster there)
     assert cuda.gemm_path(2048, 28672, 8192, 4, 8, dev) == ("fp8" if cuda.fp8_exact_on(dev) else "wgmma")
     assert cuda.gemm_path(1024, 28672, 8192, 4, 8, dev) == "wgmma"
-    assert cuda.gemm_path(128, 256 * sms, 4096, 4, 128, dev) == "wgmma"  # one tile per SM
-    assert cuda.gemm_path(128, 256 * (sms - 1), 4096, 4, 128, dev) != "wgmma"  # an SM would idle
+    assert cuda.gemm_path(128, 256 * need, 4096, 4, 128, dev) == "wgmma"  # enough tiles
+    assert cuda.gemm_path(128, 256 * (need - 1), 4096, 4, 128, dev) != "wgmma"  # too many SMs would idle
+    assert cuda.gemm_path(512, 256 * -(-need // 4), 4096, 4, 128, dev) == "wgmma"  # tiles count along M too
     assert cuda.gemm_path(127, 256 * sms, 4096, 4, 128, dev) != "wgmma"  # too few tokens
     assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) != "wgmma"      # 8-bit weights: not this kernel
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
