@@ -743,20 +743,14 @@ def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, in
 
 
 def _gemv_rows(M: int, N: int, sms: int) -> int:
-    """Output features per block of the small-M kernel (sms: the GPU's multiprocessors). M <= 8: 64 rows
-    once N >= 64 * sms, i.e. when even 64-row blocks cover every SM, else 32. M > 8: 32 rows once N >= 48 *
-    sms (32-row blocks at least 1.5 per SM), else 16. (QUIKTOOL_GEMV_RULE=m: 32 / 16 everywhere, the earlier
-    rule, measured on an H200.) From H100 layer A/Bs in one process (scripts/device_gemv_rule_ab.py,
-    docs/PERF_LOG.md): with N >= 8448, 64 rows took x0.86-0.95 of the time at M = 1 and 32 rows x0.88-0.98 at
-    M = 16 (fifth session); with fewer blocks than SMs, 64 rows at M = 1 were x1.02-1.10 (8192 x 8192,
-    13824 x 5120, 28672 x 8192). At M = 9 / 12 / 16 (seventh session, s7k, 8 rounds), 32 rows took x0.87-0.91
-    on N = 8192 (8192 x 8192, 28672 x 8192: the activation codes, re-read by every block, halve) but
-    x1.01-1.20 on N = 4096 / 5120."""
-    if GEMV_RULE == "n":
-        if M > 8 and N >= 48 * sms:
-            return 32
-        if M <= 8 and N >= 64 * sms:
-            return 64
+    """Output features per block of the small-M kernel (sms: the GPU's multiprocessors). 64 rows at
+    M <= 8 and 32 at M > 8 once N >= 64 * sms, i.e. when even 64-row blocks cover every SM; otherwise the
+    earlier rule (16 rows at M > 8, else 32; measured on an H200). From the H100 layer A/B in one process
+    (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md fifth session): with N >= 8448 the new choice took
+    x0.86-0.95 of the time at M = 1 and x0.88-0.98 at M = 16; with fewer blocks than SMs, 64 rows at M = 1
+    were x1.02-1.10 (8192 x 8192, 13824 x 5120, 28672 x 8192) and 32 rows at M = 16 mixed (x0.95-1.11)."""
+    if GEMV_RULE == "n" and N >= 64 * sms:
+        return 32 if M > 8 else 64
     return 16 if M > 8 else 32
 
 
