@@ -81,6 +81,24 @@ def test_layer_table_marks_unsteady_rows(tmp_path):
     assert "~: 1 row(s) whose median QUIK time is above 2x their fastest run" in text
 
 
+def test_layer_table_names_the_gemm_paths(tmp_path):
+    """A CUDA result's legend explains the +wgmma and +fp8 / +int8 suffixes with the rules that chose them
+    (taken from the result, here a CPU run's JSON with a CUDA run's rule filled in)."""
+    js = tmp_path / "layer.json"
+    code, out = run(*LAYER, "--schemes", "w4a4", "--outliers", "0", "--json", js)
+    assert code == 0, out
+    r = json.loads(js.read_text())
+    assert "+wgmma" not in bench.format_layer_table(r)  # the torch backend: no GPU path to name
+    r["library_gemm"] = {"enabled": True, "min_m": {"fp8": 256, "int8": 512}, "min_macs": 2 ** 34,
+                         "wgmma_min_m": 128, "wgmma_min_tile_share": 0.6}
+    text = bench.format_layer_table(r)
+    assert "scheme+wgmma: the integer GEMM ran in quiktool's sm_90a wgmma kernel (4-bit weights, from M = 128 " \
+           "tokens and 128 x 256 output tiles for 0.6 of the SMs)" in text
+    assert "from M = 256 / 512 tokens and 1.7e+10 multiply-adds" in text
+    r["library_gemm"]["wgmma_min_m"] = 0  # QUIKTOOL_WGMMA=0: no wgmma line
+    assert "scheme+wgmma" not in bench.format_layer_table(r)
+
+
 def test_bench_layer_default_outliers_skip_counts_not_below_k(tmp_path):
     js = tmp_path / "l.json"
     code, out = run(*LAYER[:4], "--m", "2", "--schemes", "w4a8", "--reps", "2", "--warmup", "1", "--device", "cpu",
