@@ -580,7 +580,7 @@ def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits:
     row_bytes = -(-K // 8) * 16  # K fp16/bf16 values, rounded up to whole 16-byte copies
     staged = row_bytes <= _ACT_SMEM_MAX
     name = "quik_act_quant_" + ("f16" if x.dtype == torch.float16 else "bf16") + ("" if staged else "_gmem")
-    _launch(dev, name, M, _act_threads(K, kp), _SIG_ACT,
+    _launch(dev, name, M, _act_threads(K, kp, M), _SIG_ACT,
             (x_ptr, keep.data_ptr(), outl.data_ptr() if n_out else 0, *ptrs[:3], ptrs[3] if n_out else 0,
              K, kq, kp, n_out, bits),
             row_bytes if staged else 0)
@@ -608,10 +608,20 @@ def _split_smem(K: int, kp: int) -> int:
     return 2 * (-(-K // 8) * 8) + 8 * words + kp
 
 
-def _act_threads(K: int, kp: int) -> int:
+# Threads per row of the one-row-per-block quantizers when there are at least ACT_MANY_ROWS rows (0: off).
+# Experiment knob (seventh session): many rows are a throughput problem, where fewer threads per row let
+# more rows run at once on an SM (2048 threads each).
+ACT_MANY_ROWS_THREADS: int = _env_int("QUIKTOOL_ACT_MANY_ROWS_THREADS", 0)
+ACT_MANY_ROWS: int = 512
+
+
+def _act_threads(K: int, kp: int, M: int = 1) -> int:
     # One block per row, ~16 columns per thread: a wide row on too few threads is latency bound
     # (measured: 256 threads took ~28 us for one 28672-column row).
-    return min(1024, max(128, 1 << (max(kp, K) // 16 - 1).bit_length()))
+    threads = min(1024, max(128, 1 << (max(kp, K) // 16 - 1).bit_length()))
+    if ACT_MANY_ROWS_THREADS and M >= ACT_MANY_ROWS:
+        threads = min(threads, ACT_MANY_ROWS_THREADS)
+    return threads
 
 
 # quik_act_quant_split_cl_*: one row per cluster of _QC CTAs (sm_90 and later), each CTA a chunk of whole
