@@ -608,19 +608,20 @@ def _split_smem(K: int, kp: int) -> int:
     return 2 * (-(-K // 8) * 8) + 8 * words + kp
 
 
-# Threads per row of the one-row-per-block quantizers when there are at least ACT_MANY_ROWS rows (0: off).
-# Experiment knob (seventh session): many rows are a throughput problem, where fewer threads per row let
-# more rows run at once on an SM (2048 threads each).
-ACT_MANY_ROWS_THREADS: int = _env_int("QUIKTOOL_ACT_MANY_ROWS_THREADS", 0)
-ACT_MANY_ROWS: int = 512
+# From ACT_MANY_ROWS rows on (0: never), the one-row-per-block quantizers run half the threads per row, at
+# least 256: with many rows the quantizer is a throughput problem, and smaller blocks let more rows run at
+# once on an SM (2048 threads). H100 layer A/B in one process (docs/PERF_LOG.md, seventh session, s7m, W4A4,
+# M = 512 / 2048 / 8192): K = 11008 / 13824 rows x0.91-0.97 of the layer time, K = 5120 x0.96-0.98, the
+# other shapes x0.98-1.01; a cap of 256 threads lost on K = 28672 (x1.05-1.10), 128 more so.
+ACT_MANY_ROWS: int = _env_int("QUIKTOOL_ACT_MANY_ROWS", 512)
 
 
 def _act_threads(K: int, kp: int, M: int = 1) -> int:
     # One block per row, ~16 columns per thread: a wide row on too few threads is latency bound
-    # (measured: 256 threads took ~28 us for one 28672-column row).
+    # (measured: 256 threads took ~28 us for one 28672-column row); many rows: see ACT_MANY_ROWS.
     threads = min(1024, max(128, 1 << (max(kp, K) // 16 - 1).bit_length()))
-    if ACT_MANY_ROWS_THREADS and M >= ACT_MANY_ROWS:
-        threads = min(threads, ACT_MANY_ROWS_THREADS)
+    if ACT_MANY_ROWS and M >= ACT_MANY_ROWS:
+        threads = max(min(threads, 256), threads // 2)
     return threads
 
 

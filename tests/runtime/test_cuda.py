@@ -157,6 +157,20 @@ def test_act_quant_edge_rows(dtype: torch.dtype) -> None:
         _check_act(x, keep, none, bits)
 
 
+@pytest.mark.parametrize("K", [5120, 11008, 28672, 100_008])
+def test_act_quant_many_rows(K: int) -> None:
+    """From ACT_MANY_ROWS rows on the quantizers run fewer threads per row (staged and global-memory
+    kernels): same bits as the reference, with 256 outliers, both widths and dtypes."""
+    M = cuda.ACT_MANY_ROWS + 3
+    assert M >= 512 and cuda._act_threads(K, K, M) < cuda._act_threads(K, K, 1)  # the rule is what is tested
+    g = _gen("many", K)
+    keep, outl = _split_columns(g, K, 256)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = _activations(g, M, K, dtype, outl)
+        for bits in (4, 8):
+            _check_act(x, keep, outl, bits)
+
+
 @pytest.mark.parametrize("K", [98_000, 100_008, 99_999])
 def test_act_quant_very_wide_rows(K: int) -> None:
     """98000 columns: staged in 196000 bytes of shared memory, just under the 192 KiB limit; wider rows

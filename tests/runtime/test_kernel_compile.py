@@ -118,6 +118,17 @@ def test_cluster_quantizer_choice(monkeypatch) -> None:
     assert cuda._cluster_plan(28672) == (256, 72 * 112) and cuda._cluster_plan(80) == (64, 72)
 
 
+def test_act_threads_rule(monkeypatch) -> None:
+    """Quantizer threads per row: ~16 columns per thread in [128, 1024]; from ACT_MANY_ROWS rows half of
+    that, at least 256 (ACT_MANY_ROWS = 0: never)."""
+    monkeypatch.setattr(cuda, "ACT_MANY_ROWS", 512)
+    assert [cuda._act_threads(k, k, 1) for k in (64, 4096, 5120, 11008, 28672)] == [128, 256, 512, 1024, 1024]
+    assert [cuda._act_threads(k, k, 511) for k in (4096, 11008)] == [256, 1024]
+    assert [cuda._act_threads(k, k, 512) for k in (64, 4096, 5120, 11008, 28672)] == [128, 256, 256, 512, 512]
+    monkeypatch.setattr(cuda, "ACT_MANY_ROWS", 0)
+    assert cuda._act_threads(11008, 11008, 4096) == 1024
+
+
 def test_gemv_rows_rule(monkeypatch) -> None:
     """The small-M kernel's block size: 64 rows (M <= 8) / 32 rows (M > 8) once N >= 64 x SMs, else 32 / 16;
     QUIKTOOL_GEMV_RULE=m keeps 32 / 16 everywhere; GEMV_ROWS or an explicit rows argument overrides both."""
