@@ -6,7 +6,7 @@ setting B in alternating rounds in the same process (ABBA...), each round a benc
 GPU head start, median of its runs); reported: the median over rounds of each, their ratio, the kernel
 each setting ran, x FP16 (F.linear), and whether the two outputs are the same bits. Separate processes
 gave same-kernel ratios of 1.01-1.04 on the H100 (order effects), too much for a few-% decision.
-A setting is a space-separated list of module attributes, NAME=VALUE (ints, None, or strings): quiktool.runtime.cuda's,
+A setting is a space-separated list of module attributes, NAME=VALUE (ints, comma-separated int tuples, None, or strings): quiktool.runtime.cuda's,
 or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the outlier product through F.linear at
 decode sizes, as before the fused kernels; the two settings then give different bits by design).
 
@@ -37,7 +37,10 @@ def parse(setting: str) -> dict:
     out = {}
     for item in setting.split():
         k, v = item.split("=", 1)
-        out[k] = int(v) if v.lstrip("-").isdigit() else None if v == "None" else v
+        if "," in v:  # a tuple of ints, e.g. WGMMA_FP8_FIRST=2048,4097,1073741824
+            out[k] = tuple(int(x) for x in v.split(","))
+        else:
+            out[k] = int(v) if v.lstrip("-").isdigit() else None if v == "None" else v
     return out
 
 

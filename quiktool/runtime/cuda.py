@@ -286,11 +286,16 @@ WGMMA = os.environ.get("QUIKTOOL_WGMMA", "1") != "0"
 WGMMA_MIN_M: int = _env_int("QUIKTOOL_WGMMA_MIN_M", 128)
 WGMMA_MIN_TILES: int | None = None
 WGMMA_MIN_TILE_SHARE = 0.6
-# W4A4 at M >= 2048 with N > 4096 outputs: cuBLASLt FP8 (when it applies) was faster or equal on the H100
-# (A/B over the LLaMA-2 shapes, docs/PERF_LOG.md: wgmma x1.03-1.12 of its time on 4096x11008, 5120x13824,
-# 13824x5120, 8192x28672 at M = 2048; faster only with N = 4096: x0.87-0.93). (min M, min N) of that rule.
+# W4A4 at M >= 2048 on the largest layers: cuBLASLt FP8 (when it applies) first. (min M, min N, min Kp):
+# FP8 when M >= min M and (N >= min N or Kp >= min Kp). H100 layer A/B in one process, seventh session (s7p,
+# docs/PERF_LOG.md), M = 2048 / 4096 / 8192: FP8 faster on 8192 x 28672 (x0.91-0.96 of wgmma's time),
+# 5120 x 13824 at M >= 4096 (x0.95) and 28672 x 8192 (x0.95-1.00); wgmma faster on 4096 x 11008 (x0.93-0.96),
+# 5120 x 5120 (x0.87-0.93), 13824 x 5120 (x0.94-0.96 at M >= 4096) and 8192 x 8192 at M = 2048 (x0.93). The
+# earlier rule (N > 4096, from the third session's H100 A/B with an earlier wgmma kernel, re-checked in the
+# fourth session on an H200 only) sent all of these to FP8.
 # QUIKTOOL_WGMMA_FP8_FIRST=0 turns the rule off (A/B runs).
-WGMMA_FP8_FIRST: tuple[int, int] | None = None if os.environ.get("QUIKTOOL_WGMMA_FP8_FIRST") == "0" else (2048, 4097)
+WGMMA_FP8_FIRST: tuple[int, int, int] | None = (None if os.environ.get("QUIKTOOL_WGMMA_FP8_FIRST") == "0"
+                                                 else (2048, 12288, 16384))
 
 
 def find_nvcc() -> str | None:
@@ -978,7 +983,7 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
     mma.sync kernels). wgmma and mma fuse the epilogue."""
     fp8_first = (WGMMA_FP8_FIRST is not None and a_shift == 8 and M >= WGMMA_FP8_FIRST[0]
-                 and N >= WGMMA_FP8_FIRST[1])
+                 and (N >= WGMMA_FP8_FIRST[1] or kp >= WGMMA_FP8_FIRST[2]))
     if _wgmma_ok(M, N, w_bits, dev) and not (fp8_first and _fp8_applies(M, N, kp, w_bits, dev)):
         return "wgmma"
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:

@@ -827,8 +827,14 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     need = math.ceil(cuda.WGMMA_MIN_TILE_SHARE * sms)
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(2048, 28672, 8192, 4, 128, dev) == "wgmma"     # W4A8 too
-    # W4A4 at M >= 2048 with N > 4096: the FP8 path first where it applies (measured faster there)
-    assert cuda.gemm_path(2048, 28672, 8192, 4, 8, dev) == ("fp8" if cuda.fp8_exact_on(dev) else "wgmma")
+    # W4A4 at M >= 2048 on the largest layers (N >= 12288 or Kp >= 16384): the FP8 path first where it applies
+    fp8 = "fp8" if cuda.fp8_exact_on(dev) else "wgmma"
+    assert cuda.gemm_path(2048, 28672, 8192, 4, 8, dev) == fp8
+    assert cuda.gemm_path(2048, 8192, 28416, 4, 8, dev) == fp8                # 28672 x 8192, 256 outliers
+    assert cuda.gemm_path(2048, 12288, 4096, 4, 8, dev) == fp8
+    assert cuda.gemm_path(2048, 11008, 4096, 4, 8, dev) == "wgmma"           # measured faster there
+    assert cuda.gemm_path(2048, 8192, 8192, 4, 8, dev) == "wgmma"
+    assert cuda.gemm_path(2048, 5120, 13824, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(1024, 28672, 8192, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(128, 256 * need, 4096, 4, 128, dev) == "wgmma"  # enough tiles
     assert cuda.gemm_path(128, 256 * (need - 1), 4096, 4, 128, dev) != "wgmma"  # too many SMs would idle
