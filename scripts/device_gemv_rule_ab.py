@@ -1,13 +1,13 @@
-"""In-process layer A/B (issue 5): two settings of quiktool.runtime.cuda (e.g. the small-M rule, QUANT_CLUSTER,
-WGMMA_RS at large M), at decode sizes by default.
+"""In-process layer A/B (issue 5): two settings of quiktool.runtime.cuda (e.g. the small-M rule, QUANT_CLUSTER; at
+large M WGMMA_MIN_TILES, WGMMA_FP8_FIRST, ACT_MANY_ROWS), at decode sizes by default.
 
 For each shape and M: one QUIK layer (as `quiktool bench layer` builds it), timed under setting A and
 setting B in alternating rounds in the same process (ABBA...), each round a bench.Timer point (L2 flushed,
 GPU head start, median of its runs); reported: the median over rounds of each, their ratio, the kernel
 each setting ran, x FP16 (F.linear), and whether the two outputs are the same bits. Separate processes
 gave same-kernel ratios of 1.01-1.04 on the H100 (order effects), too much for a few-% decision.
-A setting is a space-separated list of module attributes, NAME=VALUE (ints, comma-separated int tuples, None, or strings): quiktool.runtime.cuda's,
-or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the outlier product through F.linear at
+A setting is a space-separated list of module attributes, NAME=VALUE (ints, comma-separated int tuples, None, or
+strings): quiktool.runtime.cuda's, or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the outlier product through F.linear at
 decode sizes, as before the fused kernels; the two settings then give different bits by design).
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rule_ab.py [--a "GEMV_RULE=m"] [--b ""]
@@ -66,7 +66,7 @@ def kernel_name(layer, M: int) -> str:
         return cuda._wgmma_plan(M, layer.out_features, "f16")[0].replace("_f16_w4", "")
     if path != "mma":
         return path
-    return cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d)[0].replace("quik_gemv_f16_w4_", "")
+    return cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d)[0].replace("quik_gemv_f16_", "")
 
 
 dev = torch.device("cuda")
