@@ -7,8 +7,9 @@ GPU head start, median of its runs); reported: the median over rounds of each, t
 each setting ran, x FP16 (F.linear), and whether the two outputs are the same bits. Separate processes
 gave same-kernel ratios of 1.01-1.04 on the H100 (order effects), too much for a few-% decision.
 A setting is a space-separated list of module attributes, NAME=VALUE (ints, comma-separated int tuples, None, or
-strings): quiktool.runtime.cuda's, or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the outlier product through F.linear at
-decode sizes, as before the fused kernels; the two settings then give different bits by design).
+strings): quiktool.runtime.cuda's, or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the
+outlier product through F.linear at decode sizes, as before the fused kernels; the two settings then give
+different bits by design).
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rule_ab.py [--a "GEMV_RULE=m"] [--b ""]
       [--m 1,16] [--rounds 6] [--reps 100]
