@@ -738,8 +738,10 @@ QUIK_TILED_ALL(bf16, 2)
 #define QUIK_GEMV(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, false)
 
 // quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U;
-// *_mT_r64: 64 per block (NTW 4), half the U: every block reads all M x Kp activation bytes once, so at
-// M = 16 the r16 blocks pull twice as many activation bytes through L2 as there are weight bytes.
+// *_mT_r64: 64 per block (NTW 4), half the U at M <= 8, the same U (2) at M <= 16 (with one step in flight
+// the 16-token r64 kernel was slower than r32 on every shape: docs/PERF_LOG.md, seventh session, s7t): every
+// block reads all M x Kp activation bytes once, so at M = 16 the r16 blocks pull twice as many activation
+// bytes through L2 as there are weight bytes.
 // QUIK_GEMV_CONFIGS(X, PREFIX, EP) calls X(name, WB, MTOK, EP, NTW, U) for each of the 12 configurations
 // (the plain and the outlier-fused entry points share them).
 #define QUIK_GEMV_CONFIGS(X, PREFIX, EP)              \
@@ -752,9 +754,9 @@ QUIK_TILED_ALL(bf16, 2)
     X(PREFIX##_w8_m8_r16, 8, 8, EP, 1, 8)             \
     X(PREFIX##_w8_m16_r16, 8, 16, EP, 1, 4)           \
     X(PREFIX##_w4_m8_r64, 4, 8, EP, 4, 2)             \
-    X(PREFIX##_w4_m16_r64, 4, 16, EP, 4, 1)           \
+    X(PREFIX##_w4_m16_r64, 4, 16, EP, 4, 2)           \
     X(PREFIX##_w8_m8_r64, 8, 8, EP, 4, 2)             \
-    X(PREFIX##_w8_m16_r64, 8, 16, EP, 4, 1)
+    X(PREFIX##_w8_m16_r64, 8, 16, EP, 4, 2)
 #define QUIK_GEMV_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMV, quik_gemv_##EPNAME, EP)
 
 QUIK_GEMV_ALL(i32, 0)
