@@ -468,18 +468,11 @@ def build_layers(W: Tensor, schemes: Sequence[str], outliers: Sequence[int], dty
 def reference_forward(layer, codes: Tensor, x: Tensor) -> Tensor:
     """QuikLinear.forward through runtime/reference.py with a weight prepared from the codes themselves
     (independent of the layer's backend): the oracle for the CUDA backend's output. x [M, K] -> [M, N]."""
-    from quiktool.algo.quant import act_shift
     from quiktool.runtime import reference as ref
 
     w = ref.prepare_weight(codes, layer.weight_bits)
-    a = ref.quantize_activations(x.contiguous(), layer.keep_idx.long(), layer.outlier_idx.long(), layer.act_bits)
-    if layer.outlier_idx.numel() and x.shape[0] <= ref.FUSED_OUTLIER_MAX_M:  # the decode outlier order
-        return ref.quik_gemm_outliers(a.codes, w, layer.weight_bits, a.scale, a.zero, act_shift(layer.act_bits),
-                                      layer.w_scale, layer.wsum, a.x_outlier, layer.outlier_weight, layer.bias,
-                                      x.dtype)
-    y_base = F.linear(a.x_outlier, layer.outlier_weight, layer.bias) if layer.outlier_idx.numel() else None
-    return ref.quik_gemm(a.codes, w, layer.weight_bits, a.scale, a.zero, act_shift(layer.act_bits),
-                         layer.w_scale, layer.wsum, y_base, x.dtype)
+    return ref.quik_linear(x.contiguous(), layer.keep_idx.long(), layer.outlier_idx.long(), layer.act_bits, w,
+                           layer.weight_bits, layer.w_scale, layer.wsum, layer.outlier_weight, layer.bias)
 
 
 def time_stages(layer, backend_mod, xs: Sequence[Tensor], timer: Timer, fused: bool) -> dict[str, float | None]:
@@ -496,7 +489,7 @@ def time_stages(layer, backend_mod, xs: Sequence[Tensor], timer: Timer, fused: b
     shift = act_shift(L.act_bits)
     acts = [be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits) for x in xs]
     has_out = L.outlier_idx.numel() > 0
-    in_gemm = has_out and xs[0].shape[0] <= ref.FUSED_OUTLIER_MAX_M
+    in_gemm = ref.outliers_in_gemm(xs[0].shape[0], L.outlier_idx.numel())
     ybs = [F.linear(a.x_outlier, L.outlier_weight, L.bias) if has_out and not in_gemm else None for a in acts]
     st: dict[str, float | None] = {}
     st["quantize"] = timer(lambda x: be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits),

@@ -721,7 +721,7 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
     FUSED_OUTLIER_MAX_M tokens quik_gemm_outliers (the outlier product inside the small-M kernel), else the
     outlier product by F.linear (cuBLAS, as on the torch backend) and quik_gemm."""
     M = x.shape[0]
-    if M <= _ref.FUSED_OUTLIER_MAX_M and outlier_idx.numel():
+    if _ref.outliers_in_gemm(M, outlier_idx.numel()):
         # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
         a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
         return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum,

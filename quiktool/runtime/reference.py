@@ -151,6 +151,13 @@ def outlier_sum(x_outlier: Tensor, outlier_weight: Tensor, bias: Tensor | None) 
     return s
 
 
+def outliers_in_gemm(M: int, n_out: int) -> bool:
+    """Whether a layer call of M tokens with n_out outlier columns takes the decode definition of the outlier
+    product (outlier_sum, quik_gemm_outliers) rather than F.linear: the one place both backends and the bench
+    decide it (FUSED_OUTLIER_MAX_M is read at call time)."""
+    return n_out > 0 and M <= FUSED_OUTLIER_MAX_M
+
+
 def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
                        w_scale: Tensor, wsum: Tensor, x_outlier: Tensor, outlier_weight: Tensor,
                        bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
@@ -172,7 +179,7 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
     With at most FUSED_OUTLIER_MAX_M tokens and outliers, the outlier product is outlier_sum instead
     (quik_gemm_outliers)."""
     a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
-    if x.shape[0] <= FUSED_OUTLIER_MAX_M and outlier_idx.numel():
+    if outliers_in_gemm(x.shape[0], outlier_idx.numel()):
         return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, act_shift(act_bits), w_scale, wsum,
                                   a.x_outlier, outlier_weight, bias, x.dtype)
     y_base = outlier_base(a.x_outlier, outlier_weight, bias, x.shape[0])
