@@ -103,7 +103,19 @@ QDEV uint4 ldg_keep(const void* p) {
     return v;
 }
 
-// mma_s8, nib_even / nib_odd, bytes_even / bytes_odd: quik_ptx.cuh (shared with quik_gemv_split.cu).
+// D = A * B + D, 16x8x32, int8 inputs, int32 accumulators (wrap-around, never reached: see header).
+QDEV void mma_s8(int* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+QDEV unsigned nib_even(unsigned x) { return (x << 4) & 0xF0F0F0F0u; }  // 16 * w[k + 2i]
+QDEV unsigned nib_odd(unsigned x) { return x & 0xF0F0F0F0u; }          // 16 * w[k + 2i + 1]
+QDEV unsigned bytes_even(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x6420); }
+QDEV unsigned bytes_odd(unsigned lo, unsigned hi) { return __byte_perm(lo, hi, 0x7531); }
 
 // ---------------------------------------------------------------------------------------------
 // Tiled tensor-core kernel

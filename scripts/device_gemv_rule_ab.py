@@ -67,8 +67,7 @@ def kernel_name(layer, M: int) -> str:
         return cuda._wgmma_plan(M, layer.out_features, "f16")[0].replace("_f16_w4", "")
     if path != "mma":
         return path
-    return cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d, kp)[0].replace("quik_gemv_f16_", "").replace(
-        "quik_gemvs_f16_", "split_")
+    return cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d)[0].replace("quik_gemv_f16_", "")
 
 
 dev = torch.device("cuda")

@@ -76,7 +76,6 @@ KERNELS: dict[str, tuple[str, ...]] = {
            for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
-    "quik_gemv_split.cu": tuple(f"quik_gemvs_{ep}_w{wb}_sk{sk}" for ep in _EPS for wb in (4, 8) for sk in (1, 2, 4, 8)),
 }
 
 # Tile configurations of quik_gemm.cu (must match its entry-point macros): BM, BN, threads, stages.
@@ -240,8 +239,6 @@ def _kernels(device_index: int, arch: str) -> dict[str, int]:
                     kernel.max_dynamic_shared_size_bytes = _ACT_SMEM_MAX
                 elif name.startswith("quik_gemvo_"):
                     kernel.max_dynamic_shared_size_bytes = _GEMVO_SMEM_MAX
-                elif name.startswith("quik_gemvs_"):
-                    kernel.max_dynamic_shared_size_bytes = _GEMVS_SMEM[int(name.split("_w")[1][0])]
                 handles[name] = int(kernel.kernel.ptr)
     return handles
 
@@ -789,52 +786,15 @@ def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
 
-# The 9..16-token kernel of quik_gemv_split.cu (128 weight rows per CTA, activations staged once in shared
-# memory, K split over a cluster of SK CTAs). GEMV_SPLIT (QUIKTOOL_GEMV_SPLIT=0: off) takes it for
-# GEMV_SPLIT_MIN_M <= M <= 16 on sm_90; GEMV_SPLIT_SK forces the split (1, 2, 4 or 8), else _gemvs_sk.
-GEMV_SPLIT: int = _env_int("QUIKTOOL_GEMV_SPLIT", 1)
-GEMV_SPLIT_MIN_M = 9
-GEMV_SPLIT_SK: int | None = None
-GEMV_SPLIT_CTAS = 2          # _gemvs_sk: split until there are this many CTAs per SM ...
-GEMV_SPLIT_MIN_STEPS = 4     # ... while every CTA keeps at least this many 64-byte weight steps
-_GEMVS_ROWS, _GEMVS_THREADS = 128, 256
-# dynamic shared memory: 3 ring slots x 16 token rows x (8 steps of activation bytes + pad), per w_bits
-_GEMVS_SMEM = {4: 3 * 16 * (8 * 128 + 16), 8: 3 * 16 * (8 * 64 + 64)}
-
-
-def _gemvs_sk(N: int, kp: int, w_bits: int, sms: int) -> int:
-    """CTAs per cluster (K split) of quik_gemvs_*: doubled from 1 while the grid has fewer than
-    GEMV_SPLIT_CTAS CTAs per SM and each CTA would keep GEMV_SPLIT_MIN_STEPS weight steps; at most 8."""
-    if GEMV_SPLIT_SK:
-        return GEMV_SPLIT_SK
-    blocks, steps = -(-N // _GEMVS_ROWS), -(-(kp // 2 if w_bits == 4 else kp) // 64)
-    sk = 1
-    while sk < 8 and blocks * sk < GEMV_SPLIT_CTAS * sms and steps // (2 * sk) >= GEMV_SPLIT_MIN_STEPS:
-        sk *= 2
-    return sk
-
-
-def _gemvs_plan(N: int, kp: int, w_bits: int, ep: str, sms: int = 132) -> tuple[str, int, int, int]:
-    """quik_gemvs_<ep>_w<bits>_sk<SK> -> (name, grid, block, dynamic smem); any 1 <= M <= 16 (sm_90)."""
-    sk = _gemvs_sk(N, kp, w_bits, sms)
-    if sk not in (1, 2, 4, 8):
-        raise KernelError(f"GEMV_SPLIT_SK must be 1, 2, 4 or 8, got {sk}")
-    return f"quik_gemvs_{ep}_w{w_bits}_sk{sk}", -(-N // _GEMVS_ROWS) * sk, _GEMVS_THREADS, _GEMVS_SMEM[w_bits]
-
-
-def _plan(M: int, N: int, w_bits: int, ep: str, device: int, kp: int) -> tuple[str, int, int, int]:
+def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, int, int]:
     """Kernel choice -> (name, grid, block, dynamic smem).
 
-    M <= 16: the weight-streaming kernels (decode): from GEMV_SPLIT_MIN_M tokens on sm_90 the cluster
-    split-K kernel (GEMV_SPLIT), else quik_gemv_*. Otherwise the tiled kernel, 128 x 256 tiles when they
+    M <= 16: the weight-streaming kernel (decode). Otherwise the tiled kernel, 128 x 256 tiles when they
     fill the GPU at least once, else 64 x 128 tiles (more blocks for medium M / small N).
     Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
     """
     if M <= 16:
-        name_, sms, cap = _device_info(device)
-        if GEMV_SPLIT and GEMV_SPLIT_MIN_M <= M and cap >= 90:
-            return _gemvs_plan(N, kp, w_bits, ep, sms)
-        return _gemv_plan(M, N, w_bits, ep, sms=sms)
+        return _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)
@@ -872,7 +832,7 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
         name, grid, block, smem = (_wgmma_plan(M, N, "i32") if _wgmma_ok(M, N, w_bits, dev)
-                                   else _plan(M, N, w_bits, "i32", dev, kp))
+                                   else _plan(M, N, w_bits, "i32", dev))
         _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
     return out
 
@@ -908,10 +868,10 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
             _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
                     _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
         else:
-            name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev, kp)
-            # the small-M kernels start early and load their first weights while the quantizer runs
+            name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev)
+            # the small-M kernel starts early and prefetches its weights while the quantizer runs
             _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem,
-                    pdl=name.startswith(("quik_gemv_", "quik_gemvs_")))
+                    pdl=name.startswith("quik_gemv_"))
     return out
 
 

@@ -332,29 +332,17 @@ def test_int_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> No
     _check_int(a, w, w_bits)
 
 
-def _force_split(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
-    """cfg "gemvsK": every small-M launch through quik_gemvs_*_skK (the cluster split-K kernel)."""
-    monkeypatch.setattr(cuda, "GEMV_SPLIT_SK", int(cfg[5:]))
-    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp: cuda._gemvs_plan(N, kp, wb, ep))
-
-
-SPLIT_CFGS = ["gemvs1", "gemvs2", "gemvs4", "gemvs8"]
-
-
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", *SPLIT_CFGS])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
     """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails;
-    "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those, gemvsK
-    the cluster split-K kernel with K split over K CTAs (with Kq = 64 most of them get no steps)."""
+    "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those."""
     for M in ([1, 5, 8, 9, 16] if cfg.startswith("gemv") else [1, 17, 130, 300]):
-        if cfg.startswith("gemvs"):
-            _force_split(monkeypatch, cfg)
-        elif cfg.startswith("gemv"):
+        if cfg.startswith("gemv"):
             rows = int(cfg[4:]) if cfg != "gemv" else None
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 172, 520):
             for kq in (64, 200, 1000):
                 g = _gen("ragged", cfg, w_bits, M, N, kq)
@@ -366,23 +354,11 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
 def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, rows: int) -> None:
     """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
     codes, a half last step (Kp % 128 == 64), N = 172, both row counts per block."""
-    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp: cuda._gemv_plan(M, N, wb, ep, rows))
+    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, rows))
     kq = 13100 if w_bits == 4 else 6150                     # Kp 13120 (6560 bytes) / 6208
     for M in (1, 3, 16):
         g = _gen("long-rows", w_bits, rows, M)
         _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, 172, kq, w_bits), w_bits), w_bits)
-
-
-@pytest.mark.parametrize("cfg", SPLIT_CFGS)
-@pytest.mark.parametrize("w_bits", [4, 8])
-def test_gemvs_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, cfg: str) -> None:
-    """The split-K kernel over many activation chunks (the 3-slot ring wraps), a half last step (w4: Kp %
-    128 == 64), N = 300 (a partial last 128-row block), fresh random codes."""
-    _force_split(monkeypatch, cfg)
-    kq = 13100 if w_bits == 4 else 6150
-    for M in (1, 9, 16):
-        g = _gen("gemvs-long", w_bits, cfg, M)
-        _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, 300, kq, w_bits), w_bits), w_bits)
 
 
 @pytest.mark.parametrize("w_bits", [4, 8])
@@ -449,16 +425,14 @@ def test_quik_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtyp
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", *SPLIT_CFGS])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
 def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
     for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
-        if cfg.startswith("gemvs"):
-            _force_split(monkeypatch, cfg)
-        elif cfg.startswith("gemv"):
+        if cfg.startswith("gemv"):
             rows = int(cfg[4:]) if cfg != "gemv" else 32
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, kp, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 300):
             for w_bits in (4, 8):
                 for dtype in (torch.float16, torch.bfloat16):

@@ -5,7 +5,6 @@ nvidia-cuda-nvrtc wheel missing); a compile error is a failure.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -143,26 +142,3 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
     monkeypatch.setattr(cuda, "GEMV_RULE", "m")
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
-
-
-def test_gemvs_split_rule(monkeypatch) -> None:
-    """quik_gemvs_*: K split doubled while the grid has < GEMV_SPLIT_CTAS CTAs per SM and every CTA keeps
-    GEMV_SPLIT_MIN_STEPS 64-byte weight steps, at most 8; GEMV_SPLIT_SK forces it; the launcher's shared
-    memory mirrors the kernel's ring (GS_CH steps x GS_SLOTS slots x 16 token rows, padded)."""
-    monkeypatch.setattr(cuda, "GEMV_SPLIT_SK", None)
-    monkeypatch.setattr(cuda, "GEMV_SPLIT_CTAS", 2)
-    monkeypatch.setattr(cuda, "GEMV_SPLIT_MIN_STEPS", 4)
-    # K x N (Kp = K) -> SK on 132 SMs: 4096 x 4096 has 32 blocks of 32 steps (w4): 8 CTAs of 4 steps each
-    assert [cuda._gemvs_sk(n, k, 4, 132) for k, n in ((4096, 4096), (8192, 28672), (28672, 8192),
-                                                       (4096, 11008), (5120, 13824))] == [8, 2, 8, 4, 4]
-    assert cuda._gemvs_sk(8192, 64, 4, 132) == 1                      # one step: nothing to split
-    assert cuda._gemvs_sk(4096, 4096, 8, 132) == 8                    # w8: 64 steps
-    assert cuda._gemvs_plan(28672, 8192, 4, "f16", 132) == ("quik_gemvs_f16_w4_sk2", 448, 256, 49920)
-    monkeypatch.setattr(cuda, "GEMV_SPLIT_SK", 8)
-    assert cuda._gemvs_plan(300, 64, 8, "i32", 132) == ("quik_gemvs_i32_w8_sk8", 24, 256, 27648)
-    monkeypatch.setattr(cuda, "GEMV_SPLIT_SK", 3)
-    with pytest.raises(cuda.KernelError, match="GEMV_SPLIT_SK must be 1, 2, 4 or 8, got 3"):
-        cuda._gemvs_plan(300, 64, 8, "i32", 132)
-    src = (Path(__file__).resolve().parents[2] / "kernels" / "quik_gemv_split.cu").read_text()
-    ch, slots = (int(re.search(rf"\b{k} = (\d+)", src).group(1)) for k in ("GS_CH", "GS_SLOTS"))
-    assert cuda._GEMVS_SMEM == {4: slots * 16 * (ch * 128 + 16), 8: slots * 16 * (ch * 64 + 64)}
