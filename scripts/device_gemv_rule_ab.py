@@ -9,7 +9,9 @@ gave same-kernel ratios of 1.01-1.04 on the H100 (order effects), too much for a
 A setting is a space-separated list of module attributes, NAME=VALUE (ints, comma-separated int tuples, None, or
 strings): quiktool.runtime.cuda's, or reference's with a "ref." prefix (e.g. ref.FUSED_OUTLIER_MAX_M=0: the
 outlier product through F.linear at decode sizes, as before the fused kernels; the two settings then give
-different bits by design).
+different bits by design). SOURCE=old runs the kernels compiled from --old-kernels DIR (e.g. `git show
+REV:kernels/X.cu` copies; files missing there come from the working tree), SOURCE=new (the default) the
+working tree's: a kernel change A/B in one process, both module sets loaded once.
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rule_ab.py [--a "GEMV_RULE=m"] [--b ""]
       [--m 1,16] [--rounds 6] [--reps 100]
@@ -31,6 +33,7 @@ p.add_argument("--rounds", type=int, default=6)
 p.add_argument("--reps", type=int, default=100)
 p.add_argument("--scheme", default="w4a4")
 p.add_argument("--outliers", type=int, default=0)
+p.add_argument("--old-kernels", default=None, help="folder of older kernel sources for SOURCE=old")
 args = p.parse_args()
 
 
@@ -49,13 +52,37 @@ def target(name: str) -> tuple:
     return (reference, name[4:]) if name.startswith("ref.") else (cuda, name)
 
 
-defaults = {k: getattr(*target(k)) for k in {"GEMV_RULE", "GEMV_ROWS", *parse(args.a), *parse(args.b)}}
-settings = {"a": {**defaults, **parse(args.a)}, "b": {**defaults, **parse(args.b)}}
+defaults = {k: getattr(*target(k)) for k in {"GEMV_RULE", "GEMV_ROWS", *parse(args.a), *parse(args.b)} - {"SOURCE"}}
+settings = {"a": {**defaults, "SOURCE": "new", **parse(args.a)}, "b": {**defaults, "SOURCE": "new", **parse(args.b)}}
+modules = {}  # SOURCE -> {kernel name: handle}, each set compiled and loaded once
+if any(s["SOURCE"] == "old" for s in settings.values()):
+    if not args.old_kernels:
+        raise SystemExit("SOURCE=old needs --old-kernels DIR")
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+    old_dir = Path(tempfile.mkdtemp())
+    for f in cuda.KERNELS:  # every file the loader compiles, the old copy where there is one
+        src = Path(args.old_kernels) / f
+        shutil.copy(src if src.is_file() else Path(cuda.__file__).resolve().parents[2] / "kernels" / f, old_dir / f)
+    for f in ("quik_quant.cuh", "quik_epilogue.cuh", "quik_ptx.cuh"):  # included headers, likewise
+        src = Path(args.old_kernels) / f
+        shutil.copy(src if src.is_file() else Path(cuda.__file__).resolve().parents[2] / "kernels" / f, old_dir / f)
+    arch = cuda._device_info(0)[0]
+    os.environ["QUIKTOOL_KERNELS_DIR"] = str(old_dir)
+    modules["old"] = cuda._kernels.__wrapped__(0, arch)
+    del os.environ["QUIKTOOL_KERNELS_DIR"]
+    modules["new"] = cuda._kernels.__wrapped__(0, arch)
 
 
 def use(which: str) -> None:
     for k, v in settings[which].items():
-        setattr(*target(k), v)
+        if k == "SOURCE":
+            if modules:
+                cuda._kernels = lambda index, arch, h=modules[v]: h
+        else:
+            setattr(*target(k), v)
 
 
 def kernel_name(layer, M: int) -> str:
