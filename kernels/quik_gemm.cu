@@ -33,8 +33,7 @@
 //     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (N/16 for *_r16, N/64 for *_r64), static smem only; on sm_90
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
-//     quik_gemvo_*    : as quik_gemv_*, dynamic smem round16(ROWS * (2 * chunk + 16) + 2 * M * n_out) + 4 * M * chunk
-//                       (OutlierProduct);
+//     quik_gemvo_*    : as quik_gemv_*, dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out (OutlierProduct);
 //                       before griddepcontrol.wait it also reads w_out (x_out, the quantizer's, after it)
 //
 // Why int4 is multiplied as int8: sm_90 has no int4 tensor-core instruction (mma .s4 is emulated at ~50
@@ -364,8 +363,7 @@ struct OutlArgs {
 // Dynamic shared memory of a quik_gemvo_* block (the launcher computes the same, cuda._gemvo_smem):
 //   tile [ROWS][2 * chunk + 16 bytes]: the block's weight rows, `chunk` outlier columns at a time (the
 //        16-byte pad spreads the rows that neighbouring lanes read over the banks);
-//   xs   [M][n_out] 16-bit: a copy of x_out;
-//   xf   [M][chunk] fp32, from a 16-byte boundary: the current chunk's x values converted (exactly) once.
+//   xs   [M][n_out] 16-bit: a copy of x_out.
 constexpr int OUTL_THREADS = 256;
 
 template <int EP>
@@ -387,13 +385,10 @@ QDEV float outl_step(float s, float x, float w) {
 // (a dependent load at every block's start). Now: the weight tile is copied by cp.async before
 // griddepcontrol.wait (weights do not depend on the quantizer), the quantizer's own copy of the outlier
 // values (x_out) by cp.async right after it, both land during the main loop, and the chains run after the
-// main loop on 8 columns at a time whose operands are loaded together. The chains are then issue bound
-// (M x N x n_out steps per layer, e.g. +22 us on 8192 x 28672 at M = 16): x is converted to fp32 once per block
-// (xf), not once per step, and only the chains of real tokens run (eighth session).
+// main loop on 8 columns at a time whose operands are loaded together.
 template <int EP, int MTOK, int ROWS>
 struct OutlierProduct {
     static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;
-    static_assert(PAIRS <= 4, "sums dispatches on up to 4 chains per thread");
     bool vec;  // 16-byte copies and reads (n_out % 8 == 0, w_out and x_out 16-byte aligned)
 
     QDEV static int row_bytes(const OutlArgs& ol) { return 2 * ol.chunk + 16; }
@@ -434,86 +429,55 @@ struct OutlierProduct {
         }
     }
 
-    // Where the fp32 copy of the current chunk of x values starts (after the 16-bit copy, 16-byte aligned); the
-    // launcher's _gemvo_smem adds the same.
-    QDEV static int xf_offset(const OutlArgs& ol, int M) { return (ROWS * row_bytes(ol) + 2 * M * ol.n_out + 15) & ~15; }
-
-    // The chains of tokens m0, m0 + MSTEP, ... (NI of them, all < M) over columns j0 .. j0 + nj of the tile row
-    // `row`, x values from xf [M][chunk] fp32. The x values were converted once per block (not once per weight
-    // row and token: that conversion was 2 of the ~4.5 instructions per step), the weight value once per thread
-    // and step for its NI chains.
-    template <int NI>
-    QDEV void chains(const OutlArgs& ol, const unsigned char* row, const float* xf, int m0, int nj, float (&os)[PAIRS]) const {
-        constexpr int MSTEP = OUTL_THREADS / ROWS;
-        if (vec) {  // nj % 8 == 0; tile rows and xf rows 16-byte aligned
-#pragma unroll 2
-            for (int j = 0; j < nj; j += 8) {
-                const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
-                float4 xa[NI], xb[NI];
-#pragma unroll
-                for (int i = 0; i < NI; ++i) {
-                    const float* xr = xf + (m0 + i * MSTEP) * ol.chunk + j;
-                    xa[i] = *reinterpret_cast<const float4*>(xr);
-                    xb[i] = *reinterpret_cast<const float4*>(xr + 4);
-                }
-                const unsigned wu[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-                for (int q = 0; q < 8; ++q) {
-                    const float wf = load_f32<EP>((unsigned short)(wu[q / 2] >> (16 * (q & 1))));
-#pragma unroll
-                    for (int i = 0; i < NI; ++i) {
-                        const float4& xv = q < 4 ? xa[i] : xb[i];
-                        const float x = (q & 3) == 0 ? xv.x : (q & 3) == 1 ? xv.y : (q & 3) == 2 ? xv.z : xv.w;
-                        os[i] = outl_step<EP>(os[i], x, wf);
-                    }
-                }
-            }
-        } else {
-            const unsigned short* r16 = reinterpret_cast<const unsigned short*>(row);
-            for (int j = 0; j < nj; ++j) {
-                const float wf = load_f32<EP>(r16[j]);
-#pragma unroll
-                for (int i = 0; i < NI; ++i) os[i] = outl_step<EP>(os[i], xf[(m0 + i * MSTEP) * ol.chunk + j], wf);
-            }
-        }
-    }
-
     // After the main loop: os[i] = the sum for (token tid / ROWS + i * (OUTL_THREADS / ROWS), feature n0 +
     // tid % ROWS), the outputs this thread stores in the epilogue. All threads call it (block barriers).
-    // Only the chains of tokens < M run (a prefix of i; whole warps skip when ROWS >= 32): at M = 1 the
-    // 8-token kernels used to run all 8 and store one.
     QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) const {
-        constexpr int MSTEP = OUTL_THREADS / ROWS;
-        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol), m0 = tid / ROWS;
-        unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * rb);  // [M][n_out] 16-bit
-        float* xf = reinterpret_cast<float*>(smem + xf_offset(ol, M));           // [M][chunk] fp32
-        const int ni = m0 < M ? min(PAIRS, (M - m0 + MSTEP - 1) / MSTEP) : 0;   // chains with a token < M
+        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol);
+        unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * rb);  // [M][n_out]
         if (!vec)
             for (int e = tid; e < M * ol.n_out; e += OUTL_THREADS) xs[e] = ol.x_out[e];
+        // the rows of xs this thread reads (a clamped row for tokens past M: computed, never stored)
+        int xo[PAIRS];
 #pragma unroll
-        for (int i = 0; i < PAIRS; ++i) os[i] = 0.f;
+        for (int i = 0; i < PAIRS; ++i) {
+            const int m = tid / ROWS + i * (OUTL_THREADS / ROWS);
+            xo[i] = (m < M ? m : 0) * ol.n_out;
+            os[i] = 0.f;
+        }
         for (int j0 = 0; j0 < ol.n_out; j0 += ol.chunk) {
             const int nj = min(ol.chunk, ol.n_out - j0);
             if (j0 > 0 || !vec) {
-                __syncthreads();  // the previous chunk's readers are done with the tile and xf
+                __syncthreads();  // the previous chunk's readers are done with the tile
                 load_tile(ol, N, n0, j0, smem);
             }
             cp_async_wait<0>();
             __syncthreads();
-            for (int e = tid; e < M * nj; e += OUTL_THREADS) {  // this chunk's x values -> fp32 (exact)
-                const int m = e / nj, j = e - m * nj;
-                xf[m * ol.chunk + j] = load_f32<EP>(xs[m * ol.n_out + j0 + j]);
-            }
-            __syncthreads();
-            if (n >= N || ni == 0) continue;
+            if (n >= N) continue;
             const unsigned char* row = smem + nl * rb;
-            if (ni == PAIRS) {
-                chains<PAIRS>(ol, row, xf, m0, nj, os);
-            } else if constexpr (PAIRS > 1) {
-                if (ni == 1) chains<1>(ol, row, xf, m0, nj, os);
-                else if constexpr (PAIRS > 2) {
-                    if (ni == 2) chains<2>(ol, row, xf, m0, nj, os);
-                    else if constexpr (PAIRS > 3) chains<3>(ol, row, xf, m0, nj, os);  // PAIRS <= 4
+            if (vec) {  // nj % 8 == 0; rows and xs rows 16-byte aligned
+#pragma unroll 2
+                for (int j = 0; j < nj; j += 8) {
+                    const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
+                    uint4 xv[PAIRS];
+#pragma unroll
+                    for (int i = 0; i < PAIRS; ++i) xv[i] = *reinterpret_cast<const uint4*>(xs + xo[i] + j0 + j);
+                    const unsigned wu[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+                    for (int q = 0; q < 8; ++q) {
+                        const float wf = load_f32<EP>((unsigned short)(wu[q / 2] >> (16 * (q & 1))));
+#pragma unroll
+                        for (int i = 0; i < PAIRS; ++i) {
+                            const unsigned xu[4] = {xv[i].x, xv[i].y, xv[i].z, xv[i].w};
+                            os[i] = outl_step<EP>(os[i], load_f32<EP>((unsigned short)(xu[q / 2] >> (16 * (q & 1)))), wf);
+                        }
+                    }
+                }
+            } else {
+                const unsigned short* r16 = reinterpret_cast<const unsigned short*>(row);
+                for (int j = 0; j < nj; ++j) {
+                    const float wf = load_f32<EP>(r16[j]);
+#pragma unroll
+                    for (int i = 0; i < PAIRS; ++i) os[i] = outl_step<EP>(os[i], load_f32<EP>(xs[xo[i] + j0 + j]), wf);
                 }
             }
         }

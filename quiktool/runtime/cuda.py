@@ -886,8 +886,8 @@ _GEMVO_SMEM_WANT = min(96 << 10, _GEMVO_SMEM_MAX)
 
 def _gemvo_smem(rows: int, M: int, n_out: int, chunk: int) -> int:
     """Dynamic shared memory of quik_gemvo_*: the weight tile [rows, 2 * chunk + 16 bytes] + x values [M, n_out]
-    16-bit, rounded up to 16 bytes, + the chunk's x values [M, chunk] fp32 (quik_gemm.cu, OutlierProduct)."""
-    return -(-(rows * (2 * chunk + 16) + 2 * M * n_out) // 16) * 16 + 4 * M * chunk
+    16-bit (quik_gemm.cu, OutlierProduct)."""
+    return rows * (2 * chunk + 16) + 2 * M * n_out
 
 
 def _gemvo_chunk(rows: int, M: int, n_out: int) -> int | None:
@@ -895,7 +895,7 @@ def _gemvo_chunk(rows: int, M: int, n_out: int) -> int | None:
     do (a multiple of 8; at least 8 within _GEMVO_SMEM_MAX); None when not even that fits."""
     if _gemvo_smem(rows, M, n_out, n_out) <= _GEMVO_SMEM_WANT or n_out <= 8:
         return n_out if _gemvo_smem(rows, M, n_out, n_out) <= _GEMVO_SMEM_MAX else None
-    chunk = (_GEMVO_SMEM_WANT - 2 * M * n_out - 16 * rows - 16) // (2 * rows + 4 * M) // 8 * 8
+    chunk = (_GEMVO_SMEM_WANT - 2 * M * n_out - 16 * rows) // (2 * rows) // 8 * 8
     chunk = max(chunk, 8)
     return chunk if _gemvo_smem(rows, M, n_out, chunk) <= _GEMVO_SMEM_MAX else None
 
