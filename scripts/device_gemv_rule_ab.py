@@ -11,7 +11,8 @@ strings): quiktool.runtime.cuda's, or reference's with a "ref." prefix (e.g. ref
 outlier product through F.linear at decode sizes, as before the fused kernels; the two settings then give
 different bits by design). SOURCE=old runs the kernels compiled from --old-kernels DIR (e.g. `git show
 REV:kernels/X.cu` copies; files missing there come from the working tree), SOURCE=new (the default) the
-working tree's: a kernel change A/B in one process, both module sets loaded once.
+working tree's, or those of --new-kernels DIR: a kernel change A/B in one process, both module sets loaded
+once (the launcher is the working tree's for both: it must size what both kernels need).
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rule_ab.py [--a "GEMV_RULE=m"] [--b ""]
       [--m 1,16] [--rounds 6] [--reps 100]
@@ -34,6 +35,7 @@ p.add_argument("--reps", type=int, default=100)
 p.add_argument("--scheme", default="w4a4")
 p.add_argument("--outliers", type=int, default=0)
 p.add_argument("--old-kernels", default=None, help="folder of older kernel sources for SOURCE=old")
+p.add_argument("--new-kernels", default=None, help="folder of kernel sources for SOURCE=new (default: the tree's)")
 args = p.parse_args()
 
 
@@ -62,18 +64,19 @@ if any(s["SOURCE"] == "old" for s in settings.values()):
     import shutil
     import tempfile
     from pathlib import Path
-    old_dir = Path(tempfile.mkdtemp())
-    for f in cuda.KERNELS:  # every file the loader compiles, the old copy where there is one
-        src = Path(args.old_kernels) / f
-        shutil.copy(src if src.is_file() else Path(cuda.__file__).resolve().parents[2] / "kernels" / f, old_dir / f)
-    for f in ("quik_quant.cuh", "quik_epilogue.cuh", "quik_ptx.cuh"):  # included headers, likewise
-        src = Path(args.old_kernels) / f
-        shutil.copy(src if src.is_file() else Path(cuda.__file__).resolve().parents[2] / "kernels" / f, old_dir / f)
+    tree = Path(cuda.__file__).resolve().parents[2] / "kernels"
     arch = cuda._device_info(0)[0]
-    os.environ["QUIKTOOL_KERNELS_DIR"] = str(old_dir)
-    modules["old"] = cuda._kernels.__wrapped__(0, arch)
+    for which, folder in (("old", args.old_kernels), ("new", args.new_kernels)):
+        d = Path(tempfile.mkdtemp())
+        for f in [*cuda.KERNELS, "quik_quant.cuh", "quik_epilogue.cuh", "quik_ptx.cuh"]:  # compiled files, headers
+            src = Path(folder) / f if folder else tree / f
+            shutil.copy(src if src.is_file() else tree / f, d / f)
+        os.environ["QUIKTOOL_KERNELS_DIR"] = str(d)
+        cuda._source.cache_clear()  # _source is cached: without this both sets would get the first one's text
+        modules[which] = cuda._kernels.__wrapped__(0, arch)
+        print(f"SOURCE={which}: kernels from {folder or tree}", flush=True)
     del os.environ["QUIKTOOL_KERNELS_DIR"]
-    modules["new"] = cuda._kernels.__wrapped__(0, arch)
+    cuda._source.cache_clear()
 
 
 def use(which: str) -> None:

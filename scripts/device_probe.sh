@@ -17,7 +17,8 @@
 #     outlab  sixth session: layer A/B in one process of the fused decode outlier product (B, the default)
 #             against F.linear (A: ref.FUSED_OUTLIER_MAX_M=0), 256 outliers, M = 1 and 8, W4A4
 #     gemvo   kernel-level probe of the fused outlier product (scripts/device_gemvo_probe.py) and ncu of
-#             quik_gemvo_f16_w4_m8 on 8192 x 8192 at M = 1
+#             quik_gemvo_f16_w4_m8 and quik_gemv_f16_w4_m8 on 8192 x 8192 at M = 1 (other points: GEMVO_M,
+#             GEMVO_SHAPE, GEMVO_KERNEL, e.g. 16, 8192x28672, w4_m16)
 #     outlmodels `quiktool bench model` ($OUTL_ARCH, default llama2-7b) twice: QUIKTOOL_FUSED_OUTLIER_MAX_M=0 and
 #             the defaults
 #   WG_VARIANTS overrides the wgvar list ("name=-Dflags;...").
@@ -65,12 +66,14 @@ if has outlab; then
 fi
 if has gemvo; then
   timeout 200 python3 scripts/device_gemvo_probe.py 2>&1 | grep -v Warn | tee "$OUT/gemvo_probe.txt"
-  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemvo_f16_w4_m8$" --launch-skip 45 \
-    --launch-count 1 python3 scripts/device_gemvo_probe.py --m 1 --shapes 8192x8192 --reps 30 \
+  # GEMVO_M / GEMVO_SHAPE / GEMVO_KERNEL: the point profiled (kernel suffix as the launcher picks it there)
+  GM=${GEMVO_M:-1} GS=${GEMVO_SHAPE:-8192x8192} GK=${GEMVO_KERNEL:-w4_m8}
+  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemvo_f16_${GK}$" --launch-skip 45 \
+    --launch-count 1 python3 scripts/device_gemvo_probe.py --m "$GM" --shapes "$GS" --reps 30 \
     > "$OUT/ncu_gemvo.txt" 2>&1
   echo "ncu gemvo exit $?"
-  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemv_f16_w4_m8$" --launch-skip 45 \
-    --launch-count 1 python3 scripts/device_gemvo_probe.py --m 1 --shapes 8192x8192 --reps 30 \
+  timeout 120 $NCU --section SourceCounters --kernel-name "regex:quik_gemv_f16_${GK}$" --launch-skip 45 \
+    --launch-count 1 python3 scripts/device_gemvo_probe.py --m "$GM" --shapes "$GS" --reps 30 \
     > "$OUT/ncu_gemv.txt" 2>&1
   echo "ncu gemv exit $?"
 fi
