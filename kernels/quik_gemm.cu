@@ -345,9 +345,11 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 
 // ---------------------------------------------------------------------------------------------
 // The decode outlier product, fused into the small-M kernel (quik_gemvo_*; reference.outlier_sum):
-//   s[m, n] = 0;  s = s + x[m, idx[j]] * w_out[n, j]  for j = 0 .. n_out - 1;  s = s + bias[n]   (fp32)
+//   s_l[m, n] = 0 (l < 4);  s_l = s_l + x[m, idx[j]] * w_out[n, j]  for j = 0 .. n_out - 1, l = j % 4;
+//   s = (s_0 + s_1) + (s_2 + s_3);  s = s + bias[n]   (fp32)
 // each product and each sum rounded to nearest, in that order, so every thread of any launch geometry
-// gives the reference's bits. fp16 inputs: the product of two fp16 values is exact in fp32 (11 + 11
+// gives the reference's bits. Four lanes, not one chain: the sums of a thread are dependent, and a 256-step
+// chain at every block's end cost up to ~18% of a decode layer (docs/PERF_LOG.md, eighth session). fp16 inputs: the product of two fp16 values is exact in fp32 (11 + 11
 // significand bits, exponents within 2^-48 .. 2^32), so one fma.rn equals mul.rn then add.rn and saves an
 // instruction; bf16 products can leave the fp32 range, so they keep the two roundings.
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +367,9 @@ struct OutlArgs {
 //        16-byte pad spreads the rows that neighbouring lanes read over the banks);
 //   xs   [M][n_out] 16-bit: a copy of x_out.
 constexpr int OUTL_THREADS = 256;
+// Independent partial sums per output (reference.outlier_sum, OUTLIER_LANES): column j goes to lane j % 4.
+constexpr int OUTL_LANES = 4;
+static_assert(OUTL_LANES == 4, "sums combines the lanes as (s0 + s1) + (s2 + s3)");
 
 template <int EP>
 QDEV float outl_step(float s, float x, float w) {
@@ -389,6 +394,7 @@ QDEV float outl_step(float s, float x, float w) {
 template <int EP, int MTOK, int ROWS>
 struct OutlierProduct {
     static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;
+    static_assert(PAIRS <= 4, "sums dispatches on up to 4 chains per thread");
     bool vec;  // 16-byte copies and reads (n_out % 8 == 0, w_out and x_out 16-byte aligned)
 
     QDEV static int row_bytes(const OutlArgs& ol) { return 2 * ol.chunk + 16; }
@@ -429,20 +435,64 @@ struct OutlierProduct {
         }
     }
 
+    // The chains of this thread's first NI tokens (xo: their rows of xs) over columns j0 .. j0 + nj of the
+    // tile row `row`: column j goes to lane j % OUTL_LANES of its token (reference.outlier_sum's order).
+    template <int NI>
+    QDEV void chains(const OutlArgs& ol, const unsigned char* row, const unsigned short* xs, const int (&xo)[PAIRS],
+                     int j0, int nj, float (&acc)[PAIRS][OUTL_LANES]) const {
+        if (vec) {  // nj % 8 == 0, j0 % 8 == 0: column j0 + j + q is in lane q % 4; rows and xs rows 16-byte aligned
+#pragma unroll 2
+            for (int j = 0; j < nj; j += 8) {
+                const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
+                uint4 xv[NI];
+#pragma unroll
+                for (int i = 0; i < NI; ++i) xv[i] = *reinterpret_cast<const uint4*>(xs + xo[i] + j0 + j);
+                const unsigned wu[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+                for (int q = 0; q < 8; ++q) {
+                    const float wf = load_f32<EP>((unsigned short)(wu[q / 2] >> (16 * (q & 1))));
+#pragma unroll
+                    for (int i = 0; i < NI; ++i) {
+                        const unsigned xu[4] = {xv[i].x, xv[i].y, xv[i].z, xv[i].w};
+                        const float xf = load_f32<EP>((unsigned short)(xu[q / 2] >> (16 * (q & 1))));
+                        acc[i][q % OUTL_LANES] = outl_step<EP>(acc[i][q % OUTL_LANES], xf, wf);
+                    }
+                }
+            }
+        } else {
+            const unsigned short* r16 = reinterpret_cast<const unsigned short*>(row);
+            for (int j = 0; j < nj; ++j) {
+                const float wf = load_f32<EP>(r16[j]);
+                const int lj = (j0 + j) % OUTL_LANES;
+#pragma unroll
+                for (int i = 0; i < NI; ++i) {
+                    const float xf = load_f32<EP>(xs[xo[i] + j0 + j]);
+#pragma unroll
+                    for (int l = 0; l < OUTL_LANES; ++l)  // a select per lane: a runtime index would put acc in local memory
+                        if (l == lj) acc[i][l] = outl_step<EP>(acc[i][l], xf, wf);
+                }
+            }
+        }
+    }
+
     // After the main loop: os[i] = the sum for (token tid / ROWS + i * (OUTL_THREADS / ROWS), feature n0 +
     // tid % ROWS), the outputs this thread stores in the epilogue. All threads call it (block barriers).
+    // Only the chains of tokens < M run (a prefix of i, ni of them; whole warps skip when ROWS >= 32): at
+    // M = 1 the 8-token kernels used to run all 8 chains and store one.
     QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) const {
-        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol);
+        constexpr int MSTEP = OUTL_THREADS / ROWS;
+        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol), m0 = tid / ROWS;
         unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * rb);  // [M][n_out]
         if (!vec)
             for (int e = tid; e < M * ol.n_out; e += OUTL_THREADS) xs[e] = ol.x_out[e];
-        // the rows of xs this thread reads (a clamped row for tokens past M: computed, never stored)
-        int xo[PAIRS];
+        const int ni = m0 < M ? min(PAIRS, (M - m0 + MSTEP - 1) / MSTEP) : 0;  // chains of tokens < M
+        int xo[PAIRS];  // the rows of xs this thread reads
+        float acc[PAIRS][OUTL_LANES];
 #pragma unroll
         for (int i = 0; i < PAIRS; ++i) {
-            const int m = tid / ROWS + i * (OUTL_THREADS / ROWS);
-            xo[i] = (m < M ? m : 0) * ol.n_out;
-            os[i] = 0.f;
+            xo[i] = min(m0 + i * MSTEP, M - 1) * ol.n_out;
+#pragma unroll
+            for (int l = 0; l < OUTL_LANES; ++l) acc[i][l] = 0.f;
         }
         for (int j0 = 0; j0 < ol.n_out; j0 += ol.chunk) {
             const int nj = min(ol.chunk, ol.n_out - j0);
@@ -452,39 +502,24 @@ struct OutlierProduct {
             }
             cp_async_wait<0>();
             __syncthreads();
-            if (n >= N) continue;
+            if (n >= N || ni == 0) continue;
             const unsigned char* row = smem + nl * rb;
-            if (vec) {  // nj % 8 == 0; rows and xs rows 16-byte aligned
-#pragma unroll 2
-                for (int j = 0; j < nj; j += 8) {
-                    const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
-                    uint4 xv[PAIRS];
-#pragma unroll
-                    for (int i = 0; i < PAIRS; ++i) xv[i] = *reinterpret_cast<const uint4*>(xs + xo[i] + j0 + j);
-                    const unsigned wu[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-                    for (int q = 0; q < 8; ++q) {
-                        const float wf = load_f32<EP>((unsigned short)(wu[q / 2] >> (16 * (q & 1))));
-#pragma unroll
-                        for (int i = 0; i < PAIRS; ++i) {
-                            const unsigned xu[4] = {xv[i].x, xv[i].y, xv[i].z, xv[i].w};
-                            os[i] = outl_step<EP>(os[i], load_f32<EP>((unsigned short)(xu[q / 2] >> (16 * (q & 1)))), wf);
-                        }
-                    }
-                }
-            } else {
-                const unsigned short* r16 = reinterpret_cast<const unsigned short*>(row);
-                for (int j = 0; j < nj; ++j) {
-                    const float wf = load_f32<EP>(r16[j]);
-#pragma unroll
-                    for (int i = 0; i < PAIRS; ++i) os[i] = outl_step<EP>(os[i], load_f32<EP>(xs[xo[i] + j0 + j]), wf);
+            if (ni == PAIRS) {
+                chains<PAIRS>(ol, row, xs, xo, j0, nj, acc);
+            } else if constexpr (PAIRS > 1) {
+                if (ni == 1) {
+                    chains<1>(ol, row, xs, xo, j0, nj, acc);
+                } else if constexpr (PAIRS > 2) {
+                    if (ni == 2) chains<2>(ol, row, xs, xo, j0, nj, acc);
+                    else if constexpr (PAIRS > 3) chains<3>(ol, row, xs, xo, j0, nj, acc);  // PAIRS <= 4
                 }
             }
         }
-        if (ol.bias && n < N) {
-            const float b = load_f32<EP>(ol.bias[n]);
+        const float b = ol.bias && n < N ? load_f32<EP>(ol.bias[n]) : 0.f;
 #pragma unroll
-            for (int i = 0; i < PAIRS; ++i) os[i] = add_rn(os[i], b);
+        for (int i = 0; i < PAIRS; ++i) {
+            os[i] = add_rn(add_rn(acc[i][0], acc[i][1]), add_rn(acc[i][2], acc[i][3]));  // (s0 + s1) + (s2 + s3)
+            if (ol.bias) os[i] = add_rn(os[i], b);
         }
     }
 };
@@ -766,8 +801,14 @@ QUIK_GEMV_ALL(bf16, 2)
 // quik_gemvo_*: the small-M kernels with the outlier product fused (OutlierProduct; the launcher is
 // cuda.quik_gemm_outliers): dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out bytes (16-byte aligned
 // parts); y_base is not taken.
+// The fused kernels keep the blocks per SM they had with one chain per output (ptxas gave them a few registers
+// more with the four-lane outlier sums, which cost a block per SM: up to x1.14 at M = 16 and x1.20 at M = 1,
+// docs/PERF_LOG.md, eighth session).
+constexpr int gemvo_min_blocks(int wb, int mtok, int ntw) {
+    return mtok == 16 ? (ntw == 4 ? 2 : (ntw == 1 && wb == 4 ? 4 : 3)) : (ntw == 1 && wb == 4 ? 1 : 2);
+}
 #define QUIK_GEMVO(NAME, WB, MTOK, EP, NTW, U)                                                                     \
-    extern "C" __global__ void __launch_bounds__(256)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, gemvo_min_blocks(WB, MTOK, NTW))                             \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x_out,           \
          const void* w_out, int n_out, int chunk, const void* bias) {                                              \

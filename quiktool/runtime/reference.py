@@ -22,8 +22,9 @@ products first, then the sums left to right), then one rounding to the output dt
 
 The outlier product (the FP16 part of the layer), two definitions by token count M (``quik_linear``):
   M <= FUSED_OUTLIER_MAX_M (decode): y_base = outlier_sum, fp32, summed over the outlier columns j in
-      ascending order, s = s + x[m, idx[j]] * w_out[n, j] (each product and each sum rounded to nearest),
-      then + bias[n]; the CUDA backend computes it inside the small-M GEMM kernel (quik_gemm_outliers).
+      ascending order into four lanes (column j into lane j % 4), s_l = s_l + x[m, idx[j]] * w_out[n, j]
+      (each product and each sum rounded to nearest), then (s_0 + s_1) + (s_2 + s_3), then + bias[n]; the
+      CUDA backend computes it inside the small-M GEMM kernel (quik_gemm_outliers).
   otherwise: y_base = F.linear(x_out, w_out, bias) in the model dtype (cuBLAS on a GPU: the same call on
       both backends). The order is part
 of the contract: the CUDA epilogue performs the same sequence without FMA contraction, so the two
@@ -133,22 +134,31 @@ def outlier_base(x_outlier: Tensor | None, outlier_weight: Tensor, bias: Tensor 
     return None
 
 
+# Independent partial sums of outlier_sum (column j goes to lane j % OUTLIER_LANES); kernels/quik_gemm.cu
+# (OUTL_LANES) combines them as (s0 + s1) + (s2 + s3).
+OUTLIER_LANES = 4
+
+
 def outlier_sum(x_outlier: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
-    """The decode definition of the outlier product: fp32 [M, N] with
-        s[m, n] = 0;  s = s + x_outlier[m, j] * outlier_weight[n, j]  for j = 0, 1, ..., n_out - 1;  s = s + bias[n]
+    """The decode definition of the outlier product: fp32 [M, N] with four partial sums per output
+        s_l[m, n] = 0 (l = 0..3);  s_l = s_l + x_outlier[m, j] * outlier_weight[n, j]  for j = 0, 1, ..., n_out - 1,
+            l = j % 4;  s = (s_0 + s_1) + (s_2 + s_3);  s = s + bias[n]
     every product and every sum one IEEE fp32 operation rounded to nearest (the inputs widened exactly).
-    Sequential on purpose: any GPU thread can reproduce it, whatever the shape (a matmul's order is the
-    library's choice). x_outlier [M, n_out], outlier_weight [N, n_out], bias [N] or None; same dtype."""
+    A fixed order on purpose: any GPU thread can reproduce it, whatever the shape (a matmul's order is the
+    library's choice); four lanes rather than one chain so that the kernel's dependent adds are a quarter as
+    long (docs/PERF_LOG.md, eighth session). x_outlier [M, n_out], outlier_weight [N, n_out], bias [N] or
+    None; same dtype."""
     M, N = x_outlier.shape[0], outlier_weight.shape[0]
     xf = x_outlier.float()                                               # [M, n_out]
     wt = outlier_weight.float().T.contiguous()                           # [n_out, N]
-    s = torch.zeros(M, N, dtype=torch.float32, device=x_outlier.device)
+    s = [torch.zeros(M, N, dtype=torch.float32, device=x_outlier.device) for _ in range(OUTLIER_LANES)]
     for j in range(x_outlier.shape[1]):
         p = xf[:, j, None] * wt[j][None, :]                               # [M, N], one rounding
-        s = s + p                                                        # one rounding, never fused with p
+        s[j % OUTLIER_LANES] = s[j % OUTLIER_LANES] + p                   # one rounding, never fused with p
+    total = (s[0] + s[1]) + (s[2] + s[3])
     if bias is not None:
-        s = s + bias.float()[None, :]
-    return s
+        total = total + bias.float()[None, :]
+    return total
 
 
 def outliers_in_gemm(M: int, n_out: int) -> bool:

@@ -233,9 +233,10 @@ def _outlier_sum_scalar(x_out, w_out, bias):
     out = torch.empty(M, N, dtype=torch.float32)
     for m in range(M):
         for n in range(N):
-            s = 0.0
+            lanes = [0.0] * 4                                    # column j into lane j % 4, in order
             for j in range(x_out.shape[1]):
-                s = _f32(s + _f32(xs[m][j] * ws[n][j]))
+                lanes[j % 4] = _f32(lanes[j % 4] + _f32(xs[m][j] * ws[n][j]))
+            s = _f32(_f32(lanes[0] + lanes[1]) + _f32(lanes[2] + lanes[3]))
             if bias is not None:
                 s = _f32(s + bias[n].float().item())
             out[m, n] = s
@@ -243,8 +244,8 @@ def _outlier_sum_scalar(x_out, w_out, bias):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("M,N,n_out,has_bias", [(1, 7, 13, True), (3, 5, 64, False), (8, 3, 1, True)])
-def test_outlier_sum_is_the_sequential_fp32_sum(dtype, M, N, n_out, has_bias):
+@pytest.mark.parametrize("M,N,n_out,has_bias", [(1, 7, 13, True), (3, 5, 64, False), (8, 3, 1, True), (2, 4, 6, False)])
+def test_outlier_sum_is_the_four_lane_fp32_sum(dtype, M, N, n_out, has_bias):
     g = torch.Generator().manual_seed(M * 100 + N * 10 + n_out)
     # magnitudes spread over many binades, so that a different summation order would change low bits
     x_out = (torch.randn(M, n_out, generator=g) * torch.exp2(torch.randint(-8, 9, (M, n_out), generator=g))).to(dtype)
@@ -258,14 +259,18 @@ def test_outlier_sum_is_the_sequential_fp32_sum(dtype, M, N, n_out, has_bias):
 
 
 def test_outlier_sum_order_is_visible():
-    """The order is part of the contract. 1 followed by 255 terms of 2^-24: summed left to right each small
-    term rounds away (ties to even), so the sum is exactly 1; any order that adds small terms together
-    first (SIMD lanes, a tree, a matmul, the reverse) ends above 1."""
+    """The order is part of the contract. 1 followed by 255 terms of 2^-24: in lane 0 the 63 small terms after
+    the 1 each round away (ties to even), lanes 1-3 sum their 64 small terms exactly (2^-18 each), so the result
+    is (1 + 2^-18) + 2^-17 = 1 + 3 * 2^-18 exactly; one left-to-right chain gives exactly 1, and the reverse
+    order (the 1 last, in lane 3) gives 1 + 2^-16."""
     x_out = torch.tensor([[1.0] + [2.0 ** -24] * 255] * 2)
     w_out = torch.ones(16, 256)
-    assert torch.equal(outlier_sum(x_out, w_out, None), torch.ones(2, 16))
-    assert (outlier_sum(x_out.flip(1), w_out.flip(1), None) > 1.0).all()
-    assert ((x_out @ w_out.T) > 1.0).all(), "this BLAS sums left to right too: the order test above proves less"
+    assert torch.equal(outlier_sum(x_out, w_out, None), torch.full((2, 16), 1.0 + 3 * 2.0 ** -18))
+    chain = torch.zeros(2, 16)
+    for j in range(256):
+        chain = chain + x_out[:, j, None] * w_out[:, j][None, :]
+    assert torch.equal(chain, torch.ones(2, 16))
+    assert torch.equal(outlier_sum(x_out.flip(1), w_out.flip(1), None), torch.full((2, 16), 1.0 + 2.0 ** -16))
 
 
 @pytest.mark.parametrize("M", [1, 16, 17])
