@@ -5,6 +5,7 @@ nvidia-cuda-nvrtc wheel missing); a compile error is a failure.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,12 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
     monkeypatch.setattr(cuda, "GEMV_RULE", "m")
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
+
+
+def test_outlier_lanes_match_the_reference() -> None:
+    """The fused decode outlier product sums in reference.outlier_sum's lanes: the kernel's copy of the lane
+    count must be the reference's (both combine four lanes as (s0 + s1) + (s2 + s3))."""
+    src = (Path(__file__).resolve().parents[2] / "kernels" / "quik_gemm.cu").read_text()
+    m = re.search(r"constexpr int OUTL_LANES = (\d+);", src)
+    assert m, "OUTL_LANES not found in quik_gemm.cu"
+    assert int(m.group(1)) == reference.OUTLIER_LANES == 4
