@@ -551,7 +551,9 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     constexpr int SHIFT = WBITS == 4 ? 4 : 0;
     constexpr int ROWS = 16 * NTW;          // output features per block
     constexpr int PAIRS = (MTOK * ROWS + WARPS * 32 - 1) / (WARPS * 32);  // epilogue outputs per thread
-    __shared__ int red[WARPS][MTOK][ROWS + 1];
+    // Row stride ROWS + 4: a fragment store (lanes g, t -> token 2t (+1), row g) then hits banks g + 8t, all 32
+    // distinct (with ROWS + 1 they were g + 2t: 4-way conflicts, 75% of the stores' wavefronts in ncu, s8d).
+    __shared__ int red[WARPS][MTOK][ROWS + 4];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
