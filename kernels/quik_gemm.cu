@@ -349,9 +349,10 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 //   s = (s_0 + s_1) + (s_2 + s_3);  s = s + bias[n]   (fp32)
 // each product and each sum rounded to nearest, in that order, so every thread of any launch geometry
 // gives the reference's bits. Four lanes, not one chain: the sums of a thread are dependent, and a 256-step
-// chain at every block's end cost up to ~18% of a decode layer (docs/PERF_LOG.md, eighth session). fp16 inputs: the product of two fp16 values is exact in fp32 (11 + 11
-// significand bits, exponents within 2^-48 .. 2^32), so one fma.rn equals mul.rn then add.rn and saves an
-// instruction; bf16 products can leave the fp32 range, so they keep the two roundings.
+// chain at every block's end cost up to ~18% of a decode layer (docs/PERF_LOG.md, eighth session).
+// fp16 inputs: the product of two fp16 values is exact in fp32 (11 + 11 significand bits, exponents within
+// 2^-48 .. 2^32), so one fma.rn equals mul.rn then add.rn and saves an instruction; bf16 products can leave
+// the fp32 range, so they keep the two roundings.
 // ---------------------------------------------------------------------------------------------
 struct OutlArgs {
     const unsigned short* x_out;  // [M, n_out] the tokens' outlier values (the quantizer's x_outlier)

@@ -68,15 +68,13 @@ if any(s["SOURCE"] == "old" for s in settings.values()):
     arch = cuda._device_info(0)[0]
     for which, folder in (("old", args.old_kernels), ("new", args.new_kernels)):
         d = Path(tempfile.mkdtemp())
-        for f in [*cuda.KERNELS, "quik_quant.cuh", "quik_epilogue.cuh", "quik_ptx.cuh"]:  # compiled files, headers
-            src = Path(folder) / f if folder else tree / f
-            shutil.copy(src if src.is_file() else tree / f, d / f)
+        for f in tree.iterdir():  # every source and header, the folder's copy where it has one
+            src = Path(folder) / f.name if folder else f
+            shutil.copy(src if src.is_file() else f, d / f.name)
         os.environ["QUIKTOOL_KERNELS_DIR"] = str(d)
-        cuda._source.cache_clear()  # _source is cached: without this both sets would get the first one's text
         modules[which] = cuda._kernels.__wrapped__(0, arch)
         print(f"SOURCE={which}: kernels from {folder or tree}", flush=True)
     del os.environ["QUIKTOOL_KERNELS_DIR"]
-    cuda._source.cache_clear()
 
 
 def use(which: str) -> None:

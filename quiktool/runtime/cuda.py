@@ -106,11 +106,16 @@ def _env_int(name: str, default: int | None = None) -> int | None:
 # ---------------------------------------------------------------------------------------------------
 # Sources, compilation, module cache
 # ---------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
 def _source(filename: str) -> str:
     """Text of kernels/<filename>: $QUIKTOOL_KERNELS_DIR if set (kernel development: A/B runs against an
     older copy), else the source checkout's folder, else the installed package data."""
-    override = os.environ.get("QUIKTOOL_KERNELS_DIR")
+    return _source_in(os.environ.get("QUIKTOOL_KERNELS_DIR") or None, filename)
+
+
+@functools.lru_cache(maxsize=None)
+def _source_in(override: str | None, filename: str) -> str:
+    """_source for one value of QUIKTOOL_KERNELS_DIR, cached per folder and file: a process that changes the
+    variable (scripts/device_gemv_rule_ab.py loads two source trees) gets each folder's own text."""
     if override:
         path = Path(override) / filename
         if not path.is_file():
@@ -124,7 +129,7 @@ def _source(filename: str) -> str:
         else:
             text = importlib.resources.files("quiktool.kernels").joinpath(filename).read_text()
     # Local headers are inlined here (NVRTC then needs no include path): `#include "name.cuh"` -> its text.
-    return _INCLUDE.sub(lambda m: _source(m.group(1)), text)
+    return _INCLUDE.sub(lambda m: _source_in(override, m.group(1)), text)
 
 
 _INCLUDE = re.compile(r'^#include "([\w.]+\.cuh)"[ \t]*$', re.MULTILINE)
@@ -971,7 +976,7 @@ def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
         return False
     min_tiles = (math.ceil(WGMMA_MIN_TILE_SHARE * _device_info(dev)[1]) if WGMMA_MIN_TILES is None
                  else WGMMA_MIN_TILES)
-    if -(-M // _WG_BM) * -(-N // _WG_BN) < min_tiles:
+    if _wgmma_plan(M, N, "i32")[1] < min_tiles:  # the grid: one 128 x 256 output tile per block
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False

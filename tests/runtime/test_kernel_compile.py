@@ -152,3 +152,15 @@ def test_outlier_lanes_match_the_reference() -> None:
     m = re.search(r"constexpr int OUTL_LANES = (\d+);", src)
     assert m, "OUTL_LANES not found in quik_gemm.cu"
     assert int(m.group(1)) == reference.OUTLIER_LANES == 4
+
+
+def test_kernel_source_follows_the_override_folder(monkeypatch, tmp_path) -> None:
+    """QUIKTOOL_KERNELS_DIR is read per call: a process that switches folders gets each folder's text
+    (headers inlined from the same folder), and unsetting it gives the shipped sources again."""
+    shipped = cuda._source("quik_gemm.cu")
+    (tmp_path / "quik_ptx.cuh").write_text("// ptx copy\n")
+    (tmp_path / "quik_gemm.cu").write_text('// copy\n#include "quik_ptx.cuh"\n')
+    monkeypatch.setenv("QUIKTOOL_KERNELS_DIR", str(tmp_path))
+    assert cuda._source("quik_gemm.cu") == "// copy\n// ptx copy\n\n"
+    monkeypatch.delenv("QUIKTOOL_KERNELS_DIR")
+    assert cuda._source("quik_gemm.cu") == shipped
