@@ -17,6 +17,8 @@
 //                                                  "Split mode" below for its own contract
 //                 quik_act_quant_split_cl_{f16,bf16}  split mode with one row per cluster of 8 CTAs
 //                                                  (sm_90): "Cluster split mode" below
+//                 quik_act_quant_rows_{f16,bf16}_c{NC}  split mode for many rows: persistent blocks, rows
+//                                                  in registers ("Rows mode" below)
 //   Launch: grid = (M), block = (T), T a multiple of 32 in [32, 1024]. On sm_90 every block first executes
 //   griddepcontrol.launch_dependents, so that a GEMM launched after it as a programmatic dependent launch
 //   can start (and wait for this grid's results with griddepcontrol.wait).
@@ -320,6 +322,179 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
 }
 
 // ---------------------------------------------------------------------------------------------
+// Rows mode (many rows: prefill and every layer call above the decode sizes): split mode's contract and
+// results, for x 16-byte aligned with K % 8 == 0. Why: at M >= 512 the gather and split kernels stage each
+// row in shared memory, gather it element by element (through keep_idx or the bitmap) twice, and rebuild
+// nothing between rows but pay a block launch, a staging barrier and the row's full latency per row; they
+// ran at ~1/3 of the DRAM bandwidth (bench layer's quant stage: 28 us for 2048 x 4096, docs/PERF_LOG.md
+// ninth session). Here a block builds the outlier bitmap and the prefix counts once, then loops over the
+// rows blockIdx.x, blockIdx.x + gridDim.x, ... with the row in registers:
+//   thread t holds chunks (8 columns, 16 bytes) t, t + T, .., t + (NC - 1) T of the row, so every load
+//   instruction of a warp reads 512 contiguous bytes; pass 1 (min / max) and pass 2 (codes) read the
+//   registers; the codes go into a shared code row at their kept positions (column c -> c - outliers
+//   before c), then out with 16-byte stores. The next row's loads are issued as soon as this row's codes
+//   are computed, so they overlap the barrier, the code stores and the outlier copy.
+//   Launch: grid = (G), any G >= 1 (the launcher: min(M, blocks resident at once)); block = (T), T a multiple
+//   of 32 in [32, 512] with NC * 8 * T >= K; entry points quik_act_quant_rows_{f16,bf16}_c{NC}, NC = 1, 2, 4, 8;
+//   launch bounds (512 threads, 2 blocks) cap them at 64 registers (s9b: uncapped, NVRTC gave the 4- and
+//   8-chunk kernels more and 2-3 blocks of 256 threads per SM, x1.2-1.35 of the capped time).
+//   Dynamic shared memory (bytes, in this order): bitmap 4 * W2, prefix 4 * W2 (W2 as in split mode), codes
+//   Kp, outlier indices 4 * n_out.
+//   x 16-byte aligned, K % 8 == 0, codes 16-byte aligned (the launcher checks; other inputs go to split
+//   mode). Outlier checks as in split mode: an index outside [0, K) or a repeated one poisons every row.
+// ---------------------------------------------------------------------------------------------
+constexpr int ROWS_MAX_T = 512;
+// Blocks of ROWS_MAX_T threads per SM that the 1- and 2-chunk entry points' launch bounds ask for (the others: 2).
+#ifndef ROWS_MIN_BLOCKS_C2
+#define ROWS_MIN_BLOCKS_C2 2
+#endif
+
+// Row r's chunks of this thread into v (16-byte loads; chunks past the row are not loaded).
+template <int NC>
+QDEV void load_row_chunks(const unsigned short* __restrict__ x, int r, int K, uint4 (&v)[NC]) {
+    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)r * K);
+#pragma unroll
+    for (int i = 0; i < NC; ++i) {
+        const int ch = i * (int)blockDim.x + (int)threadIdx.x;
+        if (8 * ch < K) v[i] = xr[ch];
+    }
+}
+
+template <bool BF16>
+QDEV void unpack8(const uint4& q, float (&f)[8]) {
+    const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = to_f32<BF16>((unsigned short)(w[e >> 1] >> (16 * (e & 1))));
+}
+
+template <bool BF16, int NC>
+QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __restrict__ out_idx,
+                         signed char* __restrict__ codes, float* __restrict__ scale_out,
+                         float* __restrict__ zero_out, unsigned short* __restrict__ x_out, int M, int K, int Kp,
+                         int n_out, int bits) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int W = (K + 31) >> 5, W2 = split_smem_words(K), Kq = K - n_out;
+    unsigned* bmap = reinterpret_cast<unsigned*>(smem);
+    int* pref = reinterpret_cast<int*>(bmap + W2);
+    signed char* scode = reinterpret_cast<signed char*>(pref + W2);  // 8 * W2 bytes in: 16-byte aligned
+    int* sidx = reinterpret_cast<int*>(scode + Kp);                    // Kp % 64 == 0
+    __shared__ float s_mn[32], s_mx[32];
+    __shared__ int s_cnt[32], s_bad;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5, T = blockDim.x;
+    int row = blockIdx.x;
+    uint4 v[NC];
+    if (row < M) load_row_chunks<NC>(x, row, K, v);  // in flight while the bitmap is built
+
+    // Once per block: the outlier bitmap, the outliers before each word, the indices, the pad codes.
+    for (int i = tid; i < W; i += T) bmap[i] = 0u;
+    if (tid == 0) s_bad = 0;
+    __syncthreads();
+    for (int i = tid; i < n_out; i += T) {
+        const int c = out_idx[i];
+        sidx[i] = c;
+        if ((unsigned)c < (unsigned)K) atomicOr(&bmap[c >> 5], 1u << (c & 31));
+        else s_bad = 1;
+    }
+    __syncthreads();
+    const int per = (W + T - 1) / T;
+    const int w0 = min(tid * per, W), w1 = min(w0 + per, W);
+    const int local = popc_words(bmap, w0, w1);
+    const int incl = warp_inclusive_sum(local, lane);
+    if (lane == 31) s_cnt[warp] = incl;
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < nwarps; ++w) {
+        if (w < warp) before += s_cnt[w];
+        total += s_cnt[w];
+    }
+    word_prefix(bmap, pref, w0, w1, before + incl - local);
+    const bool bad = s_bad != 0 || total != n_out;
+    for (int j = (bad ? 0 : Kq) + tid; j < Kp; j += T) scode[j] = 0;  // never written by the rows below
+    __syncthreads();
+
+    for (; row < M; row += gridDim.x) {
+        // Pass 1: min / max over my kept columns, then over the block.
+        float mn = plus_inf(), mx = minus_inf();
+#pragma unroll
+        for (int i = 0; i < NC; ++i) {
+            const int c = 8 * (i * T + tid);
+            if (c < K) {
+                const unsigned ob = (bmap[c >> 5] >> (c & 31)) & 0xFFu;
+                float f[8];
+                unpack8<BF16>(v[i], f);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    if (!((ob >> e) & 1u)) {
+                        mn = min_nan(mn, f[e]);
+                        mx = max_nan(mx, f[e]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+            mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        }
+        if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
+        __syncthreads();
+        reduce_min_max(s_mn, s_mx, nwarps, mn, mx);
+        float scale, zero;
+        row_params(mn, mx, bits, bad, scale, zero);
+        if (tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
+
+        // Pass 2: my codes into the shared code row (a poisoned row keeps the zeros written above). The
+        // quotients by the reciprocal shortcut (quik_quant.cuh: exact, or flagged), a flagged chunk again by
+        // code_of's division: the quantizer is instruction bound and the division was ~half of pass 2.
+        if (!bad) {
+            const bool row_slow = !recip_ok(scale);
+            const float rscale = rcp_rn(scale);
+#pragma unroll
+            for (int i = 0; i < NC; ++i) {
+                const int c = 8 * (i * T + tid);
+                if (c < K) {
+                    const unsigned word = bmap[c >> 5];
+                    const unsigned ob = (word >> (c & 31)) & 0xFFu;
+                    int j = c - (pref[c >> 5] + __popc(word & ((1u << (c & 31)) - 1u)));
+                    float f[8];
+                    unpack8<BF16>(v[i], f);
+                    int q[8];
+                    bool slow = row_slow;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) q[e] = quotient_fast(f[e], zero, rscale, slow);
+                    if (slow) {  // rare: near a half-integer (ties included), or a row without the shortcut
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) q[e] = rint_s32(div_rn(sub_rn(f[e], zero), scale));
+                    }
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        if (!((ob >> e) & 1u)) scode[j++] = (signed char)clamp_code(q[e], bits);
+                    }
+                }
+            }
+        }
+        // The next row's loads, into v (both passes are done with it). Issuing them a row earlier into a
+        // second register set was x1.04-1.12 slower (s9e: fewer blocks per SM), so they start here.
+        if (row + (int)gridDim.x < M) load_row_chunks<NC>(x, row + (int)gridDim.x, K, v);
+        __syncthreads();  // the code row is complete; s_mn / s_mx are read by everyone
+
+        uint4* dst = reinterpret_cast<uint4*>(codes + (size_t)row * Kp);
+        for (int i = tid; i < (Kp >> 4); i += T) dst[i] = reinterpret_cast<const uint4*>(scode)[i];
+        const unsigned short* xr = x + (size_t)row * K;  // the outlier columns: from L1 / L2, just loaded
+        unsigned short* orow = x_out + (size_t)row * n_out;
+        for (int i = tid; i < n_out; i += T) {
+            const int c = sidx[i];
+            orow[i] = ((unsigned)c < (unsigned)K) ? xr[c] : nan_bits<BF16>();
+        }
+        // The next row's pass 2 writes scode only after its pass-1 barrier, which every thread reaches
+        // after its stores above; its s_mn / s_mx writes come after the barrier above, past every read.
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cluster split mode (sm_90; decode sizes): the split kernel's contract and results, one row per
 // thread-block cluster of QC CTAs instead of one CTA. At M = 1 the single-CTA kernel runs on one SM and is
 // instruction bound (~65 warp instructions per element, ncu): a 28672-column row took ~14 us, most of it
@@ -464,6 +639,22 @@ QDEV void act_quant_split_cluster(const unsigned short* __restrict__ x, const in
 
 QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_f16, false)
 QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_bf16, true)
+
+#define QUIK_ACT_QUANT_ROWS(NAME, BF16, NC)                                                                     \
+    extern "C" __global__ void __launch_bounds__(ROWS_MAX_T, (NC <= 2 ? ROWS_MIN_BLOCKS_C2 : 2))                   \
+    NAME(const unsigned short* x, const int* out_idx, signed char* codes, float* scale, float* zero,               \
+         unsigned short* x_out, int M, int K, int Kp, int n_out, int bits) {                                       \
+        act_quant_rows<BF16, NC>(x, out_idx, codes, scale, zero, x_out, M, K, Kp, n_out, bits);                    \
+    }
+
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_f16_c1, false, 1)
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_f16_c2, false, 2)
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_f16_c4, false, 4)
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_f16_c8, false, 8)
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_bf16_c1, true, 1)
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_bf16_c2, true, 2)
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_bf16_c4, true, 4)
+QUIK_ACT_QUANT_ROWS(quik_act_quant_rows_bf16_c8, true, 8)
 
 // The cluster kernels exist only for sm_90 and later (the launcher uses them there); elsewhere the entry
 // points are kept, trapping, so that every build has the same names.

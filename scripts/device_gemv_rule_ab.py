@@ -15,7 +15,7 @@ working tree's, or those of --new-kernels DIR: a kernel change A/B in one proces
 once (the launcher is the working tree's for both: it must size what both kernels need).
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rule_ab.py [--a "GEMV_RULE=m"] [--b ""]
-      [--m 1,16] [--rounds 6] [--reps 100]
+      [--m 1,16] [--rounds 6] [--reps 100] [--what layer|quant]
 """
 import argparse
 import statistics
@@ -36,6 +36,8 @@ p.add_argument("--scheme", default="w4a4")
 p.add_argument("--outliers", type=int, default=0)
 p.add_argument("--old-kernels", default=None, help="folder of older kernel sources for SOURCE=old")
 p.add_argument("--new-kernels", default=None, help="folder of kernel sources for SOURCE=new (default: the tree's)")
+p.add_argument("--what", choices=("layer", "quant"), default="layer",
+               help="time the whole layer (default) or only its activation quantizer (cuda.quantize_layer)")
 args = p.parse_args()
 
 
@@ -98,6 +100,24 @@ def kernel_name(layer, M: int) -> str:
     return cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d)[0].replace("quik_gemv_f16_", "")
 
 
+def quant_name(layer, M: int) -> str:
+    """The quantizer cuda.quantize_layer runs for this layer at M tokens under the current setting."""
+    K, n_out = layer.in_features, layer.outlier_idx.numel()
+    plan = cuda._rows_plan(M, K, cuda.padded_k(K - n_out), n_out)
+    if plan is not None:
+        return f"rows_c{plan[0]}_t{plan[1]}"
+    if M <= cuda.SPLIT_MAX_M:
+        return "split_cl" if cuda._cluster_quant(K, cuda._device_info(0)[2]) else "split"
+    return "gather"
+
+
+def same(a, b) -> bool:
+    """Bit equality of two layer outputs or two ActCodes (NaN bits included)."""
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a.view(torch.int16), b.view(torch.int16)) if a.dtype == torch.float16 else torch.equal(a, b)
+    return all(same(getattr(a, f), getattr(b, f)) for f in a._fields)
+
+
 dev = torch.device("cuda")
 timer = Timer(dev, args.reps, 10, 0.5)
 gen_dev, gen_cpu = torch.Generator(device=dev).manual_seed(0), torch.Generator().manual_seed(0)
@@ -113,16 +133,21 @@ for K, N in DEFAULT_SHAPES:
     for M in map(int, args.m.split(",")):
         xs = _inputs(M, K, torch.float16, dev, gen_dev)
         kernel, outs, t = {}, {}, {"a": [], "b": []}
+        if args.what == "quant":  # the layer's quantizer alone; "kernel" = which quantizer ran
+            def fn(x, L=layer):
+                return cuda.quantize_layer(x, L.keep_idx, L.outlier_idx, L.act_bits)
+        else:
+            fn = layer
         for which in ("a", "b"):
             use(which)
-            outs[which] = layer(xs[0])
-            kernel[which] = kernel_name(layer, M)
+            outs[which] = fn(xs[0])
+            kernel[which] = quant_name(layer, M) if args.what == "quant" else kernel_name(layer, M)
         for r in range(args.rounds):
             for which in ("a", "b") if r % 2 == 0 else ("b", "a"):
                 use(which)
-                t[which].append(timer(layer, [(x,) for x in xs]).ms)
+                t[which].append(timer(fn, [(x,) for x in xs]).ms)
         use("b")
         fp = timer(lambda x: F.linear(x, w16), [(x,) for x in xs]).ms
         a, b = statistics.median(t["a"]), statistics.median(t["b"])
         print(f"{K}x{N:<6d} {M:3d} {kernel['a']:>26s} {kernel['b']:>26s} {a:8.4f} {b:8.4f} {b / a:6.3f} {fp:8.4f} "
-              f"{fp / a:7.2f} {fp / b:7.2f} {torch.equal(outs['a'], outs['b'])}", flush=True)
+              f"{fp / a:7.2f} {fp / b:7.2f} {same(outs['a'], outs['b'])}", flush=True)

@@ -3,11 +3,13 @@
 # with the older kernel sources in OLD_DIR (QUIKTOOL_KERNELS_DIR; the launcher is the working tree's) and with the
 # working tree's, in separate processes, alternating PAIRS times (old, new, old, new, ...): one process per run,
 # so read the pairs' spread before a few-% difference (same-kernel processes differed by 1-4% before).
-#   OUT=dir OLD_DIR=dir [PAIRS=2] [CONFIGS=quik-4b,w4a8] [SEQLEN=2048] [DECODE=64] bash scripts/device_model_ab.sh
+# OLD_ENV instead of OLD_DIR: the "old" runs take these settings (space-separated VAR=VALUE) with the tree's kernels.
+#   OUT=dir OLD_DIR=dir|OLD_ENV="VAR=VALUE ..." [PAIRS=2] [CONFIGS=quik-4b,w4a8] [SEQLEN=2048] [DECODE=64] bash scripts/device_model_ab.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/device-model-ab}; mkdir -p "$OUT"
-: "${OLD_DIR:?set OLD_DIR to the folder of the older kernel sources}"
+: "${OLD_DIR:=}" "${OLD_ENV:=}"
+[[ -n "$OLD_DIR$OLD_ENV" ]] || { echo "set OLD_DIR (older kernel sources) or OLD_ENV (settings, e.g. QUIKTOOL_ACT_ROWS=0)"; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 run() {  # run NAME [VAR=VALUE]
   local name=$1; shift
@@ -17,6 +19,6 @@ run() {  # run NAME [VAR=VALUE]
   echo "== $name (exit $?)"; grep -v "^WARNING\|kernel source" "$OUT/$name.txt" | tail -6
 }
 for i in $(seq 1 "${PAIRS:-2}"); do
-  run "old$i" "QUIKTOOL_KERNELS_DIR=$PWD/$OLD_DIR"
+  if [[ -n "$OLD_DIR" ]]; then run "old$i" "QUIKTOOL_KERNELS_DIR=$PWD/$OLD_DIR"; else run "old$i" $OLD_ENV; fi
   run "new$i" "QUIKTOOL_KERNELS_DIR="
 done

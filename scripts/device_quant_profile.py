@@ -17,6 +17,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--shapes", default="2048x28672,2048x4096,1x4096,1x28672", help="MxK list")
 p.add_argument("--n-out", type=int, default=256)
 p.add_argument("--reps", type=int, default=20)
+p.add_argument("--kernels", default="gather,split,rows")
 args = p.parse_args()
 g = torch.Generator(device="cuda").manual_seed(0)
 for spec in args.shapes.split(","):
@@ -25,9 +26,15 @@ for spec in args.shapes.split(","):
     perm = torch.randperm(K, generator=g, device="cuda")
     outl = perm[:args.n_out].int()
     keep = perm[args.n_out:].sort().values.int()
-    runs = {"gather": lambda: cuda.quantize_activations(x, keep, outl, 4),
-            "split": lambda: cuda.quantize_split(x, outl, 4)}
+    def split(rows: bool):
+        def fn():
+            cuda.ACT_ROWS = rows  # quantize_split: rows mode (from ACT_ROWS_MIN_M rows) or one row per CTA
+            return cuda.quantize_split(x, outl, 4)
+        return fn
+    runs = {"gather": lambda: cuda.quantize_activations(x, keep, outl, 4), "split": split(False), "rows": split(True)}
     for name, fn in runs.items():
+        if name not in args.kernels.split(","):
+            continue
         fn()
         torch.cuda.synchronize()
         ts = []

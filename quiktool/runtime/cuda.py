@@ -67,7 +67,8 @@ _EPS = ("i32", "f16", "bf16")
 KERNELS: dict[str, tuple[str, ...]] = {
     "quik_act_quant.cu": ("quik_act_quant_f16", "quik_act_quant_bf16", "quik_act_quant_f16_gmem",
                           "quik_act_quant_bf16_gmem", "quik_act_quant_split_f16", "quik_act_quant_split_bf16",
-                          "quik_act_quant_split_cl_f16", "quik_act_quant_split_cl_bf16"),
+                          "quik_act_quant_split_cl_f16", "quik_act_quant_split_cl_bf16")
+                         + tuple(f"quik_act_quant_rows_{dt}_c{nc}" for dt in ("f16", "bf16") for nc in (1, 2, 4, 8)),
     "quik_gemm.cu": tuple(
         [f"quik_gemm_{ep}_w{wb}_{cfg}" for ep in _EPS for wb in (4, 8) for cfg in ("big", "mid")]
         + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)
@@ -420,6 +421,7 @@ class _Params(threading.local):
 _PARAMS = _Params()
 _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, Kp, n_out, bits
 _SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
+_SIG_ROWS = "ppppppiiiii"    # x, outl, codes, scale, zero, x_out, M, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 _SIG_GEMVO = "pppiiippfppppiip"  # _SIG_GEMM without y_base, then x_out, w_out, n_out, chunk, bias
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
@@ -432,6 +434,14 @@ def _device_info(device_index: int) -> tuple[str, int, int]:
     major, minor = torch.cuda.get_device_capability(device_index)
     return (f"sm_{major}{minor}", torch.cuda.get_device_properties(device_index).multi_processor_count,
             10 * major + minor)
+
+
+@functools.lru_cache(maxsize=None)
+def _resident_blocks(index: int, name: str, block: int, smem: int) -> int:
+    """Blocks of kernel ``name`` (block threads, smem bytes of dynamic shared memory) that fit on one SM at
+    once (the driver's occupancy calculator: registers, shared memory, threads), at least 1."""
+    fn = _kernels(index, _device_info(index)[0])[name]
+    return max(1, int(_cupy().cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn, block, smem)))
 
 
 def _raw_stream(index: int) -> int:
@@ -667,8 +677,10 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     x fp16/bf16 [M, K]; outlier_idx [n_out] int32 (int64 is converted), distinct, any order ->
     ActCodes(codes int8 [M, Kp], scale fp32 [M], zero fp32 [M], x_outlier x.dtype [M, n_out]),
     Kp = padded_k(K - n_out). The kept columns are found from a bitmap of the outliers, not gathered
-    through an index array: on sm_90 and later rows of QUANT_CLUSTER_MIN_K columns or more take one
-    cluster of 8 CTAs each (quik_act_quant_split_cl_*), other rows one CTA (quik_act_quant_split_*), and
+    through an index array: from ACT_ROWS_MIN_M rows on, persistent blocks that hold rows in registers
+    (quik_act_quant_rows_*, where _rows_plan applies); else on sm_90 and later rows of QUANT_CLUSTER_MIN_K
+    columns or more take one cluster of 8 CTAs each (quik_act_quant_split_cl_*), other rows one CTA
+    (quik_act_quant_split_*), and
     rows too wide for that one's shared memory (K above ~60k) go through quantize_activations with the
     complement computed by torch (a host sync).
     ``out`` (optional) receives the results in place; out.codes must be 16-byte aligned.
@@ -683,6 +695,16 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     if kq < 1:
         raise KernelError(f"outlier_idx: {n_out} outliers leave no column of K={K} to quantize")
     kp = padded_k(kq)
+    rows = _rows_plan(M, K, kp, n_out, x_ptr)
+    if rows is not None:  # many rows: persistent blocks, rows in registers
+        nc, threads, smem = rows
+        kernel = f"quik_act_quant_rows_{'f16' if x.dtype == torch.float16 else 'bf16'}_c{nc}"
+        out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)  # 16-byte code row stores
+        grid = min(M, _device_info(dev)[1] * _resident_blocks(dev, kernel, threads, smem))
+        _launch(dev, kernel, grid, threads, _SIG_ROWS,
+                (x_ptr, outl.data_ptr() if n_out else 0, *ptrs[:3], ptrs[3] if n_out else 0, M, K, kp, n_out, bits),
+                smem)
+        return out
     if _cluster_quant(K, _device_info(dev)[2]):  # one row per cluster of _QC CTAs
         kernel, grid = "quik_act_quant_split_cl_", M * _QC
         threads, smem = _cluster_plan(K)
@@ -700,6 +722,36 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     return out
 
 
+# quik_act_quant_rows_*_c{NC} (kernels/quik_act_quant.cu, "Rows mode"): the split-mode quantizer for
+# ACT_ROWS_MIN_M rows or more, where x is 16-byte aligned and K % 8 == 0: persistent blocks that build the
+# outlier bitmap once and hold a row in registers, NC chunks of 8 columns per thread, about ACT_ROWS_THREADS
+# threads per row (at most 512). H100, in one process (docs/PERF_LOG.md, ninth session): the quantizer alone
+# x0.70-0.96 of the gather kernel's time at M = 512-8192; the layer x0.97-1.00 at M = 2048, but with 256
+# outliers x0.96-1.03 at M = 512 / 1024 (four shapes 1.2-2.6% slower, not understood), hence the bound.
+# QUIKTOOL_ACT_ROWS=0 turns it off (A/B runs; the kernels give the same bits).
+ACT_ROWS = os.environ.get("QUIKTOOL_ACT_ROWS", "1") != "0"
+ACT_ROWS_MIN_M: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M", 2048)
+ACT_ROWS_THREADS: int = _env_int("QUIKTOOL_ACT_ROWS_THREADS", 256)
+_ROWS_NC = (1, 2, 4, 8)  # the entry points
+_ROWS_MAX_T = 512  # kernels/quik_act_quant.cu, ROWS_MAX_T (the entry points' launch bounds)
+
+
+def _rows_plan(M: int, K: int, kp: int, n_out: int, x_ptr: int = 0) -> tuple[int, int, int] | None:
+    """The rows-mode quantizer for M rows of K columns -> (NC, threads, dynamic shared memory), or None
+    where it does not apply: off, fewer than ACT_ROWS_MIN_M rows, K % 8 != 0, x not 16-byte aligned, rows
+    wider than 8 chunks of 8 columns x 512 threads (32768), shared memory over the limit."""
+    if not ACT_ROWS or M < ACT_ROWS_MIN_M or K % 8 or x_ptr % 16:
+        return None
+    chunks = K // 8
+    nc = next((n for n in _ROWS_NC if -(-chunks // n) <= ACT_ROWS_THREADS), _ROWS_NC[-1])
+    threads = -(-(-(-chunks // nc)) // 32) * 32  # ceil(chunks / nc), rounded up to whole warps
+    words = ((-(-K // 32)) + 1) // 2 * 2
+    smem = 8 * words + kp + 4 * n_out
+    if threads > _ROWS_MAX_T or smem > _ACT_SMEM_MAX:
+        return None
+    return nc, threads, smem
+
+
 # quantize_layer's kernel choice: the split kernel up to SPLIT_MAX_M tokens, the gather kernel above.
 # Measured on the H200 (docs/PERF_LOG.md, A/B in one process): at M = 1 and 16 the split kernel takes
 # 1-2 us off a 7-10 us quantizer (layer time x0.89-1.00 on the LLaMA-2 shapes); at M = 512 and 2048 it is
@@ -710,12 +762,14 @@ SPLIT_MAX_M: int = _env_int("QUIKTOOL_SPLIT_QUANT_MAX_M", 16)
 
 def quantize_layer(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) -> ActCodes:
     """What quik_linear quantizes with (as reference.quantize_layer, bit-exact): keep_idx must be the
-    ascending complement of outlier_idx (the layer's layout). Up to SPLIT_MAX_M tokens quantize_split
-    (which derives the kept columns itself; only keep_idx's length is checked), else quantize_activations."""
+    ascending complement of outlier_idx (the layer's layout). Up to SPLIT_MAX_M tokens, and from
+    ACT_ROWS_MIN_M tokens where the rows-mode kernel applies, quantize_split (which derives the kept columns
+    itself; only keep_idx's length is checked), else quantize_activations."""
     if keep_idx.numel() + outlier_idx.numel() != x.shape[-1]:
         raise KernelError(f"keep_idx ({keep_idx.numel()}) and outlier_idx ({outlier_idx.numel()}) must split "
                           f"the K={x.shape[-1]} columns of x")
-    if x.shape[0] <= SPLIT_MAX_M:
+    M, K = x.shape
+    if M <= SPLIT_MAX_M or _rows_plan(M, K, padded_k(keep_idx.numel()), outlier_idx.numel(), x.data_ptr()):
         return quantize_split(x, outlier_idx, bits)
     return quantize_activations(x, keep_idx, outlier_idx, bits)
 

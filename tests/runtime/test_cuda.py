@@ -203,12 +203,15 @@ def test_act_quant_int64_index_is_accepted() -> None:
         _assert_equal(field, getattr(got, field), getattr(ref, field))
 
 
-@pytest.fixture(params=[True, False], ids=["cluster", "cta"])
-def split_kernel(request, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Both split quantizers: one row per cluster of 8 CTAs (sm_90 and later) and one row per CTA."""
-    monkeypatch.setattr(cuda, "QUANT_CLUSTER", request.param)
+@pytest.fixture(params=["cluster", "cta", "rows"])
+def split_kernel(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The three split quantizers: one row per cluster of 8 CTAs (sm_90 and later), one row per CTA, and
+    persistent blocks with rows in registers (rows mode; inputs it does not take fall back to one per CTA)."""
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER", request.param == "cluster")
     monkeypatch.setattr(cuda, "QUANT_CLUSTER_MIN_K", 0)  # every width through the kernel under test
-    if request.param and torch.cuda.get_device_capability()[0] < 9:
+    monkeypatch.setattr(cuda, "ACT_ROWS", request.param == "rows")
+    monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 1)
+    if request.param == "cluster" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("thread-block clusters need sm_90")
     return request.param
 
@@ -231,7 +234,7 @@ SPLIT_CASES = ([(M, K, n) for M in MS for K in ACT_KS for n in (0, 16, 256) if n
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("M,K,n_out", SPLIT_CASES)
 def test_act_quant_split_exact(M: int, K: int, n_out: int, dtype: torch.dtype, bits: int,
-                               split_kernel: bool) -> None:
+                               split_kernel: str) -> None:
     """The layers' quantizer (kept columns = the complement of the outliers, from a bitmap) = the
     reference on the complement, bit for bit; outliers in random order."""
     g = _gen("split", M, K, dtype, bits, n_out)
@@ -239,7 +242,7 @@ def test_act_quant_split_exact(M: int, K: int, n_out: int, dtype: torch.dtype, b
     _check_split(_activations(g, M, K, dtype, outl), outl, bits)
 
 
-def test_act_quant_split_edge_rows_misaligned_and_wide(split_kernel: bool) -> None:
+def test_act_quant_split_edge_rows_misaligned_and_wide(split_kernel: str) -> None:
     g = _gen("split-edge")
     K = 128
     ties = torch.arange(K, device=DEV, dtype=torch.float32) % 16 + 0.5
@@ -261,7 +264,70 @@ def test_act_quant_split_edge_rows_misaligned_and_wide(split_kernel: bool) -> No
         _check_split(_activations(g, 2, K, torch.bfloat16, outl), outl, 4)
 
 
-def test_act_quant_split_bad_outlier_index_poisons_every_row(split_kernel: bool) -> None:
+@pytest.mark.parametrize("threads", [32, 64, 256, 512])
+@pytest.mark.parametrize("M,K,n_out", [(17, 4096, 256), (118, 11008, 256), (700, 8, 0), (700, 8, 3), (3, 64, 63),
+                                       (1000, 4104, 37), (2048, 28672, 256), (5, 32768, 1)])
+def test_act_quant_rows_every_chunk_count(M: int, K: int, n_out: int, threads: int,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows mode with 1, 2, 4 and 8 chunks per thread and grids of fewer blocks than rows (each block loops
+    over rows): same bits as the reference; K = 8 and 64 leave most threads without a column."""
+    monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 1)
+    monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", threads)
+    plan = cuda._rows_plan(M, K, reference.padded_k(K - n_out), n_out)
+    if plan is None:
+        pytest.skip(f"rows mode does not take K={K} with about {threads} threads")
+    g = _gen("rows", M, K, n_out, threads)
+    _, outl = _split_columns(g, K, n_out)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = _activations(g, M, K, dtype, outl)
+        for bits in (4, 8):
+            _check_split(x, outl, bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_act_quant_rows_edge_rows(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows mode's reciprocal shortcut against the division it replaces: exact ties (k + 0.5 with scale 1),
+    quotients within 2^-12 of a half-integer, a row whose scale is subnormal (bf16: no shortcut), a row of
+    +-1.5e38 (bf16: the largest scales), a constant row; with and without an outlier column. (Rows with NaN or
+    inf give NaN quotients, whose int8 codes torch leaves undefined: no kernel is held to them.)"""
+    monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 1)
+    K = 256
+    g = _gen("rows-edge", dtype)
+    ar = torch.arange(K, device=DEV, dtype=torch.float32)
+    ties = ar % 16 + 0.5
+    ties[0], ties[1] = 0.0, 15.0
+    near = (ar % 15) + 0.5 + (torch.rand(K, generator=g, device=DEV) - 0.5) * 2 ** -10  # scale ~1: t near k + 0.5
+    near[0], near[1] = 0.0, 15.0
+    rows = [ties, near, torch.full((K,), 3.25, device=DEV), torch.randn(K, generator=g, device=DEV)]
+    if dtype == torch.bfloat16:  # fp32's range: a subnormal scale, and the largest finite ones
+        rows.append(torch.rand(K, generator=g, device=DEV) * 1e-39 + 1e-40)
+        rows.append(torch.rand(K, generator=g, device=DEV) * 3e38 - 1.5e38)
+    else:
+        rows.append(torch.rand(K, generator=g, device=DEV) * 6e-5)
+    x = torch.stack(rows).to(dtype)
+    for outl in (torch.tensor([200], dtype=torch.int32, device=DEV), torch.tensor([], dtype=torch.int32, device=DEV)):
+        for bits in (4, 8):
+            assert cuda._rows_plan(x.shape[0], K, reference.padded_k(K - outl.numel()), outl.numel(),
+                                   x.data_ptr()) is not None
+            _check_split(x, outl, bits)
+
+
+def test_act_quant_rows_is_what_layers_run_above_decode_sizes() -> None:
+    """quantize_layer takes rows mode from ACT_ROWS_MIN_M tokens (same bits as the gather kernel it replaced)."""
+    g = _gen("rows-layer")
+    K = 4096
+    keep, outl = _split_columns(g, K, 256)
+    M = cuda.ACT_ROWS_MIN_M + 3
+    x = _activations(g, M, K, torch.float16, outl)
+    assert cuda._rows_plan(M, K, reference.padded_k(K - 256), 256, x.data_ptr()) is not None
+    assert cuda._rows_plan(M - 4, K, reference.padded_k(K - 256), 256, x.data_ptr()) is None
+    got = cuda.quantize_layer(x, keep, outl, 4)
+    ref = cuda.quantize_activations(x, keep, outl, 4)
+    for field in reference.ActCodes._fields:
+        _assert_equal(field, getattr(got, field), getattr(ref, field))
+
+
+def test_act_quant_split_bad_outlier_index_poisons_every_row(split_kernel: str) -> None:
     g = _gen("split-oob")
     for bad in ([3, 3, 9], [3, 80, 9], [-1, 4]):
         x = _activations(g, 4, 80, torch.float16, torch.tensor([0], device=DEV))

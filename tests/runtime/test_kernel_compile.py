@@ -119,6 +119,28 @@ def test_cluster_quantizer_choice(monkeypatch) -> None:
     assert cuda._cluster_plan(28672) == (256, 72 * 112) and cuda._cluster_plan(80) == (64, 72)
 
 
+def test_rows_quantizer_plan(monkeypatch) -> None:
+    """Rows mode: from ACT_ROWS_MIN_M rows, K % 8 == 0 and x 16-byte aligned; the fewest chunks per thread
+    (1, 2, 4, 8) that keep a row within ~ACT_ROWS_THREADS threads, whole warps, at most 512 threads;
+    shared memory = bitmap and prefix words + the code row + the outlier indices."""
+    monkeypatch.setattr(cuda, "ACT_ROWS", True)
+    monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 17)
+    monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", 256)
+    kp = cuda.padded_k
+    assert cuda._rows_plan(2048, 4096, kp(3840), 256) == (2, 256, 8 * 128 + 3840 + 4 * 256)
+    assert cuda._rows_plan(2048, 28672, kp(28416), 256) == (8, 448, 8 * 896 + 28416 + 4 * 256)
+    assert cuda._rows_plan(17, 11008, kp(10752), 256)[:2] == (8, 192)   # 1376 chunks: 172 per 8 -> 192 threads
+    assert cuda._rows_plan(17, 5120, kp(5120), 0)[:2] == (4, 160)
+    assert cuda._rows_plan(17, 64, 64, 0) == (1, 32, 8 * 2 + 64)
+    assert cuda._rows_plan(17, 32768, kp(32768), 0)[:2] == (8, 512)
+    for args in ((16, 4096, 4096, 0, 0), (17, 4100, 4096, 0, 0), (17, 4096, 4096, 0, 8), (17, 32776, 32768, 0, 0)):
+        assert cuda._rows_plan(*args) is None, args
+    monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", 512)
+    assert cuda._rows_plan(2048, 8192, kp(8192), 0)[:2] == (2, 512)
+    monkeypatch.setattr(cuda, "ACT_ROWS", False)
+    assert cuda._rows_plan(2048, 4096, 4096, 0) is None
+
+
 def test_act_threads_rule(monkeypatch) -> None:
     """Quantizer threads per row: ~16 columns per thread in [128, 1024]; from ACT_MANY_ROWS rows half of
     that, at least 256 (ACT_MANY_ROWS = 0: never)."""
