@@ -36,8 +36,10 @@ p.add_argument("--scheme", default="w4a4")
 p.add_argument("--outliers", type=int, default=0)
 p.add_argument("--old-kernels", default=None, help="folder of older kernel sources for SOURCE=old")
 p.add_argument("--new-kernels", default=None, help="folder of kernel sources for SOURCE=new (default: the tree's)")
-p.add_argument("--what", choices=("layer", "quant"), default="layer",
-               help="time the whole layer (default) or only its activation quantizer (cuda.quantize_layer)")
+p.add_argument("--shapes", default="", help="K x N list, e.g. 4096x4096,8192x8192 (default: the nine LLaMA-2 shapes)")
+p.add_argument("--what", choices=("layer", "quant", "quant+outl"), default="layer",
+               help="time the whole layer (default), only its activation quantizer (cuda.quantize_layer), or the "
+                    "quantizer and then the outlier product (reference.outlier_base, as quik_linear runs it)")
 args = p.parse_args()
 
 
@@ -125,7 +127,8 @@ sms = torch.cuda.get_device_properties(dev).multi_processor_count
 print(torch.cuda.get_device_name(0), torch.__version__, f"A: {args.a!r}  B: {args.b!r}")
 print(f"{'K x N':11s} {'M':>3s} {'kernel A':>26s} {'kernel B':>26s} {'A ms':>8s} {'B ms':>8s} {'B/A':>6s} "
       f"{'FP16 ms':>8s} {'xFP16 A':>7s} {'xFP16 B':>7s} same")
-for K, N in DEFAULT_SHAPES:
+shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")] if args.shapes else DEFAULT_SHAPES
+for K, N in shapes:
     W = torch.randn(N, K, generator=gen_dev, device=dev, dtype=torch.float32)
     layer = build_layers(W, [args.scheme], [args.outliers], torch.float16, dev, "cuda", gen_cpu)[0].layer
     w16 = W.to(torch.float16)
@@ -136,12 +139,16 @@ for K, N in DEFAULT_SHAPES:
         if args.what == "quant":  # the layer's quantizer alone; "kernel" = which quantizer ran
             def fn(x, L=layer):
                 return cuda.quantize_layer(x, L.keep_idx, L.outlier_idx, L.act_bits)
+        elif args.what == "quant+outl":  # and the outlier product that follows it at M > 16
+            def fn(x, L=layer):
+                a = cuda.quantize_layer(x, L.keep_idx, L.outlier_idx, L.act_bits)
+                return reference.outlier_base(a.x_outlier, L.outlier_weight, L.bias, x.shape[0])
         else:
             fn = layer
         for which in ("a", "b"):
             use(which)
             outs[which] = fn(xs[0])
-            kernel[which] = quant_name(layer, M) if args.what == "quant" else kernel_name(layer, M)
+            kernel[which] = quant_name(layer, M) if args.what.startswith("quant") else kernel_name(layer, M)
         for r in range(args.rounds):
             for which in ("a", "b") if r % 2 == 0 else ("b", "a"):
                 use(which)
