@@ -84,6 +84,26 @@ QDEV void word_prefix(const unsigned* bmap, int* pref, int i0, int i1, int run) 
     }
 }
 
+// pref[w] = outliers in bmap[0 .. w) for every w < W, by the whole block: each thread scans a contiguous run
+// of words, then a block scan through s_cnt (32 ints of shared scratch; one barrier inside, so every thread
+// must call it). Returns the total count.
+QDEV int block_word_prefix(const unsigned* bmap, int* pref, int W, int* s_cnt) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int per = (W + blockDim.x - 1) / blockDim.x;
+    const int w0 = min((int)threadIdx.x * per, W), w1 = min(w0 + per, W);
+    const int local = popc_words(bmap, w0, w1);
+    const int incl = warp_inclusive_sum(local, lane);
+    if (lane == 31) s_cnt[warp] = incl;
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < nwarps; ++w) {
+        if (w < warp) before += s_cnt[w];
+        total += s_cnt[w];
+    }
+    word_prefix(bmap, pref, w0, w1, before + incl - local);
+    return total;
+}
+
 // The outlier columns of one row, copied bit for bit from src (the row); NaN for an index outside [0, K).
 template <bool BF16>
 QDEV void copy_outliers(unsigned short* __restrict__ orow, const unsigned short* src, const int* __restrict__ out_idx,
@@ -209,6 +229,34 @@ QDEV void reduce_min_max(const float* s_mn, const float* s_mx, int n, float& mn,
         mx = max_nan(mx, s_mx[w]);
     }
 }
+// The row's scale and zero from every warp's min / max (lane 0's; one barrier inside, so every thread must
+// call it; s_mn / s_mx: 32 floats each of shared scratch).
+QDEV void block_row_params(float mn, float mx, float* s_mn, float* s_mx, int bits, bool bad, float& scale,
+                           float& zero) {
+    if ((threadIdx.x & 31) == 0) { s_mn[threadIdx.x >> 5] = mn; s_mx[threadIdx.x >> 5] = mx; }
+    __syncthreads();
+    reduce_min_max(s_mn, s_mx, blockDim.x >> 5, mn, mx);
+    row_params(mn, mx, bits, bad, scale, zero);
+}
+
+// mn / mx updated with the values f[e], e < valid, whose outlier bit (bit e of ob) is clear.
+QDEV void kept_min_max8(const float (&f)[8], unsigned ob, int valid, float& mn, float& mx) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        if (e < valid && !((ob >> e) & 1u)) {
+            mn = min_nan(mn, f[e]);
+            mx = max_nan(mx, f[e]);
+        }
+    }
+}
+// mn / mx over the 32 lanes of the warp (min.NaN / max.NaN: the order does not change the bits).
+QDEV void warp_min_max(float& mn, float& mx) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+}
 
 // Both split kernels' passes over a staged run of columns srow[0 .. len) whose outlier bits are bmap (bit l % 32
 // of word l / 32 for column l) and, for pass 2, pref[w] = outliers before word w of the row:
@@ -221,19 +269,9 @@ QDEV void warp_kept_min_max(const unsigned short* srow, const unsigned* bmap, in
         const unsigned ob = (bmap[l0 >> 5] >> (l0 & 31)) & 0xFFu;  // outlier bits of columns l0 .. l0 + 7
         float v[8];
         load8<BF16>(srow, l0, len, v);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            if (l0 + e < len && !((ob >> e) & 1u)) {
-                mn = min_nan(mn, v[e]);
-                mx = max_nan(mx, v[e]);
-            }
-        }
+        kept_min_max8(v, ob, len - l0, mn, mx);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-        mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    }
+    warp_min_max(mn, mx);
 }
 // ... and the codes of the kept columns: column l's code goes to dst[base + l - (outliers before l)].
 template <bool BF16, typename Dst>
@@ -269,7 +307,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");  // the GEMM may launch now and wait for us (PDL)
 #endif
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+    const int tid = threadIdx.x;
     const unsigned short* xr = x + (size_t)row * K;
 
     // 1. The row -> shared memory (16-byte cp.async when aligned), while the outlier bitmap is built.
@@ -284,19 +322,8 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     }
     __syncthreads();
 
-    // 2. Outliers before each word: every thread scans a contiguous run of words, then a block scan.
-    const int per = (W + blockDim.x - 1) / blockDim.x;
-    const int w0 = min(tid * per, W), w1 = min(w0 + per, W);
-    const int local = popc_words(bmap, w0, w1);
-    const int incl = warp_inclusive_sum(local, lane);
-    if (lane == 31) s_cnt[warp] = incl;
-    __syncthreads();
-    int before = 0, total = 0;
-    for (int w = 0; w < nwarps; ++w) {
-        if (w < warp) before += s_cnt[w];
-        total += s_cnt[w];
-    }
-    word_prefix(bmap, pref, w0, w1, before + incl - local);
+    // 2. Outliers before each word.
+    const int total = block_word_prefix(bmap, pref, W, s_cnt);
     const bool bad = s_bad != 0 || total != n_out;
     if (async) cp_async_wait<0>();
     __syncthreads();
@@ -304,11 +331,8 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
     // Pass 1: min / max over the kept columns.
     float mn, mx;
     warp_kept_min_max<BF16>(srow, bmap, K, mn, mx);
-    if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
-    __syncthreads();
-    reduce_min_max(s_mn, s_mx, nwarps, mn, mx);
     float scale, zero;
-    row_params(mn, mx, bits, bad, scale, zero);
+    block_row_params(mn, mx, s_mn, s_mx, bits, bad, scale, zero);
     if (tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
 
     // Pass 2: codes into the shared code row at their kept positions; pad (and poisoned rows) 0.
@@ -383,7 +407,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5, T = blockDim.x;
+    const int tid = threadIdx.x, T = blockDim.x;
     int row = blockIdx.x;
     uint4 v[NC];
     if (row < M) load_row_chunks<NC>(x, row, K, v);  // in flight while the bitmap is built
@@ -399,18 +423,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
         else s_bad = 1;
     }
     __syncthreads();
-    const int per = (W + T - 1) / T;
-    const int w0 = min(tid * per, W), w1 = min(w0 + per, W);
-    const int local = popc_words(bmap, w0, w1);
-    const int incl = warp_inclusive_sum(local, lane);
-    if (lane == 31) s_cnt[warp] = incl;
-    __syncthreads();
-    int before = 0, total = 0;
-    for (int w = 0; w < nwarps; ++w) {
-        if (w < warp) before += s_cnt[w];
-        total += s_cnt[w];
-    }
-    word_prefix(bmap, pref, w0, w1, before + incl - local);
+    const int total = block_word_prefix(bmap, pref, W, s_cnt);
     const bool bad = s_bad != 0 || total != n_out;
     for (int j = (bad ? 0 : Kq) + tid; j < Kp; j += T) scode[j] = 0;  // never written by the rows below
     __syncthreads();
@@ -422,28 +435,14 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
         for (int i = 0; i < NC; ++i) {
             const int c = 8 * (i * T + tid);
             if (c < K) {
-                const unsigned ob = (bmap[c >> 5] >> (c & 31)) & 0xFFu;
                 float f[8];
                 unpack8<BF16>(v[i], f);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    if (!((ob >> e) & 1u)) {
-                        mn = min_nan(mn, f[e]);
-                        mx = max_nan(mx, f[e]);
-                    }
-                }
+                kept_min_max8(f, (bmap[c >> 5] >> (c & 31)) & 0xFFu, 8, mn, mx);
             }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            mn = min_nan(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-            mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        }
-        if (lane == 0) { s_mn[warp] = mn; s_mx[warp] = mx; }
-        __syncthreads();
-        reduce_min_max(s_mn, s_mx, nwarps, mn, mx);
+        warp_min_max(mn, mx);
         float scale, zero;
-        row_params(mn, mx, bits, bad, scale, zero);
+        block_row_params(mn, mx, s_mn, s_mx, bits, bad, scale, zero);
         if (tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
 
         // Pass 2: my codes into the shared code row (a poisoned row keeps the zeros written above). The
