@@ -436,11 +436,15 @@ def _device_info(device_index: int) -> tuple[str, int, int]:
             10 * major + minor)
 
 
-@functools.lru_cache(maxsize=None)
 def _resident_blocks(index: int, name: str, block: int, smem: int) -> int:
     """Blocks of kernel ``name`` (block threads, smem bytes of dynamic shared memory) that fit on one SM at
-    once (the driver's occupancy calculator: registers, shared memory, threads), at least 1."""
-    fn = _kernels(index, _device_info(index)[0])[name]
+    once (the driver's occupancy calculator: registers, shared memory, threads), at least 1. Cached per
+    loaded function, not per name: an A/B run that loads two builds of a kernel gets each build's own."""
+    return _occupancy(_kernels(index, _device_info(index)[0])[name], block, smem)
+
+
+@functools.lru_cache(maxsize=None)
+def _occupancy(fn: int, block: int, smem: int) -> int:
     return max(1, int(_cupy().cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn, block, smem)))
 
 
@@ -744,7 +748,8 @@ def _rows_plan(M: int, K: int, kp: int, n_out: int, x_ptr: int = 0) -> tuple[int
         return None
     chunks = K // 8
     nc = next((n for n in _ROWS_NC if -(-chunks // n) <= ACT_ROWS_THREADS), _ROWS_NC[-1])
-    threads = -(-(-(-chunks // nc)) // 32) * 32  # ceil(chunks / nc), rounded up to whole warps
+    per_nc = -(-chunks // nc)                # threads with nc chunks each ...
+    threads = -(-per_nc // 32) * 32          # ... in whole warps
     words = ((-(-K // 32)) + 1) // 2 * 2
     smem = 8 * words + kp + 4 * n_out
     if threads > _ROWS_MAX_T or smem > _ACT_SMEM_MAX:
