@@ -360,8 +360,8 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
 //   are computed, so they overlap the barrier, the code stores and the outlier copy.
 //   Launch: grid = (G), any G >= 1 (the launcher: min(M, blocks resident at once)); block = (T), T a multiple
 //   of 32 in [32, 512] with NC * 8 * T >= K; entry points quik_act_quant_rows_{f16,bf16}_c{NC}, NC = 1, 2, 4, 8;
-//   launch bounds (512 threads, 2 blocks) cap them at 64 registers (s9b: uncapped, NVRTC gave the 4- and
-//   8-chunk kernels more and 2-3 blocks of 256 threads per SM, x1.2-1.35 of the capped time).
+//   launch bounds (512 threads, 2 blocks) cap them at 64 registers (uncapped, NVRTC gives the 4- and 8-chunk
+//   kernels 80 / 73 and they took x1.12-1.16 of the capped time on K = 8192 / 28672, docs/PERF_LOG.md s9m).
 //   Dynamic shared memory (bytes, in this order): bitmap 4 * W2, prefix 4 * W2 (W2 as in split mode), codes
 //   Kp, outlier indices 4 * n_out.
 //   x 16-byte aligned, K % 8 == 0, codes 16-byte aligned (the launcher checks; other inputs go to split
@@ -476,7 +476,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
             }
         }
         // The next row's loads, into v (both passes are done with it). Issuing them a row earlier into a
-        // second register set was x1.04-1.12 slower (s9e: fewer blocks per SM), so they start here.
+        // second register set was slower (s9m: x1.04-1.23 on NC = 2 / 4), so they start here.
         if (row + (int)gridDim.x < M) load_row_chunks<NC>(x, row + (int)gridDim.x, K, v);
         __syncthreads();  // the code row is complete; s_mn / s_mx are read by everyone
 

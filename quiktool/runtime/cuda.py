@@ -730,8 +730,9 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
 # ACT_ROWS_MIN_M rows or more, where x is 16-byte aligned and K % 8 == 0: persistent blocks that build the
 # outlier bitmap once and hold a row in registers, NC chunks of 8 columns per thread, about ACT_ROWS_THREADS
 # threads per row (at most 512). H100, in one process (docs/PERF_LOG.md, ninth session): the quantizer alone
-# x0.70-0.96 of the gather kernel's time at M = 512-8192; the layer x0.97-1.00 at M = 2048, but with 256
-# outliers x0.96-1.03 at M = 512 / 1024 (four shapes 1.2-2.6% slower, not understood), hence the bound.
+# x0.68-0.90 of the gather kernel's time at M = 2048 / 8192; the layer x0.97-1.00 there, but with 256 outliers
+# x0.96-1.03 at M = 512 / 1024 (four shapes 1.2-2.6% slower: the wgmma GEMM after it runs 2-3 us longer, not
+# understood), hence the bound.
 # QUIKTOOL_ACT_ROWS=0 turns it off (A/B runs; the kernels give the same bits).
 ACT_ROWS = os.environ.get("QUIKTOOL_ACT_ROWS", "1") != "0"
 ACT_ROWS_MIN_M: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M", 2048)
