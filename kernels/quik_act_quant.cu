@@ -346,8 +346,8 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rows mode (many rows: prefill and every layer call above the decode sizes): split mode's contract and
-// results, for x 16-byte aligned with K % 8 == 0. Why: at M >= 512 the gather and split kernels stage each
+// Rows mode (many rows: the launcher takes it for layer calls of at least cuda.ACT_ROWS_MIN_M = 2048 tokens):
+// split mode's contract and results, for x 16-byte aligned with K % 8 == 0. Why: at M >= 512 the gather and split kernels stage each
 // row in shared memory, gather it element by element (through keep_idx or the bitmap) twice, and rebuild
 // nothing between rows but pay a block launch, a staging barrier and the row's full latency per row; they
 // ran at ~1/3 of the DRAM bandwidth (bench layer's quant stage: 28 us for 2048 x 4096, docs/PERF_LOG.md
