@@ -104,6 +104,22 @@ QDEV int block_word_prefix(const unsigned* bmap, int* pref, int W, int* s_cnt) {
     return total;
 }
 
+// The outlier bitmap of the split kernels, by the whole block (two barriers inside): bit c % 32 of bmap[c / 32]
+// for every outlier column c in [0, K); *s_bad = 1 if an index lies outside. sidx (optional): a copy of out_idx.
+QDEV void build_outlier_bitmap(const int* __restrict__ out_idx, int n_out, int K, unsigned* bmap, int* s_bad,
+                               int* sidx) {
+    for (int i = threadIdx.x; i < ((K + 31) >> 5); i += blockDim.x) bmap[i] = 0u;
+    if (threadIdx.x == 0) *s_bad = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_out; i += blockDim.x) {
+        const int c = out_idx[i];
+        if (sidx) sidx[i] = c;
+        if ((unsigned)c < (unsigned)K) atomicOr(&bmap[c >> 5], 1u << (c & 31));
+        else *s_bad = 1;
+    }
+    __syncthreads();
+}
+
 // The outlier columns of one row, copied bit for bit from src (the row); NaN for an index outside [0, K).
 template <bool BF16>
 QDEV void copy_outliers(unsigned short* __restrict__ orow, const unsigned short* src, const int* __restrict__ out_idx,
@@ -312,15 +328,7 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
 
     // 1. The row -> shared memory (16-byte cp.async when aligned), while the outlier bitmap is built.
     const bool async = stage_row(srow, x, xr, K);
-    for (int i = tid; i < W; i += blockDim.x) bmap[i] = 0u;
-    if (tid == 0) s_bad = 0;
-    __syncthreads();
-    for (int i = tid; i < n_out; i += blockDim.x) {
-        const int c = out_idx[i];
-        if ((unsigned)c < (unsigned)K) atomicOr(&bmap[c >> 5], 1u << (c & 31));
-        else s_bad = 1;
-    }
-    __syncthreads();
+    build_outlier_bitmap(out_idx, n_out, K, bmap, &s_bad, nullptr);
 
     // 2. Outliers before each word.
     const int total = block_word_prefix(bmap, pref, W, s_cnt);
@@ -368,10 +376,6 @@ QDEV void act_quant_split(const unsigned short* __restrict__ x, const int* __res
 //   mode). Outlier checks as in split mode: an index outside [0, K) or a repeated one poisons every row.
 // ---------------------------------------------------------------------------------------------
 constexpr int ROWS_MAX_T = 512;
-// Blocks of ROWS_MAX_T threads per SM that the 1- and 2-chunk entry points' launch bounds ask for (the others: 2).
-#ifndef ROWS_MIN_BLOCKS_C2
-#define ROWS_MIN_BLOCKS_C2 2
-#endif
 
 // Row r's chunks of this thread into v (16-byte loads; chunks past the row are not loaded).
 template <int NC>
@@ -413,16 +417,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
     if (row < M) load_row_chunks<NC>(x, row, K, v);  // in flight while the bitmap is built
 
     // Once per block: the outlier bitmap, the outliers before each word, the indices, the pad codes.
-    for (int i = tid; i < W; i += T) bmap[i] = 0u;
-    if (tid == 0) s_bad = 0;
-    __syncthreads();
-    for (int i = tid; i < n_out; i += T) {
-        const int c = out_idx[i];
-        sidx[i] = c;
-        if ((unsigned)c < (unsigned)K) atomicOr(&bmap[c >> 5], 1u << (c & 31));
-        else s_bad = 1;
-    }
-    __syncthreads();
+    build_outlier_bitmap(out_idx, n_out, K, bmap, &s_bad, sidx);
     const int total = block_word_prefix(bmap, pref, W, s_cnt);
     const bool bad = s_bad != 0 || total != n_out;
     for (int j = (bad ? 0 : Kq) + tid; j < Kp; j += T) scode[j] = 0;  // never written by the rows below
@@ -447,7 +442,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
 
         // Pass 2: my codes into the shared code row (a poisoned row keeps the zeros written above). The
         // quotients by the reciprocal shortcut (quik_quant.cuh: exact, or flagged), a flagged chunk again by
-        // code_of's division: the quantizer is instruction bound and the division was ~half of pass 2.
+        // quotient_of's division: the quantizer is instruction bound and the division was ~half of pass 2.
         if (!bad) {
             const bool row_slow = !recip_ok(scale);
             const float rscale = rcp_rn(scale);
@@ -466,7 +461,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
                     for (int e = 0; e < 8; ++e) q[e] = quotient_fast(f[e], zero, rscale, slow);
                     if (slow) {  // rare: near a half-integer (ties included), or a row without the shortcut
 #pragma unroll
-                        for (int e = 0; e < 8; ++e) q[e] = rint_s32(div_rn(sub_rn(f[e], zero), scale));
+                        for (int e = 0; e < 8; ++e) q[e] = quotient_of(f[e], zero, scale);
                     }
 #pragma unroll
                     for (int e = 0; e < 8; ++e) {
@@ -482,12 +477,8 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
 
         uint4* dst = reinterpret_cast<uint4*>(codes + (size_t)row * Kp);
         for (int i = tid; i < (Kp >> 4); i += T) dst[i] = reinterpret_cast<const uint4*>(scode)[i];
-        const unsigned short* xr = x + (size_t)row * K;  // the outlier columns: from L1 / L2, just loaded
-        unsigned short* orow = x_out + (size_t)row * n_out;
-        for (int i = tid; i < n_out; i += T) {
-            const int c = sidx[i];
-            orow[i] = ((unsigned)c < (unsigned)K) ? xr[c] : nan_bits<BF16>();
-        }
+        // the outlier columns: from L1 / L2 (the row was just loaded), through the block's copy of out_idx
+        copy_outliers<BF16>(x_out + (size_t)row * n_out, x + (size_t)row * K, sidx, n_out, K);
         // The next row's pass 2 writes scode only after its pass-1 barrier, which every thread reaches
         // after its stores above; its s_mn / s_mx writes come after the barrier above, past every read.
     }
@@ -640,7 +631,7 @@ QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_f16, false)
 QUIK_ACT_QUANT_SPLIT(quik_act_quant_split_bf16, true)
 
 #define QUIK_ACT_QUANT_ROWS(NAME, BF16, NC)                                                                     \
-    extern "C" __global__ void __launch_bounds__(ROWS_MAX_T, (NC <= 2 ? ROWS_MIN_BLOCKS_C2 : 2))                   \
+    extern "C" __global__ void __launch_bounds__(ROWS_MAX_T, 2)                                                    \
     NAME(const unsigned short* x, const int* out_idx, signed char* codes, float* scale, float* zero,               \
          unsigned short* x_out, int M, int K, int Kp, int n_out, int bits) {                                       \
         act_quant_rows<BF16, NC>(x, out_idx, codes, scale, zero, x_out, M, K, Kp, n_out, bits);                    \

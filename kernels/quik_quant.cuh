@@ -69,11 +69,12 @@ QDEV void row_params(float mn, float mx, int bits, bool bad, float& scale, float
     if (bad) { scale = __int_as_float(0x7FC00000); zero = scale; }
 }
 
+// rint((v - zero) / scale), unclamped (IEEE sub and div, round half to even).
+QDEV int quotient_of(float v, float zero, float scale) { return rint_s32(div_rn(sub_rn(v, zero), scale)); }
+// A quotient's signed code: clamp(q, 0, 2^b - 1) - 2^(b-1).
+QDEV int clamp_code(int q, int bits) { return min(max(q, 0), (1 << bits) - 1) - (1 << (bits - 1)); }
 // The signed code of one value: clamp(rint((v - zero) / scale), 0, 2^b - 1) - 2^(b-1).
-QDEV int code_of(float v, float zero, float scale, int bits) {
-    const int q = rint_s32(div_rn(sub_rn(v, zero), scale));
-    return min(max(q, 0), (1 << bits) - 1) - (1 << (bits - 1));
-}
+QDEV int code_of(float v, float zero, float scale, int bits) { return clamp_code(quotient_of(v, zero, scale), bits); }
 
 // The reciprocal shortcut for code_of (rows-mode quantizer): per row, rscale = RN(1 / scale) once; per value
 // t = RN(RN(v - zero) * rscale) and n = t rounded to the nearest integer (add / subtract 1.5 * 2^23). Exact
@@ -82,13 +83,13 @@ QDEV int code_of(float v, float zero, float scale, int bits) {
 // normal scale |t - Q| <= |Q| (2^-23 + 2^-48) and |RN(Q) - Q| <= |Q| 2^-24, so |t - RN(Q)| < 2^-14: when
 // |t - n| < 0.5 - 2^-12, RN(Q) is strictly within 0.5 of n and code_of's rint gives n too. Otherwise
 // (near a half-integer; ties; a row whose scale is not in [2^-126, 2^126), NaN or inf), the caller takes
-// code_of. 0 <= t < 2^22 makes the add-and-subtract rounding exact (round half to even, unused at ties).
+// quotient_of. 0 <= t < 2^22 makes the add-and-subtract rounding exact (round half to even, unused at ties).
 QDEV bool recip_ok(float scale) {  // positive, normal, and 1 / scale normal
     const unsigned b = __float_as_uint(scale);
     return b >= 0x00800000u && b < 0x7E800000u;
 }
 QDEV float rcp_rn(float a) { float r; asm("rcp.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
-// q = the candidate rint((v - zero) / scale) (unclamped); slow |= whether it needs code_of's division.
+// q = the candidate quotient_of(v, zero, scale); slow |= whether it needs quotient_of's division instead.
 QDEV int quotient_fast(float v, float zero, float rscale, bool& slow) {
     const float t = mul_rn(sub_rn(v, zero), rscale);
     const float a = add_rn(t, 12582912.0f);  // 1.5 * 2^23: the integer part lands in the low mantissa bits
@@ -97,8 +98,6 @@ QDEV int quotient_fast(float v, float zero, float rscale, bool& slow) {
     slow |= !(diff < 0.499755859375f && diff > -0.499755859375f);  // 0.5 - 2^-12; NaN -> slow
     return (int)(__float_as_uint(a) - 0x4B400000u);
 }
-QDEV int clamp_code(int q, int bits) { return min(max(q, 0), (1 << bits) - 1) - (1 << (bits - 1)); }
-
 }  // namespace quikq
 
 #endif  // QUIK_QUANT_CUH

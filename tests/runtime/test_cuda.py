@@ -97,6 +97,14 @@ def _poisoned_act_out(M: int, kp: int, n_out: int, dtype: torch.dtype) -> refere
     )
 
 
+def _tie_row(K: int) -> torch.Tensor:
+    """fp32 [K]: values k + 0.5 (k < 16) with min 0 and max 15, so that 4-bit quantization (scale 15 / 15 = 1)
+    meets exact round-half-to-even ties."""
+    ties = torch.arange(K, device=DEV, dtype=torch.float32) % 16 + 0.5
+    ties[0], ties[1] = 0.0, 15.0
+    return ties
+
+
 def _split_columns(g: torch.Generator, K: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """keep_idx ascending, outlier_idx in random order (the kernel must not care), both int32."""
     perm = torch.randperm(K, generator=g, device=DEV)
@@ -140,9 +148,7 @@ def test_act_quant_edge_rows(dtype: torch.dtype) -> None:
     """Round-half-even ties, a constant row (scale 1), a row with a subnormal range (no flush to zero)."""
     K = 128
     rows = []
-    ties = torch.arange(K, device=DEV, dtype=torch.float32) % 16 + 0.5  # mn = 0.5, values k + 0.5
-    ties[0], ties[1] = 0.0, 15.0                                      # range 15 -> scale 15 * (1/15)
-    rows.append(ties)
+    rows.append(_tie_row(K))
     rows.append(torch.full((K,), 3.25, device=DEV))                     # constant row
     g = _gen("edge", dtype)
     if dtype == torch.bfloat16:  # bf16 has fp32's exponent range: values of ~1e-39 are fp32 subnormals
@@ -245,9 +251,7 @@ def test_act_quant_split_exact(M: int, K: int, n_out: int, dtype: torch.dtype, b
 def test_act_quant_split_edge_rows_misaligned_and_wide(split_kernel: str) -> None:
     g = _gen("split-edge")
     K = 128
-    ties = torch.arange(K, device=DEV, dtype=torch.float32) % 16 + 0.5
-    ties[0], ties[1] = 0.0, 15.0
-    x = torch.stack([ties, torch.full((K,), 3.25, device=DEV), torch.rand(K, generator=g, device=DEV) * 6e-5,
+    x = torch.stack([_tie_row(K), torch.full((K,), 3.25, device=DEV), torch.rand(K, generator=g, device=DEV) * 6e-5,
                      torch.randn(K, generator=g, device=DEV)]).half()
     for bits in (4, 8):
         _check_split(x, torch.tensor([5, 77, 3], dtype=torch.int32, device=DEV), bits)
@@ -287,18 +291,16 @@ def test_act_quant_rows_every_chunk_count(M: int, K: int, n_out: int, threads: i
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_act_quant_rows_edge_rows(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows mode's reciprocal shortcut against the division it replaces: exact ties (k + 0.5 with scale 1),
-    quotients within 2^-12 of a half-integer, a row whose scale is subnormal (bf16: no shortcut), a row of
+    quotients within 2^-11 of a half-integer (some inside the 2^-12 band that takes the division), a row whose scale is subnormal (bf16: no shortcut), a row of
     +-1.5e38 (bf16: the largest scales), a constant row; with and without an outlier column. (Rows with NaN or
     inf give NaN quotients, whose int8 codes torch leaves undefined: no kernel is held to them.)"""
     monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 1)
     K = 256
     g = _gen("rows-edge", dtype)
     ar = torch.arange(K, device=DEV, dtype=torch.float32)
-    ties = ar % 16 + 0.5
-    ties[0], ties[1] = 0.0, 15.0
     near = (ar % 15) + 0.5 + (torch.rand(K, generator=g, device=DEV) - 0.5) * 2 ** -10  # scale ~1: t near k + 0.5
-    near[0], near[1] = 0.0, 15.0
-    rows = [ties, near, torch.full((K,), 3.25, device=DEV), torch.randn(K, generator=g, device=DEV)]
+    near[0], near[1] = 0.0, 15.0  # the row's range, as in _tie_row
+    rows = [_tie_row(K), near, torch.full((K,), 3.25, device=DEV), torch.randn(K, generator=g, device=DEV)]
     if dtype == torch.bfloat16:  # fp32's range: a subnormal scale, and the largest finite ones
         rows.append(torch.rand(K, generator=g, device=DEV) * 1e-39 + 1e-40)
         rows.append(torch.rand(K, generator=g, device=DEV) * 3e38 - 1.5e38)
