@@ -14,6 +14,8 @@ profile names it.
 
     PYTHONPATH=$PWD python3 scripts/device_prefill_spread.py --out DIR [--procs 6] [--rounds 3] [--reps 4]
       [--settings "|WGMMA_FP8_FIRST=None"] [--config quik-4b] [--arch llama2-7b]
+A setting names quiktool.runtime.cuda attributes, or quiktool.runtime.quik_linear's with a "ql." prefix
+(e.g. ql.PREPARED=0: every layer call through cuda.quik_linear, all operands checked per call).
 """
 import argparse
 import json
@@ -33,6 +35,8 @@ p.add_argument("--settings", default="|WGMMA_FP8_FIRST=None",
 p.add_argument("--config", default="quik-4b")
 p.add_argument("--arch", default="llama2-7b")
 p.add_argument("--seqlen", type=int, default=2048)
+p.add_argument("--cprofile", type=int, default=0, help="also print the host's top N functions (cProfile, tottime) "
+               "of one forward per setting")
 p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
 args = p.parse_args()
 os.makedirs(args.out, exist_ok=True)
@@ -59,7 +63,7 @@ import torch  # noqa: E402
 
 from quiktool.bench import HEAD_START_CYCLES, _prefill_fn, build_llama, quantize_random  # noqa: E402
 from quiktool.config import load_config  # noqa: E402
-from quiktool.runtime import cuda  # noqa: E402
+from quiktool.runtime import cuda, quik_linear  # noqa: E402
 from quiktool.runtime.fuse import fuse_shared_inputs  # noqa: E402
 
 
@@ -119,10 +123,34 @@ def profile(fn, ids, top=14):
     return total / 1e3, [(k, n, round(us / 1e3, 3)) for k, (n, us) in rows]
 
 
+def host_profile(fn, ids, label):
+    import cProfile
+    import io
+    import pstats
+
+    torch.cuda.synchronize()
+    pr = cProfile.Profile()
+    pr.enable()
+    fn(ids)
+    pr.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(args.cprofile)
+    print(f"-- host profile [{label}] (one forward, enqueue only)")
+    print("\n".join(ln for ln in buf.getvalue().splitlines() if ln.strip())[:12000])
+
+
 torch.manual_seed(0)
 ids = torch.randint(0, 32000, (1, args.seqlen), generator=torch.Generator().manual_seed(1)).to(dev)
-settings = [parse(s) for s in args.settings.split("|")]
-defaults = [{k: getattr(cuda, k) for k in st} for st in settings]
+settings_text = args.settings.split("|")
+settings = [parse(s) for s in settings_text]
+
+
+def target(name: str) -> tuple:  # "ql.NAME": quiktool.runtime.quik_linear's attribute, else cuda's
+    return (quik_linear, name[3:]) if name.startswith("ql.") else (cuda, name)
+
+
+defaults = [{k: getattr(*target(k)) for k in st} for st in settings]
 out = {"proc": args.child, "settings": args.settings.split("|")}
 with torch.no_grad():
     model = build_llama(args.arch, torch.float16, dev, 0)
@@ -131,6 +159,9 @@ with torch.no_grad():
         fn(ids)
     ev, gpu, host = measure(fn, ids)
     out["fp16"] = {"event": statistics.median(ev), "gpu": statistics.median(gpu), "host": statistics.median(host)}
+    out["fp16"]["profile_total_ms"], out["fp16"]["profile_top"] = profile(fn, ids, top=20)
+    if args.cprofile:
+        host_profile(fn, ids, "fp16")
     quantize_random(model, load_config(args.config), torch.float16, dev, "cuda", torch.Generator().manual_seed(2))
     fuse_shared_inputs(model)
     torch.cuda.empty_cache()
@@ -140,9 +171,9 @@ with torch.no_grad():
         for i in order:
             for d in defaults:
                 for k, v in d.items():
-                    setattr(cuda, k, v)
+                    setattr(*target(k), v)
             for k, v in settings[i].items():
-                setattr(cuda, k, v)
+                setattr(*target(k), v)
             if r == 0:
                 fn(ids)  # warm-up under this setting (first calls compile / pick algorithms)
             ev, gpu, host = measure(fn, ids)
@@ -152,17 +183,20 @@ with torch.no_grad():
     for i in range(len(settings)):
         for d in defaults:
             for k, v in d.items():
-                setattr(cuda, k, v)
+                setattr(*target(k), v)
         for k, v in settings[i].items():
-            setattr(cuda, k, v)
-        tot, rows = profile(fn, ids)
+            setattr(*target(k), v)
+        tot, rows = profile(fn, ids, top=20)
         res[i]["profile_total_ms"] = tot
         res[i]["profile_top"] = rows
+        if args.cprofile:
+            host_profile(fn, ids, settings_text[i] or "default")
     out["quik"] = res
 
 print("JSON " + json.dumps(out))
 f16 = out["fp16"]
-line = [f"fp16 event {f16['event']:.2f} gpu {f16['gpu']:.2f} host {f16['host']:.2f}"]
+print("  top kernels [fp16]: " + "; ".join(f"{k} x{n} {ms}" for k, n, ms in f16["profile_top"][:10]))
+line = [f"fp16 prof {f16['profile_total_ms']:.2f} event {f16['event']:.2f} gpu {f16['gpu']:.2f} host {f16['host']:.2f}"]
 for i, s in enumerate(out["settings"]):
     r = out["quik"][i]
     md = {k: statistics.median(r[k]) for k in ("event", "gpu", "host")}

@@ -46,7 +46,7 @@ from quiktool.runtime.reference import ActCodes, padded_k
 __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
     "int_gemm", "quik_gemm", "quik_gemm_outliers", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
-    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
+    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear", "PreparedLinear",
     "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "compile_wgmma",
 ]
 
@@ -292,16 +292,20 @@ WGMMA = os.environ.get("QUIKTOOL_WGMMA", "1") != "0"
 WGMMA_MIN_M: int = _env_int("QUIKTOOL_WGMMA_MIN_M", 128)
 WGMMA_MIN_TILES: int | None = None
 WGMMA_MIN_TILE_SHARE = 0.6
-# W4A4 at M >= 2048 on the largest layers: cuBLASLt FP8 (when it applies) first. (min M, min N, min Kp):
-# FP8 when M >= min M and (N >= min N or Kp >= min Kp). H100 layer A/B in one process, seventh session (s7p,
+# W4A4 at M >= 2048 on the largest layers: cuBLASLt FP8 (when it applies) first. (min M, min N, min Kp, min Kp
+# beside min N): FP8 when M >= min M and ((N >= min N and Kp >= the fourth) or Kp >= min Kp). The fourth
+# bound (tenth session, s10a): the fused LLaMA-2-7B layers (K = 4096: q/k/v 4096 x 12288, gate/up 4096 x 22016)
+# ran x0.89 / x0.96 of the FP8 time on wgmma at M = 2048 with 256 outliers, and the 7B prefill's GEMM kernels
+# summed 64.2-64.9 ms with wgmma against 66.4-67.0 ms (torch.profiler, six processes); K = 4096 rows give
+# Kp <= 4096, K = 5120 rows with 256 outliers 4864. H100 layer A/B in one process, seventh session (s7p,
 # docs/PERF_LOG.md), M = 2048 / 4096 / 8192: FP8 faster on 8192 x 28672 (x0.91-0.96 of wgmma's time),
 # 5120 x 13824 at M >= 4096 (x0.95) and 28672 x 8192 (x0.95-1.00); wgmma faster on 4096 x 11008 (x0.93-0.96),
 # 5120 x 5120 (x0.87-0.93), 13824 x 5120 (x0.94-0.96 at M >= 4096) and 8192 x 8192 at M = 2048 (x0.93). The
 # earlier rule (N > 4096, from the third session's H100 A/B with an earlier wgmma kernel, re-checked in the
 # fourth session on an H200 only) sent all of these to FP8.
 # QUIKTOOL_WGMMA_FP8_FIRST=0 turns the rule off (A/B runs).
-WGMMA_FP8_FIRST: tuple[int, int, int] | None = (None if os.environ.get("QUIKTOOL_WGMMA_FP8_FIRST") == "0"
-                                                 else (2048, 12288, 16384))
+WGMMA_FP8_FIRST: tuple[int, ...] | None = (None if os.environ.get("QUIKTOOL_WGMMA_FP8_FIRST") == "0"
+                                           else (2048, 12288, 16384, 4608))
 
 
 def find_nvcc() -> str | None:
@@ -448,6 +452,10 @@ def _occupancy(fn: int, block: int, smem: int) -> int:
     return max(1, int(_cupy().cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn, block, smem)))
 
 
+# torch.cuda.current_device() without its Python wrapper (it runs on every launch)
+_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+
+
 def _raw_stream(index: int) -> int:
     get = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what Triton uses: no Stream object built
     return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
@@ -492,7 +500,7 @@ def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequen
         fn = (_wgmma_kernels(index) or {})[name]
     else:
         fn = _kernels(index, _device_info(index)[0])[name]
-    if torch.cuda.current_device() != index:
+    if _current_device() != index:
         with torch.cuda.device(index):
             return _launch(index, name, grid, block, sig, args, smem, pdl)
     params = _PARAMS.pack(sig, args)
@@ -597,7 +605,13 @@ def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits:
     kq, n_out = keep.numel(), outl.numel()
     if not 1 <= kq <= K:
         raise KernelError(f"keep_idx: needs 1 to K={K} columns, got {kq}")
-    kp = padded_k(kq)
+    return _quant_gather(x, keep, outl, bits, padded_k(kq), out)
+
+
+def _quant_gather(x: Tensor, keep: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | None) -> ActCodes:
+    """quantize_activations after its checks (x, keep, outl and bits as it validated them)."""
+    M, K = x.shape
+    kq, n_out, dev, x_ptr = keep.numel(), outl.numel(), x.get_device(), x.data_ptr()
     out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=4)  # codes rows written as 32-bit words
     if M == 0:
         return out
@@ -698,7 +712,13 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     kq = K - n_out
     if kq < 1:
         raise KernelError(f"outlier_idx: {n_out} outliers leave no column of K={K} to quantize")
-    kp = padded_k(kq)
+    return _quant_split(x, outl, bits, padded_k(kq), out)
+
+
+def _quant_split(x: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | None) -> ActCodes:
+    """quantize_split after its checks (x, outl and bits as it validated them)."""
+    M, K = x.shape
+    n_out, dev, x_ptr = outl.numel(), x.get_device(), x.data_ptr()
     rows = _rows_plan(M, K, kp, n_out, x_ptr)
     if rows is not None:  # many rows: persistent blocks, rows in registers
         nc, threads, smem = rows
@@ -717,7 +737,7 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
         if smem > _ACT_SMEM_MAX:
             from quiktool.algo.outliers import keep_columns  # noqa: PLC0415
             keep = keep_columns(K, outl.long()).to(device=x.device, dtype=torch.int32)
-            return quantize_activations(x, keep, outl, bits, out=out)
+            return _quant_gather(x, keep, outl, bits, kp, out)
         kernel, grid, threads = "quik_act_quant_split_", M, _act_threads(K, kp)
     out, ptrs = _act_out(out, x, M, kp, n_out, dev, codes_align=16)  # the one-CTA kernel: 16-byte row copies
     if M:
@@ -771,35 +791,102 @@ def quantize_layer(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) 
     ascending complement of outlier_idx (the layer's layout). Up to SPLIT_MAX_M tokens, and from
     ACT_ROWS_MIN_M tokens where the rows-mode kernel applies, quantize_split (which derives the kept columns
     itself; only keep_idx's length is checked), else quantize_activations."""
-    if keep_idx.numel() + outlier_idx.numel() != x.shape[-1]:
-        raise KernelError(f"keep_idx ({keep_idx.numel()}) and outlier_idx ({outlier_idx.numel()}) must split "
-                          f"the K={x.shape[-1]} columns of x")
+    _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
+    dev = x.get_device()
+    keep, outl = _index_i32("keep_idx", keep_idx, dev), _index_i32("outlier_idx", outlier_idx, dev)
+    _split_check(keep, outl, x.shape[1])
+    return _quant_layer(x, keep, outl, _bits("bits", bits))
+
+
+def _split_check(keep: Tensor, outl: Tensor, K: int) -> None:
+    if keep.numel() + outl.numel() != K or not keep.numel():
+        raise KernelError(f"keep_idx ({keep.numel()}) and outlier_idx ({outl.numel()}) must split the K={K} "
+                          "columns of x, with at least one kept")
+
+
+def _quant_layer(x: Tensor, keep: Tensor, outl: Tensor, bits: int) -> ActCodes:
+    """quantize_layer after its checks (keep is outl's ascending complement, both int32 on x's device)."""
     M, K = x.shape
-    if M <= SPLIT_MAX_M or _rows_plan(M, K, padded_k(keep_idx.numel()), outlier_idx.numel(), x.data_ptr()):
-        return quantize_split(x, outlier_idx, bits)
-    return quantize_activations(x, keep_idx, outlier_idx, bits)
+    kp = padded_k(keep.numel())
+    if M <= SPLIT_MAX_M or _rows_plan(M, K, kp, outl.numel(), x.data_ptr()):
+        return _quant_split(x, outl, bits, kp, None)
+    return _quant_gather(x, keep, outl, bits, kp, None)
 
 
 def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
                 w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None) -> Tensor:
     """The whole QUIK layer, as reference.quik_linear (bit-identical): quantize_layer, then at most
     FUSED_OUTLIER_MAX_M tokens quik_gemm_outliers (the outlier product inside the small-M kernel), else the
-    outlier product by F.linear (cuBLAS, as on the torch backend) and quik_gemm."""
-    M = x.shape[0]
-    if _ref.outliers_in_gemm(M, outlier_idx.numel()):
-        # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
-        a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
-        return quik_gemm_outliers(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum,
-                                  a.x_outlier, outlier_weight, bias, x.dtype)
-    if M <= 16 and outlier_idx.numel():  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
-        # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
-        # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
-        y_base = _ref.outlier_base(x.index_select(1, outlier_idx), outlier_weight, bias, M)
-        a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
-    else:
-        a = quantize_layer(x, keep_idx, outlier_idx, act_bits)
-        y_base = _ref.outlier_base(a.x_outlier, outlier_weight, bias, M)
-    return quik_gemm(a.codes, w, w_bits, a.scale, a.zero, 1 << (act_bits - 1), w_scale, wsum, y_base, x.dtype)
+    outlier product by F.linear (cuBLAS, as on the torch backend) and quik_gemm. A layer called many times
+    should hold a PreparedLinear instead (QuikLinear does): the same launches, its operands checked once."""
+    return PreparedLinear(keep_idx, outlier_idx, act_bits, w, w_bits, w_scale, wsum, outlier_weight, bias,
+                          x.dtype if isinstance(x, Tensor) else None)(x)
+
+
+class PreparedLinear:
+    """quik_linear for one layer's fixed operands (everything but x), checked once here; each call checks x
+    alone (dtype, shape, device, contiguity) and runs the same kernels with the same arguments as the
+    launchers (quantize_layer, quik_gemm, quik_gemm_outliers), hence the same bits.
+
+    Why: a 7B prefill makes 128 QUIK layer calls, and re-checking the nine operands of every call (plus the
+    launchers' own re-checks of what the previous launcher returned) made the host, not the GPU, the
+    bottleneck (docs/RESULTS.md, tenth session). The operands must not be replaced or moved afterwards:
+    QuikLinear builds a new one when a buffer was replaced (e.g. by ``.to()``).
+
+    keep_idx / outlier_idx: the layer's ascending column split (int32, or int64: converted once); w, w_scale,
+    wsum as in quik_gemm; outlier_weight [N, n_out] and bias [N] or None in ``dtype`` (fp16 / bf16), the
+    dtype x must have (None: outlier_weight's).
+    """
+
+    __slots__ = ("keep", "outl", "act_bits", "w", "w_bits", "w_scale", "wsum", "outlier_weight", "bias", "dtype",
+                 "dev", "K", "N", "kp", "n_out", "a_shift")
+
+    def __init__(self, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
+                 w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None,
+                 dtype: torch.dtype | None = None):
+        self.act_bits, self.w_bits = _bits("act_bits", act_bits), _bits("w_bits", w_bits)
+        dtype = outlier_weight.dtype if dtype is None and isinstance(outlier_weight, Tensor) else dtype
+        if dtype not in _OUT_EP:
+            raise KernelError(f"x: dtype must be {_dt(list(_OUT_EP))}, got {str(dtype).replace('torch.', '')}")
+        _check("w", w, (torch.uint8, torch.int8), (None, None), None)
+        dev = w.get_device()
+        self.keep, self.outl = _index_i32("keep_idx", keep_idx, dev), _index_i32("outlier_idx", outlier_idx, dev)
+        self.n_out, self.K = self.outl.numel(), self.keep.numel() + self.outl.numel()
+        _split_check(self.keep, self.outl, self.K)
+        self.kp = padded_k(self.keep.numel())
+        wk = self.kp // 2 if self.w_bits == 4 else self.kp
+        _check("w", w, (torch.uint8,) if self.w_bits == 4 else (torch.int8,), (None, wk), dev, align=16)
+        self.N = N = w.shape[0]
+        _check("w_scale", w_scale, (torch.float32,), (N,), dev)
+        _check("wsum", wsum, (torch.float32,), (N,), dev)
+        _check("outlier_weight", outlier_weight, (dtype,), (N, self.n_out), dev)
+        if bias is not None:
+            _check("bias", bias, (dtype,), (N,), dev)
+        self.w, self.w_scale, self.wsum, self.outlier_weight, self.bias = w, w_scale, wsum, outlier_weight, bias
+        self.dtype, self.dev, self.a_shift = dtype, dev, 1 << (self.act_bits - 1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not (type(x) is Tensor and x.dtype is self.dtype and x.dim() == 2 and x.shape[1] == self.K
+                and x.is_cuda and x.get_device() == self.dev and x.is_contiguous()):
+            _check("x", x, (self.dtype,), (None, self.K), self.dev)  # raises, naming what is wrong (or passes)
+        M = x.shape[0]
+        if _ref.outliers_in_gemm(M, self.n_out):
+            # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
+            a = _quant_layer(x, self.keep, self.outl, self.act_bits)
+            return _gemmo_run(a.codes, self.w, self.w_bits, a.scale, a.zero, self.a_shift, self.w_scale, self.wsum,
+                              a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev)
+        if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
+            # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
+            # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
+            y_base = _ref.outlier_base(x.index_select(1, self.outl), self.outlier_weight, self.bias, M)
+            a = _quant_layer(x, self.keep, self.outl, self.act_bits)
+        else:
+            a = _quant_layer(x, self.keep, self.outl, self.act_bits)
+            y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
+        # y_base: a fresh contiguous [M, N] tensor of self.dtype (F.linear or the expanded bias) or None
+        epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
+               self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
+        return _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None)
 
 
 def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:
@@ -920,10 +1007,19 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
     ptrs, out, o_ptr = _epilogue_checks(a_codes, a_scale, a_zero, a_shift, w_scale, wsum, out_dtype, out, M, N, dev)
     y_p = 0 if y_base is None else _check("y_base", y_base, (out_dtype,), (M, N), dev, align=16)
+    return _gemm_run(a_codes, w, w_bits, N, kp, dev, (*ptrs[:2], float(a_shift), *ptrs[2:], y_p), out_dtype, out)
+
+
+def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int, epi: tuple, out_dtype: torch.dtype,
+              out: Tensor | None) -> Tensor:
+    """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
+    wsum, y_base pointers (0: none)); out None (allocated here) or checked."""
+    M = a_codes.shape[0]
+    if out is None:
+        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
     if M and N:
-        a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
-        epi = (a_scale_p, a_zero_p, float(a_shift), w_scale_p, wsum_p, y_p)
-        path = gemm_path(M, N, kp, w_bits, a_shift, dev)
+        a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
+        path = gemm_path(M, N, kp, w_bits, int(epi[2]), dev)
         if path == "wgmma":
             name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype])
             _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem)
@@ -977,18 +1073,31 @@ def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor,
     preceding kernel (the quantizer): only the weights are read before waiting for it.
     """
     M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
-    ptrs, out, o_ptr = _epilogue_checks(a_codes, a_scale, a_zero, a_shift, w_scale, wsum, out_dtype, out, M, N, dev)
-    xo_ptr = _check("x_outlier", x_outlier, (out_dtype,), (M, None), dev)
-    n_out = x_outlier.shape[1]
-    wo_ptr = _check("outlier_weight", outlier_weight, (out_dtype,), (N, n_out), dev)
-    b_ptr = 0 if bias is None else _check("bias", bias, (out_dtype,), (N,), dev)
+    _, out, _ = _epilogue_checks(a_codes, a_scale, a_zero, a_shift, w_scale, wsum, out_dtype, out, M, N, dev)
+    _check("x_outlier", x_outlier, (out_dtype,), (M, None), dev)
+    _check("outlier_weight", outlier_weight, (out_dtype,), (N, x_outlier.shape[1]), dev)
+    if bias is not None:
+        _check("bias", bias, (out_dtype,), (N,), dev)
+    return _gemmo_run(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, x_outlier, outlier_weight, bias,
+                      out_dtype, out, dev)
+
+
+def _gemmo_run(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
+               w_scale: Tensor, wsum: Tensor, x_outlier: Tensor, outlier_weight: Tensor, bias: Tensor | None,
+               out_dtype: torch.dtype, out: Tensor | None, dev: int) -> Tensor:
+    """quik_gemm_outliers after its checks; out None (allocated here) or checked."""
+    (M, kp), N, n_out = a_codes.shape, w.shape[0], x_outlier.shape[1]
+    if out is None:
+        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
     ep = _OUT_EP[out_dtype]
     if _gemvo_chunk(64, _GEMVO_M, n_out) is None:  # > ~12000 outlier columns: torch ops, same bits
         log.warning("quik_gemm_outliers: %d outlier columns exceed the fused kernel's shared memory; using the "
                     "torch reference ops (slow)", n_out)
         return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum,
                                                  x_outlier, outlier_weight, bias, out_dtype))
-    a_scale_p, a_zero_p, w_scale_p, wsum_p = ptrs
+    a_ptr, w_ptr, o_ptr, xo_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr(), x_outlier.data_ptr()
+    a_scale_p, a_zero_p, w_scale_p, wsum_p = a_scale.data_ptr(), a_zero.data_ptr(), w_scale.data_ptr(), wsum.data_ptr()
+    wo_ptr, b_ptr = outlier_weight.data_ptr(), 0 if bias is None else bias.data_ptr()
     for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 16 (decode): one launch
         mc = min(_GEMVO_M, M - m0)
         rows = _gemv_block_rows(mc, N, _device_info(dev)[1])
@@ -1047,8 +1156,9 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     """Which integer GEMM quik_gemm runs: 'wgmma' (4-bit weights, any activation bits: quik_wgmma.cu, sm_90),
     'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
     mma.sync kernels). wgmma and mma fuse the epilogue."""
-    fp8_first = (WGMMA_FP8_FIRST is not None and a_shift == 8 and M >= WGMMA_FP8_FIRST[0]
-                 and (N >= WGMMA_FP8_FIRST[1] or kp >= WGMMA_FP8_FIRST[2]))
+    rule = WGMMA_FP8_FIRST
+    fp8_first = (rule is not None and a_shift == 8 and M >= rule[0]
+                 and ((N >= rule[1] and kp >= (rule[3] if len(rule) > 3 else 0)) or kp >= rule[2]))
     if _wgmma_ok(M, N, w_bits, dev) and not (fp8_first and _fp8_applies(M, N, kp, w_bits, dev)):
         return "wgmma"
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:

@@ -11,6 +11,8 @@ forward(x [*, K]) with M = prod(*):
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,6 +20,10 @@ import torch.nn.functional as F
 from quiktool.algo.outliers import keep_columns
 from quiktool.format.layout import PackedLinear
 from quiktool.runtime.backends import get_backend
+
+# The CUDA backend runs through a cuda.PreparedLinear per layer (its operands checked once); QUIKTOOL_PREPARED=0
+# calls cuda.quik_linear, which checks every operand on every call, instead (host-overhead A/B runs; same bits).
+PREPARED = os.environ.get("QUIKTOOL_PREPARED", "1") != "0"
 
 
 class QuikLinear(nn.Module):
@@ -57,10 +63,28 @@ class QuikLinear(nn.Module):
             x2 = x2.to(self.dtype)
         if self.act_bits == 16:
             return F.linear(x2, self.w_deq, self.bias).reshape(*lead, self.out_features)
-        be = get_backend(self.backend)
-        y = be.quik_linear(x2.contiguous(), self.keep_idx, self.outlier_idx, self.act_bits, self.w_rt,
-                           self.weight_bits, self.w_scale, self.wsum, self.outlier_weight, self.bias)   # [M, N]
+        if PREPARED and self.backend == "cuda" and x2.is_cuda:
+            y = self._prepared_cuda()(x2.contiguous())                                      # [M, N]
+        else:
+            be = get_backend(self.backend)
+            y = be.quik_linear(x2.contiguous(), self.keep_idx, self.outlier_idx, self.act_bits, self.w_rt,
+                               self.weight_bits, self.w_scale, self.wsum, self.outlier_weight, self.bias)  # [M, N]
         return y.reshape(*lead, self.out_features)
+
+    _prepared = None  # cuda.PreparedLinear over this layer's buffers, built at the first CUDA call
+
+    def _prepared_cuda(self):
+        """The layer's operands checked once (cuda.PreparedLinear): per call only x is checked."""
+        p = self._prepared
+        if p is None or not (p.w is self.w_rt and p.outlier_weight is self.outlier_weight and p.bias is self.bias
+                             and p.w_scale is self.w_scale and p.wsum is self.wsum and p.keep is self.keep_idx
+                             and p.outl is self.outlier_idx):  # first call, or a buffer was replaced (.to())
+            from quiktool.runtime import cuda
+
+            self._prepared = cuda.PreparedLinear(self.keep_idx, self.outlier_idx, self.act_bits, self.w_rt,
+                                                 self.weight_bits, self.w_scale, self.wsum, self.outlier_weight,
+                                                 self.bias, self.dtype)
+        return self._prepared
 
 
 def set_backend(model: nn.Module, backend: str) -> int:

@@ -379,6 +379,57 @@ def test_quik_linear_backends_identical(M: int, n_out: int, has_bias: bool) -> N
     assert _bits_equal(got, ref), f"{int((got != ref).sum())} outputs differ between the backends"
 
 
+def test_prepared_linear_checks_x_and_keeps_the_bits() -> None:
+    """PreparedLinear (what QuikLinear calls) checks the layer operands once and x on every call; its output is
+    the reference's at every size, including rows mode (M = 2048), on the same object again and again."""
+    K, N, n_out, dtype = 1104, 304, 100, torch.float16   # K % 8 == 0: rows mode applies at M = 2048
+    g = _gen("prepared", K, N, n_out)
+    keep, outl = _split_columns(g, K, n_out)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    for M in (1, 3, 16, 118, 2048, 3):
+        x = _activations(g, M, K, dtype, outl)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+        assert _bits_equal(layer(x), ref), f"M={M}: the prepared layer differs from the reference"
+    x = _activations(g, 4, K, dtype, outl)
+    for bad, msg in ((x.float(), r"x: dtype must be float16, got float32"),
+                     (x[:, :-1].contiguous(), r"x: shape must be \[\*, 1104\], got \[4, 1103\]"),
+                     (torch.empty(K, 4, dtype=dtype, device=DEV).t(), r"x: must be contiguous"),
+                     (x.cpu(), r"x: must be a CUDA tensor")):
+        with pytest.raises(KernelError, match=msg):
+            layer(bad)
+    with pytest.raises(KernelError, match=r"outlier_weight: dtype must be bfloat16"):
+        cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, None, torch.bfloat16)
+    with pytest.raises(KernelError, match=r"w: shape must be \[\*, 512\]"):  # Kp = 1024 for 1004 kept columns
+        cuda.PreparedLinear(keep, outl, 4, w[:, :-64].contiguous(), 4, w_scale, wsum, w_out, bias, dtype)
+
+
+def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
+    """QuikLinear keeps one PreparedLinear and builds a new one when a buffer was replaced, so the kernels
+    never read a tensor the module no longer holds."""
+    from quiktool.algo.gptq import gptq_quantize
+    from quiktool.format.layout import PackedLinear
+    from quiktool.runtime.quik_linear import QuikLinear
+
+    g = torch.Generator().manual_seed(7)
+    K, N = 640, 192
+    W = torch.randn(N, K, generator=g)
+    idx = torch.randperm(K, generator=g)[:32].sort().values
+    packed = PackedLinear.from_quantized(gptq_quantize(W, None, 4, idx, -1), torch.randn(N, generator=g), 4)
+    lin = QuikLinear(packed, dtype=torch.float16, device=DEV, backend="cuda")
+    x = torch.randn(3, 5, K, generator=g).to(DEV, torch.float16)
+    y = lin(x)
+    first = lin._prepared
+    assert first is not None and lin(x) is not None and lin._prepared is first
+    lin.w_rt = lin.w_rt.clone()                      # a replaced buffer: the old pointer must not be used
+    assert _bits_equal(lin(x), y) and lin._prepared is not first and lin._prepared.w is lin.w_rt
+    lin.backend = "torch"
+    assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
+
+
 # ---------------------------------------------------------------------------------------------------
 # (b) integer GEMM: bit-exact
 # ---------------------------------------------------------------------------------------------------
@@ -895,11 +946,14 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     need = math.ceil(cuda.WGMMA_MIN_TILE_SHARE * sms)
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(2048, 28672, 8192, 4, 128, dev) == "wgmma"     # W4A8 too
-    # W4A4 at M >= 2048 on the largest layers (N >= 12288 or Kp >= 16384): the FP8 path first where it applies
+    # W4A4 at M >= 2048 on the largest layers (N >= 12288 with Kp >= 4608, or Kp >= 16384): the FP8 path first
+    # where it applies
     fp8 = "fp8" if cuda.fp8_exact_on(dev) else "wgmma"
     assert cuda.gemm_path(2048, 28672, 8192, 4, 8, dev) == fp8
     assert cuda.gemm_path(2048, 8192, 28416, 4, 8, dev) == fp8                # 28672 x 8192, 256 outliers
-    assert cuda.gemm_path(2048, 12288, 4096, 4, 8, dev) == fp8
+    assert cuda.gemm_path(2048, 13824, 4864, 4, 8, dev) == fp8                # 5120 x 13824, 256 outliers
+    assert cuda.gemm_path(2048, 12288, 3840, 4, 8, dev) == "wgmma"           # fused 7B q/k/v, 256 outliers
+    assert cuda.gemm_path(2048, 22016, 4096, 4, 8, dev) == "wgmma"           # fused 7B gate/up
     assert cuda.gemm_path(2048, 11008, 4096, 4, 8, dev) == "wgmma"           # measured faster there
     assert cuda.gemm_path(2048, 8192, 8192, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(2048, 5120, 13824, 4, 8, dev) == "wgmma"
