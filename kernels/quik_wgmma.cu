@@ -1,5 +1,5 @@
-// quik_wgmma.cu -- QUIK integer GEMM with 4-bit weights on Hopper's warpgroup MMA (wgmma, sm_90a only),
-// with the dequantization epilogue fused. Exact integer product: bit-identical to
+// quik_wgmma.cu -- QUIK integer GEMM with 4- or 8-bit weights on Hopper's warpgroup MMA (wgmma, sm_90a
+// only), with the dequantization epilogue fused. Exact integer product: bit-identical to
 // quiktool.runtime.reference.int_gemm / quik_gemm, like every kernel of quik_gemm.cu.
 //
 // Why this kernel: at large M the mma.sync kernels of quik_gemm.cu stop near cuBLAS FP16 speed (the
@@ -14,15 +14,15 @@
 //
 // Contract
 //   A   int8 [M, Kp] row-major: signed activation codes (4-bit in [-8, 7] or 8-bit)
-//   W   uint8 [N, Kp/2]: byte [n, i] = code of column 2i in the low nibble, 2i+1 in the high nibble
-//       (two's complement; quiktool.format.packing), as in quik_gemm.cu
+//   W   _w4: uint8 [N, Kp/2]: byte [n, i] = code of column 2i in the low nibble, 2i+1 in the high nibble
+//       (two's complement; quiktool.format.packing), as in quik_gemm.cu; _w8: int8 [N, Kp] row-major
 //   acc[m, n] = sum_k A[m, k] * W[n, k]   (exact int32)
-//   Entry points quik_wgmma_EP_w4, EP = i32 | f16 | bf16: the EP semantics of quik_gemm.cu (i32 writes acc,
-//   f16 / bf16 apply quik_epilogue.cuh's store_pair, y_base may be null).
+//   Entry points quik_wgmma_EP_wB, EP = i32 | f16 | bf16, B = 4 | 8: the EP semantics of quik_gemm.cu (i32
+//   writes acc, f16 / bf16 apply quik_epilogue.cuh's store_pair, y_base may be null).
 //   Assumptions (checked by the launcher): Kp % 64 == 0, 64 <= Kp < 2^17; M, N >= 1 (tails predicated,
 //   zero-filled); tensors contiguous and 16-byte aligned; the device is sm_90.
 //   Launch geometry: block 256 threads (2 warpgroups), grid = ceil(M/128) * ceil(N/256) (1-D, grouped
-//   raster as in quik_gemm.cu), dynamic smem WG_SMEM_BYTES + 1024 (the kernel aligns its base to 1024 B).
+//   raster as in quik_gemm.cu), dynamic smem wg_smem_bytes(B) + 1024 (the kernel aligns its base to 1024 B).
 //
 // Tile: 128 tokens x 256 weight rows x 128 K bytes per stage. Warpgroup g owns tokens 64g .. 64g+63 and all
 // 256 rows: one m64n256k32 wgmma per 32 K bytes, 4 per stage, 128 int32 accumulators per thread.
@@ -34,6 +34,9 @@
 //   Both in the 128-byte swizzle of the wgmma descriptors: 16-byte chunk c of row r sits at
 //   r * 128 + ((c ^ (r % 8)) * 16), inside 1024-byte-aligned atoms of 8 rows (descriptor: swizzle mode
 //   128B, stride byte offset 1024 between 8-row groups, start address + 32 B per k32 step).
+// 8-bit weights (_w8, tenth session): no unpack. The B tile is copied like the A tile, by cp.async into the
+//   same swizzle, in A's commit group, so B has A's ring: WG_A_STAGES slots of 32 KiB (195 KiB in all); the
+//   threads' only work in the main loop is issuing the copies. acc is the plain sum (no shift).
 // Unpack: a nibble w becomes the int8 value 16 * w (exact), so acc is computed as 16 * acc and shifted
 // right by 4 at the end (exact; |16 * acc| < 2^31 because |a| <= 128, |w| <= 8, Kp < 2^17).
 //   x = 8 codes k..k+7 (one packed word): E = (x << 4) & 0xF0F0F0F0 (k, k+2, k+4, k+6),
@@ -90,8 +93,13 @@ constexpr int WG_A_STAGES = WG_DEPTH + 3, WG_B_SLOTS = WG_DEPTH + 2, WG_THREADS 
 constexpr int WG_A_TILE = WG_BM * WG_BK;  // 16 KiB
 constexpr int WG_B_TILE = WG_BN * WG_BK;  // 32 KiB
 constexpr int WG_EPI_BYTES = 2 * WG_BN * 4;  // w_scale and wsum of the tile's 256 columns (fp32)
-constexpr int WG_SMEM_BYTES = WG_A_STAGES * WG_A_TILE + WG_B_SLOTS * WG_B_TILE + WG_EPI_BYTES;  // 162 KiB (D = 1)
-static_assert(WG_SMEM_BYTES + 1024 <= 227 * 1024, "the launcher asks for WG_SMEM_BYTES + 1024 bytes");
+// 8-bit weights: B copied by cp.async with A, so it needs A's ring length.
+template <int WB> __host__ __device__ constexpr int wg_b_slots() { return WB == 4 ? WG_B_SLOTS : WG_A_STAGES; }
+template <int WB> __host__ __device__ constexpr int wg_smem_bytes() {
+    return WG_A_STAGES * WG_A_TILE + wg_b_slots<WB>() * WG_B_TILE + WG_EPI_BYTES;  // 162 / 195 KiB (D = 1)
+}
+static_assert(wg_smem_bytes<4>() + 1024 <= 227 * 1024, "the launcher asks for wg_smem_bytes + 1024 bytes");
+static_assert(wg_smem_bytes<8>() + 1024 <= 227 * 1024, "the launcher asks for wg_smem_bytes + 1024 bytes");
 
 QDEV void sts16(unsigned addr, unsigned a, unsigned b, unsigned c, unsigned d) {
     asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
@@ -151,9 +159,12 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
         : "l"(da), "l"(db), "n"(1));
 }
 
-template <int EP>
-QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
-                        int M, int N, int Kp, const EpiArgs& ep) {
+template <int EP, int WB>
+QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
+                     int M, int N, int Kp, const EpiArgs& ep) {
+    static_assert(WB == 4 || WB == 8, "weight bits: 4 or 8");
+    constexpr int B_SLOTS = wg_b_slots<WB>();
+    constexpr int SHIFT = WB == 4 ? 4 : 0;  // w4 computes 16 * acc (see Unpack)
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned s_a = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
     const unsigned s_b = s_a + WG_A_STAGES * WG_A_TILE;
@@ -164,9 +175,10 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
     grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);  // quik_ptx.cuh, as quik_gemm.cu
 
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
-    const int kp2 = Kp >> 1;                  // packed bytes per weight row
+    const int kp2 = Kp >> 1;                  // packed bytes per weight row (w4)
 
     // A: thread -> rows tid/8 + 32i (i < 4), chunk tid % 8 (8 threads cover one row's 128 bytes).
+    // w8: the B tile too, rows tid/8 + 32i (i < 8), into B slot kt % B_SLOTS (= A's ring position).
     auto load_a = [&](int kt) {
         const unsigned st = s_a + (kt % WG_A_STAGES) * WG_A_TILE;
         const int c = tid & 7, k = kt * WG_BK + c * 16;
@@ -175,6 +187,15 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
             const int r = (tid >> 3) + 32 * i, m = m0 + r;
             const bool ok = m < M && k < Kp;
             cp_async16(st + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
+        }
+        if constexpr (WB == 8) {
+            const unsigned sl = s_b + (kt % B_SLOTS) * WG_B_TILE;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int r = (tid >> 3) + 32 * i, n = n0 + r;
+                const bool ok = n < N && k < Kp;
+                cp_async16(sl + swz128(r, c), ok ? W + (size_t)n * Kp + k : W, ok);
+            }
         }
     };
     // B: thread -> rows tid/4 + 64i (i < 4), packed chunk q = tid % 4 (codes 32q .. 32q+31 of the K tile).
@@ -217,7 +238,7 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
     // The epilogue's per-column factors, staged once while the main loop runs (visible after its first
     // barrier): reading them from global memory per column pair in the epilogue put one load round trip
     // in front of every store.
-    float* s_ws = reinterpret_cast<float*>(wg_smem + (s_b + WG_B_SLOTS * WG_B_TILE - smem_addr(wg_smem)));
+    float* s_ws = reinterpret_cast<float*>(wg_smem + (s_b + B_SLOTS * WG_B_TILE - smem_addr(wg_smem)));
     float* s_su = s_ws + WG_BN;
     if constexpr (EP != 0) {
         const int n = n0 + tid;  // WG_THREADS == WG_BN: one column per thread
@@ -232,15 +253,18 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
     // Weight registers: WG_B_AHEAD buffers; the one unpacked in iteration kt (tile kt+1) is refilled with
     // tile kt+1+WG_B_AHEAD, so each global load has WG_B_AHEAD iterations to arrive.
     uint4 wq0[4], wq1[4];
-    // Prologue: A(0), A(1) in flight (one commit group each), B(0) in its slot, B(1 .. WG_B_AHEAD) in registers.
+    // Prologue: A(0), A(1) in flight (one commit group each), B(0) in its slot, B(1 .. WG_B_AHEAD) in registers
+    // (w8: B(0), B(1) in A's groups).
     load_a(0);
     cp_async_commit();
     if (KT > 1) load_a(1);
     cp_async_commit();
-    load_b(0, wq0);
-    store_b(0, wq0);
-    if (KT > 1) load_b(1, WG_B_AHEAD == 1 ? wq0 : wq1);
-    if (WG_B_AHEAD == 2 && KT > 2) load_b(2, wq0);
+    if constexpr (WB == 4) {
+        load_b(0, wq0);
+        store_b(0, wq0);
+        if (KT > 1) load_b(1, WG_B_AHEAD == 1 ? wq0 : wq1);
+        if (WG_B_AHEAD == 2 && KT > 2) load_b(2, wq0);
+    }
 
     auto step = [&](int kt, uint4 (&wq)[4]) {
         cp_async_wait<1>();  // groups committed: kt + 2; A(kt) is the older of the two newest
@@ -250,14 +274,16 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
         wgmma_fence();
         if (WG_DIAG != 2) {
             const unsigned a = s_a + (kt % WG_A_STAGES) * WG_A_TILE + wg * (64 * 128);
-            const unsigned b = s_b + (kt % WG_B_SLOTS) * WG_B_TILE;
+            const unsigned b = s_b + (kt % B_SLOTS) * WG_B_TILE;
 #pragma unroll
             for (int s = 0; s < WG_BK / 32; ++s) wgmma_s8_m64n256k32(d, wg_desc(a + 32 * s), wg_desc(b + 32 * s));
         }
         wgmma_commit();
         fence_acc(d);
-        if (WG_DIAG != 1 && kt + 1 < KT) store_b(kt + 1, wq);
-        if (WG_DIAG != 1 && kt + 1 + WG_B_AHEAD < KT) load_b(kt + 1 + WG_B_AHEAD, wq);
+        if constexpr (WB == 4) {
+            if (WG_DIAG != 1 && kt + 1 < KT) store_b(kt + 1, wq);
+            if (WG_DIAG != 1 && kt + 1 + WG_B_AHEAD < KT) load_b(kt + 1 + WG_B_AHEAD, wq);
+        }
         if (kt + 2 < KT) load_a(kt + 2);
         cp_async_commit();
         if constexpr (EP != 0) {
@@ -275,7 +301,7 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
         wgmma_wait<WG_DEPTH>();
         fence_acc(d);
     };
-    if (WG_B_AHEAD == 1) {
+    if (WB == 8 || WG_B_AHEAD == 1) {
         for (int kt = 0; kt < KT; ++kt) step(kt, wq0);
     } else {  // buffers alternate: tile kt+1 sits in wq1 when kt is even (unrolled by 2: registers need fixed indices)
         for (int kt = 0; kt < KT; kt += 2) {
@@ -330,8 +356,8 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
                 const int m = mr + 8 * h;
                 const int k = 4 * (j0 + j) + 2 * h;
                 if (m < M)
-                    store_pair_y<EP>(out, ep, N, m, n, d[k] >> 4, d[k + 1] >> 4, sa[h], za[h], ws0, ws1, su0, su1,
-                                     yy[j][h]);
+                    store_pair_y<EP>(out, ep, N, m, n, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h], ws0, ws1,
+                                     su0, su1, yy[j][h]);
             }
         }
     }
@@ -339,14 +365,17 @@ QDEV void wgmma_gemm_w4(const signed char* __restrict__ A, const unsigned char* 
 
 }  // namespace
 
-#define QUIK_WGMMA(NAME, EP)                                                                                        \
+#define QUIK_WGMMA(NAME, EP, WB)                                                                                    \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_gemm_w4<EP>(A, W, out, M, N, Kp, ep);                                                                \
+        wgmma_gemm<EP, WB>(A, W, out, M, N, Kp, ep);                                                               \
     }
 
-QUIK_WGMMA(quik_wgmma_i32_w4, 0)
-QUIK_WGMMA(quik_wgmma_f16_w4, 1)
-QUIK_WGMMA(quik_wgmma_bf16_w4, 2)
+QUIK_WGMMA(quik_wgmma_i32_w4, 0, 4)
+QUIK_WGMMA(quik_wgmma_f16_w4, 1, 4)
+QUIK_WGMMA(quik_wgmma_bf16_w4, 2, 4)
+QUIK_WGMMA(quik_wgmma_i32_w8, 0, 8)
+QUIK_WGMMA(quik_wgmma_f16_w8, 1, 8)
+QUIK_WGMMA(quik_wgmma_bf16_w8, 2, 8)

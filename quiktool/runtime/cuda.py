@@ -265,7 +265,7 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w4" for ep in _EPS)
+WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w{b}" for b in (4, 8) for ep in _EPS)
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -273,13 +273,16 @@ _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.c
 _WG_DEPTH = 1
 
 
-def wgmma_smem_bytes(depth: int = _WG_DEPTH) -> int:
+def wgmma_smem_bytes(depth: int = _WG_DEPTH, w_bits: int = 4) -> int:
     """quik_wgmma.cu's dynamic shared memory for its WG_DEPTH: depth + 3 activation stages of 128 x 128 B,
-    depth + 2 weight slots of 256 x 128 B, the epilogue's 2 x 256 fp32 factors, 1 KiB alignment slack."""
-    return (depth + 3) * _WG_BM * 128 + (depth + 2) * _WG_BN * 128 + 2 * _WG_BN * 4 + 1024
+    depth + 2 weight slots of 256 x 128 B (8-bit weights: depth + 3, they share the activations' ring), the
+    epilogue's 2 x 256 fp32 factors, 1 KiB alignment slack."""
+    slots = depth + (2 if w_bits == 4 else 3)
+    return (depth + 3) * _WG_BM * 128 + slots * _WG_BN * 128 + 2 * _WG_BN * 4 + 1024
 
 
 _WG_SMEM = wgmma_smem_bytes()
+_WG_SMEM_W8 = wgmma_smem_bytes(w_bits=8)
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
 # since one block runs per SM and too few tiles leave SMs idle; the tests set 0 to run the kernel on small
@@ -292,6 +295,10 @@ WGMMA = os.environ.get("QUIKTOOL_WGMMA", "1") != "0"
 WGMMA_MIN_M: int = _env_int("QUIKTOOL_WGMMA_MIN_M", 128)
 WGMMA_MIN_TILES: int | None = None
 WGMMA_MIN_TILE_SHARE = 0.6
+# 8-bit weights (W8A8, QUIK-4B's down_proj) on the wgmma kernel too (quik_wgmma_*_w8), where it applies by the
+# rules above; otherwise they take cuBLASLt INT8 (torch._int_mm) or the mma.sync kernels. QUIKTOOL_WGMMA_W8=0
+# turns it off (A/B runs; the paths give the same bits). Measured: docs/RESULTS.md, tenth session.
+WGMMA_W8 = os.environ.get("QUIKTOOL_WGMMA_W8", "1") != "0"
 # W4A4 at M >= 2048 on the largest layers: cuBLASLt FP8 (when it applies) first. (min M, min N, min Kp, min Kp
 # beside min N): FP8 when M >= min M and ((N >= min N and Kp >= the fourth) or Kp >= min Kp). The fourth
 # bound (tenth session, s10a): the fused LLaMA-2-7B layers (K = 4096: q/k/v 4096 x 12288, gate/up 4096 x 22016)
@@ -386,7 +393,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                     _MODULES.append(module)
                     for name in WGMMA_KERNELS:
                         kernel = module.get_function(name)
-                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM
+                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM_W8 if name.endswith("_w8") else _WG_SMEM
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
@@ -983,7 +990,7 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     else:
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
-        name, grid, block, smem = (_wgmma_plan(M, N, "i32") if _wgmma_ok(M, N, w_bits, dev)
+        name, grid, block, smem = (_wgmma_plan(M, N, "i32", w_bits) if _wgmma_ok(M, N, w_bits, dev)
                                    else _plan(M, N, w_bits, "i32", dev))
         _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
     return out
@@ -1021,7 +1028,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
         a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
         path = gemm_path(M, N, kp, w_bits, int(epi[2]), dev)
         if path == "wgmma":
-            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype])
+            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits)
             _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
@@ -1132,16 +1139,17 @@ def _min_m(path: str) -> int:
     return _PATH_MIN_M[path] if LIB_MIN_M is None else LIB_MIN_M
 
 
-def _wgmma_plan(M: int, N: int, ep: str) -> tuple[str, int, int, int]:
-    """quik_wgmma_<ep>_w4 -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
-    return f"quik_wgmma_{ep}_w4", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS, _WG_SMEM
+def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4) -> tuple[str, int, int, int]:
+    """quik_wgmma_<ep>_w<bits> -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
+    return (f"quik_wgmma_{ep}_w{w_bits}", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS,
+            _WG_SMEM if w_bits == 4 else _WG_SMEM_W8)
 
 
 def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
-    """4-bit weights, at least WGMMA_MIN_M tokens (0: never) and WGMMA_MIN_TILES output tiles, and the sm_90a
+    """4-bit weights (8-bit ones where WGMMA_W8), at least WGMMA_MIN_M tokens (0: never) and WGMMA_MIN_TILES output tiles, and the sm_90a
     kernel loaded on ``dev`` (its first load is a build or a disk read plus a module load: never inside a
     CUDA graph capture)."""
-    if w_bits != 4 or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
+    if (w_bits != 4 and not (w_bits == 8 and WGMMA_W8)) or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
         return False
     min_tiles = (math.ceil(WGMMA_MIN_TILE_SHARE * _device_info(dev)[1]) if WGMMA_MIN_TILES is None
                  else WGMMA_MIN_TILES)

@@ -860,7 +860,7 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# (e) the sm_90a wgmma kernel (kernels/quik_wgmma.cu): 4-bit weights, 4- or 8-bit activations, large M
+# (e) the sm_90a wgmma kernel (kernels/quik_wgmma.cu): 4- or 8-bit weights, 4- or 8-bit activations, large M
 # ---------------------------------------------------------------------------------------------------
 def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
     dev = torch.cuda.current_device()
@@ -879,62 +879,69 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
 WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096, 4096)]
 
 
+@pytest.mark.parametrize("w_bits", [4, 8])
 @pytest.mark.parametrize("a_bits", [4, 8])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 118, 300, 2048])
-def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int) -> None:
+def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
+                              w_bits: int) -> None:
     dev = _wgmma_or_skip(monkeypatch)
-    g = _gen("wgmma-int", M, kq, N, a_bits)
+    g = _gen("wgmma-int", M, kq, N, a_bits, w_bits)
     a = _act_codes(g, M, kq, a_bits)
-    w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
-    assert cuda.gemm_path(M, N, a.shape[1], 4, 1 << (a_bits - 1), dev) == "wgmma"
-    got = cuda.int_gemm(a, w, 4, out=torch.full((M, N), POISON_I32, dtype=torch.int32, device=DEV))
-    ref = reference.int_gemm(a, w, 4)
+    w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
+    assert cuda.gemm_path(M, N, a.shape[1], w_bits, 1 << (a_bits - 1), dev) == "wgmma"
+    got = cuda.int_gemm(a, w, w_bits, out=torch.full((M, N), POISON_I32, dtype=torch.int32, device=DEV))
+    ref = reference.int_gemm(a, w, w_bits)
     assert torch.equal(got, ref), _first_mismatch(got, ref)
 
 
+@pytest.mark.parametrize("w_bits", [4, 8])
 @pytest.mark.parametrize("pattern", ["extremes", "alternating", "random"])
-def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str) -> None:
-    """|acc| up to 128 * 8 * Kq at Kq = 32768 (16 * acc near 2^29 in the kernel's int32 accumulators)."""
+def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str,
+                                                  w_bits: int) -> None:
+    """|acc| up to 128 * 8 * Kq (w4: 16 * acc in the kernel's int32 accumulators) or 128 * 128 * Kq (w8) at
+    Kq = 32768: near 2^29 either way."""
     _wgmma_or_skip(monkeypatch)
-    g = _gen("wgmma-big", pattern)
+    g = _gen("wgmma-big", pattern, w_bits)
     M, N, kq = 130, 260, 32768
+    lo, hi = (-8, 7) if w_bits == 4 else (-128, 127)
     a = _act_codes(g, M, kq, 8)
-    c = _codes(g, N, kq, 4)
+    c = _codes(g, N, kq, w_bits)
     if pattern == "extremes":
-        a[: M // 2, :kq], c[: N // 2] = -128, -8          # +128 * 8 per product
-        c[N // 2:] = 7                                      # -128 * 7
+        a[: M // 2, :kq], c[: N // 2] = -128, lo          # +128 * 8 (w8: 128 * 128) per product
+        c[N // 2:] = hi                                     # -128 * 7 (w8: -128 * 127)
     elif pattern == "alternating":
         a[:, :kq:2], a[:, 1:kq:2] = -128, 127
-        c[:, ::2], c[:, 1::2] = -8, 7
-    w = cuda.prepare_weight(c, 4)
-    got = cuda.int_gemm(a, w, 4)
-    ref = reference.int_gemm(a, w, 4)
+        c[:, ::2], c[:, 1::2] = lo, hi
+    w = cuda.prepare_weight(c, w_bits)
+    assert cuda.gemm_path(M, N, w.shape[1] * (8 // w_bits), w_bits, 128, torch.cuda.current_device()) == "wgmma"
+    got = cuda.int_gemm(a, w, w_bits)
+    ref = reference.int_gemm(a, w, w_bits)
     assert torch.equal(got, ref), _first_mismatch(got, ref)
 
 
 @pytest.mark.parametrize("with_y", [True, False], ids=["y_base", "no_y"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("a_bits", [4, 8])
+@pytest.mark.parametrize("w_bits,a_bits", [(4, 4), (4, 8), (8, 8)])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
-def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
-                                       dtype: torch.dtype, with_y: bool) -> None:
+def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,
+                                       a_bits: int, dtype: torch.dtype, with_y: bool) -> None:
     """Same bits as the reference and as the mma.sync kernels (which the other tests pin to the reference)."""
     dev = _wgmma_or_skip(monkeypatch)
-    g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y)
+    g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y, w_bits)
     a = _act_codes(g, M, kq, a_bits)
-    w = cuda.prepare_weight(_codes(g, N, kq, 4), 4)
+    w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
     a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
     y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype) if with_y else None
     shift = 1 << (a_bits - 1)
-    assert cuda.gemm_path(M, N, a.shape[1], 4, shift, dev) == "wgmma"
-    _check_fused(a, w, 4, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
-    got = cuda.quik_gemm(a, w, 4, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
+    assert cuda.gemm_path(M, N, a.shape[1], w_bits, shift, dev) == "wgmma"
+    _check_fused(a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
+    got = cuda.quik_gemm(a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
     monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
-    assert cuda.gemm_path(M, N, a.shape[1], 4, shift, dev) == "mma"
-    mma = cuda.quik_gemm(a, w, 4, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
+    assert cuda.gemm_path(M, N, a.shape[1], w_bits, shift, dev) == "mma"
+    mma = cuda.quik_gemm(a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
     assert _bits_equal(got, mma), f"{int((got != mma).sum())} outputs differ between the wgmma and mma.sync paths"
 
 
@@ -962,7 +969,9 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(128, 256 * (need - 1), 4096, 4, 128, dev) != "wgmma"  # too many SMs would idle
     assert cuda.gemm_path(512, 256 * -(-need // 4), 4096, 4, 128, dev) == "wgmma"  # tiles count along M too
     assert cuda.gemm_path(127, 256 * sms, 4096, 4, 128, dev) != "wgmma"  # too few tokens
-    assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) != "wgmma"      # 8-bit weights: not this kernel
+    assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) == "wgmma"      # 8-bit weights too (quik_wgmma_*_w8)
+    monkeypatch.setattr(cuda, "WGMMA_W8", False)
+    assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) != "wgmma"      # ... unless switched off
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
 

@@ -105,6 +105,8 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert cuda.wgmma_smem_bytes(1) == 4 * 16384 + 3 * 32768 + 2048 + 1024  # A stages, B slots, factors, slack
     assert cuda.wgmma_smem_bytes(2) == 5 * 16384 + 4 * 32768 + 2048 + 1024
     assert cuda._WG_SMEM == cuda.wgmma_smem_bytes(cuda._WG_DEPTH)
+    assert cuda.wgmma_smem_bytes(1, w_bits=8) == 4 * 16384 + 4 * 32768 + 2048 + 1024  # w8: B slots = A stages
+    assert cuda._WG_SMEM_W8 == cuda.wgmma_smem_bytes(cuda._WG_DEPTH, w_bits=8) <= 227 * 1024
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
