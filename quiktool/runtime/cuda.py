@@ -296,8 +296,10 @@ WGMMA_MIN_M: int = _env_int("QUIKTOOL_WGMMA_MIN_M", 128)
 WGMMA_MIN_TILES: int | None = None
 WGMMA_MIN_TILE_SHARE = 0.6
 # 8-bit weights (W8A8, QUIK-4B's down_proj) on the wgmma kernel too (quik_wgmma_*_w8), where it applies by the
-# rules above; otherwise they take cuBLASLt INT8 (torch._int_mm) or the mma.sync kernels. QUIKTOOL_WGMMA_W8=0
-# turns it off (A/B runs; the paths give the same bits). Measured: docs/RESULTS.md, tenth session.
+# rules above; otherwise they take cuBLASLt INT8 (torch._int_mm: an sm_80 CUTLASS kernel, then our epilogue
+# pass) or the mma.sync kernels. H100 layer A/B in one process (docs/PERF_LOG.md, tenth session, s10f), W8A8
+# with 256 outliers: x0.82-0.94 of the earlier path's time at M = 2048 / 8192 on all nine LLaMA-2 shapes,
+# x0.83-0.94 at M = 512 where it applies. QUIKTOOL_WGMMA_W8=0 turns it off (A/B runs; same bits).
 WGMMA_W8 = os.environ.get("QUIKTOOL_WGMMA_W8", "1") != "0"
 # W4A4 at M >= 2048 on the largest layers: cuBLASLt FP8 (when it applies) first. (min M, min N, min Kp, min Kp
 # beside min N): FP8 when M >= min M and ((N >= min N and Kp >= the fourth) or Kp >= min Kp). The fourth
@@ -397,7 +399,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
-                log.warning("wgmma path unavailable on cuda:%d (%s: %s); large-M 4-bit GEMMs use the other paths",
+                log.warning("wgmma path unavailable on cuda:%d (%s: %s); large-M GEMMs use the other paths",
                             device_index, type(e).__name__, e)
                 handles = None
         _WGMMA[device_index] = handles
