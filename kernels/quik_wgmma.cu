@@ -20,6 +20,9 @@
 //   acc[m, n] = sum_k A[m, k] * W[n, k]   (exact int32)
 //   Entry points quik_wgmma_EP_wB, EP = i32 | f16 | bf16, B = 4 | 8: the EP semantics of quik_gemm.cu (i32
 //   writes acc, f16 / bf16 apply quik_epilogue.cuh's store_pair, y_base may be null).
+//   seg (last argument): 0 = out is [M, N] row-major; S > 0 (even, dividing N) = out holds N / S blocks of
+//   [M, S], column n of row m at (n / S) * M * S + m * S + n % S: the members of a fused layer group
+//   (quiktool.runtime.fuse) each get a contiguous output. y_base is [M, N] either way.
 //   Assumptions (checked by the launcher): Kp % 64 == 0, 64 <= Kp < 2^17; M, N >= 1 (tails predicated,
 //   zero-filled); tensors contiguous and 16-byte aligned; the device is sm_90.
 //   Launch geometry: block 256 threads (2 warpgroups), grid = ceil(M/128) * ceil(N/256) (1-D, grouped
@@ -162,7 +165,7 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
 
 template <int EP, int WB>
 QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
-                     int M, int N, int Kp, const EpiArgs& ep) {
+                     int M, int N, int Kp, const EpiArgs& ep, int seg) {
     static_assert(WB == 4 || WB == 8, "weight bits: 4 or 8");
     constexpr int B_SLOTS = wg_b_slots<WB>();
     constexpr int SHIFT = WB == 4 ? 4 : 0;  // w4 computes 16 * acc (see Unpack)
@@ -356,9 +359,16 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
             for (int h = 0; h < 2; ++h) {
                 const int m = mr + 8 * h;
                 const int k = 4 * (j0 + j) + 2 * h;
-                if (m < M)
+                if (m >= M) continue;
+                if (seg == 0) {
                     store_pair_y<EP>(out, ep, N, m, n, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h], ws0, ws1,
                                      su0, su1, yy[j][h]);
+                } else {  // block n / seg of [M, seg]: the same store into that block as an [M, seg] matrix
+                    const int b = n / seg;
+                    char* ob = reinterpret_cast<char*>(out) + (size_t)b * M * seg * (EP == 0 ? 4 : 2);
+                    store_pair_y<EP>(ob, ep, seg, m, n - b * seg, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h],
+                                     ws0, ws1, su0, su1, yy[j][h]);
+                }
             }
         }
     }
@@ -369,9 +379,10 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 #define QUIK_WGMMA(NAME, EP, WB)                                                                                    \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
-         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
+         int seg) {                                                                                                 \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_gemm<EP, WB>(A, W, out, M, N, Kp, ep);                                                               \
+        wgmma_gemm<EP, WB>(A, W, out, M, N, Kp, ep, seg);                                                          \
     }
 
 QUIK_WGMMA(quik_wgmma_i32_w4, 0, 4)

@@ -69,7 +69,7 @@ def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
             cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),
-            cupy.uint64(epi[3]), cupy.uint64(epi[4]), cupy.uint64(epi[5])]
+            cupy.uint64(epi[3]), cupy.uint64(epi[4]), cupy.uint64(epi[5]), cupy.int32(0)]
     k((grid,), (cuda._WG_THREADS,), tuple(args), shared_mem=smem, stream=stream)
 
 

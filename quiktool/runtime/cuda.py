@@ -436,6 +436,7 @@ _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, K
 _SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
 _SIG_ROWS = "ppppppiiiii"    # x, outl, codes, scale, zero, x_out, M, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
+_SIG_WG = _SIG_GEMM + "i"    # quik_wgmma_*: the same, then seg (0: out [M, N]; S: N / S blocks of [M, S])
 _SIG_GEMVO = "pppiiippfppppiip"  # _SIG_GEMM without y_base, then x_out, w_out, n_out, chunk, bias
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
@@ -875,6 +876,14 @@ class PreparedLinear:
         self.dtype, self.dev, self.a_shift = dtype, dev, 1 << (self.act_bits - 1)
 
     def __call__(self, x: Tensor) -> Tensor:
+        return self.run(x)[0]
+
+    def run(self, x: Tensor, seg: int = 0) -> tuple[Tensor, bool]:
+        """-> (y, segmented). seg > 0 (even, dividing N) asks for N / seg blocks of [M, seg] in y's memory
+        instead of [M, N] (the members of a fused group, each contiguous); only the wgmma path writes that
+        layout, and ``segmented`` says whether it did."""
+        if seg and (seg < 0 or seg % 2 or self.N % seg):
+            raise KernelError(f"seg={seg}: must be 0 or an even divisor of N={self.N}")
         if not (type(x) is Tensor and x.dtype is self.dtype and x.dim() == 2 and x.shape[1] == self.K
                 and x.is_cuda and x.get_device() == self.dev and x.is_contiguous()):
             _check("x", x, (self.dtype,), (None, self.K), self.dev)  # raises, naming what is wrong (or passes)
@@ -883,7 +892,7 @@ class PreparedLinear:
             # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
             return _gemmo_run(a.codes, self.w, self.w_bits, a.scale, a.zero, self.a_shift, self.w_scale, self.wsum,
-                              a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev)
+                              a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev), False
         if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
             # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
             # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
@@ -895,7 +904,8 @@ class PreparedLinear:
         # y_base: a fresh contiguous [M, N] tensor of self.dtype (F.linear or the expanded bias) or None
         epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
                self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
-        return _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None)
+        y, path = _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None, seg)
+        return y, bool(seg) and path == "wgmma"
 
 
 def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:
@@ -992,9 +1002,10 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     else:
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
-        name, grid, block, smem = (_wgmma_plan(M, N, "i32", w_bits) if _wgmma_ok(M, N, w_bits, dev)
-                                   else _plan(M, N, w_bits, "i32", dev))
-        _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0), smem)
+        wg = _wgmma_ok(M, N, w_bits, dev)
+        name, grid, block, smem = _wgmma_plan(M, N, "i32", w_bits) if wg else _plan(M, N, w_bits, "i32", dev)
+        _launch(dev, name, grid, block, _SIG_WG if wg else _SIG_GEMM,
+                (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0, 0), smem)
     return out
 
 
@@ -1016,22 +1027,25 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
     M, N, kp, w_bits, dev, a_ptr, w_ptr = _gemm_checks(a_codes, w, w_bits)
     ptrs, out, o_ptr = _epilogue_checks(a_codes, a_scale, a_zero, a_shift, w_scale, wsum, out_dtype, out, M, N, dev)
     y_p = 0 if y_base is None else _check("y_base", y_base, (out_dtype,), (M, N), dev, align=16)
-    return _gemm_run(a_codes, w, w_bits, N, kp, dev, (*ptrs[:2], float(a_shift), *ptrs[2:], y_p), out_dtype, out)
+    return _gemm_run(a_codes, w, w_bits, N, kp, dev, (*ptrs[:2], float(a_shift), *ptrs[2:], y_p), out_dtype, out)[0]
 
 
 def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int, epi: tuple, out_dtype: torch.dtype,
-              out: Tensor | None) -> Tensor:
+              out: Tensor | None, seg: int = 0) -> Tensor:
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
-    wsum, y_base pointers (0: none)); out None (allocated here) or checked."""
+    wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
+    an empty product). seg > 0 (even, dividing N): where the wgmma kernel runs, out holds N / seg blocks of
+    [M, seg] instead of [M, N] (quik_wgmma.cu, seg)."""
     M = a_codes.shape[0]
+    path = ""
     if out is None:
         out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
     if M and N:
         a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
-        path = gemm_path(M, N, kp, w_bits, int(epi[2]), dev)
+        path = gemm_path(M, N, kp, w_bits, epi[2], dev)
         if path == "wgmma":
             name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits)
-            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem)
+            _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
             kind = "f32" if path == "fp8" else "i32"
@@ -1042,7 +1056,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
             # the small-M kernel starts early and prefetches its weights while the quantizer runs
             _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem,
                     pdl=name.startswith("quik_gemv_"))
-    return out
+    return out, path
 
 
 _GEMVO_M = 16                # the fused kernels' most tokens per launch (kernels/quik_gemm.cu, quik_gemvo_*)

@@ -16,8 +16,16 @@ so the CUDA and torch backends stay bit-identical to each other.
 A slice computes the fused output when it sees a new input and caches it until every member of the group
 has taken its slice (the model calls q, k and v on the same tensor object, one after the other); the
 cache holds that input tensor itself, so an identity match can never be a recycled address.
+
+Members of equal (even) width get contiguous outputs where the CUDA backend's wgmma kernel runs: it writes
+the fused output as one [M, width] block per member (QuikLinear.forward_blocks). Column slices of an
+[M, N] output are strided, and the model's elementwise ops on them (SiLU and the product on gate / up) fall
+back to PyTorch's non-vectorized kernels: ~1.7 ms of a LLaMA-2-7B prefill of 2048 tokens (docs/RESULTS.md,
+tenth session). Same values either way. QUIKTOOL_FUSE_BLOCKS=0 turns it off (A/B runs).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn as nn
@@ -28,6 +36,7 @@ from quiktool.runtime.quik_linear import QuikLinear
 
 _CONCAT = ("w_rt", "w_scale", "wsum", "outlier_weight", "bias")   # per-output-feature tensors, dim 0
 _SHARED = ("keep_idx", "outlier_idx")                               # per-input-column, equal in a group
+BLOCKS = os.environ.get("QUIKTOOL_FUSE_BLOCKS", "1") != "0"
 
 
 def fusable(members: list[nn.Module]) -> str | None:
@@ -74,24 +83,33 @@ class FusedQuikLinear(nn.Module):
         self.core = core
         ends = torch.tensor([m.out_features for m in members]).cumsum(0).tolist()
         self.bounds = [(e - m.out_features, e) for e, m in zip(ends, members)]
+        widths = {m.out_features for m in members}
+        # one output block per member when all have one even width (the wgmma kernel's seg, quik_wgmma.cu)
+        self.block = widths.pop() if len(widths) == 1 and members[0].out_features % 2 == 0 else 0
         self._x: Tensor | None = None
         self._version = -1
-        self._y: Tensor | None = None
+        self._parts: list[Tensor] | None = None
         self._taken: set[int] = set()
 
     def extra_repr(self) -> str:
         return f"members={len(self.bounds)}, out={[b - a for a, b in self.bounds]}"
 
     def output(self, i: int, x: Tensor) -> Tensor:
-        """Member i's output for input x: a view of the fused output's columns."""
+        """Member i's output for input x: a view of the fused output (its block, or its columns)."""
         if self._x is not x or self._version != x._version or i in self._taken:
-            self._x, self._version, self._y, self._taken = x, x._version, self.core(x), set()
+            self._x, self._version, self._parts, self._taken = x, x._version, self._compute(x), set()
         self._taken.add(i)
-        a, b = self.bounds[i]
-        y = self._y[..., a:b]
+        y = self._parts[i]
         if len(self._taken) == len(self.bounds):  # every member served: let the tensors go
-            self._x = self._y = None
+            self._x = self._parts = None
         return y
+
+    def _compute(self, x: Tensor) -> list[Tensor]:
+        y, blocked = self.core.forward_blocks(x, self.block if BLOCKS else 0)
+        if blocked:  # y's memory: one contiguous [M, width] block per member
+            flat, M, lead = y.view(-1), y.shape[0], x.shape[:-1]
+            return [flat[M * a: M * b].view(*lead, b - a) for a, b in self.bounds]
+        return [y[..., a:b] for a, b in self.bounds]
 
 
 class QuikSlice(nn.Module):

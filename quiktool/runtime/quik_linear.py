@@ -57,19 +57,27 @@ class QuikLinear(nn.Module):
                 f"outliers={self.packed.n_outliers}, backend={self.backend}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_blocks(x)[0]
+
+    def forward_blocks(self, x: torch.Tensor, seg: int = 0) -> tuple[torch.Tensor, bool]:
+        """forward, optionally with the output in blocks: -> (y, blocked). With seg > 0 (even, dividing
+        out_features) the CUDA backend may return y [M, N] whose memory holds N / seg contiguous blocks of
+        [M, seg] (blocked = True: runtime.fuse's members, each contiguous); otherwise y is forward's."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                       # [M, K]
         if x2.dtype != self.dtype:
             x2 = x2.to(self.dtype)
         if self.act_bits == 16:
-            return F.linear(x2, self.w_deq, self.bias).reshape(*lead, self.out_features)
+            return F.linear(x2, self.w_deq, self.bias).reshape(*lead, self.out_features), False
         if PREPARED and self.backend == "cuda" and x2.is_cuda:
-            y = self._prepared_cuda()(x2.contiguous())                                      # [M, N]
+            y, blocked = self._prepared_cuda().run(x2.contiguous(), seg)                   # [M, N]
+            if blocked:
+                return y, True
         else:
             be = get_backend(self.backend)
             y = be.quik_linear(x2.contiguous(), self.keep_idx, self.outlier_idx, self.act_bits, self.w_rt,
                                self.weight_bits, self.w_scale, self.wsum, self.outlier_weight, self.bias)  # [M, N]
-        return y.reshape(*lead, self.out_features)
+        return y.reshape(*lead, self.out_features), False
 
     _prepared = None  # cuda.PreparedLinear over this layer's buffers, built at the first CUDA call
 

@@ -401,6 +401,8 @@ def test_prepared_linear_checks_x_and_keeps_the_bits() -> None:
                      (x.cpu(), r"x: must be a CUDA tensor")):
         with pytest.raises(KernelError, match=msg):
             layer(bad)
+    with pytest.raises(KernelError, match=r"seg=3: must be 0 or an even divisor of N=304"):
+        layer.run(x, 3)
     with pytest.raises(KernelError, match=r"outlier_weight: dtype must be bfloat16"):
         cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, None, torch.bfloat16)
     with pytest.raises(KernelError, match=r"w: shape must be \[\*, 512\]"):  # Kp = 1024 for 1004 kept columns
@@ -428,6 +430,36 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y) and lin._prepared is not first and lin._prepared.w is lin.w_rt
     lin.backend = "torch"
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
+
+
+def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
+    (quik_wgmma.cu, seg), so each member's output is contiguous, with the same bits as the column slices of
+    the [M, N] output and as the torch backend's fused layer."""
+    from quiktool.algo.gptq import gptq_quantize
+    from quiktool.format.layout import PackedLinear
+    from quiktool.runtime import fuse
+    from quiktool.runtime.quik_linear import QuikLinear
+
+    _wgmma_or_skip(monkeypatch)
+    g = torch.Generator().manual_seed(11)
+    K, N = 640, 386                                  # 386: blocks that do not start on a 256-column tile
+    idx = torch.randperm(K, generator=g)[:32].sort().values
+    members = [QuikLinear(PackedLinear.from_quantized(gptq_quantize(torch.randn(N, K, generator=g), None, 4, idx, -1),
+                                                      torch.randn(N, generator=g), 4),
+                          dtype=torch.float16, device=DEV, backend="cuda") for _ in range(3)]
+    fused = fuse.FusedQuikLinear(members)
+    assert fused.block == N
+    x = torch.randn(2, 150, K, generator=g).to(DEV, torch.float16)            # M = 300: the wgmma path
+    with torch.no_grad():
+        blocks = fused._compute(x)
+        monkeypatch.setattr(fuse, "BLOCKS", False)
+        cols = fused._compute(x)
+        fused.core.backend = "torch"
+        ref = fused._compute(x)
+    for i, (b, c, r) in enumerate(zip(blocks, cols, ref)):
+        assert b.is_contiguous() and not c.is_contiguous() and b.shape == c.shape == (2, 150, N)
+        assert _bits_equal(b, c) and _bits_equal(b, r), f"member {i}: the blocked output differs"
 
 
 # ---------------------------------------------------------------------------------------------------

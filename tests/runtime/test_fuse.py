@@ -52,8 +52,8 @@ def test_fused_slices_serve_one_input_once_and_recompute_on_a_new_one():
     q, k, v = (copy.deepcopy(get_module(block, f"self_attn.{n}_proj")) for n in "qkv")
     fused = FusedQuikLinear([k, v, q])
     calls = []
-    core_forward = fused.core.forward
-    fused.core.forward = lambda x: calls.append(1) or core_forward(x)
+    core_forward = fused.core.forward_blocks
+    fused.core.forward_blocks = lambda x, seg=0: calls.append(1) or core_forward(x, seg)
     sk, sv, sq = (QuikSlice(fused, i, mod) for i, mod in enumerate([k, v, q]))
     x = torch.randn(3, 5, 64)
     with torch.no_grad():
@@ -70,6 +70,24 @@ def test_fused_slices_serve_one_input_once_and_recompute_on_a_new_one():
         sv(x2)
         x2.mul_(2.0)                                      # modified in place: a new input
         assert torch.equal(sv(x2), v(x2)) and len(calls) == 6
+
+
+def test_members_of_one_even_width_get_output_blocks():
+    """Equal even widths: the fused layer asks the backend for one output block per member (the wgmma kernel
+    writes them; on the CPU the torch backend returns the [M, N] output and the members are its columns)."""
+    m, _ = _quantized("llama")
+    block = m.model.layers[0]
+    q, k, v = (get_module(block, f"self_attn.{n}_proj") for n in "qkv")
+    gate, up = (get_module(block, f"mlp.{n}_proj") for n in ("gate", "up"))
+    assert FusedQuikLinear([q, k, v]).block == 0            # GQA: q is wider than k and v
+    fused = FusedQuikLinear([gate, up])
+    assert fused.block == gate.out_features == 172
+    x = torch.randn(2, 3, 64)
+    y, blocked = fused.core.forward_blocks(x, fused.block)
+    assert not blocked and y.shape == (2, 3, 344)
+    with torch.no_grad():
+        parts = fused._compute(x)
+        assert all(torch.equal(p, fused.core(x)[..., a:b]) for p, (a, b) in zip(parts, fused.bounds))
 
 
 def test_layers_with_different_outliers_or_bits_are_left_alone():
