@@ -14,8 +14,9 @@ profile names it.
 
     PYTHONPATH=$PWD python3 scripts/device_prefill_spread.py --out DIR [--procs 6] [--rounds 3] [--reps 4]
       [--settings "|WGMMA_FP8_FIRST=None"] [--config quik-4b] [--arch llama2-7b]
-A setting names quiktool.runtime.cuda attributes, or quiktool.runtime.quik_linear's with a "ql." prefix
-(e.g. ql.PREPARED=0: every layer call through cuda.quik_linear, all operands checked per call).
+A setting names quiktool.runtime.cuda attributes, quiktool.runtime.quik_linear's with a "ql." prefix (e.g.
+ql.PREPARED=0: every layer call through cuda.quik_linear, all operands checked per call) or
+quiktool.runtime.fuse's with "fuse." (fuse.BLOCKS=0: fused members as column slices).
 """
 import argparse
 import json
@@ -63,7 +64,7 @@ import torch  # noqa: E402
 
 from quiktool.bench import HEAD_START_CYCLES, _prefill_fn, build_llama, quantize_random  # noqa: E402
 from quiktool.config import load_config  # noqa: E402
-from quiktool.runtime import cuda, quik_linear  # noqa: E402
+from quiktool.runtime import cuda, fuse, quik_linear  # noqa: E402
 from quiktool.runtime.fuse import fuse_shared_inputs  # noqa: E402
 
 
@@ -146,8 +147,10 @@ settings_text = args.settings.split("|")
 settings = [parse(s) for s in settings_text]
 
 
-def target(name: str) -> tuple:  # "ql.NAME": quiktool.runtime.quik_linear's attribute, else cuda's
-    return (quik_linear, name[3:]) if name.startswith("ql.") else (cuda, name)
+def target(name: str) -> tuple:  # "ql.NAME" / "fuse.NAME": quik_linear's / fuse's attribute, else cuda's
+    if name.startswith("ql."):
+        return quik_linear, name[3:]
+    return (fuse, name[5:]) if name.startswith("fuse.") else (cuda, name)
 
 
 defaults = [{k: getattr(*target(k)) for k in st} for st in settings]
