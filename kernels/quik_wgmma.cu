@@ -20,9 +20,10 @@
 //   acc[m, n] = sum_k A[m, k] * W[n, k]   (exact int32)
 //   Entry points quik_wgmma_EP_wB, EP = i32 | f16 | bf16, B = 4 | 8: the EP semantics of quik_gemm.cu (i32
 //   writes acc, f16 / bf16 apply quik_epilogue.cuh's store_pair, y_base may be null).
-//   seg (last argument): 0 = out is [M, N] row-major; S > 0 (even, dividing N) = out holds N / S blocks of
-//   [M, S], column n of row m at (n / S) * M * S + m * S + n % S: the members of a fused layer group
-//   (quiktool.runtime.fuse) each get a contiguous output. y_base is [M, N] either way.
+//   seg (last argument): 0 = out is [M, N] row-major; S > 0 (a multiple of WG_BN = 256 dividing N) = out
+//   holds N / S blocks of [M, S], column n of row m at (n / S) * M * S + m * S + n % S: the members of a
+//   fused layer group (quiktool.runtime.fuse) each get a contiguous output. A tile then lies in one block, so
+//   the block is found once per tile (a per-store division made the kernel ~40% slower). y_base is [M, N].
 //   Assumptions (checked by the launcher): Kp % 64 == 0, 64 <= Kp < 2^17; M, N >= 1 (tails predicated,
 //   zero-filled); tensors contiguous and 16-byte aligned; the device is sm_90.
 //   Launch geometry: block 256 threads (2 warpgroups), grid = ceil(M/128) * ceil(N/256) (1-D, grouped
@@ -320,6 +321,9 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
     // 8j + 2 (lane % 4) + e. In batches of 8 column pairs: the batch's y_base loads (16 per thread) are
     // issued together before its stores (quik_epilogue.cuh, load_y_pair).
     const int mr = m0 + wg * 64 + warp * 16 + (lane >> 2);
+    // the tile's output block (seg > 0: block n0 / seg of [M, seg]) as an [M, ldo] matrix from column nb
+    const int blk = seg ? n0 / seg : 0, ldo = seg ? seg : N, nb = blk * seg;
+    void* const ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
     float sa[2], za[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -359,16 +363,9 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
             for (int h = 0; h < 2; ++h) {
                 const int m = mr + 8 * h;
                 const int k = 4 * (j0 + j) + 2 * h;
-                if (m >= M) continue;
-                if (seg == 0) {
-                    store_pair_y<EP>(out, ep, N, m, n, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h], ws0, ws1,
-                                     su0, su1, yy[j][h]);
-                } else {  // block n / seg of [M, seg]: the same store into that block as an [M, seg] matrix
-                    const int b = n / seg;
-                    char* ob = reinterpret_cast<char*>(out) + (size_t)b * M * seg * (EP == 0 ? 4 : 2);
-                    store_pair_y<EP>(ob, ep, seg, m, n - b * seg, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h],
-                                     ws0, ws1, su0, su1, yy[j][h]);
-                }
+                if (m < M)
+                    store_pair_y<EP>(ob, ep, ldo, m, n - nb, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h], ws0,
+                                     ws1, su0, su1, yy[j][h]);
             }
         }
     }

@@ -881,7 +881,7 @@ class PreparedLinear:
     def run(self, x: Tensor, seg: int = 0) -> tuple[Tensor, bool]:
         """-> (y, segmented). seg > 0 (even, dividing N) asks for N / seg blocks of [M, seg] in y's memory
         instead of [M, N] (the members of a fused group, each contiguous); only the wgmma path writes that
-        layout, and ``segmented`` says whether it did."""
+        layout, for seg a multiple of its 256-column tile, and ``segmented`` says whether it did."""
         if seg and (seg < 0 or seg % 2 or self.N % seg):
             raise KernelError(f"seg={seg}: must be 0 or an even divisor of N={self.N}")
         if not (type(x) is Tensor and x.dtype is self.dtype and x.dim() == 2 and x.shape[1] == self.K
@@ -904,6 +904,7 @@ class PreparedLinear:
         # y_base: a fresh contiguous [M, N] tensor of self.dtype (F.linear or the expanded bias) or None
         epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
                self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
+        seg = seg if seg % _WG_BN == 0 else 0  # a tile must lie in one block (quik_wgmma.cu, seg)
         y, path = _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None, seg)
         return y, bool(seg) and path == "wgmma"
 
@@ -1034,8 +1035,8 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
               out: Tensor | None, seg: int = 0) -> Tensor:
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
     wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
-    an empty product). seg > 0 (even, dividing N): where the wgmma kernel runs, out holds N / seg blocks of
-    [M, seg] instead of [M, N] (quik_wgmma.cu, seg)."""
+    an empty product). seg > 0 (a multiple of 256 dividing N): where the wgmma kernel runs, out holds N / seg
+    blocks of [M, seg] instead of [M, N] (quik_wgmma.cu, seg)."""
     M = a_codes.shape[0]
     path = ""
     if out is None:

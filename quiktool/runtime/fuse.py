@@ -17,8 +17,9 @@ A slice computes the fused output when it sees a new input and caches it until e
 has taken its slice (the model calls q, k and v on the same tensor object, one after the other); the
 cache holds that input tensor itself, so an identity match can never be a recycled address.
 
-Members of equal (even) width get contiguous outputs where the CUDA backend's wgmma kernel runs: it writes
-the fused output as one [M, width] block per member (QuikLinear.forward_blocks). Column slices of an
+Members of equal width get contiguous outputs where the CUDA backend's wgmma kernel runs and the width is a
+multiple of its 256-column tile (LLaMA-2's q/k/v and gate/up): it writes the fused output as one [M, width]
+block per member (QuikLinear.forward_blocks). Column slices of an
 [M, N] output are strided, and the model's elementwise ops on them (SiLU and the product on gate / up) fall
 back to PyTorch's non-vectorized kernels: ~1.7 ms of a LLaMA-2-7B prefill of 2048 tokens (docs/RESULTS.md,
 tenth session). Same values either way. QUIKTOOL_FUSE_BLOCKS=0 turns it off (A/B runs).

@@ -443,7 +443,7 @@ def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pyte
 
     _wgmma_or_skip(monkeypatch)
     g = torch.Generator().manual_seed(11)
-    K, N = 640, 386                                  # 386: blocks that do not start on a 256-column tile
+    K, N = 640, 512                                  # the kernel's blocks: multiples of its 256-column tile
     idx = torch.randperm(K, generator=g)[:32].sort().values
     members = [QuikLinear(PackedLinear.from_quantized(gptq_quantize(torch.randn(N, K, generator=g), None, 4, idx, -1),
                                                       torch.randn(N, generator=g), 4),
@@ -460,6 +460,10 @@ def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pyte
     for i, (b, c, r) in enumerate(zip(blocks, cols, ref)):
         assert b.is_contiguous() and not c.is_contiguous() and b.shape == c.shape == (2, 150, N)
         assert _bits_equal(b, c) and _bits_equal(b, r), f"member {i}: the blocked output differs"
+    fused.core.backend = "cuda"
+    with torch.no_grad():                            # 384: an even divisor of N but no tile multiple
+        y, blocked = fused.core.forward_blocks(x, 384)
+    assert not blocked and _bits_equal(y, torch.cat(ref, -1))
 
 
 # ---------------------------------------------------------------------------------------------------
