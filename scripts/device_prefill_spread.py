@@ -82,6 +82,30 @@ dev = torch.device("cuda:0")
 LONG_HEAD = 200_000_000  # GPU spin cycles: ~100 ms at the H100's 1.98 GHz
 
 
+class GcClock:
+    """Host time spent in Python's garbage collector (gc.callbacks), and collections per generation."""
+
+    def __init__(self):
+        import gc
+        self.ms, self.n, self._t = 0.0, [0, 0, 0], None
+        gc.callbacks.append(self)
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self._t is not None:
+            self.ms += (time.perf_counter() - self._t) * 1e3
+            self.n[info["generation"]] += 1
+
+    def take(self):
+        out = (self.ms, list(self.n))
+        self.ms, self.n = 0.0, [0, 0, 0]
+        return out
+
+
+GC = GcClock()
+
+
 def time_once(fn, ids, head_cycles):
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
@@ -97,13 +121,19 @@ def time_once(fn, ids, head_cycles):
 
 def measure(fn, ids):
     ev, gpu, host = [], [], []
+    GC.take()
     for _ in range(args.reps):
         a, h = time_once(fn, ids, HEAD_START_CYCLES)
         ev.append(a)
         host.append(h)
         b, _ = time_once(fn, ids, LONG_HEAD)
         gpu.append(b)
+    gc_ms, gc_n = GC.take()
+    measure.gc.append((gc_ms / (2 * args.reps), gc_n))  # per forward; collections per generation in all
     return ev, gpu, host
+
+
+measure.gc = []
 
 
 def profile(fn, ids, top=14):
@@ -168,7 +198,8 @@ with torch.no_grad():
     quantize_random(model, load_config(args.config), torch.float16, dev, "cuda", torch.Generator().manual_seed(2))
     fuse_shared_inputs(model)
     torch.cuda.empty_cache()
-    res = {i: {"event": [], "gpu": [], "host": []} for i in range(len(settings))}
+    out["fp16"]["gc_ms_per_forward"], out["fp16"]["gc_collections"] = measure.gc[-1]
+    res = {i: {"event": [], "gpu": [], "host": [], "gc": []} for i in range(len(settings))}
     for r in range(args.rounds):
         order = range(len(settings)) if r % 2 == 0 else reversed(range(len(settings)))
         for i in order:
@@ -183,6 +214,7 @@ with torch.no_grad():
             res[i]["event"] += ev
             res[i]["gpu"] += gpu
             res[i]["host"] += host
+            res[i]["gc"].append(measure.gc[-1])
     for i in range(len(settings)):
         for d in defaults:
             for k, v in d.items():
@@ -199,12 +231,14 @@ with torch.no_grad():
 print("JSON " + json.dumps(out))
 f16 = out["fp16"]
 print("  top kernels [fp16]: " + "; ".join(f"{k} x{n} {ms}" for k, n, ms in f16["profile_top"][:10]))
-line = [f"fp16 prof {f16['profile_total_ms']:.2f} event {f16['event']:.2f} gpu {f16['gpu']:.2f} host {f16['host']:.2f}"]
+line = [f"fp16 gc/fwd {f16['gc_ms_per_forward']:.2f} ms, prof {f16['profile_total_ms']:.2f} event {f16['event']:.2f} gpu {f16['gpu']:.2f} host {f16['host']:.2f}"]
 for i, s in enumerate(out["settings"]):
     r = out["quik"][i]
     md = {k: statistics.median(r[k]) for k in ("event", "gpu", "host")}
+    gcs = r["gc"]
     line.append(f"[{s or 'default'}] event {md['event']:.2f} (min {min(r['event']):.2f} max {max(r['event']):.2f}) "
-                f"gpu {md['gpu']:.2f} (max {max(r['gpu']):.2f}) host {md['host']:.2f} prof {r['profile_total_ms']:.2f}")
+                f"gpu {md['gpu']:.2f} (max {max(r['gpu']):.2f}) host {md['host']:.2f} prof {r['profile_total_ms']:.2f} "
+                f"gc/fwd {max(g[0] for g in gcs):.2f} ms max, gen2 {sum(g[1][2] for g in gcs)}")
 print(" | ".join(line))
 for i, s in enumerate(out["settings"]):
     print(f"  top kernels [{s or 'default'}]: " + "; ".join(f"{k} x{n} {ms}" for k, n, ms in out["quik"][i]["profile_top"][:8]))
