@@ -46,7 +46,8 @@ from quiktool.runtime.reference import ActCodes, padded_k
 __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
     "int_gemm", "quik_gemm", "quik_gemm_outliers", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
-    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear", "PreparedLinear",
+    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
+    "PreparedLinear",
     "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "compile_wgmma",
 ]
 
@@ -1032,7 +1033,7 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 
 
 def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int, epi: tuple, out_dtype: torch.dtype,
-              out: Tensor | None, seg: int = 0) -> Tensor:
+              out: Tensor | None, seg: int = 0) -> tuple[Tensor, str]:
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
     wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
     an empty product). seg > 0 (a multiple of 256 dividing N): where the wgmma kernel runs, out holds N / seg
@@ -1163,9 +1164,9 @@ def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4) -> tuple[str, int, int
 
 
 def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
-    """4-bit weights (8-bit ones where WGMMA_W8), at least WGMMA_MIN_M tokens (0: never) and WGMMA_MIN_TILES output tiles, and the sm_90a
-    kernel loaded on ``dev`` (its first load is a build or a disk read plus a module load: never inside a
-    CUDA graph capture)."""
+    """4-bit weights (8-bit ones where WGMMA_W8), at least WGMMA_MIN_M tokens (0: never) and WGMMA_MIN_TILES
+    output tiles, and the sm_90a kernel loaded on ``dev`` (its first load is a build or a disk read plus a
+    module load: never inside a CUDA graph capture)."""
     if (w_bits != 4 and not (w_bits == 8 and WGMMA_W8)) or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
         return False
     min_tiles = (math.ceil(WGMMA_MIN_TILE_SHARE * _device_info(dev)[1]) if WGMMA_MIN_TILES is None
@@ -1178,8 +1179,8 @@ def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
 
 
 def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> str:
-    """Which integer GEMM quik_gemm runs: 'wgmma' (4-bit weights, any activation bits: quik_wgmma.cu, sm_90),
-    'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
+    """Which integer GEMM quik_gemm runs: 'wgmma' (4- or 8-bit weights, any activation bits: quik_wgmma.cu,
+    sm_90), 'fp8' (W4A4, cuBLASLt FP8), 'int8' (W4A8 / W8A8, cuBLASLt INT8, torch._int_mm) or 'mma' (quiktool's
     mma.sync kernels). wgmma and mma fuse the epilogue."""
     rule = WGMMA_FP8_FIRST
     fp8_first = (rule is not None and a_shift == 8 and M >= rule[0]

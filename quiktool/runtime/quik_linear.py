@@ -3,7 +3,7 @@
 forward(x [*, K]) with M = prod(*):
     x2        = x.reshape(M, K)                                  # [M, K]
     A16 layer:  y = x2 @ W_deq^T + bias                          (weight-only quantization)
-    A4/A8:      y = backend.quik_linear(x2, ...), i.e.
+    A4/A8:      y = backend.quik_linear(x2, ...) (CUDA: the layer's cuda.PreparedLinear, same kernels), i.e.
                 codes, s, z, x_out = quantize_split(x2)          # codes [M, Kp] int8
                 y_base = x_out @ W_out^T + bias                  # [M, N] FP16 outlier GEMM (cuBLAS on GPU)
                 y = quik_gemm(codes, W_codes, ..., y_base)       # int GEMM + dequant epilogue
