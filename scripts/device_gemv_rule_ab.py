@@ -12,7 +12,8 @@ outlier product through F.linear at decode sizes, as before the fused kernels; t
 different bits by design). SOURCE=old runs the kernels compiled from --old-kernels DIR (e.g. `git show
 REV:kernels/X.cu` copies; files missing there come from the working tree), SOURCE=new (the default) the
 working tree's, or those of --new-kernels DIR: a kernel change A/B in one process, both module sets loaded
-once (the launcher is the working tree's for both: it must size what both kernels need).
+once, the sm_90a wgmma kernels included (the launcher is the working tree's for both: it must size what both
+kernels need).
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rule_ab.py [--a "GEMV_RULE=m"] [--b ""]
       [--m 1,16] [--rounds 6] [--reps 100] [--what layer|quant]
@@ -61,6 +62,7 @@ def target(name: str) -> tuple:
 defaults = {k: getattr(*target(k)) for k in {"GEMV_RULE", "GEMV_ROWS", *parse(args.a), *parse(args.b)} - {"SOURCE"}}
 settings = {"a": {**defaults, "SOURCE": "new", **parse(args.a)}, "b": {**defaults, "SOURCE": "new", **parse(args.b)}}
 modules = {}  # SOURCE -> {kernel name: handle}, each set compiled and loaded once
+wgmma = {}    # SOURCE -> the wgmma kernels built (nvcc) from that folder's quik_wgmma.cu
 if any(s["SOURCE"] == "old" for s in settings.values()):
     if not args.old_kernels:
         raise SystemExit("SOURCE=old needs --old-kernels DIR")
@@ -77,6 +79,8 @@ if any(s["SOURCE"] == "old" for s in settings.values()):
             shutil.copy(src if src.is_file() else f, d / f.name)
         os.environ["QUIKTOOL_KERNELS_DIR"] = str(d)
         modules[which] = cuda._kernels.__wrapped__(0, arch)
+        cuda._WGMMA.pop(0, None)
+        wgmma[which] = cuda._wgmma_kernels(0)
         print(f"SOURCE={which}: kernels from {folder or tree}", flush=True)
     del os.environ["QUIKTOOL_KERNELS_DIR"]
 
@@ -86,6 +90,7 @@ def use(which: str) -> None:
         if k == "SOURCE":
             if modules:
                 cuda._kernels = lambda index, arch, h=modules[v]: h
+                cuda._WGMMA[0] = wgmma[v]
         else:
             setattr(*target(k), v)
 
