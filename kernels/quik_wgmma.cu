@@ -20,10 +20,12 @@
 //   acc[m, n] = sum_k A[m, k] * W[n, k]   (exact int32)
 //   Entry points quik_wgmma_EP_wB, EP = i32 | f16 | bf16, B = 4 | 8: the EP semantics of quik_gemm.cu (i32
 //   writes acc, f16 / bf16 apply quik_epilogue.cuh's store_pair, y_base may be null).
-//   seg (last argument): 0 = out is [M, N] row-major; S > 0 (a multiple of WG_BN = 256 dividing N) = out
-//   holds N / S blocks of [M, S], column n of row m at (n / S) * M * S + m * S + n % S: the members of a
-//   fused layer group (quiktool.runtime.fuse) each get a contiguous output. A tile then lies in one block, so
-//   the block is found once per tile (a per-store division made the kernel ~40% slower). y_base is [M, N].
+//   seg (last argument): read only by the _blk entry points (quik_wgmma_EP_wB_blk, EP = f16 | bf16), whose
+//   out holds N / seg blocks of [M, seg] (seg a multiple of WG_BN = 256 dividing N), column n of row m at
+//   (n / seg) * M * seg + m * seg + n % seg: the members of a fused layer group (quiktool.runtime.fuse) each
+//   get a contiguous output. A tile then lies in one block, found once per tile (a per-store division made
+//   the kernel ~40% slower). The other entry points write [M, N] row-major with the code they had before
+//   (a runtime choice between the layouts cost them 0.2-4.8%). y_base is [M, N] either way.
 //   Assumptions (checked by the launcher): Kp % 64 == 0, 64 <= Kp < 2^17; M, N >= 1 (tails predicated,
 //   zero-filled); tensors contiguous and 16-byte aligned; the device is sm_90.
 //   Launch geometry: block 256 threads (2 warpgroups), grid = ceil(M/128) * ceil(N/256) (1-D, grouped
@@ -164,7 +166,7 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
         : "l"(da), "l"(db), "n"(1));
 }
 
-template <int EP, int WB>
+template <int EP, int WB, bool BLK>
 QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                      int M, int N, int Kp, const EpiArgs& ep, int seg) {
     static_assert(WB == 4 || WB == 8, "weight bits: 4 or 8");
@@ -321,9 +323,15 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
     // 8j + 2 (lane % 4) + e. In batches of 8 column pairs: the batch's y_base loads (16 per thread) are
     // issued together before its stores (quik_epilogue.cuh, load_y_pair).
     const int mr = m0 + wg * 64 + warp * 16 + (lane >> 2);
-    // the tile's output block (seg > 0: block n0 / seg of [M, seg]) as an [M, ldo] matrix from column nb
-    const int blk = seg ? n0 / seg : 0, ldo = seg ? seg : N, nb = blk * seg;
-    void* const ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
+    // the tile's output as an [M, ldo] matrix from column nb: BLK, block n0 / seg of [M, seg]; else out itself
+    int ldo = N, nb = 0;
+    void* ob = out;
+    if constexpr (BLK) {
+        const int blk = n0 / seg;
+        ldo = seg;
+        nb = blk * seg;
+        ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
+    }
     float sa[2], za[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -373,18 +381,22 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 
 }  // namespace
 
-#define QUIK_WGMMA(NAME, EP, WB)                                                                                    \
+#define QUIK_WGMMA(NAME, EP, WB, BLK)                                                                               \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
          int seg) {                                                                                                 \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_gemm<EP, WB>(A, W, out, M, N, Kp, ep, seg);                                                          \
+        wgmma_gemm<EP, WB, BLK>(A, W, out, M, N, Kp, ep, seg);                                                     \
     }
 
-QUIK_WGMMA(quik_wgmma_i32_w4, 0, 4)
-QUIK_WGMMA(quik_wgmma_f16_w4, 1, 4)
-QUIK_WGMMA(quik_wgmma_bf16_w4, 2, 4)
-QUIK_WGMMA(quik_wgmma_i32_w8, 0, 8)
-QUIK_WGMMA(quik_wgmma_f16_w8, 1, 8)
-QUIK_WGMMA(quik_wgmma_bf16_w8, 2, 8)
+QUIK_WGMMA(quik_wgmma_i32_w4, 0, 4, false)
+QUIK_WGMMA(quik_wgmma_f16_w4, 1, 4, false)
+QUIK_WGMMA(quik_wgmma_bf16_w4, 2, 4, false)
+QUIK_WGMMA(quik_wgmma_i32_w8, 0, 8, false)
+QUIK_WGMMA(quik_wgmma_f16_w8, 1, 8, false)
+QUIK_WGMMA(quik_wgmma_bf16_w8, 2, 8, false)
+QUIK_WGMMA(quik_wgmma_f16_w4_blk, 1, 4, true)
+QUIK_WGMMA(quik_wgmma_bf16_w4_blk, 2, 4, true)
+QUIK_WGMMA(quik_wgmma_f16_w8_blk, 1, 8, true)
+QUIK_WGMMA(quik_wgmma_bf16_w8_blk, 2, 8, true)

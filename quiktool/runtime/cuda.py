@@ -266,7 +266,8 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ep}_w{b}" for b in (4, 8) for ep in _EPS)
+WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ep}_w{b}" for b in (4, 8) for ep in _EPS)
+                                   + tuple(f"quik_wgmma_{ep}_w{b}_blk" for b in (4, 8) for ep in _EPS[1:]))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -396,7 +397,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                     _MODULES.append(module)
                     for name in WGMMA_KERNELS:
                         kernel = module.get_function(name)
-                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM_W8 if name.endswith("_w8") else _WG_SMEM
+                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM_W8 if "_w8" in name else _WG_SMEM
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
@@ -437,7 +438,7 @@ _SIG_ACT = "pppppppiiiii"   # x, keep, outl, codes, scale, zero, x_out, K, Kq, K
 _SIG_SPLIT = "ppppppiiii"    # x, outl, codes, scale, zero, x_out, K, Kp, n_out, bits
 _SIG_ROWS = "ppppppiiiii"    # x, outl, codes, scale, zero, x_out, M, K, Kp, n_out, bits
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
-_SIG_WG = _SIG_GEMM + "i"    # quik_wgmma_*: the same, then seg (0: out [M, N]; S: N / S blocks of [M, S])
+_SIG_WG = _SIG_GEMM + "i"    # quik_wgmma_*: the same, then seg (the _blk kernels: N / seg blocks of [M, seg])
 _SIG_GEMVO = "pppiiippfppppiip"  # _SIG_GEMM without y_base, then x_out, w_out, n_out, chunk, bias
 _SIG_UNPACK = "pppl"        # W, We, lut, n_vec
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
@@ -1046,7 +1047,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
         a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
         path = gemm_path(M, N, kp, w_bits, epi[2], dev)
         if path == "wgmma":
-            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits)
+            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0)
             _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
@@ -1157,9 +1158,9 @@ def _min_m(path: str) -> int:
     return _PATH_MIN_M[path] if LIB_MIN_M is None else LIB_MIN_M
 
 
-def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4) -> tuple[str, int, int, int]:
-    """quik_wgmma_<ep>_w<bits> -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
-    return (f"quik_wgmma_{ep}_w{w_bits}", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS,
+def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False) -> tuple[str, int, int, int]:
+    """quik_wgmma_<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
+    return (f"quik_wgmma_{ep}_w{w_bits}{'_blk' if blk else ''}", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS,
             _WG_SMEM if w_bits == 4 else _WG_SMEM_W8)
 
 
