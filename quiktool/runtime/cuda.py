@@ -608,13 +608,12 @@ def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits:
     ActCodes(codes int8 [M, Kp], scale fp32 [M], zero fp32 [M], x_outlier x.dtype [M, n_out]),
     Kp = padded_k(Kq), pad codes 0. ``out`` (optional) receives the results in place.
     """
-    x_ptr = _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
+    _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
     dev = x.get_device()
     bits = _bits("bits", bits)
     keep = _index_i32("keep_idx", keep_idx, dev)
     outl = _index_i32("outlier_idx", outlier_idx, dev)
-    M, K = x.shape
-    kq, n_out = keep.numel(), outl.numel()
+    K, kq = x.shape[1], keep.numel()
     if not 1 <= kq <= K:
         raise KernelError(f"keep_idx: needs 1 to K={K} columns, got {kq}")
     return _quant_gather(x, keep, outl, bits, padded_k(kq), out)
@@ -715,12 +714,11 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     complement computed by torch (a host sync).
     ``out`` (optional) receives the results in place; out.codes must be 16-byte aligned.
     """
-    x_ptr = _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
+    _check("x", x, (torch.float16, torch.bfloat16), (None, None), None)
     dev = x.get_device()
     bits = _bits("bits", bits)
     outl = _index_i32("outlier_idx", outlier_idx, dev)
-    M, K = x.shape
-    n_out = outl.numel()
+    K, n_out = x.shape[1], outl.numel()
     kq = K - n_out
     if kq < 1:
         raise KernelError(f"outlier_idx: {n_out} outliers leave no column of K={K} to quantize")

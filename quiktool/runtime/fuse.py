@@ -19,9 +19,8 @@ cache holds that input tensor itself, so an identity match can never be a recycl
 
 Members of equal width get contiguous outputs where the CUDA backend's wgmma kernel runs and the width is a
 multiple of its 256-column tile (LLaMA-2's q/k/v and gate/up): it writes the fused output as one [M, width]
-block per member (QuikLinear.forward_blocks). Column slices of an
-[M, N] output are strided, and the model's elementwise ops on them (SiLU and the product on gate / up) fall
-back to PyTorch's non-vectorized kernels: ~1.7 ms of a LLaMA-2-7B prefill of 2048 tokens (docs/RESULTS.md,
+block per member (QuikLinear.forward_blocks). Column slices of an [M, N] output are strided, and the model's
+elementwise ops on them (SiLU and the product on gate / up) fall back to PyTorch's non-vectorized kernels: ~1.7 ms of a LLaMA-2-7B prefill of 2048 tokens (docs/RESULTS.md,
 tenth session). Same values either way. QUIKTOOL_FUSE_BLOCKS=0 turns it off (A/B runs).
 """
 from __future__ import annotations
