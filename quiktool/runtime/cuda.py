@@ -76,6 +76,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
            for r in ("", "_r16", "_r64")]
         + [f"quik_gemvo_{ep}_w{wb}_m{mt}{r}" for ep in ("f16", "bf16") for wb in (4, 8) for mt in (8, 16)
            for r in ("", "_r16", "_r64")]
+        + [f"quik_gemv_{ep}_w{wb}_m{mt}_bulk" for ep in _EPS for wb in (4, 8) for mt in (8, 16)]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -89,6 +90,13 @@ _GEMV_THREADS = 256
 # M <= 8), for A/B runs.
 GEMV_ROWS: int | None = None
 GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
+# The small-M kernels' BULK variant (quik_gemv_*_bulk, sm_90 only, no fused outliers): the weights come
+# through a ring of shared-memory slots filled by bulk asynchronous copies (the TMA unit) instead of each
+# warp's own 16-byte loads; 32 rows per block, _GEMV_BULK_STAGES slots of 32 x (512 + 16) bytes after
+# _GEMV_BULK_BAR bytes of barriers (kernels/quik_gemm.cu, gemv, BULK). QUIKTOOL_GEMV_BULK=1 turns it on.
+GEMV_BULK = os.environ.get("QUIKTOOL_GEMV_BULK", "0") != "0"
+_GEMV_BULK_ROWS, _GEMV_BULK_STAGES, _GEMV_BULK_BAR = 32, 5, 64
+_GEMV_BULK_SMEM = _GEMV_BULK_BAR + _GEMV_BULK_STAGES * _GEMV_BULK_ROWS * (512 + 16)
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
 _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
 
@@ -246,6 +254,8 @@ def _kernels(device_index: int, arch: str) -> dict[str, int]:
                     kernel.max_dynamic_shared_size_bytes = _ACT_SMEM_MAX
                 elif name.startswith("quik_gemvo_"):
                     kernel.max_dynamic_shared_size_bytes = _GEMVO_SMEM_MAX
+                elif name.endswith("_bulk"):
+                    kernel.max_dynamic_shared_size_bytes = _GEMV_BULK_SMEM
                 handles[name] = int(kernel.kernel.ptr)
     return handles
 
@@ -948,11 +958,15 @@ def _gemv_block_rows(M: int, N: int, sms: int) -> int:
 
 
 def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
-               sms: int = 132) -> tuple[str, int, int, int]:
+               sms: int = 132, bulk: bool = False) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
-    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors)."""
+    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors);
+    bulk: the BULK variant (sm_90; 32 rows, ``rows`` ignored)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
+    if bulk:
+        return (f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}_bulk", -(-N // _GEMV_BULK_ROWS), _GEMV_THREADS,
+                _GEMV_BULK_SMEM)
     rows = rows or _gemv_block_rows(M, N, sms)
     suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
@@ -966,7 +980,8 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
     """
     if M <= 16:
-        return _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
+        arch, sms, _ = _device_info(device)
+        return _gemv_plan(M, N, w_bits, ep, sms=sms, bulk=GEMV_BULK and arch == "sm_90")
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)

@@ -5,6 +5,7 @@ nvidia-cuda-nvrtc wheel missing); a compile error is a failure.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -167,6 +168,25 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
     monkeypatch.setattr(cuda, "GEMV_RULE", "m")
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
+
+
+def test_gemv_bulk_plan(monkeypatch) -> None:
+    """GEMV_BULK routes M <= 16 to the BULK kernels on sm_90 only (32 rows per block, the ring's smem, the
+    same smem the loader allows the kernel and the kernel's constants describe); off by default."""
+    assert cuda.GEMV_BULK is (os.environ.get("QUIKTOOL_GEMV_BULK", "0") != "0")
+    assert cuda._GEMV_BULK_SMEM == 64 + 5 * 32 * (512 + 16)
+    src = (Path(__file__).resolve().parents[2] / "kernels" / "quik_gemm.cu").read_text()
+    assert "constexpr int BULK_STAGES = 5, BULK_BAR_BYTES = 64;" in src
+    assert cuda._gemv_plan(9, 28672, 4, "bf16", bulk=True) == ("quik_gemv_bf16_w4_m16_bulk", 896, 256,
+                                                                cuda._GEMV_BULK_SMEM)
+    monkeypatch.setattr(cuda, "GEMV_BULK", True)
+    for arch, bulk in (("sm_90", True), ("sm_80", False), ("sm_100", False)):
+        monkeypatch.setattr(cuda, "_device_info", lambda index, a=arch: (a, 132, int(a[3:])))
+        name = cuda._plan(1, 4096, 8, "i32", 0)[0]
+        assert name.endswith("_bulk") is bulk and name.startswith("quik_gemv_i32_w8_m8"), (arch, name)
+        assert cuda._plan(17, 4096, 4, "f16", 0)[0].startswith("quik_gemm_")  # above 16 tokens: never
+    monkeypatch.setattr(cuda, "GEMV_BULK", False)
+    assert not cuda._plan(1, 4096, 8, "i32", 0)[0].endswith("_bulk")
 
 
 def test_outlier_lanes_match_the_reference() -> None:
