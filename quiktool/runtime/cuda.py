@@ -93,7 +93,8 @@ GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
 # The small-M kernels' BULK variant (quik_gemv_*_bulk, sm_90 only, no fused outliers): the weights come
 # through a ring of shared-memory slots filled by bulk asynchronous copies (the TMA unit) instead of each
 # warp's own 16-byte loads; 32 rows per block, _GEMV_BULK_STAGES slots of 32 x (512 + 16) bytes after
-# _GEMV_BULK_BAR bytes of barriers (kernels/quik_gemm.cu, gemv, BULK). QUIKTOOL_GEMV_BULK=1 turns it on.
+# _GEMV_BULK_BAR bytes of barriers (kernels/quik_gemm.cu, gemv, BULK), persistent blocks (as many as fit on
+# the GPU at once, each walking several 32-row blocks). QUIKTOOL_GEMV_BULK=1 turns it on.
 GEMV_BULK = os.environ.get("QUIKTOOL_GEMV_BULK", "0") != "0"
 _GEMV_BULK_ROWS, _GEMV_BULK_STAGES, _GEMV_BULK_BAR = 32, 5, 64
 _GEMV_BULK_SMEM = _GEMV_BULK_BAR + _GEMV_BULK_STAGES * _GEMV_BULK_ROWS * (512 + 16)
@@ -961,7 +962,8 @@ def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
                sms: int = 132, bulk: bool = False) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
     block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors);
-    bulk: the BULK variant (sm_90; 32 rows, ``rows`` ignored)."""
+    bulk: the BULK variant (sm_90; 32 rows, ``rows`` ignored; grid: one block per 32 rows, which the
+    kernel also takes fewer of, each then walking several row blocks: _plan caps it at what fits at once)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
     if bulk:
@@ -981,7 +983,10 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     """
     if M <= 16:
         arch, sms, _ = _device_info(device)
-        return _gemv_plan(M, N, w_bits, ep, sms=sms, bulk=GEMV_BULK and arch == "sm_90")
+        if GEMV_BULK and arch == "sm_90":  # persistent: no more blocks than fit at once
+            name, grid, block, smem = _gemv_plan(M, N, w_bits, ep, bulk=True)
+            return name, min(grid, _resident_blocks(device, name, block, smem) * sms), block, smem
+        return _gemv_plan(M, N, w_bits, ep, sms=sms)
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)

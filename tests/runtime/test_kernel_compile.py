@@ -180,10 +180,13 @@ def test_gemv_bulk_plan(monkeypatch) -> None:
     assert cuda._gemv_plan(9, 28672, 4, "bf16", bulk=True) == ("quik_gemv_bf16_w4_m16_bulk", 896, 256,
                                                                 cuda._GEMV_BULK_SMEM)
     monkeypatch.setattr(cuda, "GEMV_BULK", True)
+    monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 2)
     for arch, bulk in (("sm_90", True), ("sm_80", False), ("sm_100", False)):
         monkeypatch.setattr(cuda, "_device_info", lambda index, a=arch: (a, 132, int(a[3:])))
-        name = cuda._plan(1, 4096, 8, "i32", 0)[0]
+        name, grid = cuda._plan(1, 28672, 8, "i32", 0)[:2]
         assert name.endswith("_bulk") is bulk and name.startswith("quik_gemv_i32_w8_m8"), (arch, name)
+        assert grid == (2 * 132 if bulk else 448)  # persistent: capped at the resident blocks (896 row blocks)
+        assert cuda._plan(16, 4096, 4, "f16", 0)[1] == (128 if bulk else 256)  # fewer row blocks than that
         assert cuda._plan(17, 4096, 4, "f16", 0)[0].startswith("quik_gemm_")  # above 16 tokens: never
     monkeypatch.setattr(cuda, "GEMV_BULK", False)
     assert not cuda._plan(1, 4096, 8, "i32", 0)[0].endswith("_bulk")
