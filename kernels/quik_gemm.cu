@@ -584,8 +584,9 @@ QDEV uint4 lds16(unsigned addr) {
 // flight with no registers and no instructions per 16 bytes. The activations (a few KiB, from L2) are loaded
 // into registers one iteration ahead. Dynamic smem: BULK_BAR_BYTES + BULK_STAGES * ROWS * (64 * STRIDE + 16).
 constexpr int BULK_STAGES = 5, BULK_BAR_BYTES = 64;
-static_assert(8 * BULK_STAGES <= BULK_BAR_BYTES && BULK_BAR_BYTES % 16 == 0, "barriers, then 16-byte aligned slots");
-template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false, bool BULK = false>
+static_assert(8 * 8 <= BULK_BAR_BYTES && BULK_BAR_BYTES % 16 == 0, "up to 8 barriers, then 16-byte aligned slots");
+template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false, bool BULK = false,
+          int BNS = BULK_STAGES, int BSUB = 1>
 QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                int M, int N, int Kp, const EpiArgs& ep, const OutlArgs& ol = OutlArgs{}) {
     // NTW = 16-row weight tiles per block (ROWS = 16 * NTW output features), U = steps in flight per warp.
@@ -650,19 +651,22 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     // bulk_issue(j) (warp 0) puts stage j into slot j % NS.
     const unsigned bulk_bar = smem_addr(outl_smem), bulk_ring = bulk_bar + BULK_BAR_BYTES;
     // Persistent: block b takes the row blocks b, b + gridDim.x, ... (KB of them), T stages each, J in all;
-    // stage j is stage j % T of its (j / T)-th row block (the ring runs on across row blocks).
-    const int bulk_T = (S + WARPS * U - 1) / (WARPS * U);
+    // stage j is stage j % T of its (j / T)-th row block (the ring runs on across row blocks). A stage is
+    // BSUB block iterations (BSUB * STRIDE steps): 64 * STRIDE * BSUB bytes of each row, one copy per row.
+    static_assert(!BULK || (BNS >= 2 && BNS <= 8 && BSUB >= 1), "BULK: 2 .. 8 slots");
+    constexpr int BSTEPS = WARPS * U * BSUB;  // steps per stage
+    const int bulk_T = (S + BSTEPS - 1) / BSTEPS;
     const int bulk_NB = (N + ROWS - 1) / ROWS;
     const int bulk_KB = (bulk_NB - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
     const int bulk_J = bulk_KB * bulk_T;
     auto bulk_n0 = [&](int j) { return ((int)blockIdx.x + (j / bulk_T) * (int)gridDim.x) * ROWS; };
     auto bulk_issue = [&](int j) {
-        constexpr int SB = 64 * WARPS * U, RS = SB + 16;
+        constexpr int SB = 64 * BSTEPS, RS = SB + 16;
         const size_t off = (size_t)(j % bulk_T) * SB;
         const unsigned bytes = (unsigned)min((size_t)SB, w_row_bytes - off);  // w_row_bytes % 32 == 0
         const int nb = bulk_n0(j), rows = min(ROWS, N - nb);
-        const unsigned bar = bulk_bar + 8 * (j % BULK_STAGES);
-        const unsigned slot = bulk_ring + (unsigned)((j % BULK_STAGES) * ROWS * RS);
+        const unsigned bar = bulk_bar + 8 * (j % BNS);
+        const unsigned slot = bulk_ring + (unsigned)((j % BNS) * ROWS * RS);
         fence_proxy_async_smem();  // the slot's earlier reads (the block barrier ordered them) before the copies
         if (lane == 0) mbar_expect_tx(bar, bytes * rows);
         __syncwarp();
@@ -670,11 +674,11 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
             bulk_g2s(slot + r * RS, W + (size_t)(nb + r) * w_row_bytes + off, bytes, bar);
     };
     if constexpr (BULK) {
-        if (tid < BULK_STAGES) mbar_init(bulk_bar + 8 * tid, 1);
+        if (tid < BNS) mbar_init(bulk_bar + 8 * tid, 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         __syncthreads();
         if (warp == 0)
-            for (int j = 0; j < min(bulk_J, BULK_STAGES); ++j) bulk_issue(j);  // weights only: before the wait
+            for (int j = 0; j < min(bulk_J, BNS); ++j) bulk_issue(j);  // weights only: before the wait
     }
 #endif
     OutlierProduct<EP, MTOK, ROWS> outl;
@@ -809,14 +813,17 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     if constexpr (BULK) {
 #if __CUDA_ARCH__ >= 900
         // (stage issue and barrier set-up happened before griddepcontrol.wait, above)
-        constexpr int RS = 64 * STRIDE + 16;  // ring row stride: a stage's bytes per row + the pad
+        constexpr int RS = 64 * BSTEPS + 16;  // ring row stride: a stage's bytes per row + the pad
+        const int bulk_I = bulk_J * BSUB;      // block iterations: iteration k is part k % BSUB of stage k / BSUB
+        auto first_step = [&](int k) { return ((k / BSUB) % bulk_T) * BSTEPS + (k % BSUB) * STRIDE + warp; };
         AV a0, a1;
         WV wv;
-        auto read_w = [&](int j, int nb) {  // this warp's weight fragments of stage j, from its slot
-            const unsigned slot = bulk_ring + (unsigned)((j % BULK_STAGES) * ROWS * RS);
+        auto read_w = [&](int k, int nb) {  // this warp's weight fragments of iteration k, from its stage's slot
+            const int j = k / BSUB;
+            const unsigned slot = bulk_ring + (unsigned)((j % BNS) * ROWS * RS);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const int sl = warp + u * WARPS, s = (j % bulk_T) * STRIDE + sl;
+                const int sl = (k % BSUB) * STRIDE + warp + u * WARPS, s = (j % bulk_T) * BSTEPS + sl;
                 const bool kok = s < S && (size_t)s * 64 + 16 * t < w_row_bytes;
 #pragma unroll
                 for (int a = 0; a < NTW; ++a)
@@ -827,31 +834,33 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                     }
             }
         };
-        // Stage j (activations av); the next stage's activations into an (when it starts the next row block,
-        // its steps are the first ones again: the activations do not depend on the rows).
-        auto stage = [&](int j, AV& av, AV& an) {
-            const int nb = bulk_n0(j);
-            if (j + 1 < bulk_J) load_act(((j + 1) % bulk_T) * STRIDE + warp, an);
-            mbar_wait(bulk_bar + 8 * (j % BULK_STAGES), (j / BULK_STAGES) & 1);
-            read_w(j, nb);
+        // Iteration k (activations av); the next iteration's activations into an (when it starts the next row
+        // block, its steps are the first ones again: the activations do not depend on the rows).
+        auto iter = [&](int k, AV& av, AV& an) {
+            const int j = k / BSUB, nb = bulk_n0(j);
+            if (k + 1 < bulk_I) load_act(first_step(k + 1), an);
+            if (k % BSUB == 0) mbar_wait(bulk_bar + 8 * (j % BNS), (j / BNS) & 1);
+            read_w(k, nb);
             compute(wv, av);
-            __syncthreads();  // every warp has read slot j % NS
-            if (warp == 0 && j + BULK_STAGES < bulk_J) bulk_issue(j + BULK_STAGES);
-            if (j % bulk_T == bulk_T - 1) {  // the row block's last stage: reduce and store, zero the sums
-                const float none[PAIRS] = {};  // no outlier sums (BULK is !OUTL)
-                finish(nb, none);
+            if (k % BSUB == BSUB - 1) {
+                __syncthreads();  // every warp has read slot j % NS
+                if (warp == 0 && j + BNS < bulk_J) bulk_issue(j + BNS);
+                if (j % bulk_T == bulk_T - 1) {  // the row block's last stage: reduce and store, zero the sums
+                    const float none[PAIRS] = {};  // no outlier sums (BULK is !OUTL)
+                    finish(nb, none);
 #pragma unroll
-                for (int a = 0; a < NTW; ++a)
+                    for (int a = 0; a < NTW; ++a)
 #pragma unroll
-                    for (int b = 0; b < TT; ++b)
+                        for (int b = 0; b < TT; ++b)
 #pragma unroll
-                        for (int r = 0; r < 4; ++r) acc[a][b][r] = 0;
+                            for (int r = 0; r < 4; ++r) acc[a][b][r] = 0;
+                }
             }
         };
-        if (bulk_J > 0) load_act(warp, a0);
-        for (int j = 0; j < bulk_J; j += 2) {  // unrolled by 2: the activation buffers keep fixed registers
-            stage(j, a0, a1);
-            if (j + 1 < bulk_J) stage(j + 1, a1, a0);
+        if (bulk_I > 0) load_act(warp, a0);
+        for (int k = 0; k < bulk_I; k += 2) {  // unrolled by 2: the activation buffers keep fixed registers
+            iter(k, a0, a1);
+            if (k + 1 < bulk_I) iter(k + 1, a1, a0);
         }
 #else
         __trap();  // sm_90 only: the launcher never starts it elsewhere
@@ -941,20 +950,26 @@ QUIK_TILED_ALL(bf16, 2)
 #define QUIK_GEMV_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMV, quik_gemv_##EPNAME, EP)
 
 // quik_gemv_*_mT_bulk: the BULK variant (weights through the shared-memory ring; sm_90 only, the launcher
-// never picks it elsewhere, the body is empty below sm_90), 32 rows per block, one step per warp per stage
-// (16 KiB stages), dynamic smem BULK_BAR_BYTES + BULK_STAGES * 32 * (512 + 16) bytes.
-#define QUIK_GEMV_BULK(NAME, WB, MTOK, EP)                                                                         \
+// never picks it elsewhere, the body traps below sm_90): 32 rows per block, one step per warp per
+// iteration, 5 slots of 512-byte row copies (16 KiB stages). *_bulk16: 16 rows per block, 4 iterations per
+// stage, 3 slots of 2048-byte row copies (32 KiB stages). Dynamic smem BULK_BAR_BYTES + slots * rows *
+// (row copy + 16) bytes (cuda._GEMV_BULK).
+#define QUIK_GEMV_BULK(NAME, WB, MTOK, EP, NTW, NS, SUB)                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        gemv<WB, MTOK, EP, 2, 1, false, false, true>(A, W, out, M, N, Kp, ep);                                     \
+        gemv<WB, MTOK, EP, NTW, 1, false, false, true, NS, SUB>(A, W, out, M, N, Kp, ep);                          \
     }
-#define QUIK_GEMV_BULK_ALL(EPNAME, EP)                            \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m8_bulk, 4, 8, EP)    \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m16_bulk, 4, 16, EP)  \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m8_bulk, 8, 8, EP)    \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m16_bulk, 8, 16, EP)
+#define QUIK_GEMV_BULK_ALL(EPNAME, EP)                                           \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m8_bulk, 4, 8, EP, 2, 5, 1)          \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m16_bulk, 4, 16, EP, 2, 5, 1)        \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m8_bulk, 8, 8, EP, 2, 5, 1)          \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m16_bulk, 8, 16, EP, 2, 5, 1)        \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m8_bulk16, 4, 8, EP, 1, 3, 4)        \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m16_bulk16, 4, 16, EP, 1, 3, 4)      \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m8_bulk16, 8, 8, EP, 1, 3, 4)        \
+    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m16_bulk16, 8, 16, EP, 1, 3, 4)
 QUIK_GEMV_BULK_ALL(i32, 0)
 QUIK_GEMV_BULK_ALL(f16, 1)
 QUIK_GEMV_BULK_ALL(bf16, 2)

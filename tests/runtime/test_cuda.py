@@ -489,15 +489,16 @@ def test_int_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> No
 
 def _force_gemv(monkeypatch: pytest.MonkeyPatch, cfg: str, default_rows: int | None = None) -> None:
     """Route the launcher's small-M plan to variant ``cfg``: gemv (``default_rows``: None = the launcher's
-    rule), gemv16 / gemv32 / gemv64 (rows per block), gemvbulk (the BULK variant, sm_90, one block per
-    row block), gemvbulk3 (the same on 3 blocks: each walks several row blocks, as when persistent)."""
-    if cfg == "gemvbulk":
-        monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, bulk=True))
-    elif cfg == "gemvbulk3":
-        def plan3(M, N, wb, ep, dev):
-            name, grid, block, smem = cuda._gemv_plan(M, N, wb, ep, bulk=True)
-            return name, min(grid, 3), block, smem
-        monkeypatch.setattr(cuda, "_plan", plan3)
+    rule), gemv16 / gemv32 / gemv64 (rows per block), gemvbulk / gemvbulk16 (the BULK variants 1 / 2, sm_90,
+    one block per row block), gemvbulk3 / gemvbulk16x3 (the same on 3 blocks: each walks several row
+    blocks, as when persistent)."""
+    if cfg.startswith("gemvbulk"):
+        variant, cap = (2 if cfg.startswith("gemvbulk16") else 1), (3 if cfg.endswith("3") else None)
+
+        def plan(M, N, wb, ep, dev):
+            name, grid, block, smem = cuda._gemv_plan(M, N, wb, ep, bulk=variant)
+            return name, min(grid, cap or grid), block, smem
+        monkeypatch.setattr(cuda, "_plan", plan)
     else:
         rows = int(cfg[4:]) if cfg != "gemv" else default_rows
         monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
@@ -508,7 +509,7 @@ def _skip_bulk_off_sm90(cfg: str) -> None:
         pytest.skip("the BULK small-M kernels run on sm_90 only")
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", "gemvbulk", "gemvbulk3"])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", "gemvbulk", "gemvbulk3", "gemvbulk16", "gemvbulk16x3"])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
     """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails;
@@ -526,7 +527,7 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
                 _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits), w_bits)
 
 
-@pytest.mark.parametrize("cfg", ["gemv32", "gemv16", "gemv64", "gemvbulk", "gemvbulk3"])
+@pytest.mark.parametrize("cfg", ["gemv32", "gemv16", "gemv64", "gemvbulk", "gemvbulk3", "gemvbulk16", "gemvbulk16x3"])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, cfg: str) -> None:
     """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
@@ -547,7 +548,7 @@ def test_int_gemm_extreme_codes(monkeypatch: pytest.MonkeyPatch, w_bits: int, bu
     """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path)."""
     if bulk:
         _skip_bulk_off_sm90("gemvbulk")
-        monkeypatch.setattr(cuda, "GEMV_BULK", True)
+        monkeypatch.setattr(cuda, "GEMV_BULK", 1)
     for M in (3, 200):
         kp = 8192
         a = torch.full((M, kp), -128, dtype=torch.int8, device=DEV)
@@ -609,7 +610,7 @@ def test_quik_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtyp
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", "gemvbulk", "gemvbulk3"])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", "gemvbulk", "gemvbulk3", "gemvbulk16", "gemvbulk16x3"])
 def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
     _skip_bulk_off_sm90(cfg)
     for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
