@@ -526,39 +526,6 @@ struct OutlierProduct {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Bulk asynchronous copies with an mbarrier (sm_90; the small-M kernel's BULK variant). A copy of `bytes`
-// (a multiple of 16, both addresses 16-byte aligned) global -> shared is done by the TMA unit; it counts
-// its bytes against the mbarrier's transaction count, and the barrier's phase completes once the one
-// expected arrival (expect_tx, made before the copies are issued) and all the bytes have come.
-// ---------------------------------------------------------------------------------------------
-#if __CUDA_ARCH__ >= 900
-QDEV void mbar_init(unsigned bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-QDEV void mbar_expect_tx(unsigned bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-QDEV void mbar_wait(unsigned bar, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred p;\nLAB_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-        "@p bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(bar), "r"(parity) : "memory");
-}
-QDEV void bulk_g2s(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-}
-// Orders this thread's earlier generic-proxy shared-memory accesses (reads of a ring slot, the barrier
-// initialisation) before its later async-proxy ones (the bulk copies that refill the slot).
-QDEV void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-QDEV uint4 lds16(unsigned addr) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-    return v;
-}
-#endif
-
-// ---------------------------------------------------------------------------------------------
 // Small-M kernel (M <= MTOK, MTOK = 8 or 16)
 // ---------------------------------------------------------------------------------------------
 // A "step" is 64 bytes of every weight row: 128 columns (w4) or 64 columns (w8). Lane (g, t) loads the
@@ -570,23 +537,7 @@ QDEV uint4 lds16(unsigned addr) {
 //   w8: mma jj (jj = 0, 1) uses weight words 2jj, 2jj+1 = columns 64s + 16t + 8jj .. +7, natural order,
 //       B = act words 2jj, 2jj+1 of the 16 bytes at 64s + 16t
 // For w4 the last step may be half (Kp % 128 == 64): lanes t = 2, 3 then have no columns and load zeros.
-// BULK (sm_90, !PIPE, !OUTL): the weights reach the warps through a ring of BULK_STAGES shared-memory
-// slots instead of their own global loads. A stage is the STRIDE = 8 U steps that one iteration of the
-// block covers, for all ROWS rows: one bulk copy of 64 * STRIDE bytes per row (warp 0's lanes issue them,
-// one mbarrier per slot), into rows of 64 * STRIDE + 16 bytes (the pad makes the lanes' 16-byte reads
-// (row g, chunk t) fall on distinct bank groups: 4 wavefronts per 512 bytes, the minimum). Persistent: the
-// launcher starts at most as many blocks as fit on the GPU at once and each walks several row blocks as
-// one sequence of stages, so the ring stays full across a row block's end (the first version, one row
-// block per block, took x0.94-1.31 of the plain kernel's time on an H200). The first BULK_STAGES stages
-// are issued before griddepcontrol.wait, i.e. while the quantizer still runs; slot j % NS is refilled with
-// stage j + NS after the barrier that ends stage j. Why: the register-fed kernel streams
-// ~2.0 TB/s of weights in a cold layer call (docs/PERF_LOG.md), the TMA unit keeps NS x 16 KiB per block in
-// flight with no registers and no instructions per 16 bytes. The activations (a few KiB, from L2) are loaded
-// into registers one iteration ahead. Dynamic smem: BULK_BAR_BYTES + BULK_STAGES * ROWS * (64 * STRIDE + 16).
-constexpr int BULK_STAGES = 5, BULK_BAR_BYTES = 64;
-static_assert(8 * 8 <= BULK_BAR_BYTES && BULK_BAR_BYTES % 16 == 0, "up to 8 barriers, then 16-byte aligned slots");
-template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false, bool BULK = false,
-          int BNS = BULK_STAGES, int BSUB = 1>
+template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false>
 QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                int M, int N, int Kp, const EpiArgs& ep, const OutlArgs& ol = OutlArgs{}) {
     // NTW = 16-row weight tiles per block (ROWS = 16 * NTW output features), U = steps in flight per warp.
@@ -631,7 +582,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     // quantizer's grid has completed and its writes are visible. Launched normally, the wait is a no-op.
 #if __CUDA_ARCH__ >= 900
 #pragma unroll
-    for (int u = 0; u < (BULK ? 0 : 2 * U); ++u) {
+    for (int u = 0; u < 2 * U; ++u) {
         const int s = warp + u * WARPS;
         const size_t wb = (size_t)s * 64 + 32 * (t >> 1);  // one prefetch per 32-byte sector
         if (s < S && wb < w_row_bytes && (t & 1) == 0) {
@@ -645,42 +596,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         }
     }
 #endif
-    extern __shared__ __align__(16) unsigned char outl_smem[];  // OUTL: OutlierProduct; BULK: the weight ring
-#if __CUDA_ARCH__ >= 900
-    // BULK: the slots' barriers (8 bytes each, in the first BULK_BAR_BYTES of the dynamic smem), then the ring;
-    // bulk_issue(j) (warp 0) puts stage j into slot j % NS.
-    const unsigned bulk_bar = smem_addr(outl_smem), bulk_ring = bulk_bar + BULK_BAR_BYTES;
-    // Persistent: block b takes the row blocks b, b + gridDim.x, ... (KB of them), T stages each, J in all;
-    // stage j is stage j % T of its (j / T)-th row block (the ring runs on across row blocks). A stage is
-    // BSUB block iterations (BSUB * STRIDE steps): 64 * STRIDE * BSUB bytes of each row, one copy per row.
-    static_assert(!BULK || (BNS >= 2 && BNS <= 8 && BSUB >= 1), "BULK: 2 .. 8 slots");
-    constexpr int BSTEPS = WARPS * U * BSUB;  // steps per stage
-    const int bulk_T = (S + BSTEPS - 1) / BSTEPS;
-    const int bulk_NB = (N + ROWS - 1) / ROWS;
-    const int bulk_KB = (bulk_NB - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
-    const int bulk_J = bulk_KB * bulk_T;
-    auto bulk_n0 = [&](int j) { return ((int)blockIdx.x + (j / bulk_T) * (int)gridDim.x) * ROWS; };
-    auto bulk_issue = [&](int j) {
-        constexpr int SB = 64 * BSTEPS, RS = SB + 16;
-        const size_t off = (size_t)(j % bulk_T) * SB;
-        const unsigned bytes = (unsigned)min((size_t)SB, w_row_bytes - off);  // w_row_bytes % 32 == 0
-        const int nb = bulk_n0(j), rows = min(ROWS, N - nb);
-        const unsigned bar = bulk_bar + 8 * (j % BNS);
-        const unsigned slot = bulk_ring + (unsigned)((j % BNS) * ROWS * RS);
-        fence_proxy_async_smem();  // the slot's earlier reads (the block barrier ordered them) before the copies
-        if (lane == 0) mbar_expect_tx(bar, bytes * rows);
-        __syncwarp();
-        for (int r = lane; r < rows; r += 32)
-            bulk_g2s(slot + r * RS, W + (size_t)(nb + r) * w_row_bytes + off, bytes, bar);
-    };
-    if constexpr (BULK) {
-        if (tid < BNS) mbar_init(bulk_bar + 8 * tid, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        __syncthreads();
-        if (warp == 0)
-            for (int j = 0; j < min(bulk_J, BNS); ++j) bulk_issue(j);  // weights only: before the wait
-    }
-#endif
+    extern __shared__ __align__(16) unsigned char outl_smem[];  // OUTL only (OutlierProduct)
     OutlierProduct<EP, MTOK, ROWS> outl;
     if constexpr (OUTL) outl.issue_weights(ol, N, n0, outl_smem);
 #if __CUDA_ARCH__ >= 900
@@ -690,22 +606,6 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     using WV = uint4[U][NTW][2];
     using AV = uint4[U][TT][AW];
-    // The activation registers of step s (zeros past S or M).
-    auto load_act1 = [&](int s, uint4 (&av)[TT][AW]) {
-        const bool kok = s < S && (size_t)s * 64 + 16 * t < w_row_bytes;
-        const size_t ab = WBITS == 4 ? (size_t)s * 128 + 32 * t : (size_t)s * 64 + 16 * t;  // act column
-#pragma unroll
-        for (int b = 0; b < TT; ++b) {
-            const int m = 8 * b + g;
-#pragma unroll
-            for (int q = 0; q < AW; ++q)
-                av[b][q] = (kok && m < M) ? ldg_keep(A + (size_t)m * Kp + ab + 16 * q) : zero4;
-        }
-    };
-    auto load_act = [&](int s0, AV& av) {  // the activation registers of the U steps s0, s0 + WARPS, ...
-#pragma unroll
-        for (int u = 0; u < U; ++u) load_act1(s0 + u * WARPS, av[u]);
-    };
     // The weight and activation registers of the U steps s0, s0 + WARPS, ... (zeros past S).
     auto load = [&](int s0, WV& wv, AV& av) {
 #pragma unroll
@@ -725,7 +625,14 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                         wv[u][a][h] = zero4;
                     }
                 }
-            load_act1(s, av[u]);
+            const size_t ab = WBITS == 4 ? (size_t)s * 128 + 32 * t : (size_t)s * 64 + 16 * t;  // act column
+#pragma unroll
+            for (int b = 0; b < TT; ++b) {
+                const int m = 8 * b + g;
+#pragma unroll
+                for (int q = 0; q < AW; ++q)
+                    av[u][b][q] = (kok && m < M) ? ldg_keep(A + (size_t)m * Kp + ab + 16 * q) : zero4;
+            }
         }
     };
     auto compute = [&](const WV& wv, const AV& av) {
@@ -772,100 +679,8 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
             }
         }
     };
-    // The block's split-K reduction and epilogue for output features nb .. nb + ROWS - 1 (osum: OUTL only).
-    auto finish = [&](int nb, const float (&osum)[PAIRS]) {
-        // Split-K reduction over the 8 warps. Fragment: c0, c1 = (feature g, tokens 2t, 2t+1), c2, c3 = g + 8.
-#pragma unroll
-        for (int a = 0; a < NTW; ++a)
-#pragma unroll
-            for (int b = 0; b < TT; ++b)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const int m = 8 * b + 2 * t + (r & 1);
-                    const int nl = 16 * a + g + 8 * (r >> 1);
-                    red[warp][m][nl] = acc[a][b][r];
-                }
-        __syncthreads();
-#pragma unroll
-        for (int i = 0; i < PAIRS; ++i) {
-            const int o = tid + i * WARPS * 32;
-            if (o >= MTOK * ROWS) break;
-            const int m = o / ROWS, nl = o % ROWS;  // a warp writes 32 consecutive features of one token
-            const int n = nb + nl;
-            if (m >= M || n >= N) continue;
-            int v = 0;
-#pragma unroll
-            for (int w = 0; w < WARPS; ++w) v += red[w][m][nl];
-            v >>= SHIFT;
-            const size_t idx = (size_t)m * N + n;
-            if constexpr (EP == 0) {
-                reinterpret_cast<int*>(out)[idx] = v;
-            } else {
-                float f = epilogue_f32(v, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ep.wsum[n]);
-                if constexpr (OUTL) f = add_rn(f, osum[i]);
-                if (ep.y_base) f = add_rn(f, load_f32<EP>(reinterpret_cast<const unsigned short*>(ep.y_base)[idx]));
-                reinterpret_cast<unsigned short*>(out)[idx] = store_bits<EP>(f);
-            }
-        }
-    };
     constexpr int STRIDE = WARPS * U;  // steps per iteration of the whole block
-    static_assert(!BULK || (!PIPE && !OUTL), "BULK: the plain loop, no fused outliers");
-    if constexpr (BULK) {
-#if __CUDA_ARCH__ >= 900
-        // (stage issue and barrier set-up happened before griddepcontrol.wait, above)
-        constexpr int RS = 64 * BSTEPS + 16;  // ring row stride: a stage's bytes per row + the pad
-        const int bulk_I = bulk_J * BSUB;      // block iterations: iteration k is part k % BSUB of stage k / BSUB
-        auto first_step = [&](int k) { return ((k / BSUB) % bulk_T) * BSTEPS + (k % BSUB) * STRIDE + warp; };
-        AV a0, a1;
-        WV wv;
-        auto read_w = [&](int k, int nb) {  // this warp's weight fragments of iteration k, from its stage's slot
-            const int j = k / BSUB;
-            const unsigned slot = bulk_ring + (unsigned)((j % BNS) * ROWS * RS);
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int sl = (k % BSUB) * STRIDE + warp + u * WARPS, s = (j % bulk_T) * BSTEPS + sl;
-                const bool kok = s < S && (size_t)s * 64 + 16 * t < w_row_bytes;
-#pragma unroll
-                for (int a = 0; a < NTW; ++a)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const int r = 16 * a + g + 8 * h;
-                        wv[u][a][h] = kok && nb + r < N ? lds16(slot + r * RS + sl * 64 + 16 * t) : zero4;
-                    }
-            }
-        };
-        // Iteration k (activations av); the next iteration's activations into an (when it starts the next row
-        // block, its steps are the first ones again: the activations do not depend on the rows).
-        auto iter = [&](int k, AV& av, AV& an) {
-            const int j = k / BSUB, nb = bulk_n0(j);
-            if (k + 1 < bulk_I) load_act(first_step(k + 1), an);
-            if (k % BSUB == 0) mbar_wait(bulk_bar + 8 * (j % BNS), (j / BNS) & 1);
-            read_w(k, nb);
-            compute(wv, av);
-            if (k % BSUB == BSUB - 1) {
-                __syncthreads();  // every warp has read slot j % NS
-                if (warp == 0 && j + BNS < bulk_J) bulk_issue(j + BNS);
-                if (j % bulk_T == bulk_T - 1) {  // the row block's last stage: reduce and store, zero the sums
-                    const float none[PAIRS] = {};  // no outlier sums (BULK is !OUTL)
-                    finish(nb, none);
-#pragma unroll
-                    for (int a = 0; a < NTW; ++a)
-#pragma unroll
-                        for (int b = 0; b < TT; ++b)
-#pragma unroll
-                            for (int r = 0; r < 4; ++r) acc[a][b][r] = 0;
-                }
-            }
-        };
-        if (bulk_I > 0) load_act(warp, a0);
-        for (int k = 0; k < bulk_I; k += 2) {  // unrolled by 2: the activation buffers keep fixed registers
-            iter(k, a0, a1);
-            if (k + 1 < bulk_I) iter(k + 1, a1, a0);
-        }
-#else
-        __trap();  // sm_90 only: the launcher never starts it elsewhere
-#endif
-    } else if constexpr (!PIPE) {
+    if constexpr (!PIPE) {
         for (int s0 = warp; s0 < S; s0 += STRIDE) {
             WV wv;
             AV av;
@@ -890,7 +705,40 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         static_assert(WARPS * 32 == OUTL_THREADS && PAIRS == OutlierProduct<EP, MTOK, ROWS>::PAIRS);
         outl.sums(ol, M, N, n0, outl_smem, osum);
     }
-    if constexpr (!BULK) finish(n0, osum);
+
+    // Split-K reduction over the 8 warps. Fragment: c0, c1 = (feature g, tokens 2t, 2t+1), c2, c3 = g + 8.
+#pragma unroll
+    for (int a = 0; a < NTW; ++a)
+#pragma unroll
+        for (int b = 0; b < TT; ++b)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int m = 8 * b + 2 * t + (r & 1);
+                const int nl = 16 * a + g + 8 * (r >> 1);
+                red[warp][m][nl] = acc[a][b][r];
+            }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < PAIRS; ++i) {
+        const int o = tid + i * WARPS * 32;
+        if (o >= MTOK * ROWS) break;
+        const int m = o / ROWS, nl = o % ROWS;  // a warp writes 32 consecutive features of one token
+        const int n = n0 + nl;
+        if (m >= M || n >= N) continue;
+        int v = 0;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) v += red[w][m][nl];
+        v >>= SHIFT;
+        const size_t idx = (size_t)m * N + n;
+        if constexpr (EP == 0) {
+            reinterpret_cast<int*>(out)[idx] = v;
+        } else {
+            float f = epilogue_f32(v, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ep.wsum[n]);
+            if constexpr (OUTL) f = add_rn(f, osum[i]);
+            if (ep.y_base) f = add_rn(f, load_f32<EP>(reinterpret_cast<const unsigned short*>(ep.y_base)[idx]));
+            reinterpret_cast<unsigned short*>(out)[idx] = store_bits<EP>(f);
+        }
+    }
 }
 
 }  // namespace
@@ -948,31 +796,6 @@ QUIK_TILED_ALL(bf16, 2)
     X(PREFIX##_w8_m8_r64, 8, 8, EP, 4, 2)             \
     X(PREFIX##_w8_m16_r64, 8, 16, EP, 4, 2)
 #define QUIK_GEMV_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMV, quik_gemv_##EPNAME, EP)
-
-// quik_gemv_*_mT_bulk: the BULK variant (weights through the shared-memory ring; sm_90 only, the launcher
-// never picks it elsewhere, the body traps below sm_90): 32 rows per block, one step per warp per
-// iteration, 5 slots of 512-byte row copies (16 KiB stages). *_bulk16: 16 rows per block, 4 iterations per
-// stage, 3 slots of 2048-byte row copies (32 KiB stages). Dynamic smem BULK_BAR_BYTES + slots * rows *
-// (row copy + 16) bytes (cuda._GEMV_BULK).
-#define QUIK_GEMV_BULK(NAME, WB, MTOK, EP, NTW, NS, SUB)                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                              \
-    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
-         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
-        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        gemv<WB, MTOK, EP, NTW, 1, false, false, true, NS, SUB>(A, W, out, M, N, Kp, ep);                          \
-    }
-#define QUIK_GEMV_BULK_ALL(EPNAME, EP)                                           \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m8_bulk, 4, 8, EP, 2, 5, 1)          \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m16_bulk, 4, 16, EP, 2, 5, 1)        \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m8_bulk, 8, 8, EP, 2, 5, 1)          \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m16_bulk, 8, 16, EP, 2, 5, 1)        \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m8_bulk16, 4, 8, EP, 1, 3, 4)        \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w4_m16_bulk16, 4, 16, EP, 1, 3, 4)      \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m8_bulk16, 8, 8, EP, 1, 3, 4)        \
-    QUIK_GEMV_BULK(quik_gemv_##EPNAME##_w8_m16_bulk16, 8, 16, EP, 1, 3, 4)
-QUIK_GEMV_BULK_ALL(i32, 0)
-QUIK_GEMV_BULK_ALL(f16, 1)
-QUIK_GEMV_BULK_ALL(bf16, 2)
 
 QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)

@@ -18,10 +18,8 @@ prefill (batch x seqlen tokens), greedy decode with the KV cache (batch 1, HF ``
 memory, peak memory and checkpoint size, for FP16 and QUIK variants (RTN + random outliers).
 
 Timing (``Timer``): CUDA events around every single call, a warm-up first, the median of many runs;
-before each run a buffer of 4 x L2 bytes is read (``l2_flush="read"``: L2 then holds clean lines, as
-after the previous layers' weight reads in a real model) or overwritten (``"write"``: L2 then holds dirty
-lines, whose write-back the timed call pays), so the layer's weights are not in L2 when it starts, and the
-GPU is given a short head start so the measured span is device time, not the
+before each run an L2-sized buffer is overwritten (the weights of a real model are not in L2 when a
+layer starts) and the GPU is given a short head start so the measured span is device time, not the
 host's launch latency (the model benchmark includes that latency, as a user sees it). Inputs are
 random normal (never zeros) and rotate among a few buffers. On CPU: ``time.perf_counter``.
 """
@@ -61,7 +59,6 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 MIN_REPS = 5              # never fewer timed runs than this (unless --reps is smaller)
 L2_FALLBACK = 50 << 20    # H100 L2, when the device does not report its own
-L2_FLUSH_MODES = ("write", "read")  # Timer.flush_l2 for the layer benchmark; the first is the default
 HEAD_START_CYCLES = 300_000  # ~0.15 ms of GPU spin before each timed call (see Timer)
 UNSTEADY = 2.0  # a row whose median is above this many times its fastest run is marked '~' in the table
 W4A16_GROUP = 128
@@ -209,33 +206,23 @@ class Timer:
     reps:        most timed runs per point; fewer when they would exceed ``max_point_s`` (never < MIN_REPS)
     warmup:      most untimed runs first (at least one: kernel compilation, cuBLAS handles, allocator);
                  also capped at a quarter of ``max_point_s``
-    flush_l2:    on CUDA, before every timed run, "read" or "write" (overwrite) 4 x L2 bytes (layer
-                 benchmark; L2_FLUSH_MODES), or "none" (whole-model timings, whose weights exceed L2 many
-                 times anyway). After "write" L2 is full of dirty lines: the timed call's reads evict them,
-                 so it also pays up to L2 bytes of DRAM writes (~50 MB, ~15 us on an H100), a cost that
-                 weighs more on a layer that reads fewer bytes; after "read" the lines are clean.
+    flush_l2:    on CUDA, overwrite 4 x L2 bytes before every timed run (layer benchmark); off for
+                 whole-model timings, whose weights exceed L2 many times anyway
     """
 
-    def __init__(self, device: torch.device, reps: int, warmup: int, max_point_s: float,
-                 flush_l2: str = L2_FLUSH_MODES[0]):
-        if flush_l2 not in L2_FLUSH_MODES + ("none",):
-            raise ConfigError(f"l2_flush={flush_l2!r} is not accepted; use one of {', '.join(L2_FLUSH_MODES)}")
+    def __init__(self, device: torch.device, reps: int, warmup: int, max_point_s: float, flush_l2: bool = True):
         self.device, self.reps, self.warmup, self.max_point_s = device, reps, warmup, max_point_s
         self.cuda = device.type == "cuda"
-        self.flush_mode = flush_l2 if self.cuda else "none"
         self.flush_buf = None
-        if self.flush_mode != "none":
+        if self.cuda and flush_l2:
             self.flush_buf = torch.empty(4 * l2_bytes(device) // 4, dtype=torch.float32, device=device)
-            self.flush_buf.normal_()  # a read flush reads it; finite values keep its sum harmless
         # A GPU spin before each timed call lets the host enqueue the call's kernels while the GPU is
         # busy, so the events measure the kernels back to back rather than the host's launch latency.
         self.head_start = self.cuda and hasattr(torch.cuda, "_sleep")
 
     def _prepare(self) -> None:
-        if self.flush_mode == "write":
+        if self.flush_buf is not None:
             self.flush_buf.zero_()
-        elif self.flush_mode == "read":
-            self.flush_buf.sum()  # reads every line; the 4-byte result is the only write
         if self.head_start:
             torch.cuda._sleep(HEAD_START_CYCLES)
 
@@ -534,13 +521,12 @@ def _inputs(M: int, K: int, dtype: torch.dtype, device: torch.device, gen: torch
 def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 100, warmup: int = 10,
                 device: str = "cpu", backend: str = "auto", dtype: str = "fp16", max_point_s: float = 1.0,
                 seed: int = 0, peers: bool = True, check: bool = True,
-                on_progress: Callable[[dict], None] | None = None, l2_flush: str = L2_FLUSH_MODES[0]) -> dict:
+                on_progress: Callable[[dict], None] | None = None) -> dict:
     """Time QuikLinear.forward against F.linear (and the peers on CUDA) for every shape x M x scheme x outliers.
 
     shapes: 'KxN,...' / model names / [(K, N)]; m, outliers: '1,16' or ints; schemes: 'w4a4,w4a8,w8a8'.
     ``outliers`` left at None means (0, 256), dropping counts >= K for small shapes; given counts must be < K.
     ``on_progress(result_so_far)`` is called after each shape (e.g. to write partial JSON).
-    ``l2_flush``: how L2 is emptied before each timed run on CUDA, "read" or "write" (see Timer).
     -> {"rows": [one dict per configuration], device, versions, timing method, ...}; see format_layer_table.
     """
     from quiktool.runtime.backends import get_backend
@@ -565,9 +551,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
     be = get_backend(be_name)
     fused = be_name == "cuda"
     on_cuda = dev.type == "cuda"
-    if l2_flush not in L2_FLUSH_MODES:
-        raise ConfigError(f"l2_flush={l2_flush!r} is not accepted; use one of {', '.join(L2_FLUSH_MODES)}")
-    timer = Timer(dev, reps, warmup, max_point_s, flush_l2=l2_flush)
+    timer = Timer(dev, reps, warmup, max_point_s, flush_l2=True)
 
     t_start = time.perf_counter()
     result = _report_head("layer", dev, be_name, dtype)
@@ -575,10 +559,8 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
         "shapes": [f"{k}x{n}" for k, n in shape_list], "m": m_list, "schemes": scheme_list, "outliers": out_list,
         "fused_epilogue": fused, "peers_enabled": bool(peers and on_cuda),
         "library_gemm": _library_gemm_rule() if fused else None,
-        "timing": {"method": (f"CUDA events around each call; L2 flushed by a {timer.flush_mode} of "
-                              "4 x its size and a GPU head start before each run"
+        "timing": {"method": ("CUDA events around each call; L2 overwritten and a GPU head start before each run"
                               if on_cuda else "time.perf_counter around each call"),
-                   "l2_flush": timer.flush_mode,
                    "max_reps": reps, "max_warmup": warmup, "max_point_s": max_point_s, "statistic": "median",
                    "l2_flush_bytes": int(timer.flush_buf.numel() * 4) if timer.flush_buf is not None else 0,
                    "head_start_cycles": HEAD_START_CYCLES if timer.head_start else 0},
@@ -1079,7 +1061,7 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
                    "decode_tokens": decode_tokens, "reps": reps, "warmup": warmup,
                    "distinct_weights": distinct_weights, "fuse": fuse, "quantizer": "RTN (gptq_quantize with H=None)",
                    "outliers": MODEL_OUTLIER_NOTE, "variants": []})
-    timer = Timer(dev, reps, max(warmup, 1), max_point_s=1e9, flush_l2="none")
+    timer = Timer(dev, reps, max(warmup, 1), max_point_s=1e9, flush_l2=False)
     g = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(0, ARCHS[arch]["vocab_size"], (batch, seqlen), generator=g).to(dev)
     for vname, qcfg in [(dtype, None)] + qcfgs:

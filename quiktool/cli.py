@@ -177,14 +177,11 @@ def bench():
               help="Activation/output dtype of QUIK and of the cuBLAS baseline.")
 @click.option("--no-peers", is_flag=True, help="Skip the FP8 and W4A16 peers (CUDA only anyway).")
 @click.option("--compact", is_flag=True, help="Print only the speed columns.")
-@click.option("--l2-flush", type=click.Choice(["write", "read"]), default="write", show_default=True,
-              help="How L2 is emptied before each timed run on CUDA: overwrite or read 4 x its size. After a write "
-                   "the timed call also pays the write-back of the dirty lines it evicts.")
 @BACKEND
 @DEVICE
 @JSON_OUT
-def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, dtype, no_peers, compact, l2_flush,
-                backend, device, json_out):
+def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, dtype, no_peers, compact, backend,
+                device, json_out):
     """QUIK linear layer (quantize + int GEMM + outlier GEMM + epilogue) vs FP16 F.linear and peers.
 
     Example on a GPU: quiktool bench layer --device cuda --shapes 8192x28672 --m 1,16,2048"""
@@ -193,7 +190,7 @@ def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, 
 
     progress = (lambda r: api.write_json(json_out, r)) if json_out else None
     r = api.bench_layer(shapes, m_values, schemes, outliers, reps, warmup, device, backend, dtype, max_point_s,
-                        peers=not no_peers, on_progress=progress, l2_flush=l2_flush)
+                        peers=not no_peers, on_progress=progress)
     if json_out:
         api.write_json(json_out, r)
     click.echo(format_layer_table(r, compact=compact))

@@ -8,9 +8,7 @@
 #        prefill: full's layers at M = 2048 / 8192 only |
 #        quick: one shape, few M, short model run;
 #        smoke: tiny CPU run that checks this script), REPS (100), MAXPT (0.25 s per measurement),
-#        STEPS (which steps, default "layers models"; full mode's two halves each fit one 600 s device call),
-#        FLUSH (write | read: how `bench layer` empties L2 before each timed run, its --l2-flush; default
-#        that of the CLI)
+#        STEPS (which steps, default "layers models"; full mode's two halves each fit one 600 s device call)
 # Budget (full): layer sweep ~2-4 min, W8A8 sweep < 1 min, model ~1-2 min; each step has a timeout so a
 # hang cannot eat the whole call. Partial layer JSON is written after every shape, so a step that
 # times out still leaves its rows. Writes 7 files under $OUT; prints compact tables last.
@@ -27,7 +25,6 @@ LOG="$OUT/bench.log"
 
 DEV=(--device cuda --backend cuda)
 T=(--reps "$REPS" --warmup 10 --max-point-s "$MAXPT")
-LT=(${FLUSH:+--l2-flush "$FLUSH"})  # layer steps only
 case "$MODE" in
   full)
     W4=(--schemes w4a4,w4a8 --outliers 0,256)                                   # 9 shapes x 6 M
@@ -83,8 +80,8 @@ cuda_available())" 2>&1 || true
 Q=("$PY" -m quiktool --log-level info bench)
 STEPS=${STEPS:-layers models}
 if [[ " $STEPS " == *" layers "* ]]; then
-  step layer_w4   "${LIMITS[0]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${LT[@]}" "${W4[@]}" --json "$OUT/layer_w4.json"
-  step layer_w8a8 "${LIMITS[1]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${LT[@]}" "${W8[@]}" --json "$OUT/layer_w8a8.json"
+  step layer_w4   "${LIMITS[0]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${W4[@]}" --json "$OUT/layer_w4.json"
+  step layer_w8a8 "${LIMITS[1]}" "${Q[@]}" layer "${DEV[@]}" "${T[@]}" "${W8[@]}" --json "$OUT/layer_w8a8.json"
 fi
 if [[ " $STEPS " == *" models "* ]]; then
   step model_7b   "${LIMITS[2]}" "${Q[@]}" model "${DEV[@]}" "${MODEL[@]}" --json "$OUT/model_7b.json"

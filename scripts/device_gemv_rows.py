@@ -23,7 +23,7 @@ p.add_argument("--m", default="1,8,16")
 args = p.parse_args()
 ROWS = [int(r) for r in args.rows.split(",")]
 dev = torch.device("cuda")
-timer = Timer(dev, args.reps, 20, 1.0)
+timer = Timer(dev, args.reps, 20, 1.0, flush_l2=True)
 g = torch.Generator(device="cuda").manual_seed(0)
 print(torch.cuda.get_device_name(0), torch.__version__)
 print(f"{'K x N':11s} {'M':>3s} {'FP16 ms':>8s} " + " ".join(f"{'r%d ms' % r:>8s}" for r in ROWS) + " "

@@ -63,20 +63,6 @@ def test_bench_layer_table_and_json(tmp_path):
     assert sum(1 for l in lines[hdr + 2:] if l.startswith("64x172")) == 12
 
 
-def test_l2_flush_mode_is_validated_and_recorded(tmp_path):
-    """--l2-flush picks how L2 is emptied on CUDA; a bad value is refused by name, on CPU nothing is flushed."""
-    js = tmp_path / "layer.json"
-    code, out = run(*LAYER, "--schemes", "w4a4", "--outliers", "0", "--l2-flush", "read", "--json", js)
-    assert code == 0, out
-    assert json.loads(js.read_text())["timing"]["l2_flush"] == "none"  # CPU: no L2 to flush
-    code, out = run(*LAYER, "--l2-flush", "evict")
-    assert code != 0 and "evict" in out and "read" in out and "write" in out
-    with pytest.raises(bench.ConfigError, match="l2_flush='evict'.*write, read"):
-        bench.bench_layer("64x172", "1", "w4a4", "0", reps=1, warmup=1, l2_flush="evict")
-    with pytest.raises(bench.ConfigError, match="l2_flush='all'"):
-        bench.Timer(torch.device("cpu"), reps=1, warmup=1, max_point_s=1.0, flush_l2="all")
-
-
 def test_layer_table_marks_unsteady_rows(tmp_path):
     """A row whose median is far above its fastest run (a host stall inside the timed span) is marked '~' and
     counted below the table; steady rows are not."""

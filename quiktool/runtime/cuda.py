@@ -76,8 +76,6 @@ KERNELS: dict[str, tuple[str, ...]] = {
            for r in ("", "_r16", "_r64")]
         + [f"quik_gemvo_{ep}_w{wb}_m{mt}{r}" for ep in ("f16", "bf16") for wb in (4, 8) for mt in (8, 16)
            for r in ("", "_r16", "_r64")]
-        + [f"quik_gemv_{ep}_w{wb}_m{mt}_{v}" for ep in _EPS for wb in (4, 8) for mt in (8, 16)
-           for v in ("bulk", "bulk16")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -91,19 +89,6 @@ _GEMV_THREADS = 256
 # M <= 8), for A/B runs.
 GEMV_ROWS: int | None = None
 GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
-# The small-M kernels' BULK variants (quik_gemv_*_bulk / _bulk16, sm_90 only, no fused outliers): the weights
-# come through a ring of shared-memory slots filled by bulk asynchronous copies (the TMA unit) instead of each
-# warp's own 16-byte loads (kernels/quik_gemm.cu, gemv, BULK); persistent blocks (as many as fit on the GPU at
-# once, each walking several row blocks). GEMV_BULK (QUIKTOOL_GEMV_BULK): 0 off, else the variant of
-# _GEMV_BULK: (suffix, rows per block, slots, bytes per row copy). GEMV_BULK is set below _env_int.
-_GEMV_BULK = {1: ("bulk", 32, 5, 512), 2: ("bulk16", 16, 3, 2048)}
-_GEMV_BULK_BAR = 64
-
-
-def _gemv_bulk_smem(variant: int) -> int:
-    """Dynamic shared memory of a BULK variant: the slots' barriers, then slots x rows x (row copy + 16 pad)."""
-    _, rows, slots, copy = _GEMV_BULK[variant]
-    return _GEMV_BULK_BAR + slots * rows * (copy + 16)
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
 _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
 
@@ -118,9 +103,6 @@ def _env_int(name: str, default: int | None = None) -> int | None:
         return int(v)
     except ValueError:
         raise KernelError(f"{name} must be an integer, got {v!r}") from None
-
-
-GEMV_BULK = _env_int("QUIKTOOL_GEMV_BULK", 0)  # see _GEMV_BULK
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,9 +246,6 @@ def _kernels(device_index: int, arch: str) -> dict[str, int]:
                     kernel.max_dynamic_shared_size_bytes = _ACT_SMEM_MAX
                 elif name.startswith("quik_gemvo_"):
                     kernel.max_dynamic_shared_size_bytes = _GEMVO_SMEM_MAX
-                elif "_bulk" in name:
-                    v = next(k for k, cfg in _GEMV_BULK.items() if name.endswith("_" + cfg[0]))
-                    kernel.max_dynamic_shared_size_bytes = _gemv_bulk_smem(v)
                 handles[name] = int(kernel.kernel.ptr)
     return handles
 
@@ -969,17 +948,11 @@ def _gemv_block_rows(M: int, N: int, sms: int) -> int:
 
 
 def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
-               sms: int = 132, bulk: int = 0) -> tuple[str, int, int, int]:
+               sms: int = 132) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
-    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors);
-    bulk: a BULK variant of _GEMV_BULK (sm_90; its own rows, ``rows`` ignored; grid: one block per row
-    block, which the kernel also takes fewer of, each then walking several: _plan caps it at what fits)."""
+    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
-    if bulk:
-        suffix, brows = _GEMV_BULK[bulk][:2]
-        return (f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}_{suffix}", -(-N // brows), _GEMV_THREADS,
-                _gemv_bulk_smem(bulk))
     rows = rows or _gemv_block_rows(M, N, sms)
     suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
@@ -993,14 +966,7 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
     """
     if M <= 16:
-        arch, sms, _ = _device_info(device)
-        if GEMV_BULK and GEMV_BULK not in _GEMV_BULK:
-            raise KernelError(f"QUIKTOOL_GEMV_BULK={GEMV_BULK} is not a variant; use 0 (off) or one of "
-                              f"{sorted(_GEMV_BULK)}")
-        if GEMV_BULK and arch == "sm_90":  # persistent: no more blocks than fit at once
-            name, grid, block, smem = _gemv_plan(M, N, w_bits, ep, bulk=GEMV_BULK)
-            return name, min(grid, _resident_blocks(device, name, block, smem) * sms), block, smem
-        return _gemv_plan(M, N, w_bits, ep, sms=sms)
+        return _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)

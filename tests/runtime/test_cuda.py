@@ -487,38 +487,15 @@ def test_int_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> No
     _check_int(a, w, w_bits)
 
 
-def _force_gemv(monkeypatch: pytest.MonkeyPatch, cfg: str, default_rows: int | None = None) -> None:
-    """Route the launcher's small-M plan to variant ``cfg``: gemv (``default_rows``: None = the launcher's
-    rule), gemv16 / gemv32 / gemv64 (rows per block), gemvbulk / gemvbulk16 (the BULK variants 1 / 2, sm_90,
-    one block per row block), gemvbulk3 / gemvbulk16x3 (the same on 3 blocks: each walks several row
-    blocks, as when persistent)."""
-    if cfg.startswith("gemvbulk"):
-        variant, cap = (2 if cfg.startswith("gemvbulk16") else 1), (3 if cfg.endswith("3") else None)
-
-        def plan(M, N, wb, ep, dev):
-            name, grid, block, smem = cuda._gemv_plan(M, N, wb, ep, bulk=variant)
-            return name, min(grid, cap or grid), block, smem
-        monkeypatch.setattr(cuda, "_plan", plan)
-    else:
-        rows = int(cfg[4:]) if cfg != "gemv" else default_rows
-        monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
-
-
-def _skip_bulk_off_sm90(cfg: str) -> None:
-    if cfg.startswith("gemvbulk") and torch.cuda.get_device_capability(DEV) != (9, 0):
-        pytest.skip("the BULK small-M kernels run on sm_90 only")
-
-
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", "gemvbulk", "gemvbulk3", "gemvbulk16", "gemvbulk16x3"])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
     """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails;
-    "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those, gemvbulk
-    is its BULK variant (kq = 1000 with 8-bit weights: two stages, the second half full)."""
-    _skip_bulk_off_sm90(cfg)
+    "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those."""
     for M in ([1, 5, 8, 9, 16] if cfg.startswith("gemv") else [1, 17, 130, 300]):
         if cfg.startswith("gemv"):
-            _force_gemv(monkeypatch, cfg)
+            rows = int(cfg[4:]) if cfg != "gemv" else None
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 172, 520):
@@ -527,28 +504,21 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
                 _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits), w_bits)
 
 
-@pytest.mark.parametrize("cfg", ["gemv32", "gemv16", "gemv64", "gemvbulk", "gemvbulk3", "gemvbulk16", "gemvbulk16x3"])
+@pytest.mark.parametrize("rows", [32, 16, 64])
 @pytest.mark.parametrize("w_bits", [4, 8])
-def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, cfg: str) -> None:
+def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, rows: int) -> None:
     """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
-    codes, a half last step (Kp % 128 == 64), N = 172, every row count per block. For gemvbulk: 13 stages
-    of 512 bytes through 5 slots (each slot refilled, both barrier parities), the last stage partial;
-    gemvbulk3: two row blocks per block, one sequence of 26 stages."""
-    _skip_bulk_off_sm90(cfg)
-    _force_gemv(monkeypatch, cfg)
+    codes, a half last step (Kp % 128 == 64), N = 172, both row counts per block."""
+    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, rows))
     kq = 13100 if w_bits == 4 else 6150                     # Kp 13120 (6560 bytes) / 6208
-    for M in (1, 3, 9, 16):
-        g = _gen("long-rows", w_bits, cfg, M)
+    for M in (1, 3, 16):
+        g = _gen("long-rows", w_bits, rows, M)
         _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, 172, kq, w_bits), w_bits), w_bits)
 
 
-@pytest.mark.parametrize("bulk", [False, True], ids=["plain", "bulk"])
 @pytest.mark.parametrize("w_bits", [4, 8])
-def test_int_gemm_extreme_codes(monkeypatch: pytest.MonkeyPatch, w_bits: int, bulk: bool) -> None:
+def test_int_gemm_extreme_codes(w_bits: int) -> None:
     """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path)."""
-    if bulk:
-        _skip_bulk_off_sm90("gemvbulk")
-        monkeypatch.setattr(cuda, "GEMV_BULK", 1)
     for M in (3, 200):
         kp = 8192
         a = torch.full((M, kp), -128, dtype=torch.int8, device=DEV)
@@ -610,12 +580,12 @@ def test_quik_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtyp
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64", "gemvbulk", "gemvbulk3", "gemvbulk16", "gemvbulk16x3"])
+@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
 def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
-    _skip_bulk_off_sm90(cfg)
     for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
         if cfg.startswith("gemv"):
-            _force_gemv(monkeypatch, cfg, default_rows=32)
+            rows = int(cfg[4:]) if cfg != "gemv" else 32
+            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
         else:
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 300):

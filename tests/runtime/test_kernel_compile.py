@@ -5,7 +5,6 @@ nvidia-cuda-nvrtc wheel missing); a compile error is a failure.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -168,33 +167,6 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
     monkeypatch.setattr(cuda, "GEMV_RULE", "m")
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
-
-
-def test_gemv_bulk_plan(monkeypatch) -> None:
-    """GEMV_BULK routes M <= 16 to a BULK variant on sm_90 only (its rows per block, its ring's smem, as the
-    kernel's entry-point macro sizes it), the grid capped at the resident blocks; off by default."""
-    assert cuda.GEMV_BULK == int(os.environ.get("QUIKTOOL_GEMV_BULK", "0"))
-    assert cuda._gemv_bulk_smem(1) == 64 + 5 * 32 * (512 + 16) and cuda._gemv_bulk_smem(2) == 64 + 3 * 16 * 2064
-    src = (Path(__file__).resolve().parents[2] / "kernels" / "quik_gemm.cu").read_text()
-    assert "BULK_BAR_BYTES = 64;" in src
-    assert "_w4_m8_bulk, 4, 8, EP, 2, 5, 1)" in src and "_w4_m8_bulk16, 4, 8, EP, 1, 3, 4)" in src  # rows / 16, slots, iterations
-    assert cuda._gemv_plan(9, 28672, 4, "bf16", bulk=1) == ("quik_gemv_bf16_w4_m16_bulk", 896, 256,
-                                                             cuda._gemv_bulk_smem(1))
-    assert cuda._gemv_plan(1, 28672, 8, "f16", bulk=2)[:2] == ("quik_gemv_f16_w8_m8_bulk16", 1792)
-    monkeypatch.setattr(cuda, "GEMV_BULK", 1)
-    monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 2)
-    for arch, bulk in (("sm_90", True), ("sm_80", False), ("sm_100", False)):
-        monkeypatch.setattr(cuda, "_device_info", lambda index, a=arch: (a, 132, int(a[3:])))
-        name, grid = cuda._plan(1, 28672, 8, "i32", 0)[:2]
-        assert name.endswith("_bulk") is bulk and name.startswith("quik_gemv_i32_w8_m8"), (arch, name)
-        assert grid == (2 * 132 if bulk else 448)  # persistent: capped at the resident blocks (896 row blocks)
-        assert cuda._plan(16, 4096, 4, "f16", 0)[1] == (128 if bulk else 256)  # fewer row blocks than that
-        assert cuda._plan(17, 4096, 4, "f16", 0)[0].startswith("quik_gemm_")  # above 16 tokens: never
-    monkeypatch.setattr(cuda, "GEMV_BULK", 3)
-    with pytest.raises(KernelError, match="QUIKTOOL_GEMV_BULK=3 is not a variant; use 0 .off. or one of .1, 2."):
-        cuda._plan(1, 4096, 8, "i32", 0)
-    monkeypatch.setattr(cuda, "GEMV_BULK", 0)
-    assert not cuda._plan(1, 4096, 8, "i32", 0)[0].endswith("_bulk")
 
 
 def test_outlier_lanes_match_the_reference() -> None:
