@@ -967,6 +967,44 @@ def _generate(model, prompt: Tensor, new_tokens: int, clock: _StepClock | None =
                           pad_token_id=eos if isinstance(eos, int) else 0, **kw)
 
 
+def _capture_prefill(model, ids: Tensor) -> tuple[Any, Tensor, Any]:
+    """(graph, static input, static output) of the prefill forward (_prefill_fn) on a copy of ``ids``:
+    copy new token ids into the static input, replay, read the output's logits."""
+    fn, dev = _prefill_fn(model), ids.device
+    static = ids.clone()
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):  # warm-up outside the capture: kernels compiled, one-time setup done
+        for _ in range(2):
+            fn(static)
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(static)
+    return graph, static, out
+
+
+def _graph_prefill(model, ids: Tensor, reps: int) -> float:
+    """The prefill forward of ``ids`` [B, S] (as timed eagerly, _prefill_fn) captured as one CUDA graph and
+    replayed ``reps`` times, CUDA events around each replay -> median ms. The eager prefill's span holds
+    the host's enqueue time whenever the host falls behind the GPU (a QUIK forward makes ~4x the Python
+    calls of an FP16 one, docs/RESULTS.md tenth session); a replay has no host in it, so this is what the
+    kernels take."""
+    graph, _, out = _capture_prefill(model, ids)
+    graph.replay()  # one untimed replay
+    torch.cuda.synchronize(ids.device)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    del graph, out
+    return statistics.median(times)
+
+
 def _graph_decode(model, prompt: Tensor, steps: int) -> float:
     """Greedy decode of ``steps`` tokens after ``prompt`` [1, P] with a static KV cache, every step one
     replay of a CUDA graph that holds the whole forward (the graph feeds its own argmax back and advances
@@ -1029,8 +1067,9 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
     decode tokens/s (HF generate, greedy, batch 1, KV cache, prompt = seqlen tokens, measured from the
     first to the last of ``decode_tokens`` new tokens), weight memory, checkpoint size and, on CUDA, the
     peak memory of prefill and of decode (each from a fresh peak after the previous variant was freed),
-    and on CUDA the same decode replayed as one CUDA graph per token (graph_decode_tok_s: GPU time without
-    the host; its failure is recorded in graph_decode_error and does not stop the benchmark).
+    and on CUDA the same prefill replayed as one CUDA graph (graph_prefill_ms) and the same decode replayed as
+    one CUDA graph per token (graph_decode_tok_s): GPU time without the host; a failure is recorded in
+    graph_prefill_error / graph_decode_error and does not stop the benchmark.
     -> {"variants": [dict, ...], ...}; see format_model_table."""
     from quiktool.config import load_config
 
@@ -1090,6 +1129,15 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
                 v.update({"prefill_ms": t.ms, "prefill_reps": t.reps,
                           "prefill_tok_s": batch * seqlen / (t.ms * 1e-3), "peak_prefill_bytes": _peak(dev)})
                 log.info("%s: prefill %d x %d in %.2f ms", vname, batch, seqlen, t.ms)
+                if dev.type == "cuda":
+                    try:
+                        ms = _graph_prefill(model, ids, reps)
+                        v.update({"graph_prefill_ms": ms, "graph_prefill_tok_s": batch * seqlen / (ms * 1e-3)})
+                        log.info("%s: prefill under a CUDA graph %.2f ms", vname, ms)
+                    except Exception as e:  # record why, keep the other numbers
+                        v["graph_prefill_error"] = _err_text(e)
+                        log.warning("%s: CUDA-graph prefill failed: %s", vname, v["graph_prefill_error"])
+                    _free(dev)
                 if decode_tokens:
                     prompt = ids[:1]
                     _generate(model, prompt[:, : min(16, seqlen)], 3)  # warm-up: M = 16 and M = 1 kernels
@@ -1120,6 +1168,7 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
     base = result["variants"][0]
     for v in result["variants"]:
         for key, inv, out in (("prefill_ms", True, "prefill_speedup"), ("decode_tok_s", False, "decode_speedup"),
+                              ("graph_prefill_ms", True, "graph_prefill_speedup"),
                               ("graph_decode_tok_s", False, "graph_decode_speedup")):
             a, b = base.get(key), v.get(key)
             v[out] = (a / b if inv else b / a) if a and b else None
@@ -1143,15 +1192,17 @@ def format_model_table(result: dict) -> str:
     lines = [
         f"{result['arch']} with random weights on {result['device']} (backend {result['backend']}, {result['dtype']}); "
         f"torch {result['versions'].get('torch')}, transformers {result['versions'].get('transformers')}, {result['date']}",
-        f"prefill: {result['batch']} x {result['seqlen']} tokens, one forward, median of {result['reps']}; "
+        f"prefill: {result['batch']} x {result['seqlen']} tokens, one forward, median of {result['reps']} (host "
+        "enqueue time included where the host falls behind); graph prefill: the same forward as one CUDA graph "
+        "replay (GPU time, CUDA only); "
         f"decode: HF generate, greedy, batch 1, KV cache, {result['decode_tokens']} tokens after a "
         f"{result['seqlen']}-token prompt (host overhead included); graph decode: the same decode with a static KV "
         f"cache, one CUDA graph replay per token (GPU time, CUDA only); x = vs {result['dtype']}",
         f"quantized variants: {result['quantizer']}, {result['outliers']}; weights = parameters + buffers on the "
         "device; ckpt = tensor bytes save_packed would write; peak = torch.cuda.max_memory_allocated",
     ]
-    head = ["variant", "weights GB", "ckpt GB", "prefill ms", "prefill tok/s", "x", "decode tok/s", "x",
-            "graph decode tok/s", "x", "peak prefill GB", "peak decode GB"]
+    head = ["variant", "weights GB", "ckpt GB", "prefill ms", "prefill tok/s", "x", "graph prefill ms", "x",
+            "decode tok/s", "x", "graph decode tok/s", "x", "peak prefill GB", "peak decode GB"]
     body = []
     for v in result["variants"]:
         if v.get("error"):
@@ -1159,12 +1210,14 @@ def format_model_table(result: dict) -> str:
             continue
         body.append([v["variant"], gb(v.get("weights_bytes")), gb(v.get("checkpoint_bytes")),
                      _f(v.get("prefill_ms"), ".2f"), _f(v.get("prefill_tok_s"), ".0f"),
-                     _f(v.get("prefill_speedup"), ".2f"), _f(v.get("decode_tok_s"), ".1f"),
+                     _f(v.get("prefill_speedup"), ".2f"), _f(v.get("graph_prefill_ms"), ".2f"),
+                     _f(v.get("graph_prefill_speedup"), ".2f"), _f(v.get("decode_tok_s"), ".1f"),
                      _f(v.get("decode_speedup"), ".2f"), _f(v.get("graph_decode_tok_s"), ".1f"),
                      _f(v.get("graph_decode_speedup"), ".2f"), gb(v.get("peak_prefill_bytes")),
                      gb(v.get("peak_decode_bytes"))])
     lines += _render(head, body, set(range(1, len(head))))
     for v in result["variants"]:
-        if v.get("graph_decode_error"):
-            lines.append(f"graph decode n/a for {v['variant']}: {v['graph_decode_error']}")
+        for what in ("prefill", "decode"):
+            if v.get(f"graph_{what}_error"):
+                lines.append(f"graph {what} n/a for {v['variant']}: {v[f'graph_{what}_error']}")
     return "\n".join(lines)

@@ -121,8 +121,33 @@ def test_bench_model_tiny(tmp_path):
     for v in (fp, q):
         assert v["prefill_ms"] > 0 and v["decode_tok_s"] > 0 and v["decode_steps"] == 3
         assert v["peak_prefill_bytes"] is None  # CPU: no CUDA peak
+        assert "graph_prefill_ms" not in v and v["graph_prefill_speedup"] is None  # CUDA graphs: CUDA only
     assert q["quantize"]["layers"] == 2 * 7 and q["prefill_speedup"] == pytest.approx(fp["prefill_ms"] / q["prefill_ms"])
-    assert "quik-4b" in out and "ckpt GB" in out
+    assert "quik-4b" in out and "ckpt GB" in out and "graph prefill ms" in out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [None, "quik-4b"])
+def test_graph_prefill_replays_the_eager_forward(config):
+    """The prefill captured as one CUDA graph (bench model's graph prefill) gives the eager forward's logits
+    bit for bit on new token ids copied into its input, FP16 and a QUIK model on the cuda backend."""
+    from quiktool.config import load_config
+
+    dev = torch.device("cuda")
+    model = bench.build_llama("tiny", torch.float16, dev, seed=0)
+    if config:
+        bench.quantize_random(model, load_config(config), torch.float16, dev, "cuda", torch.Generator().manual_seed(0))
+    gen = torch.Generator(device=dev).manual_seed(1)
+    ids = torch.randint(0, 1024, (2, 40), generator=gen, device=dev)
+    with torch.no_grad():
+        graph, static, out = bench._capture_prefill(model, ids)
+        for _ in range(2):
+            new = torch.randint(0, 1024, ids.shape, generator=gen, device=dev)
+            static.copy_(new)
+            graph.replay()
+            want = bench._prefill_fn(model)(new).logits
+            assert torch.equal(out.logits, want)
+        assert bench._graph_prefill(model, ids, reps=3) > 0
 
 
 def test_quik_model_decodes_with_kv_cache_one_token_per_step(tmp_path):
