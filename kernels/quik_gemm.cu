@@ -528,6 +528,18 @@ struct OutlierProduct {
 // ---------------------------------------------------------------------------------------------
 // Small-M kernel (M <= MTOK, MTOK = 8 or 16)
 // ---------------------------------------------------------------------------------------------
+// GEMV_LINES (compile-time; 1 = shipped): the weights are loaded as whole 128-byte lines (4 rows x 128 bytes
+// per load instruction) and put into the fragment layout by warp shuffles, rather than loaded where the
+// fragment needs them (8 rows x 64 bytes per instruction: half of 8 lines). A diagnostic build that loaded
+// whole lines without the shuffles (wrong sums) took x0.78-0.95 of the time on the 70B shapes at M = 1 / 16
+// (docs/PERF_LOG.md, eleventh session).
+#ifndef GEMV_LINES
+#define GEMV_LINES 1
+#endif
+QDEV uint4 shfl4(const uint4& v, int src) {
+    return make_uint4(__shfl_sync(0xffffffffu, v.x, src), __shfl_sync(0xffffffffu, v.y, src),
+                      __shfl_sync(0xffffffffu, v.z, src), __shfl_sync(0xffffffffu, v.w, src));
+}
 // A "step" is 64 bytes of every weight row: 128 columns (w4) or 64 columns (w8). Lane (g, t) loads the
 // 16 bytes at 16t of the step for feature rows g and g + 8 of each of the warp's two 16-row tiles, and
 // the matching activation bytes of token rows g (and g + 8 when MTOK == 16):
@@ -606,15 +618,68 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     using WV = uint4[U][NTW][2];
     using AV = uint4[U][TT][AW];
-    // The weight and activation registers of the U steps s0, s0 + WARPS, ... (zeros past S).
+    // The outlier-fused kernels keep the fragment loads: with the shuffles they spilled under their launch
+    // bounds (60-612 bytes).
+    constexpr bool LINES = GEMV_LINES && !OUTL;
+    static_assert(!LINES || U % 2 == 0, "GEMV_LINES takes the steps in pairs");
+    // GEMV_LINES: the weights of the adjacent steps s, s + 1 (128 bytes of each of the block's rows) go to the
+    // fragments w0 (step s) and w1 (step s + 1) in two phases. lines_load: for tile a and half h, two loads of
+    // whole lines; lane (r, c) = (lane / 8, lane % 8) reads chunk c (16 bytes at 64 s + 16 c) of row 16 a + 8 h
+    // + r into w0[a][h] (L0) and of that row + 4 into w1[a][h] (L1). lines_frag, once all loads of the
+    // iteration are issued (a shuffle waits for its operand): fragment lane (g, t) needs chunk t (w0) and chunk
+    // 4 + t (w1) of row 16 a + 8 h + g, i.e. from lane 8 (g % 4) + t (+ 4) of L0 (g < 4) or L1 (g >= 4). Lanes
+    // c >= 4 first swap L0 and L1, so that each of two shuffles serves every lane: M0 gives g < 4 its w0 and
+    // g >= 4 its w1, M1 the other halves.
+    auto lines_load = [&](int s, uint4 (&w0)[NTW][2], uint4 (&w1)[NTW][2]) {
+        const int r = lane >> 3, c = lane & 7;
+        const size_t wb = (size_t)s * 64 + 16 * c;
+        const bool kok = s < S && wb < w_row_bytes;  // covers a half last step and an odd step count
+#pragma unroll
+        for (int a = 0; a < NTW; ++a)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                    const int n = n0 + 16 * a + 8 * h + 4 * q + r;
+                    const unsigned char* p = W + (size_t)n * w_row_bytes + wb;
+                    (q ? w1 : w0)[a][h] = kok && n < N ? (long_rows ? ldg_stream_l2(p) : ldg_stream(p)) : zero4;
+                }
+    };
+    auto lines_frag = [&](uint4 (&w0)[NTW][2], uint4 (&w1)[NTW][2]) {
+        const int c = lane & 7;
+        const int src0 = 8 * (g & 3) + t + (g < 4 ? 0 : 4), src1 = 8 * (g & 3) + t + (g < 4 ? 4 : 0);
+#pragma unroll
+        for (int a = 0; a < NTW; ++a)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const uint4 m0 = c < 4 ? w0[a][h] : w1[a][h], m1 = c < 4 ? w1[a][h] : w0[a][h];
+                const uint4 x0 = shfl4(m0, src0), x1 = shfl4(m1, src1);
+                w0[a][h] = g < 4 ? x0 : x1;
+                w1[a][h] = g < 4 ? x1 : x0;
+            }
+    };
+    auto to_frag = [&](WV& wv) {  // GEMV_LINES: the raw lines of load() into the fragment layout
+        if constexpr (LINES) {
+#pragma unroll
+            for (int j = 0; j < U / 2; ++j) lines_frag(wv[2 * j], wv[2 * j + 1]);
+        }
+    };
+    // The weight and activation registers of the warp's U steps of the iteration that starts at step s0 - warp
+    // (zeros past S). GEMV_LINES: steps in pairs of adjacent steps, 2 warp + {0, 1} + 16 j, whose weights are
+    // loaded as whole 128-byte lines (to_frag then moves them into the fragment layout by warp shuffles);
+    // otherwise steps warp + WARPS u, each lane's 16 bytes loaded where the fragment needs them.
     auto load = [&](int s0, WV& wv, AV& av) {
+        if constexpr (LINES) {
+#pragma unroll
+            for (int j = 0; j < U / 2; ++j) lines_load((s0 - warp) + 16 * j + 2 * warp, wv[2 * j], wv[2 * j + 1]);
+        }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int s = s0 + u * WARPS;
+            const int s = LINES ? (s0 - warp) + 16 * (u / 2) + 2 * warp + (u % 2) : s0 + u * WARPS;
             const size_t wb = (size_t)s * 64 + 16 * t;  // weight byte offset within a row
             const bool kok = s < S && wb < w_row_bytes;
 #pragma unroll
-            for (int a = 0; a < NTW; ++a)
+            for (int a = 0; a < (LINES ? 0 : NTW); ++a)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int n = n0 + 16 * a + g + 8 * h;
@@ -635,49 +700,50 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
             }
         }
     };
-    auto compute = [&](const WV& wv, const AV& av) {
+    auto compute_u = [&](const WV& wv, const AV& av, int u) {  // the MMAs of step u of the iteration
+        if constexpr (WBITS == 4) {
+            unsigned bfr[TT][4][2];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if constexpr (WBITS == 4) {
-                unsigned bfr[TT][4][2];
+            for (int b = 0; b < TT; ++b) {
+                const unsigned x[8] = {av[u][b][0].x, av[u][b][0].y, av[u][b][0].z, av[u][b][0].w,
+                                       av[u][b][1].x, av[u][b][1].y, av[u][b][1].z, av[u][b][1].w};
 #pragma unroll
-                for (int b = 0; b < TT; ++b) {
-                    const unsigned x[8] = {av[u][b][0].x, av[u][b][0].y, av[u][b][0].z, av[u][b][0].w,
-                                           av[u][b][1].x, av[u][b][1].y, av[u][b][1].z, av[u][b][1].w};
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        bfr[b][j][0] = bytes_even(x[2 * j], x[2 * j + 1]);
-                        bfr[b][j][1] = bytes_odd(x[2 * j], x[2 * j + 1]);
-                    }
+                for (int j = 0; j < 4; ++j) {
+                    bfr[b][j][0] = bytes_even(x[2 * j], x[2 * j + 1]);
+                    bfr[b][j][1] = bytes_odd(x[2 * j], x[2 * j + 1]);
                 }
+            }
 #pragma unroll
-                for (int a = 0; a < NTW; ++a) {
-                    const unsigned w0[4] = {wv[u][a][0].x, wv[u][a][0].y, wv[u][a][0].z, wv[u][a][0].w};
-                    const unsigned w1[4] = {wv[u][a][1].x, wv[u][a][1].y, wv[u][a][1].z, wv[u][a][1].w};
+            for (int a = 0; a < NTW; ++a) {
+                const unsigned w0[4] = {wv[u][a][0].x, wv[u][a][0].y, wv[u][a][0].z, wv[u][a][0].w};
+                const unsigned w1[4] = {wv[u][a][1].x, wv[u][a][1].y, wv[u][a][1].z, wv[u][a][1].w};
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const unsigned af[4] = {nib_even(w0[j]), nib_even(w1[j]), nib_odd(w0[j]), nib_odd(w1[j])};
+                for (int j = 0; j < 4; ++j) {
+                    const unsigned af[4] = {nib_even(w0[j]), nib_even(w1[j]), nib_odd(w0[j]), nib_odd(w1[j])};
 #pragma unroll
-                        for (int b = 0; b < TT; ++b) mma_s8(acc[a][b], af, bfr[b][j][0], bfr[b][j][1]);
-                    }
+                    for (int b = 0; b < TT; ++b) mma_s8(acc[a][b], af, bfr[b][j][0], bfr[b][j][1]);
                 }
-            } else {
+            }
+        } else {
 #pragma unroll
-                for (int a = 0; a < NTW; ++a) {
-                    const unsigned w0[4] = {wv[u][a][0].x, wv[u][a][0].y, wv[u][a][0].z, wv[u][a][0].w};
-                    const unsigned w1[4] = {wv[u][a][1].x, wv[u][a][1].y, wv[u][a][1].z, wv[u][a][1].w};
+            for (int a = 0; a < NTW; ++a) {
+                const unsigned w0[4] = {wv[u][a][0].x, wv[u][a][0].y, wv[u][a][0].z, wv[u][a][0].w};
+                const unsigned w1[4] = {wv[u][a][1].x, wv[u][a][1].y, wv[u][a][1].z, wv[u][a][1].w};
 #pragma unroll
-                    for (int jj = 0; jj < 2; ++jj) {
-                        const unsigned af[4] = {w0[2 * jj], w1[2 * jj], w0[2 * jj + 1], w1[2 * jj + 1]};
+                for (int jj = 0; jj < 2; ++jj) {
+                    const unsigned af[4] = {w0[2 * jj], w1[2 * jj], w0[2 * jj + 1], w1[2 * jj + 1]};
 #pragma unroll
-                        for (int b = 0; b < TT; ++b) {
-                            const unsigned x[4] = {av[u][b][0].x, av[u][b][0].y, av[u][b][0].z, av[u][b][0].w};
-                            mma_s8(acc[a][b], af, x[2 * jj], x[2 * jj + 1]);
-                        }
+                    for (int b = 0; b < TT; ++b) {
+                        const unsigned x[4] = {av[u][b][0].x, av[u][b][0].y, av[u][b][0].z, av[u][b][0].w};
+                        mma_s8(acc[a][b], af, x[2 * jj], x[2 * jj + 1]);
                     }
                 }
             }
         }
+    };
+    auto compute = [&](const WV& wv, const AV& av) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) compute_u(wv, av, u);
     };
     constexpr int STRIDE = WARPS * U;  // steps per iteration of the whole block
     if constexpr (!PIPE) {
@@ -685,7 +751,16 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
             WV wv;
             AV av;
             load(s0, wv, av);
-            compute(wv, av);
+            if constexpr (LINES) {  // pair by pair: a pair's shuffles wait only for its own loads
+#pragma unroll
+                for (int j = 0; j < U / 2; ++j) {
+                    lines_frag(wv[2 * j], wv[2 * j + 1]);
+                    compute_u(wv, av, 2 * j);
+                    compute_u(wv, av, 2 * j + 1);
+                }
+            } else {
+                compute(wv, av);
+            }
         }
     } else {  // two register sets, unrolled by 2 so that each keeps fixed registers
         WV w0, w1;
@@ -693,9 +768,11 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         if (warp < S) load(warp, w0, a0);
         for (int s0 = warp; s0 < S; s0 += 2 * STRIDE) {
             if (s0 + STRIDE < S) load(s0 + STRIDE, w1, a1);
+            to_frag(w0);
             compute(w0, a0);
             if (s0 + STRIDE >= S) break;
             if (s0 + 2 * STRIDE < S) load(s0 + 2 * STRIDE, w0, a0);
+            to_frag(w1);
             compute(w1, a1);
         }
     }
