@@ -528,14 +528,14 @@ struct OutlierProduct {
 // ---------------------------------------------------------------------------------------------
 // Small-M kernel (M <= MTOK, MTOK = 8 or 16)
 // ---------------------------------------------------------------------------------------------
-// GEMV_LINES (compile-time; 1 = shipped): the weights are loaded as whole 128-byte lines (4 rows x 128 bytes
-// per load instruction) and put into the fragment layout by warp shuffles, rather than loaded where the
-// fragment needs them (8 rows x 64 bytes per instruction: half of 8 lines). A diagnostic build that loaded
-// whole lines without the shuffles (wrong sums) took x0.78-0.95 of the time on the 70B shapes at M = 1 / 16
-// (docs/PERF_LOG.md, eleventh session).
-#ifndef GEMV_LINES
-#define GEMV_LINES 1
-#endif
+// LINES (the *_m16*_ln entry points): the weights are loaded as whole 128-byte lines (4 rows x 128 bytes per
+// load instruction) and put into the fragment layout by warp shuffles, rather than loaded where the fragment
+// needs them (8 rows x 64 bytes per instruction: half of 8 lines). A diagnostic build that loaded whole lines
+// without the shuffles (wrong sums) took x0.78-0.95 of the time on the 70B shapes at M = 1 / 16; with the
+// shuffles the 16-token kernels took x0.82-0.97 there and the 8-token ones x1.06-1.09 (2 -> 1 blocks per SM),
+// so only the 16-token kernels have it (docs/PERF_LOG.md, eleventh session). It costs registers (2 blocks
+// per SM where the fragment kernels fit 3 or more): the launcher keeps the fragment kernel where that makes
+// a one-wave grid two waves (cuda._gemv_lines).
 QDEV uint4 shfl4(const uint4& v, int src) {
     return make_uint4(__shfl_sync(0xffffffffu, v.x, src), __shfl_sync(0xffffffffu, v.y, src),
                       __shfl_sync(0xffffffffu, v.z, src), __shfl_sync(0xffffffffu, v.w, src));
@@ -549,7 +549,7 @@ QDEV uint4 shfl4(const uint4& v, int src) {
 //   w8: mma jj (jj = 0, 1) uses weight words 2jj, 2jj+1 = columns 64s + 16t + 8jj .. +7, natural order,
 //       B = act words 2jj, 2jj+1 of the 16 bytes at 64s + 16t
 // For w4 the last step may be half (Kp % 128 == 64): lanes t = 2, 3 then have no columns and load zeros.
-template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false>
+template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false, bool LINES = false>
 QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                int M, int N, int Kp, const EpiArgs& ep, const OutlArgs& ol = OutlArgs{}) {
     // NTW = 16-row weight tiles per block (ROWS = 16 * NTW output features), U = steps in flight per warp.
@@ -618,11 +618,10 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     using WV = uint4[U][NTW][2];
     using AV = uint4[U][TT][AW];
-    // The outlier-fused kernels keep the fragment loads: with the shuffles they spilled under their launch
-    // bounds (60-612 bytes).
-    constexpr bool LINES = GEMV_LINES && !OUTL;
-    static_assert(!LINES || U % 2 == 0, "GEMV_LINES takes the steps in pairs");
-    // GEMV_LINES: the weights of the adjacent steps s, s + 1 (128 bytes of each of the block's rows) go to the
+    // LINES: the 16-token kernels without fused outliers only (the 8-token ones were slower with it, the
+    // outlier-fused ones spilled under their launch bounds).
+    static_assert(!LINES || (U % 2 == 0 && MTOK == 16 && !OUTL && !PIPE), "LINES: 16 tokens, steps in pairs");
+    // LINES: the weights of the adjacent steps s, s + 1 (128 bytes of each of the block's rows) go to the
     // fragments w0 (step s) and w1 (step s + 1) in two phases. lines_load: for tile a and half h, two loads of
     // whole lines; lane (r, c) = (lane / 8, lane % 8) reads chunk c (16 bytes at 64 s + 16 c) of row 16 a + 8 h
     // + r into w0[a][h] (L0) and of that row + 4 into w1[a][h] (L1). lines_frag, once all loads of the
@@ -658,14 +657,14 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                 w1[a][h] = g < 4 ? x1 : x0;
             }
     };
-    auto to_frag = [&](WV& wv) {  // GEMV_LINES: the raw lines of load() into the fragment layout
+    auto to_frag = [&](WV& wv) {  // LINES: the raw lines of load() into the fragment layout
         if constexpr (LINES) {
 #pragma unroll
             for (int j = 0; j < U / 2; ++j) lines_frag(wv[2 * j], wv[2 * j + 1]);
         }
     };
     // The weight and activation registers of the warp's U steps of the iteration that starts at step s0 - warp
-    // (zeros past S). GEMV_LINES: steps in pairs of adjacent steps, 2 warp + {0, 1} + 16 j, whose weights are
+    // (zeros past S). LINES: steps in pairs of adjacent steps, 2 warp + {0, 1} + 16 j, whose weights are
     // loaded as whole 128-byte lines (to_frag then moves them into the fragment layout by warp shuffles);
     // otherwise steps warp + WARPS u, each lane's 16 bytes loaded where the fragment needs them.
     auto load = [&](int s0, WV& wv, AV& av) {
@@ -843,13 +842,14 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
-#define QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, PIPE)                                                              \
+#define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        gemv<WB, MTOK, EP, NTW, U, PIPE>(A, W, out, M, N, Kp, ep);                                                 \
+        gemv<WB, MTOK, EP, NTW, U, PIPE, false, LINES>(A, W, out, M, N, Kp, ep);                                   \
     }
+#define QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, PIPE) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, false)
 #define QUIK_GEMV(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, false)
 
 // quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U;
@@ -877,6 +877,19 @@ QUIK_TILED_ALL(bf16, 2)
 QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
+
+// quik_gemv_*_m16*_ln: the 16-token configurations with LINES (whole-line weight loads, see gemv).
+#define QUIK_GEMV_LN(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, false, true)
+#define QUIK_GEMV_LN_ALL(EPNAME, EP)                              \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_ln, 4, 16, EP, 2, 2)     \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_ln, 8, 16, EP, 2, 2)     \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r16_ln, 4, 16, EP, 1, 4) \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r16_ln, 8, 16, EP, 1, 4) \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r64_ln, 4, 16, EP, 4, 2) \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r64_ln, 8, 16, EP, 4, 2)
+QUIK_GEMV_LN_ALL(i32, 0)
+QUIK_GEMV_LN_ALL(f16, 1)
+QUIK_GEMV_LN_ALL(bf16, 2)
 
 // quik_gemvo_*: the small-M kernels with the outlier product fused (OutlierProduct; the launcher is
 // cuda.quik_gemm_outliers): dynamic smem ROWS * (2 * chunk + 16) + 2 * M * n_out bytes (16-byte aligned

@@ -76,6 +76,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
            for r in ("", "_r16", "_r64")]
         + [f"quik_gemvo_{ep}_w{wb}_m{mt}{r}" for ep in ("f16", "bf16") for wb in (4, 8) for mt in (8, 16)
            for r in ("", "_r16", "_r64")]
+        + [f"quik_gemv_{ep}_w{wb}_m16{r}_ln" for ep in _EPS for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -89,6 +90,9 @@ _GEMV_THREADS = 256
 # M <= 8), for A/B runs.
 GEMV_ROWS: int | None = None
 GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
+# The 16-token small-M kernels with whole-line weight loads (quik_gemv_*_m16*_ln, kernels/quik_gemm.cu LINES):
+# QUIKTOOL_GEMV_LINES = 1 (default) takes them by the rule of _gemv_lines, 0 never, 2 always (A/B runs).
+GEMV_LINES = os.environ.get("QUIKTOOL_GEMV_LINES", "1")
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
 _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
 
@@ -948,14 +952,33 @@ def _gemv_block_rows(M: int, N: int, sms: int) -> int:
 
 
 def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
-               sms: int = 132) -> tuple[str, int, int, int]:
+               sms: int = 132, lines: bool = False) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
-    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors)."""
+    block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors);
+    lines: the whole-line variant (_ln) where there is one (M > 8)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
     rows = rows or _gemv_block_rows(M, N, sms)
-    suffix = {32: "", 16: "_r16", 64: "_r64"}[rows]
+    suffix = {32: "", 16: "_r16", 64: "_r64"}[rows] + ("_ln" if lines and M > 8 else "")
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
+
+
+def _gemv_lines(frag: tuple[str, int, int, int], device: int) -> bool:
+    """Whether a 16-token call takes the whole-line kernel instead of the fragment kernel ``frag`` (its plan).
+    By default yes, unless the grid fits on the GPU in one wave of the fragment kernel and not of the
+    whole-line one (which has more registers: 2 blocks per SM where the fragment kernels fit 3 or more).
+    H100 layer A/B (docs/PERF_LOG.md, eleventh session, s11g): the whole-line kernels took x0.82-0.97 of the
+    time on the 70B shapes and 5120 x 13824 at M = 16, but x1.07-1.17 with the 320 blocks of N = 5120, which
+    then need two waves."""
+    if GEMV_LINES not in ("0", "1", "2"):
+        raise KernelError(f"QUIKTOOL_GEMV_LINES={GEMV_LINES!r} is not accepted; use 1 (the rule), 0 (never) or "
+                          "2 (always)")
+    if GEMV_LINES != "1":
+        return GEMV_LINES == "2"
+    name, grid, block, smem = frag
+    sms = _device_info(device)[1]
+    one_wave = lambda n: grid <= _resident_blocks(device, n, block, smem) * sms  # noqa: E731
+    return one_wave(name + "_ln") or not one_wave(name)
 
 
 def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, int, int]:
@@ -966,7 +989,10 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
     """
     if M <= 16:
-        return _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
+        plan = _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
+        if M > 8 and _gemv_lines(plan, device):
+            return (plan[0] + "_ln", *plan[1:])
+        return plan
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)

@@ -487,15 +487,28 @@ def test_int_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> No
     _check_int(a, w, w_bits)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
+def _force_gemv(monkeypatch: pytest.MonkeyPatch, cfg: str, default_rows: int | None = None) -> None:
+    """Route the launcher's small-M plan to variant ``cfg``: gemv / gemvln (the fragment / whole-line 16-token
+    kernels; ``default_rows``: None = the launcher's rule), gemv16 / gemv32 / gemv64 and gemvln16 / ... (rows
+    per block). The whole-line variant exists for M > 8 only; below, gemvln* run the fragment kernels."""
+    lines = cfg.startswith("gemvln")
+    rows = int(cfg[6 if lines else 4:] or 0) or default_rows
+    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, rows, lines=lines))
+
+
+GEMV_CFGS = ["gemv", "gemv16", "gemv64", "gemvln", "gemvln16", "gemvln64"]
+
+
+@pytest.mark.parametrize("cfg", ["big", "mid", *GEMV_CFGS])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
     """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails;
-    "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those."""
+    "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those, gemvln*
+    the same with whole-line weight loads at M > 8 (kq = 64: one step for 8-bit weights, half a step for
+    4-bit ones; test_gemv_long_rows_exact has odd step counts)."""
     for M in ([1, 5, 8, 9, 16] if cfg.startswith("gemv") else [1, 17, 130, 300]):
         if cfg.startswith("gemv"):
-            rows = int(cfg[4:]) if cfg != "gemv" else None
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
+            _force_gemv(monkeypatch, cfg)
         else:
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 172, 520):
@@ -504,22 +517,26 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
                 _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits), w_bits)
 
 
-@pytest.mark.parametrize("rows", [32, 16, 64])
+@pytest.mark.parametrize("cfg", ["gemv32", "gemv16", "gemv64", "gemvln32", "gemvln16", "gemvln64"])
 @pytest.mark.parametrize("w_bits", [4, 8])
-def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, rows: int) -> None:
+def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, cfg: str) -> None:
     """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
-    codes, a half last step (Kp % 128 == 64), N = 172, both row counts per block."""
-    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, rows))
+    codes, a half last step (Kp % 128 == 64), N = 172, every row count per block, fragment and whole-line
+    loads (the latter at M = 9 and 16)."""
+    _force_gemv(monkeypatch, cfg)
     kq = 13100 if w_bits == 4 else 6150                     # Kp 13120 (6560 bytes) / 6208
-    for M in (1, 3, 16):
-        g = _gen("long-rows", w_bits, rows, M)
+    for M in (1, 3, 9, 16):
+        g = _gen("long-rows", w_bits, cfg, M)
         _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, 172, kq, w_bits), w_bits), w_bits)
 
 
+@pytest.mark.parametrize("lines", ["0", "2"])
 @pytest.mark.parametrize("w_bits", [4, 8])
-def test_int_gemm_extreme_codes(w_bits: int) -> None:
-    """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path)."""
-    for M in (3, 200):
+def test_int_gemm_extreme_codes(monkeypatch: pytest.MonkeyPatch, w_bits: int, lines: str) -> None:
+    """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path); M = 12 with
+    and without the whole-line 16-token kernel."""
+    monkeypatch.setattr(cuda, "GEMV_LINES", lines)
+    for M in (3, 12, 200):
         kp = 8192
         a = torch.full((M, kp), -128, dtype=torch.int8, device=DEV)
         w = cuda.prepare_weight(torch.full((300, kp), -(1 << (w_bits - 1)), dtype=torch.int8, device=DEV), w_bits)
@@ -580,12 +597,11 @@ def test_quik_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtyp
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", "gemv", "gemv16", "gemv64"])
+@pytest.mark.parametrize("cfg", ["big", "mid", *GEMV_CFGS])
 def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
     for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
         if cfg.startswith("gemv"):
-            rows = int(cfg[4:]) if cfg != "gemv" else 32
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, r=rows: cuda._gemv_plan(M, N, wb, ep, r))
+            _force_gemv(monkeypatch, cfg, default_rows=32)
         else:
             monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
         for N in (1, 11, 300):

@@ -169,6 +169,30 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
 
 
+def test_gemv_lines_rule(monkeypatch) -> None:
+    """The whole-line 16-token kernels (_ln): taken unless the grid fits one wave of the fragment kernel and
+    not of the whole-line one; never for M <= 8; QUIKTOOL_GEMV_LINES 0 / 2 force it, other values are refused."""
+    assert cuda._gemv_plan(16, 28672, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m16_ln"
+    assert cuda._gemv_plan(9, 8192, 8, "i32", sms=132, lines=True)[0] == "quik_gemv_i32_w8_m16_r16_ln"
+    assert cuda._gemv_plan(8, 8192, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m8"
+    monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
+    monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 2 if name.endswith("_ln") else 3)
+    monkeypatch.setattr(cuda, "GEMV_LINES", "1")
+    rows = lambda N: cuda._plan(16, N, 4, "f16", 0)  # noqa: E731
+    assert rows(4096)[:2] == ("quik_gemv_f16_w4_m16_r16_ln", 256)   # one wave either way
+    assert rows(5120)[:2] == ("quik_gemv_f16_w4_m16_r16", 320)      # 320 blocks: 1 wave of 3 / SM, 2 of 2 / SM
+    assert rows(11008)[:2] == ("quik_gemv_f16_w4_m16", 344)         # 32 rows (N >= 64 x SMs), the same
+    assert rows(13824)[:2] == ("quik_gemv_f16_w4_m16_ln", 432)      # two waves either way
+    assert cuda._plan(8, 13824, 4, "f16", 0)[0] == "quik_gemv_f16_w4_m8_r64"
+    monkeypatch.setattr(cuda, "GEMV_LINES", "2")
+    assert rows(5120)[0].endswith("_ln")
+    monkeypatch.setattr(cuda, "GEMV_LINES", "0")
+    assert not rows(13824)[0].endswith("_ln")
+    monkeypatch.setattr(cuda, "GEMV_LINES", "yes")
+    with pytest.raises(KernelError, match="QUIKTOOL_GEMV_LINES='yes' is not accepted; use 1 .the rule., 0"):
+        rows(4096)
+
+
 def test_outlier_lanes_match_the_reference() -> None:
     """The fused decode outlier product sums in reference.outlier_sum's lanes: the kernel's copy of the lane
     count must be the reference's (both combine four lanes as (s0 + s1) + (s2 + s3))."""
