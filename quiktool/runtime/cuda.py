@@ -91,8 +91,8 @@ _GEMV_THREADS = 256
 GEMV_ROWS: int | None = None
 GEMV_RULE = os.environ.get("QUIKTOOL_GEMV_RULE", "n")
 # The 16-token small-M kernels with whole-line weight loads (quik_gemv_*_m16*_ln, kernels/quik_gemm.cu LINES):
-# QUIKTOOL_GEMV_LINES = 1 (default) takes them by the rule of _gemv_lines, 0 never, 2 always (A/B runs).
-GEMV_LINES = os.environ.get("QUIKTOOL_GEMV_LINES", "1")
+# QUIKTOOL_GEMV_LINES = 1 (default) takes them by the rule of _gemv_lines, 0 never, 2 always (A/B runs);
+# GEMV_LINES is set below _env_int.
 _MAX_KP = 1 << 17  # the w4 path accumulates 16 * acc in int32: |a| <= 128, |w| <= 8, Kp < 2^17
 _ACT_SMEM_MAX = 192 * 1024  # rows up to this many bytes are staged in shared memory (K <= 98304)
 
@@ -107,6 +107,9 @@ def _env_int(name: str, default: int | None = None) -> int | None:
         return int(v)
     except ValueError:
         raise KernelError(f"{name} must be an integer, got {v!r}") from None
+
+
+GEMV_LINES = _env_int("QUIKTOOL_GEMV_LINES", 1)  # see above GEMV_RULE
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -970,11 +973,11 @@ def _gemv_lines(frag: tuple[str, int, int, int], device: int) -> bool:
     H100 layer A/B (docs/PERF_LOG.md, eleventh session, s11g): the whole-line kernels took x0.82-0.97 of the
     time on the 70B shapes and 5120 x 13824 at M = 16, but x1.07-1.17 with the 320 blocks of N = 5120, which
     then need two waves."""
-    if GEMV_LINES not in ("0", "1", "2"):
-        raise KernelError(f"QUIKTOOL_GEMV_LINES={GEMV_LINES!r} is not accepted; use 1 (the rule), 0 (never) or "
-                          "2 (always)")
-    if GEMV_LINES != "1":
-        return GEMV_LINES == "2"
+    if GEMV_LINES not in (0, 1, 2):
+        raise KernelError(f"QUIKTOOL_GEMV_LINES={GEMV_LINES} is not accepted; use 1 (the rule), 0 (never) or 2 "
+                          "(always)")
+    if GEMV_LINES != 1:
+        return GEMV_LINES == 2
     name, grid, block, smem = frag
     sms = _device_info(device)[1]
     one_wave = lambda n: grid <= _resident_blocks(device, n, block, smem) * sms  # noqa: E731

@@ -530,9 +530,9 @@ def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, cfg:
         _check_int(_act_codes(g, M, kq, 8), cuda.prepare_weight(_codes(g, 172, kq, w_bits), w_bits), w_bits)
 
 
-@pytest.mark.parametrize("lines", ["0", "2"])
+@pytest.mark.parametrize("lines", [0, 2])
 @pytest.mark.parametrize("w_bits", [4, 8])
-def test_int_gemm_extreme_codes(monkeypatch: pytest.MonkeyPatch, w_bits: int, lines: str) -> None:
+def test_int_gemm_extreme_codes(monkeypatch: pytest.MonkeyPatch, w_bits: int, lines: int) -> None:
     """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path); M = 12 with
     and without the whole-line 16-token kernel."""
     monkeypatch.setattr(cuda, "GEMV_LINES", lines)

@@ -177,20 +177,23 @@ def test_gemv_lines_rule(monkeypatch) -> None:
     assert cuda._gemv_plan(8, 8192, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m8"
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
     monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 2 if name.endswith("_ln") else 3)
-    monkeypatch.setattr(cuda, "GEMV_LINES", "1")
+    monkeypatch.setattr(cuda, "GEMV_LINES", 1)
     rows = lambda N: cuda._plan(16, N, 4, "f16", 0)  # noqa: E731
     assert rows(4096)[:2] == ("quik_gemv_f16_w4_m16_r16_ln", 256)   # one wave either way
     assert rows(5120)[:2] == ("quik_gemv_f16_w4_m16_r16", 320)      # 320 blocks: 1 wave of 3 / SM, 2 of 2 / SM
     assert rows(11008)[:2] == ("quik_gemv_f16_w4_m16", 344)         # 32 rows (N >= 64 x SMs), the same
     assert rows(13824)[:2] == ("quik_gemv_f16_w4_m16_ln", 432)      # two waves either way
     assert cuda._plan(8, 13824, 4, "f16", 0)[0] == "quik_gemv_f16_w4_m8_r64"
-    monkeypatch.setattr(cuda, "GEMV_LINES", "2")
+    monkeypatch.setattr(cuda, "GEMV_LINES", 2)
     assert rows(5120)[0].endswith("_ln")
-    monkeypatch.setattr(cuda, "GEMV_LINES", "0")
+    monkeypatch.setattr(cuda, "GEMV_LINES", 0)
     assert not rows(13824)[0].endswith("_ln")
-    monkeypatch.setattr(cuda, "GEMV_LINES", "yes")
-    with pytest.raises(KernelError, match="QUIKTOOL_GEMV_LINES='yes' is not accepted; use 1 .the rule., 0"):
+    monkeypatch.setattr(cuda, "GEMV_LINES", 3)
+    with pytest.raises(KernelError, match="QUIKTOOL_GEMV_LINES=3 is not accepted; use 1 .the rule., 0"):
         rows(4096)
+    monkeypatch.setenv("QUIKTOOL_GEMV_LINES", "yes")
+    with pytest.raises(KernelError, match="QUIKTOOL_GEMV_LINES must be an integer, got 'yes'"):
+        cuda._env_int("QUIKTOOL_GEMV_LINES", 1)  # what the module runs at import
 
 
 def test_outlier_lanes_match_the_reference() -> None:
