@@ -10,6 +10,7 @@
 //   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
 //     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
 //     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
+//     quik_gemv_EP_WB_m16*_ln the 16-token ones with whole-line weight loads (see LINES below)
 //     quik_gemvo_EP_WB_MT     the same (EP = f16 | bf16) with the outlier product fused:
 //                             y_base replaced by OutlierProduct (reference.outlier_sum's order)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
@@ -531,8 +532,8 @@ struct OutlierProduct {
 // LINES (the *_m16*_ln entry points): the weights are loaded as whole 128-byte lines (4 rows x 128 bytes per
 // load instruction) and put into the fragment layout by warp shuffles, rather than loaded where the fragment
 // needs them (8 rows x 64 bytes per instruction: half of 8 lines). A diagnostic build that loaded whole lines
-// without the shuffles (wrong sums) took x0.78-0.95 of the time on the 70B shapes at M = 1 / 16; with the
-// shuffles the 16-token kernels took x0.82-0.97 there and the 8-token ones x1.06-1.09 (2 -> 1 blocks per SM),
+// without the shuffles (wrong sums) took x0.78-0.97 of the time on the 70B shapes at M = 1 / 16; with the
+// shuffles the 16-token kernels took x0.82-0.90 there and the 8-token ones x1.06-1.09 (2 -> 1 blocks per SM),
 // so only the 16-token kernels have it (docs/PERF_LOG.md, eleventh session). It costs registers (2 blocks
 // per SM where the fragment kernels fit 3 or more): the launcher keeps the fragment kernel where that makes
 // a one-wave grid two waves (cuda._gemv_lines).
