@@ -658,15 +658,9 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                 w1[a][h] = g < 4 ? x1 : x0;
             }
     };
-    auto to_frag = [&](WV& wv) {  // LINES: the raw lines of load() into the fragment layout
-        if constexpr (LINES) {
-#pragma unroll
-            for (int j = 0; j < U / 2; ++j) lines_frag(wv[2 * j], wv[2 * j + 1]);
-        }
-    };
     // The weight and activation registers of the warp's U steps of the iteration that starts at step s0 - warp
     // (zeros past S). LINES: steps in pairs of adjacent steps, 2 warp + {0, 1} + 16 j, whose weights are
-    // loaded as whole 128-byte lines (to_frag then moves them into the fragment layout by warp shuffles);
+    // loaded as whole 128-byte lines (lines_frag then moves them into the fragment layout by warp shuffles);
     // otherwise steps warp + WARPS u, each lane's 16 bytes loaded where the fragment needs them.
     auto load = [&](int s0, WV& wv, AV& av) {
         if constexpr (LINES) {
@@ -768,11 +762,9 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         if (warp < S) load(warp, w0, a0);
         for (int s0 = warp; s0 < S; s0 += 2 * STRIDE) {
             if (s0 + STRIDE < S) load(s0 + STRIDE, w1, a1);
-            to_frag(w0);
             compute(w0, a0);
             if (s0 + STRIDE >= S) break;
             if (s0 + 2 * STRIDE < S) load(s0 + 2 * STRIDE, w0, a0);
-            to_frag(w1);
             compute(w1, a1);
         }
     }

@@ -109,7 +109,7 @@ def _env_int(name: str, default: int | None = None) -> int | None:
         raise KernelError(f"{name} must be an integer, got {v!r}") from None
 
 
-GEMV_LINES = _env_int("QUIKTOOL_GEMV_LINES", 1)  # see above GEMV_RULE
+GEMV_LINES = _env_int("QUIKTOOL_GEMV_LINES", 1)  # what it does: the comment under GEMV_RULE
 
 
 # ---------------------------------------------------------------------------------------------------
