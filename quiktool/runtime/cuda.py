@@ -938,14 +938,20 @@ def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, in
 
 
 def _gemv_rows(M: int, N: int, sms: int) -> int:
-    """Output features per block of the small-M kernel (sms: the GPU's multiprocessors). 64 rows at
-    M <= 8 and 32 at M > 8 once N >= 64 * sms, i.e. when even 64-row blocks cover every SM; otherwise the
-    earlier rule (16 rows at M > 8, else 32; measured on an H200). From the H100 layer A/B in one process
-    (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md fifth session): with N >= 8448 the new choice took
-    x0.86-0.95 of the time at M = 1 and x0.88-0.98 at M = 16; with fewer blocks than SMs, 64 rows at M = 1
-    were x1.02-1.10 (8192 x 8192, 13824 x 5120, 28672 x 8192) and 32 rows at M = 16 mixed (x0.95-1.11)."""
-    if GEMV_RULE == "n" and N >= 64 * sms:
-        return 32 if M > 8 else 64
+    """Output features per block of the small-M kernel (sms: the GPU's multiprocessors). M <= 8: 64 rows
+    once N >= 64 * sms, i.e. when even 64-row blocks cover every SM, else 32. M > 8: 32 rows once N >=
+    48 * sms, else 16. QUIKTOOL_GEMV_RULE=m: the earlier rule (16 rows at M > 8, else 32; measured on an H200).
+    From H100 layer A/Bs in one process (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md): with N >= 8448
+    the 64 / 32 rows took x0.86-0.95 of the time at M = 1 and x0.88-0.98 at M = 16 (fifth session); with
+    fewer blocks than SMs, 64 rows at M = 1 were x1.02-1.10 (8192 x 8192, 13824 x 5120, 28672 x 8192) and 32
+    rows at M = 16 mixed (x0.95-1.11) with the fragment kernels. With the whole-line 16-token kernels (2 blocks
+    per SM) 32 rows at N = 8192 (256 blocks, one wave) took x0.84-0.94 of the 16 rows' time (two waves), at
+    N = 5120 x0.94-1.05 and at N = 4096 (fewer blocks than SMs) x1.05-1.09 (eleventh session, s11k): hence
+    48 * sms at M > 8."""
+    if GEMV_RULE == "n":
+        if M > 8:
+            return 32 if N >= 48 * sms else 16
+        return 64 if N >= 64 * sms else 32
     return 16 if M > 8 else 32
 
 

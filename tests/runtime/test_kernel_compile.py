@@ -155,13 +155,16 @@ def test_act_threads_rule(monkeypatch) -> None:
 
 
 def test_gemv_rows_rule(monkeypatch) -> None:
-    """The small-M kernel's block size: 64 rows (M <= 8) / 32 rows (M > 8) once N >= 64 x SMs, else 32 / 16;
-    QUIKTOOL_GEMV_RULE=m keeps 32 / 16 everywhere; GEMV_ROWS or an explicit rows argument overrides both."""
+    """The small-M kernel's block size: 64 rows at M <= 8 once N >= 64 x SMs, else 32; 32 rows at M > 8 once
+    N >= 48 x SMs, else 16; QUIKTOOL_GEMV_RULE=m keeps 32 / 16 everywhere; GEMV_ROWS or an explicit rows
+    argument overrides both."""
     monkeypatch.setattr(cuda, "GEMV_RULE", "n")
     monkeypatch.setattr(cuda, "GEMV_ROWS", None)
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 8, 9, 16)] == [64, 64, 32, 32]
-    assert [cuda._gemv_rows(m, 8192, 132) for m in (1, 16)] == [32, 16]   # 128 blocks of 64 < 132 SMs
+    assert [cuda._gemv_rows(m, 8192, 132) for m in (1, 16)] == [32, 32]   # 128 blocks of 64 < 132 SMs at M = 1
+    assert [cuda._gemv_rows(m, 5120, 132) for m in (1, 16)] == [32, 16]
     assert cuda._gemv_rows(1, 8448, 132) == 64 and cuda._gemv_rows(1, 8447, 132) == 32
+    assert cuda._gemv_rows(16, 6336, 132) == 32 and cuda._gemv_rows(16, 6335, 132) == 16
     assert cuda._gemv_plan(1, 28672, 4, "f16", sms=132) == ("quik_gemv_f16_w4_m8_r64", 448, 256, 0)
     assert cuda._gemv_plan(16, 28672, 8, "bf16", sms=132) == ("quik_gemv_bf16_w8_m16", 896, 256, 0)
     assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
@@ -173,7 +176,7 @@ def test_gemv_lines_rule(monkeypatch) -> None:
     """The whole-line 16-token kernels (_ln): taken unless the grid fits one wave of the fragment kernel and
     not of the whole-line one; never for M <= 8; QUIKTOOL_GEMV_LINES 0 / 2 force it, other values are refused."""
     assert cuda._gemv_plan(16, 28672, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m16_ln"
-    assert cuda._gemv_plan(9, 8192, 8, "i32", sms=132, lines=True)[0] == "quik_gemv_i32_w8_m16_r16_ln"
+    assert cuda._gemv_plan(9, 5120, 8, "i32", sms=132, lines=True)[0] == "quik_gemv_i32_w8_m16_r16_ln"
     assert cuda._gemv_plan(8, 8192, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m8"
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
     monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 2 if name.endswith("_ln") else 3)
