@@ -937,27 +937,29 @@ def _tiled_plan(cfg: str, M: int, N: int, w_bits: int, ep: str) -> tuple[str, in
     return f"quik_gemm_{ep}_w{w_bits}_{cfg}", grid, threads, _tile_smem(bm, bn, w_bits, stages)
 
 
-def _gemv_rows(M: int, N: int, sms: int) -> int:
+def _gemv_rows(M: int, N: int, sms: int, lines: bool = False) -> int:
     """Output features per block of the small-M kernel (sms: the GPU's multiprocessors). M <= 8: 64 rows
     once N >= 64 * sms, i.e. when even 64-row blocks cover every SM, else 32. M > 8: 32 rows once N >=
-    48 * sms, else 16. QUIKTOOL_GEMV_RULE=m: the earlier rule (16 rows at M > 8, else 32; measured on an H200).
+    64 * sms, or 48 * sms for the whole-line kernels (``lines``), else 16. QUIKTOOL_GEMV_RULE=m: the earlier
+    rule (16 rows at M > 8, else 32; measured on an H200).
     From H100 layer A/Bs in one process (scripts/device_gemv_rule_ab.py, docs/PERF_LOG.md): with N >= 8448
     the 64 / 32 rows took x0.86-0.95 of the time at M = 1 and x0.88-0.98 at M = 16 (fifth session); with
     fewer blocks than SMs, 64 rows at M = 1 were x1.02-1.10 (8192 x 8192, 13824 x 5120, 28672 x 8192) and 32
     rows at M = 16 mixed (x0.95-1.11) with the fragment kernels. With the whole-line 16-token kernels (2 blocks
     per SM) 32 rows at N = 8192 (256 blocks, one wave) took x0.84-0.94 of the 16 rows' time (two waves), at
     N = 5120 x0.94-1.05 and at N = 4096 (fewer blocks than SMs) x1.05-1.09 (eleventh session, s11k): hence
-    48 * sms at M > 8."""
+    48 * sms for them. The fragment kernels keep 64 * sms (the outlier-fused 16-token kernel on 28672 x 8192
+    took x1.06 with 32 rows, s11l)."""
     if GEMV_RULE == "n":
         if M > 8:
-            return 32 if N >= 48 * sms else 16
+            return 32 if N >= (48 if lines else 64) * sms else 16
         return 64 if N >= 64 * sms else 32
     return 16 if M > 8 else 32
 
 
-def _gemv_block_rows(M: int, N: int, sms: int) -> int:
+def _gemv_block_rows(M: int, N: int, sms: int, lines: bool = False) -> int:
     """Output features per block of the small-M kernels: GEMV_ROWS when set, else the rule of _gemv_rows."""
-    return GEMV_ROWS or _gemv_rows(M, N, sms)
+    return GEMV_ROWS or _gemv_rows(M, N, sms, lines)
 
 
 def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
@@ -972,10 +974,11 @@ def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
 
-def _gemv_lines(frag: tuple[str, int, int, int], device: int) -> bool:
-    """Whether a 16-token call takes the whole-line kernel instead of the fragment kernel ``frag`` (its plan).
-    By default yes, unless the grid fits on the GPU in one wave of the fragment kernel and not of the
-    whole-line one (which has more registers: 2 blocks per SM where the fragment kernels fit 3 or more).
+def _gemv_lines(frag: tuple[str, int, int, int], ln: tuple[str, int, int, int], device: int) -> bool:
+    """Whether a 16-token call takes the whole-line kernel (its plan ``ln``) instead of the fragment kernel
+    (``frag``; the two may differ in rows per block, _gemv_rows). By default yes, unless the fragment kernel's
+    grid fits on the GPU in one wave and the whole-line one's does not (the whole-line kernels have more
+    registers: 2 blocks per SM where the fragment kernels fit 3 or more).
     H100 layer A/B (docs/PERF_LOG.md, eleventh session, s11g): the whole-line kernels took x0.82-0.97 of the
     time on the 70B shapes and 5120 x 13824 at M = 16, but x1.07-1.17 with the 320 blocks of N = 5120, which
     then need two waves."""
@@ -984,10 +987,9 @@ def _gemv_lines(frag: tuple[str, int, int, int], device: int) -> bool:
                           "(always)")
     if GEMV_LINES != 1:
         return GEMV_LINES == 2
-    name, grid, block, smem = frag
     sms = _device_info(device)[1]
-    one_wave = lambda n: grid <= _resident_blocks(device, n, block, smem) * sms  # noqa: E731
-    return one_wave(name + "_ln") or not one_wave(name)
+    one_wave = lambda p: p[1] <= _resident_blocks(device, p[0], p[2], p[3]) * sms  # noqa: E731
+    return one_wave(ln) or not one_wave(frag)
 
 
 def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, int, int]:
@@ -998,9 +1000,11 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
     """
     if M <= 16:
-        plan = _gemv_plan(M, N, w_bits, ep, sms=_device_info(device)[1])
-        if M > 8 and _gemv_lines(plan, device):
-            return (plan[0] + "_ln", *plan[1:])
+        sms = _device_info(device)[1]
+        plan = _gemv_plan(M, N, w_bits, ep, sms=sms)
+        if M > 8:
+            ln = _gemv_plan(M, N, w_bits, ep, _gemv_block_rows(M, N, sms, lines=True), sms, lines=True)
+            return ln if _gemv_lines(plan, ln, device) else plan
         return plan
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]

@@ -161,10 +161,11 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     monkeypatch.setattr(cuda, "GEMV_RULE", "n")
     monkeypatch.setattr(cuda, "GEMV_ROWS", None)
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 8, 9, 16)] == [64, 64, 32, 32]
-    assert [cuda._gemv_rows(m, 8192, 132) for m in (1, 16)] == [32, 32]   # 128 blocks of 64 < 132 SMs at M = 1
-    assert [cuda._gemv_rows(m, 5120, 132) for m in (1, 16)] == [32, 16]
+    assert [cuda._gemv_rows(m, 8192, 132) for m in (1, 16)] == [32, 16]   # 128 blocks of 64 < 132 SMs at M = 1
+    assert cuda._gemv_rows(16, 8192, 132, lines=True) == 32 and cuda._gemv_rows(16, 5120, 132, lines=True) == 16
     assert cuda._gemv_rows(1, 8448, 132) == 64 and cuda._gemv_rows(1, 8447, 132) == 32
-    assert cuda._gemv_rows(16, 6336, 132) == 32 and cuda._gemv_rows(16, 6335, 132) == 16
+    assert cuda._gemv_rows(16, 6336, 132, lines=True) == 32 and cuda._gemv_rows(16, 6335, 132, lines=True) == 16
+    assert cuda._gemv_rows(1, 6336, 132, lines=True) == 32  # no whole-line kernel at M <= 8: the M <= 8 rule
     assert cuda._gemv_plan(1, 28672, 4, "f16", sms=132) == ("quik_gemv_f16_w4_m8_r64", 448, 256, 0)
     assert cuda._gemv_plan(16, 28672, 8, "bf16", sms=132) == ("quik_gemv_bf16_w8_m16", 896, 256, 0)
     assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
@@ -184,6 +185,7 @@ def test_gemv_lines_rule(monkeypatch) -> None:
     rows = lambda N: cuda._plan(16, N, 4, "f16", 0)  # noqa: E731
     assert rows(4096)[:2] == ("quik_gemv_f16_w4_m16_r16_ln", 256)   # one wave either way
     assert rows(5120)[:2] == ("quik_gemv_f16_w4_m16_r16", 320)      # 320 blocks: 1 wave of 3 / SM, 2 of 2 / SM
+    assert rows(8192)[:2] == ("quik_gemv_f16_w4_m16_ln", 256)       # 32 rows for _ln (N >= 48 x SMs): 1 wave
     assert rows(11008)[:2] == ("quik_gemv_f16_w4_m16", 344)         # 32 rows (N >= 64 x SMs), the same
     assert rows(13824)[:2] == ("quik_gemv_f16_w4_m16_ln", 432)      # two waves either way
     assert cuda._plan(8, 13824, 4, "f16", 0)[0] == "quik_gemv_f16_w4_m8_r64"
