@@ -619,9 +619,9 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     using WV = uint4[U][NTW][2];
     using AV = uint4[U][TT][AW];
-    // LINES: the 16-token kernels without fused outliers only (the 8-token ones were slower with it, the
-    // outlier-fused ones spilled under their launch bounds).
-    static_assert(!LINES || (U % 2 == 0 && MTOK == 16 && !OUTL && !PIPE), "LINES: 16 tokens, steps in pairs");
+    // LINES: the 16-token kernels only (the 8-token ones were slower with it); the outlier-fused ones with it
+    // are built for 2 blocks per SM (under their fragment kernels' bounds of 3-4 they spilled).
+    static_assert(!LINES || (U % 2 == 0 && MTOK == 16 && !PIPE), "LINES: 16 tokens, steps in pairs");
     // LINES: the weights of the adjacent steps s, s + 1 (128 bytes of each of the block's rows) go to the
     // fragments w0 (step s) and w1 (step s + 1) in two phases. lines_load: for tile a and half h, two loads of
     // whole lines; lane (r, c) = (lane / 8, lane % 8) reads chunk c (16 bytes at 64 s + 16 c) of row 16 a + 8 h
@@ -904,9 +904,30 @@ constexpr int gemvo_min_blocks(int wb, int mtok, int ntw) {
         gemv<WB, MTOK, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                      \
     }
 #define QUIK_GEMVO_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMVO, quik_gemvo_##EPNAME, EP)
+// quik_gemvo_*_m16*_ln: the 16-token fused kernels with whole-line weight loads, 2 blocks per SM (no spills,
+// except the 64-row ones, 104-448 bytes; the launcher's rule never picks 64 rows at M > 8).
+#define QUIK_GEMVO_LN(NAME, WB, EP, NTW, U)                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                                           \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x_out,           \
+         const void* w_out, int n_out, int chunk, const void* bias) {                                              \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
+        const OutlArgs ol = {static_cast<const unsigned short*>(x_out), static_cast<const unsigned short*>(w_out), \
+                             static_cast<const unsigned short*>(bias), n_out, chunk};                              \
+        gemv<WB, 16, EP, NTW, U, false, true, true>(A, W, out, M, N, Kp, ep, ol);                                  \
+    }
+#define QUIK_GEMVO_LN_ALL(EPNAME, EP)                                   \
+    QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w4_m16_ln, 4, EP, 2, 2)         \
+    QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w8_m16_ln, 8, EP, 2, 2)         \
+    QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w4_m16_r16_ln, 4, EP, 1, 4)     \
+    QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w8_m16_r16_ln, 8, EP, 1, 4)     \
+    QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w4_m16_r64_ln, 4, EP, 4, 2)     \
+    QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w8_m16_r64_ln, 8, EP, 4, 2)
 
 QUIK_GEMVO_ALL(f16, 1)
 QUIK_GEMVO_ALL(bf16, 2)
+QUIK_GEMVO_LN_ALL(f16, 1)
+QUIK_GEMVO_LN_ALL(bf16, 2)
 
 // ---------------------------------------------------------------------------------------------
 // The library paths for large M (launcher: cuda.quik_gemm via gemm_path and _library_int_gemm). mma.sync s8 stops near cuBLAS FP16 speed

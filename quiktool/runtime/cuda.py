@@ -77,6 +77,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
         + [f"quik_gemvo_{ep}_w{wb}_m{mt}{r}" for ep in ("f16", "bf16") for wb in (4, 8) for mt in (8, 16)
            for r in ("", "_r16", "_r64")]
         + [f"quik_gemv_{ep}_w{wb}_m16{r}_ln" for ep in _EPS for wb in (4, 8) for r in ("", "_r16", "_r64")]
+        + [f"quik_gemvo_{ep}_w{wb}_m16{r}_ln" for ep in ("f16", "bf16") for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
 }
@@ -1124,6 +1125,16 @@ def _gemvo_chunk(rows: int, M: int, n_out: int) -> int | None:
     return chunk if _gemvo_smem(rows, M, n_out, chunk) <= _GEMVO_SMEM_MAX else None
 
 
+def _gemvo_plan(M: int, N: int, w_bits: int, ep: str, n_out: int, sms: int,
+                lines: bool) -> tuple[str, int, int, int, int]:
+    """The outlier-fused small-M kernel (quik_gemvo_*, whole-line loads when ``lines`` and M > 8) ->
+    (name, grid, block, dynamic smem, outlier columns per staged chunk)."""
+    rows = _gemv_block_rows(M, N, sms, lines)
+    name, grid, block, _ = _gemv_plan(M, N, w_bits, ep, rows=rows, lines=lines)
+    chunk = _gemvo_chunk(rows, M, n_out)
+    return name.replace("quik_gemv_", "quik_gemvo_"), grid, block, _gemvo_smem(rows, M, n_out, chunk), chunk
+
+
 def quik_gemm_outliers(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: Tensor, a_shift: int,
                        w_scale: Tensor, wsum: Tensor, x_outlier: Tensor, outlier_weight: Tensor,
                        bias: Tensor | None, out_dtype: torch.dtype, *, out: Tensor | None = None) -> Tensor:
@@ -1161,16 +1172,16 @@ def _gemmo_run(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero:
     a_ptr, w_ptr, o_ptr, xo_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr(), x_outlier.data_ptr()
     a_scale_p, a_zero_p, w_scale_p, wsum_p = a_scale.data_ptr(), a_zero.data_ptr(), w_scale.data_ptr(), wsum.data_ptr()
     wo_ptr, b_ptr = outlier_weight.data_ptr(), 0 if bias is None else bias.data_ptr()
+    sms = _device_info(dev)[1]
     for m0 in range(0, M if N else 0, _GEMVO_M):  # M <= 16 (decode): one launch
         mc = min(_GEMVO_M, M - m0)
-        rows = _gemv_block_rows(mc, N, _device_info(dev)[1])
-        name, grid, block, _ = _gemv_plan(mc, N, w_bits, ep, rows=rows)
-        chunk = _gemvo_chunk(rows, mc, n_out)
+        frag = _gemvo_plan(mc, N, w_bits, ep, n_out, sms, lines=False)
+        ln = _gemvo_plan(mc, N, w_bits, ep, n_out, sms, lines=True) if mc > 8 else None
+        name, grid, block, smem, chunk = ln if ln and _gemv_lines(frag[:4], ln[:4], dev) else frag
         args = (a_ptr + m0 * kp, w_ptr, o_ptr + m0 * N * out.element_size(), mc, N, kp, a_scale_p + 4 * m0,
                 a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, xo_ptr + m0 * n_out * x_outlier.element_size(),
                 wo_ptr, n_out, chunk, b_ptr)
-        _launch(dev, name.replace("quik_gemv_", "quik_gemvo_"), grid, block, _SIG_GEMVO, args,
-                _gemvo_smem(rows, mc, n_out, chunk), pdl=True)
+        _launch(dev, name, grid, block, _SIG_GEMVO, args, smem, pdl=True)
     return out
 
 

@@ -1082,6 +1082,7 @@ def _check_outliers(args: tuple) -> torch.Tensor:
     return got
 
 
+@pytest.mark.parametrize("lines", [1, 2], ids=["lines_rule", "lines_always"])
 @pytest.mark.parametrize("rows", [32, 16, 64])
 @pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
@@ -1089,8 +1090,10 @@ def _check_outliers(args: tuple) -> torch.Tensor:
 @pytest.mark.parametrize("M,K,N,n_out", OUTL_CASES)
 def test_quik_gemm_outliers_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, K: int, N: int, n_out: int,
                                           w_bits: int, a_bits: int, dtype: torch.dtype, has_bias: bool,
-                                          rows: int) -> None:
+                                          rows: int, lines: int) -> None:
+    """lines_always: at M > 8 the fused kernels with whole-line weight loads (quik_gemvo_*_m16*_ln)."""
     monkeypatch.setattr(cuda, "GEMV_ROWS", rows)
+    monkeypatch.setattr(cuda, "GEMV_LINES", lines)
     g = _gen("outliers", M, K, N, n_out, w_bits, a_bits, dtype, has_bias, rows)
     got = _check_outliers(_outlier_case(g, M, K, N, n_out, w_bits, a_bits, dtype, has_bias))
     assert not torch.isnan(got).any()
