@@ -893,29 +893,23 @@ QUIK_GEMV_LN_ALL(bf16, 2)
 constexpr int gemvo_min_blocks(int wb, int mtok, int ntw) {
     return mtok == 16 ? (ntw == 4 ? 2 : (ntw == 1 && wb == 4 ? 4 : 3)) : (ntw == 1 && wb == 4 ? 1 : 2);
 }
-#define QUIK_GEMVO(NAME, WB, MTOK, EP, NTW, U)                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, gemvo_min_blocks(WB, MTOK, NTW))                             \
+// MINB: the launch bound's blocks per SM; LINES: whole-line weight loads (see gemv).
+#define QUIK_GEMVO_B(NAME, WB, MTOK, EP, NTW, U, MINB, LINES)                                                      \
+    extern "C" __global__ void __launch_bounds__(256, MINB)                                                        \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x_out,           \
          const void* w_out, int n_out, int chunk, const void* bias) {                                              \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
         const OutlArgs ol = {static_cast<const unsigned short*>(x_out), static_cast<const unsigned short*>(w_out), \
                              static_cast<const unsigned short*>(bias), n_out, chunk};                              \
-        gemv<WB, MTOK, EP, NTW, U, false, true>(A, W, out, M, N, Kp, ep, ol);                                      \
+        gemv<WB, MTOK, EP, NTW, U, false, true, LINES>(A, W, out, M, N, Kp, ep, ol);                               \
     }
+#define QUIK_GEMVO(NAME, WB, MTOK, EP, NTW, U) \
+    QUIK_GEMVO_B(NAME, WB, MTOK, EP, NTW, U, gemvo_min_blocks(WB, MTOK, NTW), false)
 #define QUIK_GEMVO_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMVO, quik_gemvo_##EPNAME, EP)
 // quik_gemvo_*_m16*_ln: the 16-token fused kernels with whole-line weight loads, 2 blocks per SM (no spills,
 // except the 64-row ones, 104-448 bytes; the launcher's rule never picks 64 rows at M > 8).
-#define QUIK_GEMVO_LN(NAME, WB, EP, NTW, U)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256, 2)                                                           \
-    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
-         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x_out,           \
-         const void* w_out, int n_out, int chunk, const void* bias) {                                              \
-        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
-        const OutlArgs ol = {static_cast<const unsigned short*>(x_out), static_cast<const unsigned short*>(w_out), \
-                             static_cast<const unsigned short*>(bias), n_out, chunk};                              \
-        gemv<WB, 16, EP, NTW, U, false, true, true>(A, W, out, M, N, Kp, ep, ol);                                  \
-    }
+#define QUIK_GEMVO_LN(NAME, WB, EP, NTW, U) QUIK_GEMVO_B(NAME, WB, 16, EP, NTW, U, 2, true)
 #define QUIK_GEMVO_LN_ALL(EPNAME, EP)                                   \
     QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w4_m16_ln, 4, EP, 2, 2)         \
     QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w8_m16_ln, 8, EP, 2, 2)         \
