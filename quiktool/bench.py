@@ -967,20 +967,26 @@ def _generate(model, prompt: Tensor, new_tokens: int, clock: _StepClock | None =
                           pad_token_id=eos if isinstance(eos, int) else 0, **kw)
 
 
-def _capture_prefill(model, ids: Tensor) -> tuple[Any, Tensor, Any]:
-    """(graph, static input, static output) of the prefill forward (_prefill_fn) on a copy of ``ids``:
-    copy new token ids into the static input, replay, read the output's logits."""
-    fn, dev = _prefill_fn(model), ids.device
-    static = ids.clone()
+def _capture(fn: Callable[[], Any], dev: torch.device) -> tuple[Any, Any]:
+    """(graph, static output) of ``fn()`` captured as one CUDA graph, after two warm-up calls on a side
+    stream (kernels compiled, one-time setup done outside the capture)."""
     side = torch.cuda.Stream(dev)
     side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side):  # warm-up outside the capture: kernels compiled, one-time setup done
+    with torch.cuda.stream(side):
         for _ in range(2):
-            fn(static)
+            fn()
     torch.cuda.current_stream(dev).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = fn(static)
+        out = fn()
+    return graph, out
+
+
+def _capture_prefill(model, ids: Tensor) -> tuple[Any, Tensor, Any]:
+    """(graph, static input, static output) of the prefill forward (_prefill_fn) on a copy of ``ids``:
+    copy new token ids into the static input, replay, read the output's logits."""
+    fn, static = _prefill_fn(model), ids.clone()
+    graph, out = _capture(lambda: fn(static), ids.device)
     return graph, static, out
 
 
@@ -1025,15 +1031,7 @@ def _graph_decode(model, prompt: Tensor, steps: int) -> float:
         tok.copy_(o.logits[:, -1:].argmax(-1))
         pos.add_(1)
 
-    side = torch.cuda.Stream(dev)
-    side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side):  # warm-up outside the capture: kernels compiled, one-time setup done
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream(dev).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = _capture(step, dev)
     pos.fill_(P)
     graph.replay()  # one untimed replay
     torch.cuda.synchronize(dev)
