@@ -10,7 +10,7 @@
 //   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
 //     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
 //     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
-//     quik_gemv_EP_WB_m16*_ln the 16-token ones with whole-line weight loads (see LINES below)
+//     quik_gemv_EP_WB_MT*_ln  the same with whole-line weight loads (see LINES below)
 //     quik_gemvo_EP_WB_MT     the same (EP = f16 | bf16) with the outlier product fused:
 //                             y_base replaced by OutlierProduct (reference.outlier_sum's order)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
@@ -619,9 +619,10 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     using WV = uint4[U][NTW][2];
     using AV = uint4[U][TT][AW];
-    // LINES: the 16-token kernels only (the 8-token ones were slower with it); the outlier-fused ones with it
-    // are built for 2 blocks per SM (under their fragment kernels' bounds of 3-4 they spilled).
-    static_assert(!LINES || (U % 2 == 0 && MTOK == 16 && !PIPE), "LINES: 16 tokens, steps in pairs");
+    // LINES: the plain kernels and the 16-token outlier-fused ones; all are built for 2 blocks per SM (the
+    // 8-token ones without that bound took 1, and were slower; the fused ones spilled under their fragment
+    // kernels' bounds of 3-4).
+    static_assert(!LINES || (U % 2 == 0 && !PIPE), "LINES: steps in pairs");
     // LINES: the weights of the adjacent steps s, s + 1 (128 bytes of each of the block's rows) go to the
     // fragments w0 (step s) and w1 (step s + 1) in two phases. lines_load: for tile a and half h, two loads of
     // whole lines; lane (r, c) = (lane / 8, lane % 8) reads chunk c (16 bytes at 64 s + 16 c) of row 16 a + 8 h
@@ -835,8 +836,10 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
-#define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES)                                                       \
-    extern "C" __global__ void __launch_bounds__(256)                                                              \
+#define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES) QUIK_GEMV_BL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES, 256)
+// ...: the launch bounds (256 threads, optionally the blocks per SM)
+#define QUIK_GEMV_BL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES, ...)                                                  \
+    extern "C" __global__ void __launch_bounds__(__VA_ARGS__)                                                      \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
@@ -872,8 +875,18 @@ QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
 // quik_gemv_*_m16*_ln: the 16-token configurations with LINES (whole-line weight loads, see gemv).
+// quik_gemv_*_m8*_ln: the 8-token ones, bounded to 2 blocks per SM, the fragment kernels' occupancy (128
+// registers; without the bound ptxas gave them more and 1 block per SM). They spill 4 (32 rows) to 256 (16 rows)
+// bytes; the launcher's rule never takes 16 rows at M <= 8.
 #define QUIK_GEMV_LN(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, false, true)
+#define QUIK_GEMV_LN8(NAME, WB, EP, NTW, U) QUIK_GEMV_BL(NAME, WB, 8, EP, NTW, U, false, true, 256, 2)
 #define QUIK_GEMV_LN_ALL(EPNAME, EP)                              \
+    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w4_m8_ln, 4, EP, 2, 4)         \
+    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w8_m8_ln, 8, EP, 2, 4)         \
+    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w4_m8_r16_ln, 4, EP, 1, 8)     \
+    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w8_m8_r16_ln, 8, EP, 1, 8)     \
+    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w4_m8_r64_ln, 4, EP, 4, 2)     \
+    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w8_m8_r64_ln, 8, EP, 4, 2)     \
     QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_ln, 4, 16, EP, 2, 2)     \
     QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_ln, 8, 16, EP, 2, 2)     \
     QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r16_ln, 4, 16, EP, 1, 4) \
