@@ -1,16 +1,18 @@
-"""Write two variants of kernels/quik_gemm.cu's small-M weight loads into OUT/pairs and OUT/lines (issue 5,
-decode), for `scripts/device_gemv_rule_ab.py --a "SOURCE=old" --b "" --old-kernels OUT/pairs` (or lines):
+"""Write a DIAGNOSTIC variant of kernels/quik_gemm.cu's small-M weight loads into OUT/tiled (issue 5, decode), for
+`scripts/device_gemv_rule_ab.py --a "SOURCE=old GEMV_LINES=0" --b "GEMV_LINES=0" --old-kernels OUT/tiled`:
 
-  pairs  each warp takes two adjacent 64-byte steps per pair of its U steps (steps 2w, 2w + 1, 2w + 16, ...
-         of an iteration) instead of steps w, w + 8, ...: the same sums in another split-K order (exact)
-  lines  pairs, and each load instruction covers whole 128-byte lines: lane (r, c) = (lane / 8, lane % 8)
-         reads row 4 i + r at 16 c of the pair's 128 bytes (instruction i of the pair), where the shipped
-         mapping reads 8 rows x 64 bytes (half lines). DIAGNOSTIC: the MMAs then get the wrong bytes, so the
-         sums are wrong; only its time means something
+  tiled  the fragment kernels (not _ln) read their weights as if W were stored 8 rows interleaved per 64-byte
+         step, [N / 8][steps][8 rows][64 B]: lane (g, t) of a load instruction then reads bytes 64 g + 16 t of
+         one contiguous 512-byte block (4 whole lines, one DRAM stream per warp), where the row-major layout
+         makes the same instruction touch 8 rows 4 KiB or more apart (8 half lines). The L2 prefetch before
+         griddepcontrol.wait follows the same addresses. The MMAs then get other bytes than the row-major
+         sums need, so the results are WRONG ("same" False in the A/B); only the time means something, and only
+         where N % 8 == 0 and every row is whole 64-byte steps (the nine LLaMA-2 shapes: all bytes read once).
 
-The question they answer: does the small-M kernel stream ~2.0 TB/s (cuBLAS's FP16 GEMV ~2.7) because each
-of its load instructions touches 8 half lines? If `lines` is much faster than `pairs`, a real line-granular
-mapping (the fragments rearranged by warp shuffles) is worth building.
+The question it answers: is the row-major access pattern (many concurrent row streams, each advancing 64 bytes
+at a time) what holds the small-M kernel's weight stream at ~2.4 TB/s marginal where cuBLAS's FP16 GEMV gets
+~2.8 (s12a)? If `tiled` is much faster, a runtime weight layout interleaved that way is worth building.
+The earlier variants of this script (pairs, lines; s11f) are at commit 69af217.
 
     python3 scripts/make_gemv_load_variants.py OUT
 """
@@ -18,19 +20,14 @@ import sys
 from pathlib import Path
 
 src = (Path(__file__).resolve().parents[1] / "kernels" / "quik_gemm.cu").read_text()
-STEP = "            const int s = s0 + u * WARPS;\n            const size_t wb = (size_t)s * 64 + 16 * t;  // weight byte offset within a row\n"
-PAIRS = ("            const int s = (s0 - warp) + 16 * (u / 2) + 2 * warp + (u % 2);  // VARIANT pairs\n"
-         "            const size_t wb = (size_t)s * 64 + 16 * t;  // weight byte offset within a row\n")
-ROW = ("                    const int n = n0 + 16 * a + g + 8 * h;\n"
-       "                    if (kok && n < N) {\n"
-       "                        const unsigned char* p = W + (size_t)n * w_row_bytes + wb;\n")
-LINES = ("                    const int n = n0 + 4 * (((u % 2) * NTW + a) * 2 + h) + (lane >> 3);  // VARIANT lines\n"
-         "                    const size_t wl = (size_t)(s - (u % 2)) * 64 + 16 * (lane & 7);\n"
-         "                    if (s - (u % 2) < S && wl < w_row_bytes && n < N) {\n"
-         "                        const unsigned char* p = W + (size_t)n * w_row_bytes + wl;\n")
-assert src.count(STEP) == 1 and src.count(ROW) == 1, "kernels/quik_gemm.cu changed: update this script"
+LOAD = ("                    if (kok && n < N) {\n"
+        "                        const unsigned char* p = W + (size_t)n * w_row_bytes + wb;\n")
+TILED_LOAD = ("                    if (kok && n < N) {  // VARIANT tiled\n"
+              "                        const unsigned char* p = W + ((((size_t)(n >> 3) * S + s) << 9) | ((n & 7) << 6) | (16 * t));\n")
+PREFETCH = '"l"(W + (size_t)n * w_row_bytes + wb)'
+TILED_PREFETCH = '"l"(W + ((((size_t)(n >> 3) * S + s) << 9) | ((n & 7) << 6) | (32 * (t >> 1))))'
+assert src.count(LOAD) == 1 and src.count(PREFETCH) == 1, "kernels/quik_gemm.cu changed: update this script"
 out = Path(sys.argv[1])
-for name, text in (("pairs", src.replace(STEP, PAIRS)), ("lines", src.replace(STEP, PAIRS).replace(ROW, LINES))):
-    (out / name).mkdir(parents=True, exist_ok=True)
-    (out / name / "quik_gemm.cu").write_text(text)
-    print(f"{out / name / 'quik_gemm.cu'}")
+(out / "tiled").mkdir(parents=True, exist_ok=True)
+(out / "tiled" / "quik_gemm.cu").write_text(src.replace(LOAD, TILED_LOAD).replace(PREFETCH, TILED_PREFETCH))
+print(out / "tiled" / "quik_gemm.cu")
