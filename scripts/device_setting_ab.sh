@@ -2,7 +2,9 @@
 # One device call for a launcher or kernel change (issue 5): GPU tests of a selection, then the in-process
 # layer A/B of two settings (scripts/device_gemv_rule_ab.py) for each scheme, then optional extra commands.
 #   OUT=/some/dir TESTS="ragged or long_rows" A="GEMV_LINES=0" B="" M=1,16 SCHEMES="w4a4 w8a8" \
-#     [OUTLIERS=0] [ROUNDS=6] [SHAPES=KxN,...] [EXTRA="python3 scripts/x.py ..."] bash scripts/device_setting_ab.sh
+#     [OUTLIERS=0] [ROUNDS=6] [SHAPES=KxN,...] [OLD_KERNELS=dir] [EXTRA="python3 scripts/x.py ..."] \
+#     bash scripts/device_setting_ab.sh
+# OLD_KERNELS: the folder of kernel sources a setting's SOURCE=old compiles (device_gemv_rule_ab.py --old-kernels).
 # TESTS empty: no tests; "all": every GPU test. Outputs: $OUT/pytest_gpu.txt, $OUT/ab_<scheme>.txt, $OUT/extra.txt.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -17,6 +19,7 @@ fi
 for s in ${SCHEMES:-w4a4}; do
   args=(--a "${A:-}" --b "${B:-}" --m "${M:-1,16}" --rounds "${ROUNDS:-6}" --scheme "$s" --outliers "${OUTLIERS:-0}")
   [ -n "${SHAPES:-}" ] && args+=(--shapes "$SHAPES")
+  [ -n "${OLD_KERNELS:-}" ] && args+=(--old-kernels "$OLD_KERNELS")
   timeout 300 python3 scripts/device_gemv_rule_ab.py "${args[@]}" 2>&1 | grep -v Warn | tee "$OUT/ab_$s.txt"
 done
 if [ -n "${EXTRA:-}" ]; then
