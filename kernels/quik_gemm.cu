@@ -3,8 +3,9 @@
 //
 // Contract
 //   A       int8 [M, Kp] row-major: signed activation codes (4-bit codes in [-8, 7] or 8-bit codes)
-//   W       WBITS = 4: uint8 [N, Kp/2], byte [n, i] = column 2i in the low nibble, 2i+1 in the high
-//                      nibble, two's complement (quiktool.format.packing)
+//   W       WBITS = 4: uint8 [N, Kp/2], packed byte i of row n = column 2i in the low nibble, 2i+1 in the
+//                      high nibble, two's complement (quiktool.format.packing), at w4_off(n, i) (quik_ptx.cuh:
+//                      rows interleaved in groups of 8, step-major; reference.tile_w4)
 //           WBITS = 8: int8 [N, Kp]
 //   acc[m, n] = sum_k A[m, k] * W[n, k]                                          (exact, int32)
 //   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
@@ -188,7 +189,7 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
                 const int row = q >> 1, c = q & 1;
                 const int gn = n0 + row;
                 const bool ok = gn < N;
-                const unsigned char* src = ok ? W + (size_t)gn * w_row_bytes + (size_t)kt * 32 + c * 16 : W;
+                const unsigned char* src = ok ? W + w4_off(gn, (size_t)kt * 32 + c * 16, N, w_row_bytes) : W;
                 cp_async16(sb + swz32(row, c), src, ok);
             } else {
                 const int row = q >> 2, c = q & 3;
@@ -580,6 +581,11 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     // branch per launch) gave M = 1 x0.90-1.01 on the nine LLaMA-2 shapes but M = 16 up to x1.2, so the
     // MTOK = 16 kernels keep the plain loads (the branch folds away).
     const bool long_rows = MTOK == 8 && w_row_bytes >= 6144;
+    // byte b of weight row n: the 4-bit layout of quik_ptx.cuh (w4_off), 8-bit weights row-major
+    auto wptr = [&](int n, size_t b) -> const unsigned char* {
+        if constexpr (WBITS == 4) return W + w4_off(n, b, N, w_row_bytes);
+        else return W + (size_t)n * w_row_bytes + b;
+    };
 
     int acc[NTW][TT][4];
 #pragma unroll
@@ -604,7 +610,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int n = n0 + 16 * a + g + 8 * h;
-                    if (n < N) asm volatile("prefetch.global.L2 [%0];" ::"l"(W + (size_t)n * w_row_bytes + wb));
+                    if (n < N) asm volatile("prefetch.global.L2 [%0];" ::"l"(wptr(n, wb)));
                 }
         }
     }
@@ -642,7 +648,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
                     const int n = n0 + 16 * a + 8 * h + 4 * q + r;
-                    const unsigned char* p = W + (size_t)n * w_row_bytes + wb;
+                    const unsigned char* p = wptr(n, wb);
                     (q ? w1 : w0)[a][h] = kok && n < N ? (long_rows ? ldg_stream_l2(p) : ldg_stream(p)) : zero4;
                 }
     };
@@ -679,7 +685,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                 for (int h = 0; h < 2; ++h) {
                     const int n = n0 + 16 * a + g + 8 * h;
                     if (kok && n < N) {
-                        const unsigned char* p = W + (size_t)n * w_row_bytes + wb;
+                        const unsigned char* p = wptr(n, wb);
                         wv[u][a][h] = long_rows ? ldg_stream_l2(p) : ldg_stream(p);
                     } else {
                         wv[u][a][h] = zero4;
@@ -1000,14 +1006,19 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
 }
 }  // namespace
 
+// Wb [N, Kp] row-major bytes (lut of each code) from W (the 4-bit layout, w4_off); rb = Kp / 2, n_vec = N * rb / 16.
 extern "C" __global__ void __launch_bounds__(256)
-quik_unpack_w4_lut(const uint4* W, uint4* Wb, const unsigned char* lut, long long n_vec) {
+quik_unpack_w4_lut(const unsigned char* W, uint4* Wb, const unsigned char* lut, long long n_vec, int N, int rb) {
     __shared__ unsigned char t[16];
     if (threadIdx.x < 16) t[threadIdx.x] = lut[threadIdx.x];
     __syncthreads();
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_vec) return;
-    const uint4 x = W[i];  // packed bytes 16i .. 16i+15 -> codes 32i .. 32i+31, low nibble first
+    const int vr = rb >> 4;  // 16-byte vectors per row (rb % 32 == 0)
+    const int n = (int)(i / vr);
+    const size_t b = (size_t)(i - (long long)n * vr) << 4;
+    // packed bytes b .. b+15 of row n -> codes 2b .. 2b+31 (row-major vectors 2i, 2i+1), low nibble first
+    const uint4 x = *reinterpret_cast<const uint4*>(W + w4_off(n, b, N, rb));
     Wb[2 * i] = make_uint4(lut_pair_word(x.x, t, 0), lut_pair_word(x.x, t, 1), lut_pair_word(x.y, t, 0),
                            lut_pair_word(x.y, t, 1));
     Wb[2 * i + 1] = make_uint4(lut_pair_word(x.z, t, 0), lut_pair_word(x.z, t, 1), lut_pair_word(x.w, t, 0),

@@ -449,7 +449,7 @@ _SIG_ROWS = "ppppppiiiii"    # x, outl, codes, scale, zero, x_out, M, K, Kp, n_o
 _SIG_GEMM = "pppiiippfppp"  # A, W, out, M, N, Kp, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 _SIG_WG = _SIG_GEMM + "i"    # quik_wgmma_*: the same, then seg (the _blk kernels: N / seg blocks of [M, seg])
 _SIG_GEMVO = "pppiiippfppppiip"  # _SIG_GEMM without y_base, then x_out, w_out, n_out, chunk, bias
-_SIG_UNPACK = "pppl"        # W, We, lut, n_vec
+_SIG_UNPACK = "ppplii"      # W, We, lut, n_vec, N, Kp / 2
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
 
 
@@ -607,6 +607,12 @@ def prepare_weight(codes: Tensor, bits: int) -> Tensor:
     """
     bits = _bits("bits", bits)
     return _ref.prepare_weight(codes, bits).contiguous()
+
+
+def concat_weights(parts: list[Tensor], bits: int) -> Tensor:
+    """Runtime weights of layers with one input -> that of their output features in order (the layout is
+    reference's: reference.concat_weights)."""
+    return _ref.concat_weights(parts, bits)
 
 
 def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int, *,
@@ -1271,11 +1277,12 @@ def _luts(dev: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
-    """uint8 [N, Kp/2] packed codes -> uint8 [N, Kp], one lut byte per code."""
+    """uint8 [N, Kp/2] packed codes (the tiled layout, reference.tile_w4) -> uint8 [N, Kp] row-major, one lut
+    byte per code."""
     out = torch.empty(N, kp, dtype=torch.uint8, device=w.device)
     n_vec = N * kp // 32
     _launch(dev, "quik_unpack_w4_lut", -(-n_vec // 256), 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(),
-                                                                             lut.data_ptr(), n_vec))
+                                                                             lut.data_ptr(), n_vec, N, kp // 2))
     return out
 
 

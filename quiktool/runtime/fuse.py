@@ -33,6 +33,7 @@ from torch import Tensor
 
 from quiktool.models.adapters import Adapter, adapter_for, blocks, get_module, set_module
 from quiktool.runtime.quik_linear import QuikLinear
+from quiktool.runtime.reference import concat_weights
 
 _CONCAT = ("w_rt", "w_scale", "wsum", "outlier_weight", "bias")   # per-output-feature tensors, dim 0
 _SHARED = ("keep_idx", "outlier_idx")                               # per-input-column, equal in a group
@@ -76,8 +77,13 @@ class FusedQuikLinear(nn.Module):
                                                                      first.backend, first.dtype)
         for name in _CONCAT:
             parts = [getattr(m, name) for m in members]
-            core.register_buffer(name, None if parts[0] is None else torch.cat(parts, 0).contiguous(),
-                                 persistent=False)
+            if parts[0] is None:
+                cat = None
+            elif name == "w_rt":  # the 4-bit runtime layout interleaves rows (reference.tile_w4)
+                cat = concat_weights(parts, first.weight_bits)
+            else:
+                cat = torch.cat(parts, 0).contiguous()
+            core.register_buffer(name, cat, persistent=False)
         for name in _SHARED:
             core.register_buffer(name, getattr(first, name), persistent=False)
         self.core = core

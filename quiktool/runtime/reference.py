@@ -5,7 +5,12 @@ Every function here has the same signature as its CUDA launcher in ``runtime/cud
 Runtime layout (shared by both backends; built once at load by ``prepare_weight``):
   Kq      = in_features - n_outliers; Kp = Kq rounded up to ``K_ALIGN`` (pad codes are 0 on both
             sides, so they add nothing to the integer sums)
-  w       4-bit: uint8 [N, Kp / 2], ``format.packing`` nibble order; 8-bit: int8 [N, Kp]
+  w       4-bit: uint8 [N, Kp / 2], ``format.packing`` nibble order, rows interleaved by ``tile_w4``:
+            groups of 8 rows (the last one N % 8 rows when that is not 0), each stored step-major, i.e.
+            64 packed bytes of every row of the group, then the next 64 (a last step of 32 bytes when
+            Kp % 128 == 64). The CUDA decode kernels read one step of 8 rows per load instruction, which
+            this makes one contiguous 512-byte block (kernels/quik_ptx.cuh, w4_off: the byte address).
+          8-bit: int8 [N, Kp] row-major
   a_codes int8 [M, Kp], one signed code per byte (4-bit codes in [-8, 7], 8-bit in [-128, 127])
 
 Exactness of the integer product: codes are small integers, so their products and sums are
@@ -71,7 +76,43 @@ def prepare_weight(codes: Tensor, bits: int) -> Tensor:
 
     kp = padded_k(codes.shape[1])
     codes = pad_columns(codes, kp)
-    return pack_int4(codes) if bits == 4 else codes
+    return tile_w4(pack_int4(codes)) if bits == 4 else codes
+
+
+def _tile_groups(x: Tensor, gs: int, inverse: bool) -> Tensor:
+    """tile_w4 for rows that form whole groups of gs rows: x [G * gs, RB] -> [G * gs, RB]."""
+    rb = x.shape[1]
+    G, S = x.shape[0] // gs, rb // 64
+    t = rb - 64 * S                                            # the last step's bytes, 0 or 32
+    if not inverse:
+        x = x.reshape(G, gs, rb)
+        steps = x[:, :, :64 * S].reshape(G, gs, S, 64).transpose(1, 2).reshape(G, S * gs * 64)
+        parts = [steps] + ([x[:, :, 64 * S:].reshape(G, gs * t)] if t else [])
+        return torch.cat(parts, 1).reshape(G * gs, rb)
+    x = x.reshape(G, gs * rb)
+    rows = x[:, :S * gs * 64].reshape(G, S, gs, 64).transpose(1, 2).reshape(G, gs, S * 64)
+    parts = [rows] + ([x[:, S * gs * 64:].reshape(G, gs, t)] if t else [])
+    return torch.cat(parts, 2).reshape(G * gs, rb)
+
+
+def tile_w4(w: Tensor, inverse: bool = False) -> Tensor:
+    """Packed 4-bit weights uint8 [N, RB] (RB = Kp / 2, a multiple of 32), row-major -> the runtime layout
+    (module doc), or back with ``inverse``. A permutation of the bytes: same shape, dtype and device."""
+    N, rb = w.shape
+    if rb % 32:
+        raise ValueError(f"tile_w4: rows of {rb} bytes; Kp / 2 is a multiple of 32")
+    n8 = N - N % 8
+    parts = ([_tile_groups(w[:n8], 8, inverse)] if n8 else []) + ([_tile_groups(w[n8:], N - n8, inverse)]
+                                                                   if N > n8 else [])
+    return torch.cat(parts, 0) if len(parts) > 1 else (parts[0].contiguous() if parts else w.contiguous())
+
+
+def concat_weights(parts: list[Tensor], bits: int) -> Tensor:
+    """Runtime weights of layers with the same input -> the runtime weight of their output features in order
+    (a fused layer group, runtime/fuse.py)."""
+    if bits != 4:
+        return torch.cat(parts, 0).contiguous()
+    return tile_w4(torch.cat([tile_w4(p, inverse=True) for p in parts], 0))
 
 
 def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int) -> ActCodes:
@@ -82,7 +123,7 @@ def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits:
 
 
 def _unpack_weight(w: Tensor, w_bits: int, kp: int) -> Tensor:
-    return unpack_int4(w, kp) if w_bits == 4 else w
+    return unpack_int4(tile_w4(w, inverse=True), kp) if w_bits == 4 else w
 
 
 def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int) -> Tensor:

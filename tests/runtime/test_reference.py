@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from quiktool.algo.outliers import keep_columns
-from quiktool.format.packing import unpack_int4
+from quiktool.format.packing import pack_int4, unpack_int4
 from quiktool.runtime.reference import (
     K_ALIGN,
+    concat_weights,
     int_gemm,
     padded_k,
     prepare_weight,
@@ -20,6 +21,7 @@ from quiktool.runtime.reference import (
     quik_gemm_outliers,
     quik_linear,
     quantize_split,
+    tile_w4,
 )
 
 
@@ -42,11 +44,49 @@ def test_prepare_weight_layout(w_bits, N, Kq):
     kp = padded_k(Kq)
     if w_bits == 4:
         assert w.dtype == torch.uint8 and w.shape == (N, kp // 2)
-        full = unpack_int4(w, kp)
+        full = unpack_int4(tile_w4(w, inverse=True), kp)
     else:
         assert w.dtype == torch.int8 and w.shape == (N, kp)
         full = w
     assert torch.equal(full[:, :Kq], codes) and bool((full[:, Kq:] == 0).all())
+
+
+def _w4_offset(n: int, b: int, N: int, rb: int) -> int:
+    """kernels/quik_ptx.cuh, w4_off, written out: byte b of row n in the 4-bit runtime layout."""
+    g0 = n - n % 8
+    gs, s = min(8, N - g0), b // 64
+    return g0 * rb + s * gs * 64 + (n % 8) * min(64, rb - 64 * s) + b % 64
+
+
+@pytest.mark.parametrize("N", [1, 5, 8, 13, 24, 118])
+@pytest.mark.parametrize("rb", [32, 64, 96, 160])
+def test_tile_w4_is_the_kernels_layout(N, rb):
+    """Every byte lands where the kernels' address function says (whole and partial 8-row groups, a 32-byte
+    last step or none), the inverse restores the rows, and the packed codes of prepare_weight are tiled."""
+    g = torch.Generator().manual_seed(N * 1000 + rb)
+    w = torch.randint(0, 256, (N, rb), generator=g, dtype=torch.uint8)
+    t = tile_w4(w)
+    assert t.shape == w.shape and t.dtype == torch.uint8
+    flat = t.reshape(-1)
+    idx = torch.tensor([_w4_offset(n, b, N, rb) for n in range(N) for b in range(rb)])
+    assert torch.equal(flat[idx], w.reshape(-1))
+    assert torch.equal(tile_w4(t, inverse=True), w)
+    codes = _codes((N, 2 * rb), 4, g)
+    assert torch.equal(prepare_weight(codes, 4), tile_w4(pack_int4(codes)))
+
+
+def test_tile_w4_rejects_rows_off_the_grid():
+    with pytest.raises(ValueError, match="rows of 48 bytes; Kp / 2 is a multiple of 32"):
+        tile_w4(torch.zeros(8, 48, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_concat_weights_keeps_each_row(bits):
+    """A fused group's runtime weight is that of the members' rows stacked, whatever their N % 8."""
+    g = torch.Generator().manual_seed(bits)
+    members = [_codes((n, 100), bits, g) for n in (13, 8, 3)]
+    got = concat_weights([prepare_weight(c, bits) for c in members], bits)
+    assert torch.equal(got, prepare_weight(torch.cat(members, 0), bits))
 
 
 @pytest.mark.parametrize("a_bits", [4, 8])
