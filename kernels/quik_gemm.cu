@@ -4,14 +4,14 @@
 // Contract
 //   A       int8 [M, Kp] row-major: signed activation codes (4-bit codes in [-8, 7] or 8-bit codes)
 //   W       WBITS = 4: uint8 [N, Kp/2], packed byte i of row n = column 2i in the low nibble, 2i+1 in the
-//                      high nibble, two's complement (quiktool.format.packing), at w4_off(n, i) (quik_ptx.cuh:
-//                      rows interleaved in groups of 8, step-major; reference.tile_w4)
+//                      high nibble, two's complement (quiktool.format.packing), at w4_off(n, i / 64, i % 64)
+//                      (quik_ptx.cuh: rows interleaved in groups of 8, step-major; reference.tile_w4)
 //           WBITS = 8: int8 [N, Kp]
 //   acc[m, n] = sum_k A[m, k] * W[n, k]                                          (exact, int32)
 //   Entry points (EP = i32 | f16 | bf16, WB = w4 | w8, CFG = big | mid, MT = m8 | m16):
 //     quik_gemm_EP_WB_CFG     tiled tensor-core kernel, any M >= 1
 //     quik_gemv_EP_WB_MT      small-M kernel (M <= 8 / M <= 16), weight-bandwidth bound
-//     quik_gemv_EP_WB_MT*_ln  the same with whole-line weight loads (see LINES below)
+//     quik_gemv_EP_WB_m16*_ln the 16-token ones with whole-line weight loads (see LINES below)
 //     quik_gemvo_EP_WB_MT     the same (EP = f16 | bf16) with the outlier product fused:
 //                             y_base replaced by OutlierProduct (reference.outlier_sum's order)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
@@ -189,7 +189,7 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
                 const int row = q >> 1, c = q & 1;
                 const int gn = n0 + row;
                 const bool ok = gn < N;
-                const unsigned char* src = ok ? W + w4_off(gn, (size_t)kt * 32 + c * 16, N, w_row_bytes) : W;
+                const unsigned char* src = ok ? W + w4_off(gn, kt >> 1, (kt & 1) * 32 + c * 16, N, (int)w_row_bytes) : W;
                 cp_async16(sb + swz32(row, c), src, ok);
             } else {
                 const int row = q >> 2, c = q & 3;
@@ -581,10 +581,11 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     // branch per launch) gave M = 1 x0.90-1.01 on the nine LLaMA-2 shapes but M = 16 up to x1.2, so the
     // MTOK = 16 kernels keep the plain loads (the branch folds away).
     const bool long_rows = MTOK == 8 && w_row_bytes >= 6144;
-    // byte b of weight row n: the 4-bit layout of quik_ptx.cuh (w4_off), 8-bit weights row-major
-    auto wptr = [&](int n, size_t b) -> const unsigned char* {
-        if constexpr (WBITS == 4) return W + w4_off(n, b, N, w_row_bytes);
-        else return W + (size_t)n * w_row_bytes + b;
+    // byte o (< 64) of step s of weight row n (wb = 64 s + o): the 4-bit layout of quik_ptx.cuh (w4_off), 8-bit
+    // row-major
+    auto wptr = [&](int n, int s, int o, size_t wb) -> const unsigned char* {
+        if constexpr (WBITS == 4) return W + w4_off(n, s, o, N, (int)w_row_bytes);
+        else return W + (size_t)n * w_row_bytes + wb;
     };
 
     int acc[NTW][TT][4];
@@ -610,7 +611,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int n = n0 + 16 * a + g + 8 * h;
-                    if (n < N) asm volatile("prefetch.global.L2 [%0];" ::"l"(wptr(n, wb)));
+                    if (n < N) asm volatile("prefetch.global.L2 [%0];" ::"l"(wptr(n, s, 32 * (t >> 1), wb)));
                 }
         }
     }
@@ -625,10 +626,9 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
     using WV = uint4[U][NTW][2];
     using AV = uint4[U][TT][AW];
-    // LINES: the plain kernels and the 16-token outlier-fused ones; all are built for 2 blocks per SM (the
-    // 8-token ones without that bound took 1, and were slower; the fused ones spilled under their fragment
-    // kernels' bounds of 3-4).
-    static_assert(!LINES || (U % 2 == 0 && !PIPE), "LINES: steps in pairs");
+    // LINES: the 16-token kernels only (the 8-token ones were slower with it); the outlier-fused ones with it
+    // are built for 2 blocks per SM (under their fragment kernels' bounds of 3-4 they spilled).
+    static_assert(!LINES || (U % 2 == 0 && MTOK == 16 && !PIPE), "LINES: 16 tokens, steps in pairs");
     // LINES: the weights of the adjacent steps s, s + 1 (128 bytes of each of the block's rows) go to the
     // fragments w0 (step s) and w1 (step s + 1) in two phases. lines_load: for tile a and half h, two loads of
     // whole lines; lane (r, c) = (lane / 8, lane % 8) reads chunk c (16 bytes at 64 s + 16 c) of row 16 a + 8 h
@@ -648,7 +648,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
                     const int n = n0 + 16 * a + 8 * h + 4 * q + r;
-                    const unsigned char* p = wptr(n, wb);
+                    const unsigned char* p = wptr(n, s + (c >> 2), 16 * (c & 3), wb);  // chunk c: step s or s + 1
                     (q ? w1 : w0)[a][h] = kok && n < N ? (long_rows ? ldg_stream_l2(p) : ldg_stream(p)) : zero4;
                 }
     };
@@ -685,7 +685,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
                 for (int h = 0; h < 2; ++h) {
                     const int n = n0 + 16 * a + g + 8 * h;
                     if (kok && n < N) {
-                        const unsigned char* p = wptr(n, wb);
+                        const unsigned char* p = wptr(n, s, 16 * t, wb);
                         wv[u][a][h] = long_rows ? ldg_stream_l2(p) : ldg_stream(p);
                     } else {
                         wv[u][a][h] = zero4;
@@ -842,10 +842,8 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
-#define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES) QUIK_GEMV_BL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES, 256)
-// ...: the launch bounds (256 threads, optionally the blocks per SM)
-#define QUIK_GEMV_BL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES, ...)                                                  \
-    extern "C" __global__ void __launch_bounds__(__VA_ARGS__)                                                      \
+#define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES)                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
@@ -881,18 +879,8 @@ QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
 // quik_gemv_*_m16*_ln: the 16-token configurations with LINES (whole-line weight loads, see gemv).
-// quik_gemv_*_m8*_ln: the 8-token ones, bounded to 2 blocks per SM, the fragment kernels' occupancy (128
-// registers; without the bound ptxas gave them more and 1 block per SM). They spill 4 (32 rows) to 256 (16 rows)
-// bytes; the launcher's rule never takes 16 rows at M <= 8.
 #define QUIK_GEMV_LN(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, false, true)
-#define QUIK_GEMV_LN8(NAME, WB, EP, NTW, U) QUIK_GEMV_BL(NAME, WB, 8, EP, NTW, U, false, true, 256, 2)
 #define QUIK_GEMV_LN_ALL(EPNAME, EP)                              \
-    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w4_m8_ln, 4, EP, 2, 4)         \
-    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w8_m8_ln, 8, EP, 2, 4)         \
-    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w4_m8_r16_ln, 4, EP, 1, 8)     \
-    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w8_m8_r16_ln, 8, EP, 1, 8)     \
-    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w4_m8_r64_ln, 4, EP, 4, 2)     \
-    QUIK_GEMV_LN8(quik_gemv_##EPNAME##_w8_m8_r64_ln, 8, EP, 4, 2)     \
     QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_ln, 4, 16, EP, 2, 2)     \
     QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_ln, 8, 16, EP, 2, 2)     \
     QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r16_ln, 4, 16, EP, 1, 4) \
@@ -1018,7 +1006,7 @@ quik_unpack_w4_lut(const unsigned char* W, uint4* Wb, const unsigned char* lut, 
     const int n = (int)(i / vr);
     const size_t b = (size_t)(i - (long long)n * vr) << 4;
     // packed bytes b .. b+15 of row n -> codes 2b .. 2b+31 (row-major vectors 2i, 2i+1), low nibble first
-    const uint4 x = *reinterpret_cast<const uint4*>(W + w4_off(n, b, N, rb));
+    const uint4 x = *reinterpret_cast<const uint4*>(W + w4_off(n, (int)(b >> 6), (int)(b & 63), N, rb));
     Wb[2 * i] = make_uint4(lut_pair_word(x.x, t, 0), lut_pair_word(x.x, t, 1), lut_pair_word(x.y, t, 0),
                            lut_pair_word(x.y, t, 1));
     Wb[2 * i + 1] = make_uint4(lut_pair_word(x.z, t, 0), lut_pair_word(x.z, t, 1), lut_pair_word(x.w, t, 0),

@@ -65,14 +65,15 @@ QDEV void grouped_tile(int M, int N, int& m0, int& n0) {
 // group step-major: for 64-byte step s of the row (the last step has 32 bytes when RB % 64 == 32), the group's
 // rows one after the other. Byte b of row n (group g0 = n & ~7 of gs rows, r = n & 7) sits at
 //   g0 * RB + (b / 64) * gs * 64 + r * (width of step b / 64) + b % 64.
+// (w4_off below: step s = b / 64, o = b % 64; 32-bit arithmetic inside the group: the small-M kernels are
+// register-bound, and a version in 64-bit and one with a second, shorter path for whole groups cost them registers.)
 // Why: the small-M kernels read one 64-byte step of 8 rows per load instruction (lane (g, t): row g, bytes
 // 16 t); row-major, those are 8 half lines 4 KiB or more apart, here one contiguous 512-byte block. A diagnostic
 // build with these addresses took x0.88 of the layer time on 8192 x 28672 at M = 1, x0.83 at M = 16 (s12b).
-QDEV size_t w4_off(int n, size_t b, int N, size_t RB) {
-    const int g0 = n & ~7, gs = min(8, N - g0), r = n & 7;
-    const size_t s = b >> 6;
-    const size_t sw = min((size_t)64, RB - (s << 6));
-    return (size_t)g0 * RB + s * (size_t)(gs * 64) + (size_t)r * sw + (b & 63);
+QDEV size_t w4_off(int n, int s, int o, int N, int RB) {  // byte o (< 64) of step s of row n; RB < 2^16
+    const int g0 = n & ~7, gs = min(8, N - g0);
+    const int sh = (s << 6) + 64 <= RB ? 6 : 5;  // a whole 64-byte step, or the 32-byte last one
+    return (size_t)g0 * RB + (unsigned)(s * (gs << 6) + ((n & 7) << sh) + o);  // 32-bit inside the group
 }
 
 }  // namespace

@@ -16,7 +16,7 @@
 // Contract
 //   A   int8 [M, Kp] row-major: signed activation codes (4-bit in [-8, 7] or 8-bit)
 //   W   _w4: uint8 [N, Kp/2]: packed byte i of row n = code of column 2i in the low nibble, 2i+1 in the high
-//       nibble (two's complement; quiktool.format.packing), at w4_off(n, i) (quik_ptx.cuh: 8-row groups,
+//       nibble (two's complement; quiktool.format.packing), at w4_off(n, i / 64, i % 64) (quik_ptx.cuh: 8-row groups,
 //       step-major), as in quik_gemm.cu; _w8: int8 [N, Kp] row-major
 //   acc[m, n] = sum_k A[m, k] * W[n, k]   (exact int32)
 //   Entry points quik_wgmma_EP_wB, EP = i32 | f16 | bf16, B = 4 | 8: the EP semantics of quik_gemm.cu (i32
@@ -208,11 +208,11 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
     };
     // B: thread -> rows tid/4 + 64i (i < 4), packed chunk q = tid % 4 (codes 32q .. 32q+31 of the K tile).
     auto load_b = [&](int kt, uint4 (&wq)[4]) {
-        const int q = tid & 3, kb = kt * (WG_BK / 2) + q * 16;
+        const int q = tid & 3, kb = kt * (WG_BK / 2) + q * 16;  // K tile kt = step kt of the 4-bit layout
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int n = n0 + (tid >> 2) + 64 * i;
-            wq[i] = (n < N && kb < kp2) ? ldg_stream(W + w4_off(n, kb, N, kp2)) : make_uint4(0, 0, 0, 0);
+            wq[i] = (n < N && kb < kp2) ? ldg_stream(W + w4_off(n, kt, q * 16, N, kp2)) : make_uint4(0, 0, 0, 0);
         }
 #if WG_L2_AHEAD > 0
         // pull tile kt + WG_L2_AHEAD of the weights into L2 now (one 64-byte row segment per 4 threads), so
@@ -222,7 +222,7 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int n = n0 + (tid >> 2) + 64 * i;
-                if (n < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(W + w4_off(n, kf, N, kp2)));
+                if (n < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(W + w4_off(n, kf >> 6, 0, N, kp2)));
             }
         }
 #endif

@@ -76,8 +76,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
            for r in ("", "_r16", "_r64")]
         + [f"quik_gemvo_{ep}_w{wb}_m{mt}{r}" for ep in ("f16", "bf16") for wb in (4, 8) for mt in (8, 16)
            for r in ("", "_r16", "_r64")]
-        + [f"quik_gemv_{ep}_w{wb}_m{mt}{r}_ln" for ep in _EPS for wb in (4, 8) for mt in (8, 16)
-           for r in ("", "_r16", "_r64")]
+        + [f"quik_gemv_{ep}_w{wb}_m16{r}_ln" for ep in _EPS for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + [f"quik_gemvo_{ep}_w{wb}_m16{r}_ln" for ep in ("f16", "bf16") for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
     ),
@@ -974,11 +973,11 @@ def _gemv_plan(M: int, N: int, w_bits: int, ep: str, rows: int | None = None,
                sms: int = 132, lines: bool = False) -> tuple[str, int, int, int]:
     """The small-M kernel (M <= 16) -> (name, grid, block, dynamic smem). rows: output features per
     block, 32, 16 or 64 (None: GEMV_ROWS, else _gemv_rows for a GPU with ``sms`` multiprocessors);
-    lines: the whole-line variant (_ln)."""
+    lines: the whole-line variant (_ln) where there is one (M > 8)."""
     if M > 16:
         raise KernelError(f"the small-M kernel takes M <= 16, got {M}")
     rows = rows or _gemv_block_rows(M, N, sms)
-    suffix = {32: "", 16: "_r16", 64: "_r64"}[rows] + ("_ln" if lines else "")
+    suffix = {32: "", 16: "_r16", 64: "_r64"}[rows] + ("_ln" if lines and M > 8 else "")
     return f"quik_gemv_{ep}_w{w_bits}_m{8 if M <= 8 else 16}{suffix}", -(-N // rows), _GEMV_THREADS, 0
 
 
@@ -1010,8 +1009,10 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     if M <= 16:
         sms = _device_info(device)[1]
         plan = _gemv_plan(M, N, w_bits, ep, sms=sms)
-        ln = _gemv_plan(M, N, w_bits, ep, _gemv_block_rows(M, N, sms, lines=True), sms, lines=True)
-        return ln if _gemv_lines(plan, ln, device) else plan
+        if M > 8:
+            ln = _gemv_plan(M, N, w_bits, ep, _gemv_block_rows(M, N, sms, lines=True), sms, lines=True)
+            return ln if _gemv_lines(plan, ln, device) else plan
+        return plan
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)

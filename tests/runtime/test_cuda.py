@@ -490,7 +490,7 @@ def test_int_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> No
 def _force_gemv(monkeypatch: pytest.MonkeyPatch, cfg: str, default_rows: int | None = None) -> None:
     """Route the launcher's small-M plan to variant ``cfg``: gemv / gemvln (the fragment / whole-line 16-token
     kernels; ``default_rows``: None = the launcher's rule), gemv16 / gemv32 / gemv64 and gemvln16 / ... (rows
-    per block), for both the 8- and the 16-token kernels."""
+    per block). The whole-line variant exists for M > 8 only; below, gemvln* run the fragment kernels."""
     lines = cfg.startswith("gemvln")
     rows = int(cfg[6 if lines else 4:] or 0) or default_rows
     monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._gemv_plan(M, N, wb, ep, rows, lines=lines))
@@ -504,7 +504,7 @@ GEMV_CFGS = ["gemv", "gemv16", "gemv64", "gemvln", "gemvln16", "gemvln64"]
 def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
     """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails;
     "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those, gemvln*
-    the same with whole-line weight loads (kq = 64: one step for 8-bit weights, half a step for
+    the same with whole-line weight loads at M > 8 (kq = 64: one step for 8-bit weights, half a step for
     4-bit ones; test_gemv_long_rows_exact has odd step counts)."""
     for M in ([1, 5, 8, 9, 16] if cfg.startswith("gemv") else [1, 17, 130, 300]):
         if cfg.startswith("gemv"):
@@ -522,7 +522,7 @@ def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch,
 def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, cfg: str) -> None:
     """Weight rows of 6144 bytes or more take the small-M kernel's loads with the L2 prefetch hint; random
     codes, a half last step (Kp % 128 == 64), N = 172, every row count per block, fragment and whole-line
-    loads."""
+    loads (the latter at M = 9 and 16)."""
     _force_gemv(monkeypatch, cfg)
     kq = 13100 if w_bits == 4 else 6150                     # Kp 13120 (6560 bytes) / 6208
     for M in (1, 3, 9, 16):
@@ -534,7 +534,7 @@ def test_gemv_long_rows_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, cfg:
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_extreme_codes(monkeypatch: pytest.MonkeyPatch, w_bits: int, lines: int) -> None:
     """All codes at their most negative value: the largest accumulators (16 * acc in the w4 path); M = 12 with
-    and without the whole-line kernels (M = 3: 8 tokens, 12: 16)."""
+    and without the whole-line 16-token kernel."""
     monkeypatch.setattr(cuda, "GEMV_LINES", lines)
     for M in (3, 12, 200):
         kp = 8192

@@ -165,7 +165,7 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     assert cuda._gemv_rows(16, 8192, 132, lines=True) == 32 and cuda._gemv_rows(16, 5120, 132, lines=True) == 16
     assert cuda._gemv_rows(1, 8448, 132) == 64 and cuda._gemv_rows(1, 8447, 132) == 32
     assert cuda._gemv_rows(16, 6336, 132, lines=True) == 32 and cuda._gemv_rows(16, 6335, 132, lines=True) == 16
-    assert cuda._gemv_rows(1, 6336, 132, lines=True) == 32  # M <= 8: one rule for both kernels
+    assert cuda._gemv_rows(1, 6336, 132, lines=True) == 32  # no whole-line kernel at M <= 8: the M <= 8 rule
     assert cuda._gemv_plan(1, 28672, 4, "f16", sms=132) == ("quik_gemv_f16_w4_m8_r64", 448, 256, 0)
     assert cuda._gemv_plan(16, 28672, 8, "bf16", sms=132) == ("quik_gemv_bf16_w8_m16", 896, 256, 0)
     assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
@@ -174,11 +174,11 @@ def test_gemv_rows_rule(monkeypatch) -> None:
 
 
 def test_gemv_lines_rule(monkeypatch) -> None:
-    """The whole-line kernels (_ln, 8 and 16 tokens): taken unless the grid fits one wave of the fragment kernel
-    and not of the whole-line one; QUIKTOOL_GEMV_LINES 0 / 2 force it, other values are refused."""
+    """The whole-line 16-token kernels (_ln): taken unless the grid fits one wave of the fragment kernel and
+    not of the whole-line one; never for M <= 8; QUIKTOOL_GEMV_LINES 0 / 2 force it, other values are refused."""
     assert cuda._gemv_plan(16, 28672, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m16_ln"
     assert cuda._gemv_plan(9, 5120, 8, "i32", sms=132, lines=True)[0] == "quik_gemv_i32_w8_m16_r16_ln"
-    assert cuda._gemv_plan(8, 8192, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m8_ln"
+    assert cuda._gemv_plan(8, 8192, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m8"
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
     monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 2 if name.endswith("_ln") else 3)
     monkeypatch.setattr(cuda, "GEMV_LINES", 1)
@@ -188,8 +188,7 @@ def test_gemv_lines_rule(monkeypatch) -> None:
     assert rows(8192)[:2] == ("quik_gemv_f16_w4_m16_ln", 256)       # 32 rows for _ln (N >= 48 x SMs): 1 wave
     assert rows(11008)[:2] == ("quik_gemv_f16_w4_m16", 344)         # 32 rows (N >= 64 x SMs), the same
     assert rows(13824)[:2] == ("quik_gemv_f16_w4_m16_ln", 432)      # two waves either way
-    assert cuda._plan(8, 13824, 4, "f16", 0)[0] == "quik_gemv_f16_w4_m8_r64_ln"  # 216 blocks: one wave either way
-    assert cuda._plan(1, 20480, 4, "f16", 0)[:2] == ("quik_gemv_f16_w4_m8_r64", 320)  # 1 wave of 3 / SM, 2 of 2
+    assert cuda._plan(8, 13824, 4, "f16", 0)[0] == "quik_gemv_f16_w4_m8_r64"
     monkeypatch.setattr(cuda, "GEMV_LINES", 2)
     assert rows(5120)[0].endswith("_ln")
     monkeypatch.setattr(cuda, "GEMV_LINES", 0)
