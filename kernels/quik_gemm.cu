@@ -995,18 +995,19 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
 }  // namespace
 
 // Wb [N, Kp] row-major bytes (lut of each code) from W (the 4-bit layout, w4_off); rb = Kp / 2, n_vec = N * rb / 16.
+// Grid: N * ceil(rb / 4096) blocks of 256 threads, a row's 16-byte vectors per block (the row from the block index:
+// a per-thread 64-bit division of the vector index made the FP8 path's layers 2-3% slower, s12e).
 extern "C" __global__ void __launch_bounds__(256)
 quik_unpack_w4_lut(const unsigned char* W, uint4* Wb, const unsigned char* lut, long long n_vec, int N, int rb) {
     __shared__ unsigned char t[16];
     if (threadIdx.x < 16) t[threadIdx.x] = lut[threadIdx.x];
     __syncthreads();
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_vec) return;
-    const int vr = rb >> 4;  // 16-byte vectors per row (rb % 32 == 0)
-    const int n = (int)(i / vr);
-    const size_t b = (size_t)(i - (long long)n * vr) << 4;
-    // packed bytes b .. b+15 of row n -> codes 2b .. 2b+31 (row-major vectors 2i, 2i+1), low nibble first
-    const uint4 x = *reinterpret_cast<const uint4*>(W + w4_off(n, (int)(b >> 6), (int)(b & 63), N, rb));
+    const int vr = rb >> 4, bpr = (vr + 255) >> 8;  // 16-byte vectors per row (rb % 32 == 0), blocks per row
+    const int n = blockIdx.x / bpr, v = (blockIdx.x - n * bpr) * 256 + threadIdx.x;
+    if (n >= N || v >= vr) return;
+    const long long i = (long long)n * vr + v;  // row-major vector index: output vectors 2i, 2i + 1
+    // packed bytes 16 v .. 16 v + 15 of row n -> its codes 32 v .. 32 v + 31, low nibble first
+    const uint4 x = *reinterpret_cast<const uint4*>(W + w4_off(n, v >> 2, (v & 3) << 4, N, rb));
     Wb[2 * i] = make_uint4(lut_pair_word(x.x, t, 0), lut_pair_word(x.x, t, 1), lut_pair_word(x.y, t, 0),
                            lut_pair_word(x.y, t, 1));
     Wb[2 * i + 1] = make_uint4(lut_pair_word(x.z, t, 0), lut_pair_word(x.z, t, 1), lut_pair_word(x.w, t, 0),

@@ -1282,8 +1282,9 @@ def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
     byte per code."""
     out = torch.empty(N, kp, dtype=torch.uint8, device=w.device)
     n_vec = N * kp // 32
-    _launch(dev, "quik_unpack_w4_lut", -(-n_vec // 256), 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(),
-                                                                             lut.data_ptr(), n_vec, N, kp // 2))
+    blocks_per_row = -(-(kp // 32) // 256)  # the kernel takes a row's 16-byte vectors per block
+    _launch(dev, "quik_unpack_w4_lut", N * blocks_per_row, 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(),
+                                                                              lut.data_ptr(), n_vec, N, kp // 2))
     return out
 
 
