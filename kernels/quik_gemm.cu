@@ -994,20 +994,33 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
 }
 }  // namespace
 
-// Wb [N, Kp] row-major bytes (lut of each code) from W (the 4-bit layout, w4_off); rb = Kp / 2, n_vec = N * rb / 16.
-// Grid: N * ceil(rb / 4096) blocks of 256 threads, a row's 16-byte vectors per block (the row from the block index:
-// a per-thread 64-bit division of the vector index made the FP8 path's layers 2-3% slower, s12e).
+// Wb [N, Kp] row-major bytes (lut of each code) from W (the 4-bit layout, w4_off); rb = Kp / 2 (a multiple of 32),
+// n_vec = N * rb / 16. Grid: ceil(N / 8) * ceil(rb / 512) blocks of 256 threads, a group of 8 rows per
+// ceil(rb / 512) blocks, each thread one 16-byte vector in W's order: the reads are contiguous and each row's
+// 128 output bytes of a step are written by 4 adjacent threads (in the rows' order, the reads of a warp were 8
+// pieces 512 bytes apart).
 extern "C" __global__ void __launch_bounds__(256)
 quik_unpack_w4_lut(const unsigned char* W, uint4* Wb, const unsigned char* lut, long long n_vec, int N, int rb) {
     __shared__ unsigned char t[16];
     if (threadIdx.x < 16) t[threadIdx.x] = lut[threadIdx.x];
     __syncthreads();
-    const int vr = rb >> 4, bpr = (vr + 255) >> 8;  // 16-byte vectors per row (rb % 32 == 0), blocks per row
-    const int n = blockIdx.x / bpr, v = (blockIdx.x - n * bpr) * 256 + threadIdx.x;
-    if (n >= N || v >= vr) return;
-    const long long i = (long long)n * vr + v;  // row-major vector index: output vectors 2i, 2i + 1
-    // packed bytes 16 v .. 16 v + 15 of row n -> its codes 32 v .. 32 v + 31, low nibble first
-    const uint4 x = *reinterpret_cast<const uint4*>(W + w4_off(n, v >> 2, (v & 3) << 4, N, rb));
+    const int vr = rb >> 4, bpg = (vr + 31) >> 5;  // 16-byte vectors per row, blocks per 8-row group
+    const int grp = blockIdx.x / bpg, j = (blockIdx.x - grp * bpg) * 256 + threadIdx.x;  // vector j of the group
+    const int g0 = grp * 8, gs = min(8, N - g0), full = (rb >> 6) * 4 * gs;  // vectors in whole 64-byte steps
+    if (g0 >= N || j >= gs * vr) return;
+    int r, v;  // row in the group, vector in the row
+    if (j < full) {
+        const int s = j / (4 * gs), w = j - s * 4 * gs;  // step s: gs rows of 4 vectors
+        r = w >> 2;
+        v = 4 * s + (w & 3);
+    } else {  // the 32-byte last step: gs rows of 2 vectors
+        const int w = j - full;
+        r = w >> 1;
+        v = 4 * (rb >> 6) + (w & 1);
+    }
+    const long long i = (long long)(g0 + r) * vr + v;  // row-major vector index: output vectors 2i, 2i + 1
+    // packed bytes 16 v .. 16 v + 15 of row g0 + r -> its codes 32 v .. 32 v + 31, low nibble first
+    const uint4 x = *reinterpret_cast<const uint4*>(W + (size_t)g0 * rb + 16 * (size_t)j);
     Wb[2 * i] = make_uint4(lut_pair_word(x.x, t, 0), lut_pair_word(x.x, t, 1), lut_pair_word(x.y, t, 0),
                            lut_pair_word(x.y, t, 1));
     Wb[2 * i + 1] = make_uint4(lut_pair_word(x.z, t, 0), lut_pair_word(x.z, t, 1), lut_pair_word(x.w, t, 0),

@@ -1282,9 +1282,9 @@ def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
     byte per code."""
     out = torch.empty(N, kp, dtype=torch.uint8, device=w.device)
     n_vec = N * kp // 32
-    blocks_per_row = -(-(kp // 32) // 256)  # the kernel takes a row's 16-byte vectors per block
-    _launch(dev, "quik_unpack_w4_lut", N * blocks_per_row, 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(),
-                                                                              lut.data_ptr(), n_vec, N, kp // 2))
+    blocks = -(-N // 8) * -(-(kp // 32) // 32)  # per 8-row group: its 8 x Kp / 32 16-byte vectors, 256 per block
+    _launch(dev, "quik_unpack_w4_lut", blocks, 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(), lut.data_ptr(),
+                                                                  n_vec, N, kp // 2))
     return out
 
 
