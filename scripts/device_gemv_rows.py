@@ -3,8 +3,10 @@
 For each LLaMA-2 shape and M in {1, 8, 16}: cuda.quik_gemm (W4A4 codes, fp16 out, no y_base) with each
 variant, timed alternately in the same process with quiktool.bench.Timer (CUDA events, L2 flushed, GPU
 head start, median), plus cuBLAS FP16 F.linear for the ratio, and a bit-for-bit comparison of every
-variant's output with the 32-row one's. Also prints each variant's grid in waves (blocks / (resident blocks per SM x SMs)) and
-the TB/s of the weight stream (packed bytes / time) beside FP16's (2 N K bytes / time).
+variant's output with the 32-row one's. Also prints each variant's grid in waves (blocks / (resident blocks per
+SM x SMs)) and
+the GB/s of the weight stream (packed bytes / time) beside FP16's (2 N K bytes / time); before 2026-11-27 the
+header said TB/s over these GB/s values.
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rows.py [--reps 200] [--rows 32,16,64] [--shapes KxN,..] [--m 1,8,16]
 """
@@ -29,8 +31,8 @@ g = torch.Generator(device="cuda").manual_seed(0)
 print(torch.cuda.get_device_name(0), torch.__version__)
 print(f"{'K x N':11s} {'M':>3s} {'FP16 ms':>8s} " + " ".join(f"{'r%d ms' % r:>8s}" for r in ROWS) + " "
       + " ".join(f"{'r%d/r%d' % (r, ROWS[0]):>8s}" for r in ROWS[1:]) + " "
-      + " ".join(f"{'xFP16 r%d' % r:>9s}" for r in ROWS) + " " + " ".join(f"{'TB/s r%d' % r:>9s}" for r in ROWS) + " " + " ".join(f"{'waves r%d' % r:>9s}" for r in ROWS)
-      + " FP16TB/s same")
+      + " ".join(f"{'xFP16 r%d' % r:>9s}" for r in ROWS) + " " + " ".join(f"{'GB/s r%d' % r:>9s}" for r in ROWS)
+      + " " + " ".join(f"{'waves r%d' % r:>9s}" for r in ROWS) + " FP16GB/s same")
 SHAPES = [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")] if args.shapes else DEFAULT_SHAPES
 for K, N in SHAPES:
     kp = cuda.padded_k(K)

@@ -12,7 +12,8 @@
 The question it answers: is the row-major access pattern (many concurrent row streams, each advancing 64 bytes
 at a time) what holds the small-M kernel's weight stream at ~2.4 TB/s marginal where cuBLAS's FP16 GEMV gets
 ~2.8 (s12a)? If `tiled` is much faster, a runtime weight layout interleaved that way is worth building.
-The earlier variants of this script (pairs, lines; s11f) are at commit 69af217.
+The earlier variants of this script (pairs, lines; s11f) are at commit 69af217. This one ran at fb0ecc8 (s12b): it
+patches the row-major addressing, which 68eb46f replaced by that layout, so run it from a checkout of fb0ecc8.
 
     python3 scripts/make_gemv_load_variants.py OUT
 """
