@@ -4,9 +4,8 @@ For each LLaMA-2 shape and M in {1, 8, 16}: cuda.quik_gemm (W4A4 codes, fp16 out
 variant, timed alternately in the same process with quiktool.bench.Timer (CUDA events, L2 flushed, GPU
 head start, median), plus cuBLAS FP16 F.linear for the ratio, and a bit-for-bit comparison of every
 variant's output with the 32-row one's. Also prints each variant's grid in waves (blocks / (resident blocks per
-SM x SMs)) and
-the GB/s of the weight stream (packed bytes / time) beside FP16's (2 N K bytes / time); before 2026-11-27 the
-header said TB/s over these GB/s values.
+SM x SMs)) and the GB/s of the weight stream (packed bytes / time) beside FP16's (2 N K bytes / time); before
+2026-11-27 the header said TB/s over these GB/s values.
 
     PYTHONPATH=$PWD python3 scripts/device_gemv_rows.py [--reps 200] [--rows 32,16,64] [--shapes KxN,..] [--m 1,8,16]
 """
