@@ -189,7 +189,9 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
                 const int row = q >> 1, c = q & 1;
                 const int gn = n0 + row;
                 const bool ok = gn < N;
-                const unsigned char* src = ok ? W + w4_off(gn, kt >> 1, (kt & 1) * 32 + c * 16, N, (int)w_row_bytes) : W;
+                // K tile kt = half of 64-byte step kt / 2 (quik_ptx.cuh, w4_off)
+                const unsigned char* src = ok ? W + w4_off(gn, kt >> 1, (kt & 1) * 32 + c * 16, N, (int)w_row_bytes)
+                                              : W;
                 cp_async16(sb + swz32(row, c), src, ok);
             } else {
                 const int row = q >> 2, c = q & 3;

@@ -608,12 +608,6 @@ def prepare_weight(codes: Tensor, bits: int) -> Tensor:
     return _ref.prepare_weight(codes, bits).contiguous()
 
 
-def concat_weights(parts: list[Tensor], bits: int) -> Tensor:
-    """Runtime weights of layers with one input -> that of their output features in order (the layout is
-    reference's: reference.concat_weights)."""
-    return _ref.concat_weights(parts, bits)
-
-
 def quantize_activations(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, bits: int, *,
                          out: ActCodes | None = None) -> ActCodes:
     """Per-token codes of x's ``keep_idx`` columns and a copy of its outlier columns (bit-exact with reference).
