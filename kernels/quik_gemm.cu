@@ -542,9 +542,9 @@ struct OutlierProduct {
 // a one-wave grid two waves (cuda._gemv_lines).
 // Since the twelfth session 4-bit weights are stored in the tiled layout (quik_ptx.cuh, w4_off), where the
 // fragment kernels' loads are whole lines too (one 512-byte block per instruction); for them LINES now only
-// changes the split of the steps over the warps and the register count, and the rule's A/B came out even
-// (s12d: W4A4 at M = 16 x0.95-1.05, with 256 outliers x0.93-1.01). 8-bit weights stay row-major, where it
-// matters (x0.76-0.93 at M = 16, s12c).
+// changes the split of the steps over the warps and the register count. The rule's A/B (s12d, W4A4 at M = 16,
+// where the choice differs): x0.95-1.05 without outliers, x0.93-0.98 with 256 (identical kernels differed by
+// x0.93-1.05 in that run). 8-bit weights stay row-major, where it matters (x0.76-0.93 at M = 16, s12c).
 QDEV uint4 shfl4(const uint4& v, int src) {
     return make_uint4(__shfl_sync(0xffffffffu, v.x, src), __shfl_sync(0xffffffffu, v.y, src),
                       __shfl_sync(0xffffffffu, v.z, src), __shfl_sync(0xffffffffu, v.w, src));

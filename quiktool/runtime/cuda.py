@@ -983,9 +983,10 @@ def _gemv_lines(frag: tuple[str, int, int, int], ln: tuple[str, int, int, int], 
     H100 layer A/B (docs/PERF_LOG.md, eleventh session, s11g): the whole-line kernels took x0.82-0.97 of the
     time on the 70B shapes and 5120 x 13824 at M = 16, but x1.07-1.17 with the 320 blocks of N = 5120, which
     then need two waves. With the tiled 4-bit layout (twelfth session) the fragment kernels load whole lines of
-    4-bit weights too, and the rule against never came out even for W4A4 (s12d: x0.95-1.05; 256 outliers
-    x0.93-1.01); for 8-bit weights (row-major) it still pays (x0.76-0.93, s12c). An 8-token whole-line kernel
-    was tried and removed (x1.01-1.17 slower under the tiled layout, s12c)."""
+    4-bit weights too; the rule against never at M = 16 (s12d, W4A4, where the choice differs): x0.95-1.05
+    without outliers, x0.93-0.98 with 256 (identical kernels differed by x0.93-1.05 in that run); for 8-bit
+    weights (row-major) it still pays (x0.76-0.93, s12c). An 8-token whole-line kernel was tried and removed
+    (x1.01-1.17 slower under the tiled layout, s12c)."""
     if GEMV_LINES not in (0, 1, 2):
         raise KernelError(f"QUIKTOOL_GEMV_LINES={GEMV_LINES} is not accepted; use 1 (the rule), 0 (never) or 2 "
                           "(always)")
