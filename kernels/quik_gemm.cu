@@ -849,14 +849,15 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
-#define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES)                                                       \
-    extern "C" __global__ void __launch_bounds__(256)                                                              \
+// BOUNDS: the parenthesised __launch_bounds__ arguments, (256) or (256, blocks per SM).
+#define QUIK_GEMV_PLB(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES, BOUNDS)                                              \
+    extern "C" __global__ void __launch_bounds__ BOUNDS                                                            \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
         gemv<WB, MTOK, EP, NTW, U, PIPE, false, LINES>(A, W, out, M, N, Kp, ep);                                   \
     }
-#define QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, PIPE) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, false)
+#define QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, PIPE) QUIK_GEMV_PLB(NAME, WB, MTOK, EP, NTW, U, PIPE, false, (256))
 #define QUIK_GEMV(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, false)
 
 // quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U;
@@ -885,15 +886,20 @@ QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
-// quik_gemv_*_m16*_ln: the 16-token configurations with LINES (whole-line weight loads, see gemv).
-#define QUIK_GEMV_LN(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, false, true)
-#define QUIK_GEMV_LN_ALL(EPNAME, EP)                              \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_ln, 4, 16, EP, 2, 2)     \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_ln, 8, 16, EP, 2, 2)     \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r16_ln, 4, 16, EP, 1, 4) \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r16_ln, 8, 16, EP, 1, 4) \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r64_ln, 4, 16, EP, 4, 2) \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r64_ln, 8, 16, EP, 4, 2)
+// quik_gemv_*_m16*_ln: the 16-token configurations with LINES (whole-line weight loads, see gemv). The 16-row
+// 4-bit one is built for 2 blocks per SM: with w4_off it took 155 registers (one block per SM), so the
+// launcher's one-wave rule (cuda._gemv_lines) gave 11008 x 4096 the slower fragment kernel (x1.035 at M = 16,
+// s12h); bounded it takes 128 without spills (docs/PERF_LOG.md, thirteenth session). The 8-bit one has 128
+// registers unbounded.
+#define QUIK_GEMV_LN(NAME, WB, MTOK, EP, NTW, U, BOUNDS) \
+    QUIK_GEMV_PLB(NAME, WB, MTOK, EP, NTW, U, false, true, BOUNDS)
+#define QUIK_GEMV_LN_ALL(EPNAME, EP)                                            \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_ln, 4, 16, EP, 2, 2, (256))        \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_ln, 8, 16, EP, 2, 2, (256))        \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r16_ln, 4, 16, EP, 1, 4, (256, 2)) \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r16_ln, 8, 16, EP, 1, 4, (256))    \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r64_ln, 4, 16, EP, 4, 2, (256))    \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r64_ln, 8, 16, EP, 4, 2, (256))
 QUIK_GEMV_LN_ALL(i32, 0)
 QUIK_GEMV_LN_ALL(f16, 1)
 QUIK_GEMV_LN_ALL(bf16, 2)
@@ -948,11 +954,10 @@ QUIK_GEMVO_LN_ALL(bf16, 2)
 // surround the library call: the weight codes unpacked before, the fused epilogue (bit-identical to the
 // GEMM kernels' one) after.
 //
-// quik_unpack_w4_lut: W uint8 [N, Kp/2] (the w4 layout above, flat) -> Wb uint8 [N, Kp], one byte per
-//   code: lut[nibble] with lut uint8 [16] indexed by the nibble (codes 0..7, then -8..-1): the e4m3
+// quik_unpack_w4_lut: W uint8 [N, Kp/2] (the w4 layout above, w4_off) -> Wb uint8 [N, Kp] row-major, one byte
+//   per code: lut[nibble] with lut uint8 [16] indexed by the nibble (codes 0..7, then -8..-1): the e4m3
 //   bytes of the codes (FP8 path, built by torch so the encoding is torch's) or their int8 bytes.
-//   One thread per 16 packed bytes (32 codes): n_vec = N * Kp / 32 (whole: Kp % 64 == 0); block 256,
-//   grid ceil(n_vec / 256). W and Wb 16-byte aligned.
+//   One thread per 16 packed bytes (32 codes); block 256, grid below the helpers. W and Wb 16-byte aligned.
 // quik_epilogue_{f32,i32}acc_{f16,bf16}: acc [M, N] (fp32 holding exact integers, or int32) -> out
 //   [M, N], the epilogue of the GEMM kernels through store_pair. One thread per output pair (n, n + 1),
 //   n even: n_pairs = M * ceil(N/2); block 256, grid ceil(n_pairs / 256). acc 8-byte aligned; out and
@@ -1001,13 +1006,13 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
 }
 }  // namespace
 
-// Wb [N, Kp] row-major bytes (lut of each code) from W (the 4-bit layout, w4_off); rb = Kp / 2 (a multiple of 32),
-// n_vec = N * rb / 16. Grid: ceil(N / 8) * ceil(rb / 512) blocks of 256 threads, a group of 8 rows per
+// Wb [N, Kp] row-major bytes (lut of each code) from W (the 4-bit layout, w4_off); rb = Kp / 2 (a multiple of 32).
+// Grid: ceil(N / 8) * ceil(rb / 512) blocks of 256 threads, a group of 8 rows per
 // ceil(rb / 512) blocks, each thread one 16-byte vector in W's order: the reads are contiguous and each row's
 // 128 output bytes of a step are written by 4 adjacent threads (in the rows' order, the reads of a warp were 8
 // pieces 512 bytes apart).
 extern "C" __global__ void __launch_bounds__(256)
-quik_unpack_w4_lut(const unsigned char* W, uint4* Wb, const unsigned char* lut, long long n_vec, int N, int rb) {
+quik_unpack_w4_lut(const unsigned char* W, uint4* Wb, const unsigned char* lut, int N, int rb) {
     __shared__ unsigned char t[16];
     if (threadIdx.x < 16) t[threadIdx.x] = lut[threadIdx.x];
     __syncthreads();
