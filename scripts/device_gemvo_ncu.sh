@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # ncu of the outlier-fused small-M kernel against the plain one on one shape (issue 5, thirteenth session):
-#   OUT=/some/dir [SHAPE=8192x28672] [POINTS="m8_r64:1 m16_ln:16"] [CARVEOUT_POINTS="m16_ln:16"] \
-#     bash scripts/device_gemvo_ncu.sh
+#   OUT=/some/dir [SHAPE=8192x28672] [POINTS="m8_r64:1 m16_ln:16"] bash scripts/device_gemvo_ncu.sh
 # For each POINTS entry (kernel suffix as the launcher picks it : M): quik_gemvo_f16_w4_<suffix> (256 outliers) and
-# quik_gemv_f16_w4_<suffix> (none), from scripts/device_gemvo_probe.py's inputs; then the gemvo kernel of each
-# CARVEOUT_POINTS entry again under QUIKTOOL_GEMVO_CARVEOUT=min. Sections: throughput, memory (L1 hit rate),
-# occupancy and launch statistics (the shared-memory configuration the driver chose), warp states.
-# Outputs: $OUT/ncu_<gemv|gemvo>_<suffix>_m<M>[_min].txt
+# quik_gemv_f16_w4_<suffix> (none), from scripts/device_gemvo_probe.py's inputs. Sections: throughput, memory (L1
+# hit rate), occupancy and launch statistics (the shared-memory configuration the driver chose), warp states.
+# (At 911eb9a, s13a, it also ran the gemvo kernel under a shared-memory carve-out setting, removed since:
+# docs/PERF_LOG.md, thirteenth session.)
+# Outputs: $OUT/ncu_<gemv|gemvo>_<suffix>_m<M>.txt
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gemvo_ncu}; mkdir -p "$OUT"
@@ -25,8 +25,4 @@ for p in ${POINTS:-m8_r64:1 m16_ln:16}; do
   s=${p%%:*} m=${p##*:}
   run "quik_gemvo_f16_w4_$s" "$m" 45 "ncu_gemvo_${s}_m$m.txt"
   run "quik_gemv_f16_w4_$s" "$m" 5 "ncu_gemv_${s}_m$m.txt"
-done
-for p in ${CARVEOUT_POINTS:-m16_ln:16}; do
-  s=${p%%:*} m=${p##*:}
-  run "quik_gemvo_f16_w4_$s" "$m" 45 "ncu_gemvo_${s}_m${m}_min.txt" QUIKTOOL_GEMVO_CARVEOUT=min
 done

@@ -1111,37 +1111,6 @@ _GEMVO_M = 16                # the fused kernels' most tokens per launch (kernel
 # lowers both, for A/B runs.
 _GEMVO_SMEM_MAX: int = _env_int("QUIKTOOL_GEMVO_SMEM_MAX", 192 << 10)
 _GEMVO_SMEM_WANT = min(96 << 10, _GEMVO_SMEM_MAX)
-# Shared-memory carve-out of the outlier-fused kernels (an SM splits 256 KiB between shared memory and L1):
-# None leaves the driver's choice; "min" asks for the least that holds the blocks the occupancy calculator
-# allows, leaving the rest to L1, through which every block reads all M x Kp activation bytes; an int: that
-# percentage of the SM's shared memory. QUIKTOOL_GEMVO_CARVEOUT sets it (A/B runs).
-GEMVO_CARVEOUT: int | str | None = os.environ.get("QUIKTOOL_GEMVO_CARVEOUT") or None
-_CARVEOUT_ATTR, _STATIC_SMEM_ATTR = 9, 1  # CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, _SHARED_SIZE_BYTES
-_carveouts: dict[int, int] = {}  # function handle -> the percentage set on it (absent: never set, -1)
-
-
-def _carveout(index: int, name: str, block: int, smem: int) -> None:
-    """Apply GEMVO_CARVEOUT to kernel ``name`` before a launch of ``block`` threads and ``smem`` bytes of dynamic
-    shared memory (a driver call only when the percentage changes)."""
-    want = GEMVO_CARVEOUT
-    if want is None and not _carveouts:
-        return
-    driver = _cupy().cuda.driver
-    fn = _kernels(index, _device_info(index)[0])[name]
-    if want is None:
-        pct = -1  # CU_SHAREDMEM_CARVEOUT_DEFAULT
-    elif want == "min":
-        per_sm = _cupy().cuda.runtime.deviceGetAttribute(
-            _cupy().cuda.runtime.cudaDevAttrMaxSharedMemoryPerMultiprocessor, index)
-        need = _occupancy(fn, block, smem) * (smem + driver.funcGetAttribute(_STATIC_SMEM_ATTR, fn) + 1024)
-        pct = min(100, -(-100 * need // per_sm))
-    else:
-        pct = int(want)
-        if not 0 <= pct <= 100:
-            raise KernelError(f"GEMVO_CARVEOUT={want!r} is not accepted; use None, 'min' or a percentage 0..100")
-    if _carveouts.get(fn, -1) != pct:
-        driver.funcSetAttribute(fn, _CARVEOUT_ATTR, pct)
-        _carveouts[fn] = pct
 
 
 def _gemvo_smem(rows: int, M: int, n_out: int, chunk: int) -> int:
@@ -1213,7 +1182,6 @@ def _gemmo_run(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero:
         frag = _gemvo_plan(mc, N, w_bits, ep, n_out, sms, lines=False)
         ln = _gemvo_plan(mc, N, w_bits, ep, n_out, sms, lines=True) if mc > 8 else None
         name, grid, block, smem, chunk = ln if ln and _gemv_lines(frag[:4], ln[:4], dev) else frag
-        _carveout(dev, name, block, smem)
         args = (a_ptr + m0 * kp, w_ptr, o_ptr + m0 * N * out.element_size(), mc, N, kp, a_scale_p + 4 * m0,
                 a_zero_p + 4 * m0, float(a_shift), w_scale_p, wsum_p, xo_ptr + m0 * n_out * x_outlier.element_size(),
                 wo_ptr, n_out, chunk, b_ptr)
