@@ -367,14 +367,10 @@ struct OutlArgs {
                                   // them when they fit; a multiple of 8 when n_out is)
 };
 
-// Dynamic shared memory of a quik_gemvo_* block (the launcher computes the same, cuda._gemvo_smem), Mq = M rounded
-// up to a multiple of 4:
-//   tile [ROWS][2 * chunk + 16 bytes]: the block's outlier weight rows, `chunk` columns at a time (the 16-byte
-//        pad spreads the rows that neighbouring lanes read over the banks);
-//   xs   [M][n_out] 16-bit: the copy of x_out;
-//   xq   [n_out][Mq] fp32, 16-byte aligned: x converted once per block, column-major (4 tokens per 16-byte load);
-//   and once the chains are done the same bytes hold the lane sums ls [4][M][ROWS] fp32 (the region is at least
-//   that large).
+// Dynamic shared memory of a quik_gemvo_* block (the launcher computes the same, cuda._gemvo_smem):
+//   tile [ROWS][2 * chunk + 16 bytes]: the block's weight rows, `chunk` outlier columns at a time (the
+//        16-byte pad spreads the rows that neighbouring lanes read over the banks);
+//   xs   [M][n_out] 16-bit: a copy of x_out.
 constexpr int OUTL_THREADS = 256;
 // Independent partial sums per output (reference.outlier_sum, OUTLIER_LANES): column j goes to lane j % 4.
 constexpr int OUTL_LANES = 4;
@@ -391,27 +387,22 @@ QDEV float outl_step(float s, float x, float w) {
     }
 }
 
-// Where the time goes (H100, docs/PERF_LOG.md sixth, eighth and thirteenth sessions). The weight tile is copied by
-// cp.async before griddepcontrol.wait (weights do not depend on the quantizer), the quantizer's copy of the outlier
-// values (x_out) by cp.async right after it; both land during the main loop. The chains run after it. In the
-// thirteenth session's diagnostic builds (s13a, 8192 x 28672) the chains cost 4 us of 66 at M = 1 and 13 us of 79
-// at M = 16, the tile copy 8-10 us: at M = 16 the chains are issue-bound (~2.7 instructions per multiply-add: an
-// fp16 -> fp32 conversion of x for every product, 2 of the 4 warps per scheduler busy with them), at M = 1 only two
-// warps per block ran them. So now every thread runs ONE lane's chain (the columns j = l (mod 4)) for one feature
-// row and a group of tokens: thread t takes row t % ROWS, lane (t / ROWS) % 4, tokens TPG * (t / (4 ROWS)) ..
-// + TPG - 1; x is converted to fp32 once per block into xq; the four lane sums meet in shared memory and the thread
-// that stores the output adds them in the reference's order. Per multiply-add: the fma, a quarter of a 16-byte x
-// load, 1 / TPG of a weight conversion.
+// Where the time goes (H100, docs/PERF_LOG.md sixth session): a sequential chain of n_out dependent fp32
+// operations per output is short (~4 cycles each), but loads on the way are not. The first version walked
+// each weight row with dependent 16-byte global loads before the main loop (decode layers x1.0-1.3 slower
+// than cuBLAS's separate product); the second staged the tile but kept a bounds check per column in the
+// chain (serialised shared-memory latency) and gathered x through the outlier indices before the main loop
+// (a dependent load at every block's start). Now: the weight tile is copied by cp.async before
+// griddepcontrol.wait (weights do not depend on the quantizer), the quantizer's own copy of the outlier
+// values (x_out) by cp.async right after it, both land during the main loop, and the chains run after the
+// main loop on 8 columns at a time whose operands are loaded together.
 template <int EP, int MTOK, int ROWS>
 struct OutlierProduct {
-    static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;  // outputs stored per thread
-    static constexpr int GROUPS = OUTL_THREADS / (OUTL_LANES * ROWS);              // token groups
-    static constexpr int TPG = MTOK / GROUPS;                                      // tokens per thread
-    static_assert(GROUPS >= 1 && MTOK % GROUPS == 0 && TPG >= 2 && TPG <= 16, "thread mapping of the chains");
+    static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;
+    static_assert(PAIRS <= 4, "sums dispatches on up to 4 chains per thread");
     bool vec;  // 16-byte copies and reads (n_out % 8 == 0, w_out and x_out 16-byte aligned)
 
     QDEV static int row_bytes(const OutlArgs& ol) { return 2 * ol.chunk + 16; }
-    QDEV static int xq_offset(const OutlArgs& ol, int M) { return (ROWS * row_bytes(ol) + 2 * M * ol.n_out + 15) & ~15; }
 
     // Before griddepcontrol.wait: the first chunk of the weight tile (cp.async, when vec).
     QDEV void issue_weights(const OutlArgs& ol, int N, int n0, unsigned char* smem) {
@@ -449,60 +440,65 @@ struct OutlierProduct {
         }
     }
 
-    // acc[i] = acc[i] + x[m0 + i, j] * w[j] for the lane's columns j = l (mod 4) of the chunk j0 .. j0 + nj (j0 % 8 ==
-    // 0), in order, tokens i < NI; row: this thread's tile row, xq: the block's fp32 x. NI = 1, 2 (scalar / 8-byte x
-    // loads) or a multiple of 4 (16-byte loads; tokens past M compute garbage that is never stored).
+    // The chains of this thread's first NI tokens (xo: their rows of xs) over columns j0 .. j0 + nj of the
+    // tile row `row`: column j goes to lane j % OUTL_LANES of its token (reference.outlier_sum's order).
     template <int NI>
-    QDEV void chains(const OutlArgs& ol, const unsigned char* row, const float* xq, int Mq, int m0, int l, int j0,
-                     int nj, float (&acc)[TPG]) const {
-        auto column = [&](int j, float wf) {  // j: the column's index in the whole n_out
-            const float* xc = xq + (size_t)j * Mq + m0;
-            if constexpr (NI == 1) {
-                acc[0] = outl_step<EP>(acc[0], xc[0], wf);
-            } else if constexpr (NI == 2) {
-                const float2 xv = *reinterpret_cast<const float2*>(xc);
-                acc[0] = outl_step<EP>(acc[0], xv.x, wf);
-                acc[1] = outl_step<EP>(acc[1], xv.y, wf);
-            } else {
-#pragma unroll
-                for (int q = 0; q < NI / 4; ++q) {
-                    const float4 xv = *reinterpret_cast<const float4*>(xc + 4 * q);
-                    acc[4 * q + 0] = outl_step<EP>(acc[4 * q + 0], xv.x, wf);
-                    acc[4 * q + 1] = outl_step<EP>(acc[4 * q + 1], xv.y, wf);
-                    acc[4 * q + 2] = outl_step<EP>(acc[4 * q + 2], xv.z, wf);
-                    acc[4 * q + 3] = outl_step<EP>(acc[4 * q + 3], xv.w, wf);
-                }
-            }
-        };
-        if (vec) {  // columns j0 + 8k + l and j0 + 8k + 4 + l: 16-bit halves l % 2 of words l / 2 and l / 2 + 2
-            const int sh = 16 * (l & 1);
+    QDEV void chains(const OutlArgs& ol, const unsigned char* row, const unsigned short* xs, const int (&xo)[PAIRS],
+                     int j0, int nj, float (&acc)[PAIRS][OUTL_LANES]) const {
+        if (vec) {  // nj % 8 == 0, j0 % 8 == 0: column j0 + j + q is in lane q % 4; rows and xs rows 16-byte aligned
 #pragma unroll 2
-            for (int k = 0; k < nj; k += 8) {
-                const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * k);
-                const unsigned a = l & 2 ? wv.y : wv.x, b = l & 2 ? wv.w : wv.z;
-                column(j0 + k + l, load_f32<EP>((unsigned short)(a >> sh)));
-                column(j0 + k + 4 + l, load_f32<EP>((unsigned short)(b >> sh)));
+            for (int j = 0; j < nj; j += 8) {
+                const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
+                uint4 xv[NI];
+#pragma unroll
+                for (int i = 0; i < NI; ++i) xv[i] = *reinterpret_cast<const uint4*>(xs + xo[i] + j0 + j);
+                const unsigned wu[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+                for (int q = 0; q < 8; ++q) {
+                    const float wf = load_f32<EP>((unsigned short)(wu[q / 2] >> (16 * (q & 1))));
+#pragma unroll
+                    for (int i = 0; i < NI; ++i) {
+                        const unsigned xu[4] = {xv[i].x, xv[i].y, xv[i].z, xv[i].w};
+                        const float xf = load_f32<EP>((unsigned short)(xu[q / 2] >> (16 * (q & 1))));
+                        acc[i][q % OUTL_LANES] = outl_step<EP>(acc[i][q % OUTL_LANES], xf, wf);
+                    }
+                }
             }
         } else {
             const unsigned short* r16 = reinterpret_cast<const unsigned short*>(row);
-            for (int k = l; k < nj; k += OUTL_LANES) column(j0 + k, load_f32<EP>(r16[k]));
+            for (int j = 0; j < nj; ++j) {
+                const float wf = load_f32<EP>(r16[j]);
+                const int lj = (j0 + j) % OUTL_LANES;
+#pragma unroll
+                for (int i = 0; i < NI; ++i) {
+                    const float xf = load_f32<EP>(xs[xo[i] + j0 + j]);
+#pragma unroll
+                    for (int l = 0; l < OUTL_LANES; ++l)  // a select per lane: a runtime index would put acc in local memory
+                        if (l == lj) acc[i][l] = outl_step<EP>(acc[i][l], xf, wf);
+                }
+            }
         }
     }
 
-    // After the main loop: os[i] = the sum for output tid + i * OUTL_THREADS (token o / ROWS, feature n0 + o % ROWS),
-    // the outputs this thread stores in the epilogue. All threads call it (block barriers).
+    // After the main loop: os[i] = the sum for (token tid / ROWS + i * (OUTL_THREADS / ROWS), feature n0 +
+    // tid % ROWS), the outputs this thread stores in the epilogue. All threads call it (block barriers).
+    // Only the chains of tokens < M run (a prefix of i, ni of them; whole warps skip when ROWS >= 32): at
+    // M = 1 the 8-token kernels used to run all 8 chains and store one.
     QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) const {
-        const int tid = threadIdx.x, nl = tid % ROWS, l = (tid / ROWS) % OUTL_LANES, m0 = TPG * (tid / (OUTL_LANES * ROWS));
-        const int rb = row_bytes(ol), Mq = (M + 3) & ~3;
-        const int nv = max(0, min(TPG, M - m0));  // this thread's tokens < M
+        constexpr int MSTEP = OUTL_THREADS / ROWS;
+        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol), m0 = tid / ROWS;
         unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * rb);  // [M][n_out]
-        float* xq = reinterpret_cast<float*>(smem + xq_offset(ol, M));             // [n_out][Mq]
         if (!vec)
             for (int e = tid; e < M * ol.n_out; e += OUTL_THREADS) xs[e] = ol.x_out[e];
-        float acc[TPG];
+        const int ni = m0 < M ? min(PAIRS, (M - m0 + MSTEP - 1) / MSTEP) : 0;  // chains of tokens < M
+        int xo[PAIRS];  // the rows of xs this thread reads
+        float acc[PAIRS][OUTL_LANES];
 #pragma unroll
-        for (int i = 0; i < TPG; ++i) acc[i] = 0.f;
-        const unsigned char* row = smem + nl * rb;
+        for (int i = 0; i < PAIRS; ++i) {
+            xo[i] = min(m0 + i * MSTEP, M - 1) * ol.n_out;
+#pragma unroll
+            for (int l = 0; l < OUTL_LANES; ++l) acc[i][l] = 0.f;
+        }
         for (int j0 = 0; j0 < ol.n_out; j0 += ol.chunk) {
             const int nj = min(ol.chunk, ol.n_out - j0);
             if (j0 > 0 || !vec) {
@@ -511,45 +507,24 @@ struct OutlierProduct {
             }
             cp_async_wait<0>();
             __syncthreads();
-            if (j0 == 0) {  // x (landed now) to fp32, column-major
-                for (int e = tid; e < M * ol.n_out; e += OUTL_THREADS) {
-                    const int m = e / ol.n_out, j = e - m * ol.n_out;
-                    xq[j * Mq + m] = load_f32<EP>(xs[e]);
-                }
-                __syncthreads();
-            }
-            if (n0 + nl >= N || nv == 0) continue;
-            if (nv == 1) {
-                chains<1>(ol, row, xq, Mq, m0, l, j0, nj, acc);
-            } else if (nv == 2) {
-                chains<2>(ol, row, xq, Mq, m0, l, j0, nj, acc);
-            } else if constexpr (TPG >= 4) {  // 16-byte x loads: the tokens rounded up to a multiple of 4
-                if (nv <= 4) {
-                    chains<4>(ol, row, xq, Mq, m0, l, j0, nj, acc);
-                } else if constexpr (TPG >= 8) {
-                    if (nv <= 8) {
-                        chains<8>(ol, row, xq, Mq, m0, l, j0, nj, acc);
-                    } else if constexpr (TPG >= 16) {
-                        if (nv <= 12) chains<12>(ol, row, xq, Mq, m0, l, j0, nj, acc);
-                        else chains<16>(ol, row, xq, Mq, m0, l, j0, nj, acc);
-                    }
+            if (n >= N || ni == 0) continue;
+            const unsigned char* row = smem + nl * rb;
+            if (ni == PAIRS) {
+                chains<PAIRS>(ol, row, xs, xo, j0, nj, acc);
+            } else if constexpr (PAIRS > 1) {
+                if (ni == 1) {
+                    chains<1>(ol, row, xs, xo, j0, nj, acc);
+                } else if constexpr (PAIRS > 2) {
+                    if (ni == 2) chains<2>(ol, row, xs, xo, j0, nj, acc);
+                    else if constexpr (PAIRS > 3) chains<3>(ol, row, xs, xo, j0, nj, acc);  // PAIRS <= 4
                 }
             }
         }
-        __syncthreads();  // every chain has read the tile and xq: their bytes now take the lane sums
-        float* ls = reinterpret_cast<float*>(smem);  // [OUTL_LANES][M][ROWS]
-#pragma unroll
-        for (int i = 0; i < TPG; ++i)
-            if (i < nv) ls[(l * M + m0 + i) * ROWS + nl] = acc[i];
-        __syncthreads();
+        const float b = ol.bias && n < N ? load_f32<EP>(ol.bias[n]) : 0.f;
 #pragma unroll
         for (int i = 0; i < PAIRS; ++i) {
-            const int o = tid + i * OUTL_THREADS, m = o / ROWS, n = n0 + o % ROWS;
-            os[i] = 0.f;
-            if (m >= M || n >= N) continue;
-            const float* s = ls + m * ROWS + o % ROWS;
-            os[i] = add_rn(add_rn(s[0], s[M * ROWS]), add_rn(s[2 * M * ROWS], s[3 * M * ROWS]));  // (s0 + s1) + (s2 + s3)
-            if (ol.bias) os[i] = add_rn(os[i], load_f32<EP>(ol.bias[n]));
+            os[i] = add_rn(add_rn(acc[i][0], acc[i][1]), add_rn(acc[i][2], acc[i][3]));  // (s0 + s1) + (s2 + s3)
+            if (ol.bias) os[i] = add_rn(os[i], b);
         }
     }
 };
@@ -874,15 +849,14 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
-// BOUNDS: the parenthesised __launch_bounds__ arguments, (256) or (256, blocks per SM).
-#define QUIK_GEMV_PLB(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES, BOUNDS)                                              \
-    extern "C" __global__ void __launch_bounds__ BOUNDS                                                            \
+#define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES)                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base) {        \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
         gemv<WB, MTOK, EP, NTW, U, PIPE, false, LINES>(A, W, out, M, N, Kp, ep);                                   \
     }
-#define QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, PIPE) QUIK_GEMV_PLB(NAME, WB, MTOK, EP, NTW, U, PIPE, false, (256))
+#define QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, PIPE) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, false)
 #define QUIK_GEMV(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_P(NAME, WB, MTOK, EP, NTW, U, false)
 
 // quik_gemv_*_mT: 32 output features per block (NTW 2); *_mT_r16: 16 per block (NTW 1), twice the U;
@@ -911,20 +885,15 @@ QUIK_GEMV_ALL(i32, 0)
 QUIK_GEMV_ALL(f16, 1)
 QUIK_GEMV_ALL(bf16, 2)
 
-// quik_gemv_*_m16*_ln: the 16-token configurations with LINES (whole-line weight loads, see gemv). The 16-row
-// 4-bit one is built for 2 blocks per SM: with w4_off it took 155 registers (one block per SM), so the
-// launcher's one-wave rule (cuda._gemv_lines) gave 11008 x 4096 the slower fragment kernel (x1.035 at M = 16,
-// s12h); bounded it takes 128 without spills (docs/PERF_LOG.md, thirteenth session). The 8-bit one has 128
-// registers unbounded.
-#define QUIK_GEMV_LN(NAME, WB, MTOK, EP, NTW, U, BOUNDS) \
-    QUIK_GEMV_PLB(NAME, WB, MTOK, EP, NTW, U, false, true, BOUNDS)
-#define QUIK_GEMV_LN_ALL(EPNAME, EP)                                            \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_ln, 4, 16, EP, 2, 2, (256))        \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_ln, 8, 16, EP, 2, 2, (256))        \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r16_ln, 4, 16, EP, 1, 4, (256, 2)) \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r16_ln, 8, 16, EP, 1, 4, (256))    \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r64_ln, 4, 16, EP, 4, 2, (256))    \
-    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r64_ln, 8, 16, EP, 4, 2, (256))
+// quik_gemv_*_m16*_ln: the 16-token configurations with LINES (whole-line weight loads, see gemv).
+#define QUIK_GEMV_LN(NAME, WB, MTOK, EP, NTW, U) QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, false, true)
+#define QUIK_GEMV_LN_ALL(EPNAME, EP)                              \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_ln, 4, 16, EP, 2, 2)     \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_ln, 8, 16, EP, 2, 2)     \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r16_ln, 4, 16, EP, 1, 4) \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r16_ln, 8, 16, EP, 1, 4) \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w4_m16_r64_ln, 4, 16, EP, 4, 2) \
+    QUIK_GEMV_LN(quik_gemv_##EPNAME##_w8_m16_r64_ln, 8, 16, EP, 4, 2)
 QUIK_GEMV_LN_ALL(i32, 0)
 QUIK_GEMV_LN_ALL(f16, 1)
 QUIK_GEMV_LN_ALL(bf16, 2)

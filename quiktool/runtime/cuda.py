@@ -1105,20 +1105,18 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
 
 
 _GEMVO_M = 16                # the fused kernels' most tokens per launch (kernels/quik_gemm.cu, quik_gemvo_*)
-# Dynamic shared memory allowed to quik_gemvo_* (+ <= 34 KiB static; the kernel attribute is set to it at
-# load, which also sets the SM's shared-memory carve-out), and the most the launcher asks for before it
-# stages the weight tile in chunks (only for thousands of outlier columns). QUIKTOOL_GEMVO_SMEM_MAX (bytes)
-# lowers both, for A/B runs.
+# Dynamic shared memory allowed to quik_gemvo_* (+ <= 34 KiB static: red of the 16-token 64-row kernels; the
+# kernel attribute is set to it at load, which also sets the SM's shared-memory carve-out), and the most the
+# launcher asks for before it stages the weight tile in chunks (only for thousands of outlier columns).
+# QUIKTOOL_GEMVO_SMEM_MAX (bytes) lowers both, for A/B runs.
 _GEMVO_SMEM_MAX: int = _env_int("QUIKTOOL_GEMVO_SMEM_MAX", 192 << 10)
 _GEMVO_SMEM_WANT = min(96 << 10, _GEMVO_SMEM_MAX)
 
 
 def _gemvo_smem(rows: int, M: int, n_out: int, chunk: int) -> int:
-    """Dynamic shared memory of quik_gemvo_* (quik_gemm.cu, OutlierProduct): the weight tile [rows, 2 * chunk + 16
-    bytes], x values [M, n_out] 16-bit, then (16-byte aligned) x in fp32 [n_out, Mq] (Mq: M rounded up to 4); at
-    least the lane sums [4, M, rows] fp32 that take those bytes after the chains."""
-    xq = (rows * (2 * chunk + 16) + 2 * M * n_out + 15) // 16 * 16
-    return max(xq + 4 * n_out * (-(-M // 4) * 4), 16 * M * rows)
+    """Dynamic shared memory of quik_gemvo_*: the weight tile [rows, 2 * chunk + 16 bytes] + x values [M, n_out]
+    16-bit (quik_gemm.cu, OutlierProduct)."""
+    return rows * (2 * chunk + 16) + 2 * M * n_out
 
 
 def _gemvo_chunk(rows: int, M: int, n_out: int) -> int | None:
@@ -1126,8 +1124,8 @@ def _gemvo_chunk(rows: int, M: int, n_out: int) -> int | None:
     do (a multiple of 8; at least 8 within _GEMVO_SMEM_MAX); None when not even that fits."""
     if _gemvo_smem(rows, M, n_out, n_out) <= _GEMVO_SMEM_WANT or n_out <= 8:
         return n_out if _gemvo_smem(rows, M, n_out, n_out) <= _GEMVO_SMEM_MAX else None
-    fixed = _gemvo_smem(rows, M, n_out, 0)
-    chunk = max((_GEMVO_SMEM_WANT - fixed) // (2 * rows) // 8 * 8, 8)
+    chunk = (_GEMVO_SMEM_WANT - 2 * M * n_out - 16 * rows) // (2 * rows) // 8 * 8
+    chunk = max(chunk, 8)
     return chunk if _gemvo_smem(rows, M, n_out, chunk) <= _GEMVO_SMEM_MAX else None
 
 
@@ -1170,7 +1168,7 @@ def _gemmo_run(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero:
     if out is None:
         out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
     ep = _OUT_EP[out_dtype]
-    if _gemvo_chunk(64, _GEMVO_M, n_out) is None:  # > ~2000 outlier columns: torch ops, same bits
+    if _gemvo_chunk(64, _GEMVO_M, n_out) is None:  # > ~12000 outlier columns: torch ops, same bits
         log.warning("quik_gemm_outliers: %d outlier columns exceed the fused kernel's shared memory; using the "
                     "torch reference ops (slow)", n_out)
         return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum,

@@ -1133,7 +1133,7 @@ def test_quik_gemm_outliers_after_the_quantizer() -> None:
 
 
 def test_quik_gemm_outliers_beyond_shared_memory_uses_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cuda, "_GEMVO_SMEM_MAX", 1024)   # as if the outlier columns were ~2000
+    monkeypatch.setattr(cuda, "_GEMVO_SMEM_MAX", 1024)   # as if the outlier columns were ~12000
     _check_outliers(_outlier_case(_gen("outliers-fallback"), 3, 1100, 300, 100, 4, 4, torch.float16, True))
 
 
