@@ -442,11 +442,13 @@ struct OutlierProduct {
 
     // The chains of this thread's first NI tokens (xo: their rows of xs) over columns j0 .. j0 + nj of the
     // tile row `row`: column j goes to lane j % OUTL_LANES of its token (reference.outlier_sum's order).
-    template <int NI>
+    // LOOP: called inside the main loop (gemv, interleaved: vec holds; one 8-column group at a time, to keep the
+    // main loop's registers).
+    template <int NI, bool LOOP>
     QDEV void chains(const OutlArgs& ol, const unsigned char* row, const unsigned short* xs, const int (&xo)[PAIRS],
                      int j0, int nj, float (&acc)[PAIRS][OUTL_LANES]) const {
-        if (vec) {  // nj % 8 == 0, j0 % 8 == 0: column j0 + j + q is in lane q % 4; rows and xs rows 16-byte aligned
-#pragma unroll 2
+        if (LOOP || vec) {  // nj % 8 == 0, j0 % 8 == 0: column j0 + j + q is in lane q % 4; rows and xs rows 16-byte aligned
+#pragma unroll(LOOP ? 1 : 2)
             for (int j = 0; j < nj; j += 8) {
                 const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
                 uint4 xv[NI];
@@ -480,24 +482,64 @@ struct OutlierProduct {
         }
     }
 
-    // After the main loop: os[i] = the sum for (token tid / ROWS + i * (OUTL_THREADS / ROWS), feature n0 +
-    // tid % ROWS), the outputs this thread stores in the epilogue. All threads call it (block barriers).
-    // Only the chains of tokens < M run (a prefix of i, ni of them; whole warps skip when ROWS >= 32): at
-    // M = 1 the 8-token kernels used to run all 8 chains and store one.
-    QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) const {
+    // The chains' state: acc (lane sums of this thread's tokens), xo (their rows of xs), ni (how many are < M).
+    float acc[PAIRS][OUTL_LANES];
+    int xo[PAIRS];
+    int ni;
+
+    // Output i of this thread: token tid / ROWS + i * (OUTL_THREADS / ROWS), feature n0 + tid % ROWS. Only the
+    // chains of tokens < M run (a prefix of i, ni of them; whole warps skip when ROWS >= 32): at M = 1 the 8-token
+    // kernels used to run all 8 chains and store one.
+    QDEV void begin(const OutlArgs& ol, int M) {
         constexpr int MSTEP = OUTL_THREADS / ROWS;
-        const int tid = threadIdx.x, nl = tid % ROWS, n = n0 + nl, rb = row_bytes(ol), m0 = tid / ROWS;
-        unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * rb);  // [M][n_out]
-        if (!vec)
-            for (int e = tid; e < M * ol.n_out; e += OUTL_THREADS) xs[e] = ol.x_out[e];
-        const int ni = m0 < M ? min(PAIRS, (M - m0 + MSTEP - 1) / MSTEP) : 0;  // chains of tokens < M
-        int xo[PAIRS];  // the rows of xs this thread reads
-        float acc[PAIRS][OUTL_LANES];
+        const int m0 = threadIdx.x / ROWS;
+        ni = m0 < M ? min(PAIRS, (M - m0 + MSTEP - 1) / MSTEP) : 0;
 #pragma unroll
         for (int i = 0; i < PAIRS; ++i) {
             xo[i] = min(m0 + i * MSTEP, M - 1) * ol.n_out;
 #pragma unroll
             for (int l = 0; l < OUTL_LANES; ++l) acc[i][l] = 0.f;
+        }
+    }
+
+    // The chains over columns j0 .. j0 + nj, held in the tile chunk that starts at column c0 (j0 - c0 and, when
+    // vec, nj multiples of 8).
+    template <bool LOOP>
+    QDEV void part(const OutlArgs& ol, int N, int n0, const unsigned char* smem, int c0, int j0, int nj) {
+        const int nl = threadIdx.x % ROWS, rb = row_bytes(ol);
+        if (n0 + nl >= N || ni == 0 || nj <= 0) return;
+        const unsigned short* xs = reinterpret_cast<const unsigned short*>(smem + ROWS * rb);  // [M][n_out]
+        const unsigned char* row = smem + nl * rb + 2 * (j0 - c0);
+        if (ni == PAIRS) {
+            chains<PAIRS, LOOP>(ol, row, xs, xo, j0, nj, acc);
+        } else if constexpr (PAIRS > 1) {
+            if (ni == 1) {
+                chains<1, LOOP>(ol, row, xs, xo, j0, nj, acc);
+            } else if constexpr (PAIRS > 2) {
+                if (ni == 2) chains<2, LOOP>(ol, row, xs, xo, j0, nj, acc);
+                else if constexpr (PAIRS > 3) chains<3, LOOP>(ol, row, xs, xo, j0, nj, acc);  // PAIRS <= 4
+            }
+        }
+    }
+
+    // os[i] = the sum of output i, the value this thread adds in the epilogue.
+    QDEV void finish(const OutlArgs& ol, int N, int n0, float (&os)[PAIRS]) const {
+        const int n = n0 + threadIdx.x % ROWS;
+        const float b = ol.bias && n < N ? load_f32<EP>(ol.bias[n]) : 0.f;
+#pragma unroll
+        for (int i = 0; i < PAIRS; ++i) {
+            os[i] = add_rn(add_rn(acc[i][0], acc[i][1]), add_rn(acc[i][2], acc[i][3]));  // (s0 + s1) + (s2 + s3)
+            if (ol.bias) os[i] = add_rn(os[i], b);
+        }
+    }
+
+    // All of it after the main loop, chunk by chunk (the path when the chains are not interleaved with the main
+    // loop: see gemv). All threads call it (block barriers).
+    QDEV void sums(const OutlArgs& ol, int M, int N, int n0, unsigned char* smem, float (&os)[PAIRS]) {
+        begin(ol, M);
+        if (!vec) {
+            unsigned short* xs = reinterpret_cast<unsigned short*>(smem + ROWS * row_bytes(ol));
+            for (int e = threadIdx.x; e < M * ol.n_out; e += OUTL_THREADS) xs[e] = ol.x_out[e];
         }
         for (int j0 = 0; j0 < ol.n_out; j0 += ol.chunk) {
             const int nj = min(ol.chunk, ol.n_out - j0);
@@ -507,25 +549,9 @@ struct OutlierProduct {
             }
             cp_async_wait<0>();
             __syncthreads();
-            if (n >= N || ni == 0) continue;
-            const unsigned char* row = smem + nl * rb;
-            if (ni == PAIRS) {
-                chains<PAIRS>(ol, row, xs, xo, j0, nj, acc);
-            } else if constexpr (PAIRS > 1) {
-                if (ni == 1) {
-                    chains<1>(ol, row, xs, xo, j0, nj, acc);
-                } else if constexpr (PAIRS > 2) {
-                    if (ni == 2) chains<2>(ol, row, xs, xo, j0, nj, acc);
-                    else if constexpr (PAIRS > 3) chains<3>(ol, row, xs, xo, j0, nj, acc);  // PAIRS <= 4
-                }
-            }
+            part<false>(ol, N, n0, smem, j0, j0, nj);
         }
-        const float b = ol.bias && n < N ? load_f32<EP>(ol.bias[n]) : 0.f;
-#pragma unroll
-        for (int i = 0; i < PAIRS; ++i) {
-            os[i] = add_rn(add_rn(acc[i][0], acc[i][1]), add_rn(acc[i][2], acc[i][3]));  // (s0 + s1) + (s2 + s3)
-            if (ol.bias) os[i] = add_rn(os[i], b);
-        }
+        finish(ol, N, n0, os);
     }
 };
 
@@ -558,7 +584,8 @@ QDEV uint4 shfl4(const uint4& v, int src) {
 //   w8: mma jj (jj = 0, 1) uses weight words 2jj, 2jj+1 = columns 64s + 16t + 8jj .. +7, natural order,
 //       B = act words 2jj, 2jj+1 of the 16 bytes at 64s + 16t
 // For w4 the last step may be half (Kp % 128 == 64): lanes t = 2, 3 then have no columns and load zeros.
-template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false, bool LINES = false>
+template <int WBITS, int MTOK, int EP, int NTW, int U, bool PIPE, bool OUTL = false, bool LINES = false,
+          bool INTER = false>
 QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                int M, int N, int Kp, const EpiArgs& ep, const OutlArgs& ol = OutlArgs{}) {
     // NTW = 16-row weight tiles per block (ROWS = 16 * NTW output features), U = steps in flight per warp.
@@ -754,21 +781,54 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         for (int u = 0; u < U; ++u) compute_u(wv, av, u);
     };
     constexpr int STRIDE = WARPS * U;  // steps per iteration of the whole block
-    if constexpr (!PIPE) {
-        for (int s0 = warp; s0 < S; s0 += STRIDE) {
-            WV wv;
-            AV av;
-            load(s0, wv, av);
-            if constexpr (LINES) {  // pair by pair: a pair's shuffles wait only for its own loads
+    auto mmas = [&](WV& wv, const AV& av) {  // the MMAs of one iteration, once its loads are issued
+        if constexpr (LINES) {  // pair by pair: a pair's shuffles wait only for its own loads
 #pragma unroll
-                for (int j = 0; j < U / 2; ++j) {
-                    lines_frag(wv[2 * j], wv[2 * j + 1]);
-                    compute_u(wv, av, 2 * j);
-                    compute_u(wv, av, 2 * j + 1);
-                }
-            } else {
-                compute(wv, av);
+            for (int j = 0; j < U / 2; ++j) {
+                lines_frag(wv[2 * j], wv[2 * j + 1]);
+                compute_u(wv, av, 2 * j);
+                compute_u(wv, av, 2 * j + 1);
             }
+        } else {
+            compute(wv, av);
+        }
+    };
+    // OUTL, interleaved: the outlier chains run inside the main loop, a slice of the columns per iteration from the
+    // second one on, while that iteration's weight loads are in flight (after the main loop they cost 4 us of 66 at
+    // M = 1 and 13 of 79 at M = 16 on 8192 x 28672: docs/PERF_LOG.md, thirteenth session). The trip count is then
+    // the same for every warp (a warp past S loads zeros, which add nothing), because the first iteration ends with
+    // a block barrier that makes every thread's cp.async copies (tile, x_out) visible. Only with 16-byte copies and
+    // the whole tile in one chunk; otherwise the chains run after the loop (OutlierProduct::sums).
+    bool inter = false;
+    if constexpr (OUTL && INTER) inter = outl.vec && ol.chunk >= ol.n_out && ol.n_out > 0;
+    if constexpr (!PIPE) {
+        if (!inter) {
+            for (int s0 = warp; s0 < S; s0 += STRIDE) {
+                WV wv;
+                AV av;
+                load(s0, wv, av);
+                mmas(wv, av);
+            }
+        } else if constexpr (OUTL && INTER) {
+            outl.begin(ol, M);
+            const int nit = (S + STRIDE - 1) / STRIDE, g8 = ol.n_out >> 3;
+            const int per = nit > 1 ? (g8 + nit - 2) / (nit - 1) : 0;  // 8-column groups per iteration
+            for (int it = 0; it < nit; ++it) {
+                WV wv;
+                AV av;
+                load(warp + it * STRIDE, wv, av);
+                if (it > 0) {  // while this iteration's loads are in flight
+                    const int j0 = 8 * min(g8, (it - 1) * per);
+                    outl.template part<true>(ol, N, n0, outl_smem, 0, j0, 8 * min(g8, it * per) - j0);
+                }
+                mmas(wv, av);
+                if (it == 0) {
+                    cp_async_wait<0>();
+                    __syncthreads();
+                }
+            }
+            const int done = 8 * min(g8, (nit - 1) * per);
+            outl.template part<false>(ol, N, n0, outl_smem, 0, done, ol.n_out - done);
         }
     } else {  // two register sets, unrolled by 2 so that each keeps fixed registers
         WV w0, w1;
@@ -786,7 +846,8 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     float osum[PAIRS];
     if constexpr (OUTL) {
         static_assert(WARPS * 32 == OUTL_THREADS && PAIRS == OutlierProduct<EP, MTOK, ROWS>::PAIRS);
-        outl.sums(ol, M, N, n0, outl_smem, osum);
+        if (inter) outl.finish(ol, N, n0, osum);
+        else outl.sums(ol, M, N, n0, outl_smem, osum);
     }
 
     // Split-K reduction over the 8 warps. Fragment: c0, c1 = (feature g, tokens 2t, 2t+1), c2, c3 = g + 8.
@@ -907,8 +968,12 @@ QUIK_GEMV_LN_ALL(bf16, 2)
 constexpr int gemvo_min_blocks(int wb, int mtok, int ntw) {
     return mtok == 16 ? (ntw == 4 ? 2 : (ntw == 1 && wb == 4 ? 4 : 3)) : (ntw == 1 && wb == 4 ? 1 : 2);
 }
-// MINB: the launch bound's blocks per SM; LINES: whole-line weight loads (see gemv).
-#define QUIK_GEMVO_B(NAME, WB, MTOK, EP, NTW, U, MINB, LINES)                                                      \
+// INTER (the outlier chains interleaved with the main loop, see gemv) only where it costs no register spills in the
+// main loop: the kernels of the large decode shapes, 64 rows at M <= 8 and the 32-row whole-line ones at M <= 16.
+// Under the launch bounds of the others (64-80 registers, or 128 with 32 rows at M <= 8) it spilled 120-380 bytes.
+__host__ __device__ constexpr bool gemvo_inter(int mtok, int ntw, bool lines) { return mtok == 8 ? ntw == 4 : lines && ntw == 2; }
+// MINB: the launch bound's blocks per SM; LINES: whole-line weight loads; INTER: see gemvo_inter.
+#define QUIK_GEMVO_B(NAME, WB, MTOK, EP, NTW, U, MINB, LINES, INTER)                                               \
     extern "C" __global__ void __launch_bounds__(256, MINB)                                                        \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* x_out,           \
@@ -916,14 +981,14 @@ constexpr int gemvo_min_blocks(int wb, int mtok, int ntw) {
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, nullptr, a_shift};                                     \
         const OutlArgs ol = {static_cast<const unsigned short*>(x_out), static_cast<const unsigned short*>(w_out), \
                              static_cast<const unsigned short*>(bias), n_out, chunk};                              \
-        gemv<WB, MTOK, EP, NTW, U, false, true, LINES>(A, W, out, M, N, Kp, ep, ol);                               \
+        gemv<WB, MTOK, EP, NTW, U, false, true, LINES, INTER>(A, W, out, M, N, Kp, ep, ol);                        \
     }
 #define QUIK_GEMVO(NAME, WB, MTOK, EP, NTW, U) \
-    QUIK_GEMVO_B(NAME, WB, MTOK, EP, NTW, U, gemvo_min_blocks(WB, MTOK, NTW), false)
+    QUIK_GEMVO_B(NAME, WB, MTOK, EP, NTW, U, gemvo_min_blocks(WB, MTOK, NTW), false, gemvo_inter(MTOK, NTW, false))
 #define QUIK_GEMVO_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMVO, quik_gemvo_##EPNAME, EP)
 // quik_gemvo_*_m16*_ln: the 16-token fused kernels with whole-line weight loads, 2 blocks per SM (no spills,
 // except the 64-row ones, 104-448 bytes; the launcher's rule never picks 64 rows at M > 8).
-#define QUIK_GEMVO_LN(NAME, WB, EP, NTW, U) QUIK_GEMVO_B(NAME, WB, 16, EP, NTW, U, 2, true)
+#define QUIK_GEMVO_LN(NAME, WB, EP, NTW, U) QUIK_GEMVO_B(NAME, WB, 16, EP, NTW, U, 2, true, gemvo_inter(16, NTW, true))
 #define QUIK_GEMVO_LN_ALL(EPNAME, EP)                                   \
     QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w4_m16_ln, 4, EP, 2, 2)         \
     QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w8_m16_ln, 8, EP, 2, 2)         \

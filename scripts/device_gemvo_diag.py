@@ -13,6 +13,8 @@ part of it out of kernels/quik_gemm.cu (a temporary copy; the tree is untouched)
 
 Only `shipped` computes the right sums ("same" against it: the diagnostic builds differ by design); only the time
 means something. Inputs as a W4A4 layer has them; L2 flushed before every run (bench.Timer), ordinary launches.
+It ran at 911eb9a (s13a); its patches match the fused kernel's code up to 301d9bc, before the chains were
+interleaved with the main loop: run it from a checkout of 301d9bc.
 
     PYTHONPATH=$PWD python3 scripts/device_gemvo_diag.py [--shapes 8192x28672,28672x8192] [--m 1,16]
       [--variants shipped,notile,nochain,none] [--rounds 5] [--reps 100] [--n-out 256]

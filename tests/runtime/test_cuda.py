@@ -1054,10 +1054,12 @@ def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None
 # ---------------------------------------------------------------------------------------------------
 # (M, K, N, n_out): odd N, one outlier column, n_out not a multiple of 8 (scalar weight loads), the 7B
 # decode shape, M = 9..16 (the 16-token kernels), M > 16 (two launches), 1030 (scalar path), 1792 at
-# M = 16 (the weight tile staged in chunks), no outlier column (the bias alone).
+# M = 16 (the weight tile staged in chunks), no outlier column (the bias alone), and long rows where the
+# interleaving kernels (quik_gemm.cu gemvo_inter) spread the chains over 4-6 main-loop iterations, the last slice
+# shorter.
 OUTL_CASES = [(1, 172, 304, 100), (3, 1100, 11, 7), (8, 576, 1536, 256), (5, 4096, 4096, 256),
               (13, 300, 172, 1), (16, 4096, 1000, 256), (21, 1100, 304, 64), (2, 2100, 300, 1030),
-              (16, 2100, 300, 1792), (3, 300, 172, 0)]
+              (16, 2100, 300, 1792), (3, 300, 172, 0), (1, 11008, 304, 256), (16, 8448, 200, 256)]
 
 
 def _outlier_case(g: torch.Generator, M: int, K: int, N: int, n_out: int, w_bits: int, a_bits: int,
