@@ -812,10 +812,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
         } else if constexpr (OUTL && INTER) {
             outl.begin(ol, M);
             const int nit = (S + STRIDE - 1) / STRIDE, g8 = ol.n_out >> 3;
-            int per = nit > 1 ? (g8 + nit - 2) / (nit - 1) : 0;  // 8-column groups per iteration
-            // 16 tokens: at most 12 per iteration (the rest after the loop). 5120 x 13824's 2 slices of 16 ran x1.04
-            // slower than all after the loop (s13e), 8192 x 28672's slices of 11 x0.94 faster.
-            if constexpr (MTOK == 16) per = min(per, 12);
+            const int per = nit > 1 ? (g8 + nit - 2) / (nit - 1) : 0;  // 8-column groups per iteration
             for (int it = 0; it < nit; ++it) {
                 WV wv;
                 AV av;
