@@ -394,8 +394,11 @@ QDEV float outl_step(float s, float x, float w) {
 // chain (serialised shared-memory latency) and gathered x through the outlier indices before the main loop
 // (a dependent load at every block's start). Now: the weight tile is copied by cp.async before
 // griddepcontrol.wait (weights do not depend on the quantizer), the quantizer's own copy of the outlier
-// values (x_out) by cp.async right after it, both land during the main loop, and the chains run after the
-// main loop on 8 columns at a time whose operands are loaded together.
+// values (x_out) by cp.async right after it, both land during the main loop, and the chains run on 8 columns at
+// a time whose operands are loaded together: inside the main loop where gemvo_inter says so (thirteenth session:
+// after it they cost 4 of 66 us at M = 1 and 13 of 79 us at M = 16 on 8192 x 28672), else after it.
+// Tried and removed (thirteenth session, docs/PERF_LOG.md v14b, v14c): one lane's chain per thread over x
+// converted to fp32 once per block; exact, not faster.
 template <int EP, int MTOK, int ROWS>
 struct OutlierProduct {
     static constexpr int PAIRS = (MTOK * ROWS + OUTL_THREADS - 1) / OUTL_THREADS;
@@ -447,7 +450,8 @@ struct OutlierProduct {
     template <int NI, bool LOOP>
     QDEV void chains(const OutlArgs& ol, const unsigned char* row, const unsigned short* xs, const int (&xo)[PAIRS],
                      int j0, int nj, float (&acc)[PAIRS][OUTL_LANES]) const {
-        if (LOOP || vec) {  // nj % 8 == 0, j0 % 8 == 0: column j0 + j + q is in lane q % 4; rows and xs rows 16-byte aligned
+        // vec: nj % 8 == 0, j0 % 8 == 0: column j0 + j + q is in lane q % 4; rows and xs rows 16-byte aligned
+        if (LOOP || vec) {
 #pragma unroll(LOOP ? 1 : 2)
             for (int j = 0; j < nj; j += 8) {
                 const uint4 wv = *reinterpret_cast<const uint4*>(row + 2 * j);
@@ -594,7 +598,7 @@ QDEV void gemv(const signed char* __restrict__ A, const unsigned char* __restric
     // Measured on H100 (8192 x 28672, w4, NTW = 2): U = 4 streams 2.75 TB/s at M <= 8 (2.44 with U = 2);
     // at M <= 16 the extra activation registers make U = 4 no better. NTW = 1 halves the block's rows
     // (twice the blocks: a smaller last wave) and doubles U to keep the bytes in flight.
-    // OUTL: the outlier product (OutlierProduct): loads issued before griddepcontrol.wait, sums after the loop.
+    // OUTL: the outlier product (OutlierProduct): loads issued before griddepcontrol.wait, sums in or after the loop.
     constexpr int WARPS = 8, TT = MTOK / 8;
     constexpr int AW = WBITS == 4 ? 2 : 1;  // 16-byte activation loads per token row per step
     constexpr int SHIFT = WBITS == 4 ? 4 : 0;
@@ -968,10 +972,15 @@ QUIK_GEMV_LN_ALL(bf16, 2)
 constexpr int gemvo_min_blocks(int wb, int mtok, int ntw) {
     return mtok == 16 ? (ntw == 4 ? 2 : (ntw == 1 && wb == 4 ? 4 : 3)) : (ntw == 1 && wb == 4 ? 1 : 2);
 }
-// INTER (the outlier chains interleaved with the main loop, see gemv) only where it costs no register spills in the
-// main loop: the kernels of the large decode shapes, 64 rows at M <= 8 and the 32-row whole-line ones at M <= 16.
-// Under the launch bounds of the others (64-80 registers, or 128 with 32 rows at M <= 8) it spilled 120-380 bytes.
-__host__ __device__ constexpr bool gemvo_inter(int mtok, int ntw, bool lines) { return mtok == 8 ? ntw == 4 : lines && ntw == 2; }
+// INTER (the outlier chains interleaved with the main loop, see gemv) only in the kernels of the large decode
+// shapes, 64 rows at M <= 8 and the 32-row whole-line ones at M <= 16, where ptxas fits it without new spills (the
+// 4-bit 64-row one: 36 -> 64 bytes). Under the launch bounds of the others it spilled 36-440 bytes (the 32-row
+// 8-token kernel 152, the 16-token fragment kernels 300-380 at 64-80 registers). H100, 256 outliers, in one
+// process against the kernels without it (s13e): x0.90-0.97 where it runs (W4A4 8192 x 28672 x0.948 / x0.937 at
+// M = 1 / 16), except 5120 x 13824 at M = 16, W4A4 x1.04.
+__host__ __device__ constexpr bool gemvo_inter(int mtok, int ntw, bool lines) {
+    return mtok == 8 ? ntw == 4 : lines && ntw == 2;
+}
 // MINB: the launch bound's blocks per SM; LINES: whole-line weight loads; INTER: see gemvo_inter.
 #define QUIK_GEMVO_B(NAME, WB, MTOK, EP, NTW, U, MINB, LINES, INTER)                                               \
     extern "C" __global__ void __launch_bounds__(256, MINB)                                                        \
@@ -988,7 +997,8 @@ __host__ __device__ constexpr bool gemvo_inter(int mtok, int ntw, bool lines) { 
 #define QUIK_GEMVO_ALL(EPNAME, EP) QUIK_GEMV_CONFIGS(QUIK_GEMVO, quik_gemvo_##EPNAME, EP)
 // quik_gemvo_*_m16*_ln: the 16-token fused kernels with whole-line weight loads, 2 blocks per SM (no spills,
 // except the 64-row ones, 104-448 bytes; the launcher's rule never picks 64 rows at M > 8).
-#define QUIK_GEMVO_LN(NAME, WB, EP, NTW, U) QUIK_GEMVO_B(NAME, WB, 16, EP, NTW, U, 2, true, gemvo_inter(16, NTW, true))
+#define QUIK_GEMVO_LN(NAME, WB, EP, NTW, U) \
+    QUIK_GEMVO_B(NAME, WB, 16, EP, NTW, U, 2, true, gemvo_inter(16, NTW, true))
 #define QUIK_GEMVO_LN_ALL(EPNAME, EP)                                   \
     QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w4_m16_ln, 4, EP, 2, 2)         \
     QUIK_GEMVO_LN(quik_gemvo_##EPNAME##_w8_m16_ln, 8, EP, 2, 2)         \
