@@ -973,8 +973,8 @@ constexpr int gemvo_min_blocks(int wb, int mtok, int ntw) {
     return mtok == 16 ? (ntw == 4 ? 2 : (ntw == 1 && wb == 4 ? 4 : 3)) : (ntw == 1 && wb == 4 ? 1 : 2);
 }
 // INTER (the outlier chains interleaved with the main loop, see gemv) only in the kernels of the large decode
-// shapes, 64 rows at M <= 8 and the 32-row whole-line ones at M <= 16, where ptxas fits it without new spills (the
-// 4-bit 64-row one: 36 -> 64 bytes). Under the launch bounds of the others it spilled 36-440 bytes (the 32-row
+// shapes, 64 rows at M <= 8 and the 32-row whole-line ones at M <= 16, where ptxas fits it (no spills, except the
+// 4-bit 64-row kernel: 36 -> 64 bytes). Under the launch bounds of the others it spilled 36-440 bytes (the 32-row
 // 8-token kernel 152, the 16-token fragment kernels 300-380 at 64-80 registers). H100, 256 outliers, in one
 // process against the kernels without it (s13e): x0.90-0.97 where it runs (W4A4 8192 x 28672 x0.948 / x0.937 at
 // M = 1 / 16), except 5120 x 13824 at M = 16, W4A4 x1.04.
