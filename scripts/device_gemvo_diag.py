@@ -13,8 +13,8 @@ part of it out of kernels/quik_gemm.cu (a temporary copy; the tree is untouched)
 
 Only `shipped` computes the right sums ("same" against it: the diagnostic builds differ by design); only the time
 means something. Inputs as a W4A4 layer has them; L2 flushed before every run (bench.Timer), ordinary launches.
-It ran at 911eb9a (s13a); its patches match the fused kernel's code up to 301d9bc, before the chains were
-interleaved with the main loop: run it from a checkout of 301d9bc.
+It ran at 911eb9a (s13a), where the chains ran after the main loop only; `nochain` now patches
+OutlierProduct::part, so it drops the chains wherever they run (inside the main loop in the gemvo_inter kernels).
 
     PYTHONPATH=$PWD python3 scripts/device_gemvo_diag.py [--shapes 8192x28672,28672x8192] [--m 1,16]
       [--variants shipped,notile,nochain,none] [--rounds 5] [--reps 100] [--n-out 256]
@@ -33,7 +33,7 @@ from quiktool.runtime import cuda, reference
 
 # name -> [(text in kernels/quik_gemm.cu, replacement)]; each text must occur exactly once
 NO_TILE = ("        if (vec) load_tile(ol, N, n0, 0, smem);\n", "        (void)N; (void)n0; (void)smem;  // DIAG notile\n")
-NO_CHAIN = ("            if (n >= N || ni == 0) continue;\n", "            continue;  // DIAG nochain\n")
+NO_CHAIN = ("        if (n0 + nl >= N || ni == 0 || nj <= 0) return;\n", "        return;  // DIAG nochain\n")
 PATCHES = {"shipped": [], "notile": [NO_TILE], "nochain": [NO_CHAIN], "none": [NO_TILE, NO_CHAIN]}
 
 p = argparse.ArgumentParser()
