@@ -167,6 +167,70 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
         : "l"(da), "l"(db), "n"(1));
 }
 
+// The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
+// m0, n0) to global memory; s_ws / s_su: the tile's 256 w_scale / wsum values in shared memory (0 past N).
+template <int EP, int SHIFT, bool BLK>
+QDEV void wg_epilogue(const int (&d)[128], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
+                      int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
+    // Row of d[4j + 2h + e]: 64 g + 16 warp + lane/4 + 8h; column 8j + 2 (lane % 4) + e. In batches of 8 column pairs: the batch's y_base loads (16 per thread) are
+    // issued together before its stores (quik_epilogue.cuh, load_y_pair).
+    const int mr = m0 + g * 64 + warp * 16 + (lane >> 2);
+    // the tile's output as an [M, ldo] matrix from column nb: BLK, block n0 / seg of [M, seg]; else out itself
+    int ldo = N, nb = 0;
+    void* ob = out;
+    if constexpr (BLK) {
+        const int blk = n0 / seg;
+        ldo = seg;
+        nb = blk * seg;
+        ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
+    }
+    float sa[2], za[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int m = mr + 8 * h;
+        sa[h] = 0.f;
+        za[h] = 0.f;
+        if constexpr (EP != 0) {
+            if (m < M) {
+                sa[h] = ep.a_scale[m];
+                za[h] = row_zero(ep, m);
+            }
+        }
+    }
+    constexpr int JB = 8;
+#pragma unroll
+    for (int j0 = 0; j0 < 32; j0 += JB) {
+        unsigned yy[JB][2];
+#pragma unroll
+        for (int j = 0; j < JB; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = mr + 8 * h;
+                yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n0 + 8 * (j0 + j) + 2 * (lane & 3)) : 0u;
+            }
+#pragma unroll
+        for (int j = 0; j < JB; ++j) {
+            const int c = 8 * (j0 + j) + 2 * (lane & 3), n = n0 + c;  // c: column within the tile
+            if (n >= N) continue;
+            float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
+            if constexpr (EP != 0) {  // staged: 0 past N
+                ws0 = s_ws[c];
+                ws1 = s_ws[c + 1];
+                su0 = s_su[c];
+                su1 = s_su[c + 1];
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = mr + 8 * h;
+                const int k = 4 * (j0 + j) + 2 * h;
+                if (m < M)
+                    store_pair_y<EP>(ob, ep, ldo, m, n - nb, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h], ws0,
+                                     ws1, su0, su1, yy[j][h]);
+            }
+        }
+    }
+}
+
 template <int EP, int WB, bool BLK>
 QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                      int M, int N, int Kp, const EpiArgs& ep, int seg) {
@@ -320,64 +384,239 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
     wgmma_wait<0>();
     fence_acc(d);
 
-    // Epilogue straight from the fragment. Row of d[4j + 2h + e]: 64 wg + 16 warp + lane/4 + 8h; column
-    // 8j + 2 (lane % 4) + e. In batches of 8 column pairs: the batch's y_base loads (16 per thread) are
-    // issued together before its stores (quik_epilogue.cuh, load_y_pair).
-    const int mr = m0 + wg * 64 + warp * 16 + (lane >> 2);
-    // the tile's output as an [M, ldo] matrix from column nb: BLK, block n0 / seg of [M, seg]; else out itself
-    int ldo = N, nb = 0;
-    void* ob = out;
-    if constexpr (BLK) {
-        const int blk = n0 / seg;
-        ldo = seg;
-        nb = blk * seg;
-        ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
+    wg_epilogue<EP, SHIFT, BLK>(d, out, M, N, ep, seg, m0, n0, wg, warp, lane, s_ws, s_su);
+}
+
+
+// ---------------------------------------------------------------------------------------------------------
+// Warp-specialized version (quik_wgmma_ws_*; fourteenth session). Same contract, tile, operand layouts,
+// swizzle, unpack and epilogue as wgmma_gemm above; what differs is who does what and how they meet:
+//   block (NP + 2) x 128 threads (ws_threads). The first NP warpgroups, the producers, only fill the ring:
+//   cp.async of the activation tile (and the 8-bit weight tile), global loads + unpack + shared stores of
+//   the 4-bit weight tile. The last two, the consumers, only issue wgmmas (consumer g: tokens 64 g .. + 63)
+//   and run the epilogue. No block-wide barrier in the K loop: WS_STAGES ring slots of [A 16 KiB | B 32 KiB],
+//   each with a "full" mbarrier (one arrival per producer thread) and an "empty" one (one per consumer warp).
+// Why: in wgmma_gemm every thread both unpacks and issues wgmmas and all meet at one __syncthreads per K tile,
+// so a slow unpack stalls the tensor cores and the reverse (fifth session's diagnosis: the tensor half alone
+// 0.72 ms, the thread half alone 0.86 ms, the kernel 1.01-1.12 ms on 8192 x 28672 at M = 2048).
+// Producer, iteration s (slot s % S; the ring's first S slots start free):
+//   wait empty[s % S] (s >= S: the consumers' wgmmas of tile s - S are done); cp.async A(s) (w8: and B(s)),
+//   commit; w4: unpack the registers holding B(s) into the slot, then load B(s + WS_AHEAD) into them;
+//   then, one iteration behind: cp.async.wait_group 1 (my copies of tile s - 1 have landed), fence.proxy.async
+//   (my generic-proxy shared writes -> the async proxy that wgmma reads through), arrive full[(s - 1) % S].
+// Consumer, iteration s: wait full[s % S]; 4 wgmmas (one commit group); wgmma.wait_group 1 (tile s - 1's
+//   wgmmas done); one arrival per warp on empty[(s - 1) % S].
+// Producers: one warpgroup for 8-bit weights (it only issues copies), WS_W4_PRODUCERS (default 2) for 4-bit
+// ones: with one, each producer warp had a scheduler to itself and its unpack's dependent instructions left
+// the K tile ~20% slower than wgmma_gemm's (s14a); two share the unpack as wgmma_gemm's 8 warps did.
+// Registers: setmaxnreg moves them from the producers to the consumers: C = WS_CONSUMER_REGS each, the
+// producers share the rest of the 64 Ki (ws_producer_regs). ptxas then allocates each role's code within its
+// count. nvcc 13.0 --resource-usage, one producer warpgroup, spill bytes of the ten entry points: none at
+// 136 / 184; without setmaxnreg (168 each) 16-64 bytes in eight; 168 / 168 56 in the _blk ones (the
+// epilogue's block offset); 96 / 208 88-240 (the producer's two register buffers).
+#ifndef WS_STAGES
+#define WS_STAGES 4
+#endif
+#ifndef WS_AHEAD
+#define WS_AHEAD 2
+#endif
+#ifndef WS_W4_PRODUCERS
+#define WS_W4_PRODUCERS 1
+#endif
+#ifndef WS_CONSUMER_REGS
+#define WS_CONSUMER_REGS 184
+#endif
+static_assert(WS_AHEAD == 1 || WS_AHEAD == 2, "WS_AHEAD: 1 or 2");
+static_assert(WS_STAGES >= 2, "WS_STAGES: at least 2");
+static_assert(WS_W4_PRODUCERS == 1 || WS_W4_PRODUCERS == 2, "WS_W4_PRODUCERS: 1 or 2");
+template <int WB> __host__ __device__ constexpr int ws_producers() { return WB == 4 ? WS_W4_PRODUCERS : 1; }
+template <int WB> __host__ __device__ constexpr int ws_threads() { return 128 * (ws_producers<WB>() + 2); }
+// the producers' share of the register file: 128 NP P + 256 C <= 65536, P a multiple of 8
+template <int WB> __host__ __device__ constexpr int ws_producer_regs() {
+    return ((65536 - 256 * WS_CONSUMER_REGS) / (128 * ws_producers<WB>())) & ~7;
+}
+static_assert(ws_producer_regs<4>() >= 24 && ws_producer_regs<8>() >= 24, "setmaxnreg: at least 24 per thread");
+constexpr int WS_SLOT = WG_A_TILE + WG_B_TILE;  // 48 KiB
+__host__ __device__ constexpr int ws_smem_bytes() { return WS_STAGES * WS_SLOT + WG_EPI_BYTES + 2 * WS_STAGES * 8; }
+static_assert(ws_smem_bytes() + 1024 <= 227 * 1024, "the launcher asks for ws_smem_bytes + 1024 bytes");
+
+QDEV void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+QDEV void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Wait until the barrier's phase of this parity has completed (phase j has parity j & 1).
+QDEV void mbar_wait(unsigned bar, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nWS_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WS_WAIT;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+template <int R> QDEV void setmaxnreg_dec() {
+    if constexpr (R > 0) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+template <int R> QDEV void setmaxnreg_inc() {
+    if constexpr (R > 0) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+
+template <int EP, int WB, bool BLK>
+QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
+                        void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg) {
+    static_assert(WB == 4 || WB == 8, "weight bits: 4 or 8");
+    constexpr int S = WS_STAGES, SHIFT = WB == 4 ? 4 : 0;
+    extern __shared__ __align__(1024) unsigned char wg_smem[];
+    const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
+    // slot i: A at base + i * WS_SLOT, B 16 KiB later; then the epilogue factors, then the barriers
+    const unsigned s_epi = base + S * WS_SLOT, s_full = s_epi + WG_EPI_BYTES, s_empty = s_full + 8 * S;
+    float* s_ws = reinterpret_cast<float*>(wg_smem + (s_epi - smem_addr(wg_smem)));
+    float* s_su = s_ws + WG_BN;
+
+    constexpr int PT = 128 * ws_producers<WB>();  // producer threads: tid < PT; consumers: the last 256
+    const int tid = threadIdx.x, lane = tid & 31;
+    int m0, n0;
+    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);
+    const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
+
+    if (tid == 0) {
+        for (int i = 0; i < S; ++i) {
+            mbar_init(s_full + 8 * i, PT);  // every producer thread, once its copies and stores have landed
+            mbar_init(s_empty + 8 * i, 8);   // every consumer warp, once its wgmmas reading the slot are done
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    float sa[2], za[2];
+    __syncthreads();
+
+    if (tid < PT) {  // ---- producers ----
+        setmaxnreg_dec<ws_producer_regs<WB>()>();
+        const int p = tid, kp2 = Kp >> 1;
+        constexpr int RA = PT / 8, RB = PT / 4;  // rows per pass: 16-byte chunks (c = p % 8), packed chunks
+        // A: thread -> rows p/8 + RA i (i < 128 / RA), chunk p % 8; w8 B: rows p/8 + RA i (i < 256 / RA).
+        auto copy_tile = [&](int kt) {
+            const unsigned sa = base + (kt % S) * WS_SLOT, sb = sa + WG_A_TILE;
+            const int c = p & 7, k = kt * WG_BK + c * 16;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int m = mr + 8 * h;
-        sa[h] = 0.f;
-        za[h] = 0.f;
-        if constexpr (EP != 0) {
-            if (m < M) {
-                sa[h] = ep.a_scale[m];
-                za[h] = row_zero(ep, m);
+            for (int i = 0; i < WG_BM / RA; ++i) {
+                const int r = (p >> 3) + RA * i, m = m0 + r;
+                const bool ok = m < M && k < Kp;
+                cp_async16(sa + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
+            }
+            if constexpr (WB == 8) {
+#pragma unroll
+                for (int i = 0; i < WG_BN / RA; ++i) {
+                    const int r = (p >> 3) + RA * i, n = n0 + r;
+                    const bool ok = n < N && k < Kp;
+                    cp_async16(sb + swz128(r, c), ok ? W + (size_t)n * Kp + k : W, ok);
+                }
+            }
+            cp_async_commit();
+        };
+        // w4 B: thread -> rows p/4 + RB i (i < 256 / RB), packed chunk q = p % 4 (codes 32q .. 32q+31 of the
+        // K tile); a warp's load instruction reads one 512-byte block of the tiled layout (8 rows x 64 bytes).
+        constexpr int NB = WG_BN / RB;  // packed chunks per thread and tile
+        auto load_b = [&](int kt, uint4 (&wq)[NB]) {
+            const int q = p & 3, kb = kt * (WG_BK / 2) + q * 16;
+#pragma unroll
+            for (int i = 0; i < NB; ++i) {
+                const int n = n0 + (p >> 2) + RB * i;
+                wq[i] = (kt < KT && n < N && kb < kp2) ? ldg_stream(W + w4_off(n, kt, q * 16, N, kp2))
+                                                       : make_uint4(0, 0, 0, 0);
+            }
+        };
+        auto store_b = [&](int kt, const uint4 (&wq)[NB]) {
+            const unsigned sb = base + (kt % S) * WS_SLOT + WG_A_TILE;
+            const int q = p & 3;
+#pragma unroll
+            for (int i = 0; i < NB; ++i) {
+                const int r = (p >> 2) + RB * i;
+                unsigned w[8];
+                unpack8(wq[i].x, w[0], w[1]);
+                unpack8(wq[i].y, w[2], w[3]);
+                unpack8(wq[i].z, w[4], w[5]);
+                unpack8(wq[i].w, w[6], w[7]);
+                sts16(sb + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
+                sts16(sb + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
+            }
+        };
+        auto publish = [&](int kt) {  // my part of tile kt is in shared memory: tell the consumers
+            fence_proxy_async();
+            mbar_arrive(s_full + 8 * (kt % S));
+        };
+        auto step = [&](int kt, uint4 (&wq)[NB]) {
+            if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
+            copy_tile(kt);
+            if constexpr (WB == 4) {
+                store_b(kt, wq);
+                load_b(kt + WS_AHEAD, wq);
+            }
+            if (kt > 0) {
+                cp_async_wait<1>();  // groups committed: kt + 1; tile kt - 1's is the older of the two
+                publish(kt - 1);
+            }
+        };
+        uint4 wq0[NB], wq1[NB];
+        if constexpr (WB == 4) {
+            load_b(0, wq0);
+            if (WS_AHEAD == 2) load_b(1, wq1);
+        }
+        if (WB == 8 || WS_AHEAD == 1) {
+            for (int kt = 0; kt < KT; ++kt) step(kt, wq0);
+        } else {  // tile kt sits in wq0 when kt is even (unrolled by 2: registers need fixed indices)
+            for (int kt = 0; kt < KT; kt += 2) {
+                step(kt, wq0);
+                if (kt + 1 < KT) step(kt + 1, wq1);
             }
         }
+        cp_async_wait<0>();
+        publish(KT - 1);
+        return;
     }
-    constexpr int JB = 8;
+
+    // ---- consumers ----
+    setmaxnreg_inc<WS_CONSUMER_REGS>();
+    const int ct = tid - PT, g = ct >> 7, warp = (ct >> 5) & 3;
+    if constexpr (EP != 0) {
+        const int n = n0 + ct;  // 256 consumer threads == WG_BN: one column each
+        s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
+        s_su[ct] = n < N ? ep.wsum[n] : 0.f;
+    }
+    int d[128];
 #pragma unroll
-    for (int j0 = 0; j0 < 32; j0 += JB) {
-        unsigned yy[JB][2];
+    for (int i = 0; i < 128; ++i) d[i] = 0;
+    for (int kt = 0; kt < KT; ++kt) {
+        const unsigned slot = base + (kt % S) * WS_SLOT;
+        mbar_wait(s_full + 8 * (kt % S), (kt / S) & 1);
+        fence_acc(d);
+        wgmma_fence();
+        const unsigned a = slot + g * (64 * 128), b = slot + WG_A_TILE;
 #pragma unroll
-        for (int j = 0; j < JB; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int m = mr + 8 * h;
-                yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n0 + 8 * (j0 + j) + 2 * (lane & 3)) : 0u;
-            }
-#pragma unroll
-        for (int j = 0; j < JB; ++j) {
-            const int c = 8 * (j0 + j) + 2 * (lane & 3), n = n0 + c;  // c: column within the tile
-            if (n >= N) continue;
-            float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
-            if constexpr (EP != 0) {  // staged: 0 past N
-                ws0 = s_ws[c];
-                ws1 = s_ws[c + 1];
-                su0 = s_su[c];
-                su1 = s_su[c + 1];
-            }
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int m = mr + 8 * h;
-                const int k = 4 * (j0 + j) + 2 * h;
-                if (m < M)
-                    store_pair_y<EP>(ob, ep, ldo, m, n - nb, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h], ws0,
-                                     ws1, su0, su1, yy[j][h]);
+        for (int s = 0; s < WG_BK / 32; ++s) wgmma_s8_m64n256k32(d, wg_desc(a + 32 * s), wg_desc(b + 32 * s));
+        wgmma_commit();
+        fence_acc(d);
+        if constexpr (EP != 0) {  // y_base of this tile into L2 before the epilogue reads it (as wgmma_gemm)
+            if (kt == KT - 3 || (KT < 3 && kt == 0)) {
+                const int m = m0 + (ct >> 1), nl = n0 + 128 * (ct & 1);
+                if (ep.y_base && m < M) {
+                    const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base) + (size_t)m * N;
+                    if (nl < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl));
+                    if (nl + 64 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl + 64));
+                }
             }
         }
+        wgmma_wait<1>();
+        fence_acc(d);
+        if (kt > 0) {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(s_empty + 8 * ((kt - 1) % S));
+        }
     }
+    wgmma_wait<0>();
+    fence_acc(d);
+    // the epilogue factors written by the other consumer threads (named barrier 1: consumers only)
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    wg_epilogue<EP, SHIFT, BLK>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
 }
 
 }  // namespace
@@ -401,3 +640,23 @@ QUIK_WGMMA(quik_wgmma_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA(quik_wgmma_bf16_w4_blk, 2, 4, true)
 QUIK_WGMMA(quik_wgmma_f16_w8_blk, 1, 8, true)
 QUIK_WGMMA(quik_wgmma_bf16_w8_blk, 2, 8, true)
+
+#define QUIK_WGMMA_WS(NAME, EP, WB, BLK)                                                                            \
+    extern "C" __global__ void __launch_bounds__(ws_threads<WB>(), 1)                                             \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
+         int seg) {                                                                                                 \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        wgmma_gemm_ws<EP, WB, BLK>(A, W, out, M, N, Kp, ep, seg);                                                  \
+    }
+
+QUIK_WGMMA_WS(quik_wgmma_ws_i32_w4, 0, 4, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4, 1, 4, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_i32_w8, 0, 8, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_f16_w8, 1, 8, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w8, 2, 8, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
+QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
+QUIK_WGMMA_WS(quik_wgmma_ws_f16_w8_blk, 1, 8, true)
+QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w8_blk, 2, 8, true)

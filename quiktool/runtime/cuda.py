@@ -274,8 +274,8 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ep}_w{b}" for b in (4, 8) for ep in _EPS)
-                                   + tuple(f"quik_wgmma_{ep}_w{b}_blk" for b in (4, 8) for ep in _EPS[1:]))
+WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws in ("", "ws_") for b in (4, 8)
+                                       for blk in ("", "_blk") for ep in (_EPS[1:] if blk else _EPS))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -293,6 +293,20 @@ def wgmma_smem_bytes(depth: int = _WG_DEPTH, w_bits: int = 4) -> int:
 
 _WG_SMEM = wgmma_smem_bytes()
 _WG_SMEM_W8 = wgmma_smem_bytes(w_bits=8)
+# The warp-specialized kernels (quik_wgmma_ws_*, fourteenth session): a producer warpgroup fills a ring of
+# WS_STAGES slots (activation tile 128 x 128 B + weight tile 256 x 128 B) that two consumer warpgroups' wgmmas
+# read, mbarriers instead of a block barrier per K tile. QUIKTOOL_WGMMA_WS=0 runs the earlier kernels (A/B).
+WGMMA_WS = os.environ.get("QUIKTOOL_WGMMA_WS", "1") != "0"
+_WS_THREADS, _WS_STAGES = 384, 4  # quik_wgmma.cu's WS_THREADS and WS_STAGES default (a CPU test reads it)
+
+
+def wgmma_ws_smem_bytes(stages: int = _WS_STAGES) -> int:
+    """quik_wgmma.cu's dynamic shared memory for the warp-specialized kernels: stages x (128 x 128 B +
+    256 x 128 B), the epilogue's 2 x 256 fp32 factors, two 8-byte mbarriers per stage, 1 KiB alignment slack."""
+    return stages * (_WG_BM + _WG_BN) * 128 + 2 * _WG_BN * 4 + 16 * stages + 1024
+
+
+_WS_SMEM = wgmma_ws_smem_bytes()
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
 # since one block runs per SM and too few tiles leave SMs idle; the tests set 0 to run the kernel on small
@@ -405,7 +419,8 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                     _MODULES.append(module)
                     for name in WGMMA_KERNELS:
                         kernel = module.get_function(name)
-                        kernel.max_dynamic_shared_size_bytes = _WG_SMEM_W8 if "_w8" in name else _WG_SMEM
+                        kernel.max_dynamic_shared_size_bytes = (_WS_SMEM if "_ws_" in name else
+                                                                _WG_SMEM_W8 if "_w8" in name else _WG_SMEM)
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
@@ -1211,8 +1226,11 @@ def _min_m(path: str) -> int:
 
 
 def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False) -> tuple[str, int, int, int]:
-    """quik_wgmma_<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
-    return (f"quik_wgmma_{ep}_w{w_bits}{'_blk' if blk else ''}", -(-M // _WG_BM) * -(-N // _WG_BN), _WG_THREADS,
+    """quik_wgmma_[ws_]<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
+    grid = -(-M // _WG_BM) * -(-N // _WG_BN)
+    if WGMMA_WS:
+        return f"quik_wgmma_ws_{ep}_w{w_bits}{'_blk' if blk else ''}", grid, _WS_THREADS, _WS_SMEM
+    return (f"quik_wgmma_{ep}_w{w_bits}{'_blk' if blk else ''}", grid, _WG_THREADS,
             _WG_SMEM if w_bits == 4 else _WG_SMEM_W8)
 
 

@@ -432,7 +432,8 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
 
 
-def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ws", [True, False], ids=["ws", "nows"])
+def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, ws: bool) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
     (quik_wgmma.cu, seg), so each member's output is contiguous, with the same bits as the column slices of
     the [M, N] output and as the torch backend's fused layer."""
@@ -441,7 +442,7 @@ def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pyte
     from quiktool.runtime import fuse
     from quiktool.runtime.quik_linear import QuikLinear
 
-    _wgmma_or_skip(monkeypatch)
+    _wgmma_or_skip(monkeypatch, ws)
     g = torch.Generator().manual_seed(11)
     K, N = 640, 512                                  # the kernel's blocks: multiples of its 256-column tile
     idx = torch.randperm(K, generator=g)[:32].sort().values
@@ -914,7 +915,9 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # (e) the sm_90a wgmma kernel (kernels/quik_wgmma.cu): 4- or 8-bit weights, 4- or 8-bit activations, large M
 # ---------------------------------------------------------------------------------------------------
-def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
+def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, ws: bool | None = None) -> int:
+    """The wgmma path on for every shape; ws: the warp-specialized kernels (quik_wgmma_ws_*) or the earlier
+    ones (None: the launcher's default)."""
     dev = torch.cuda.current_device()
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("the wgmma kernel is sm_90 only")
@@ -923,6 +926,8 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
     assert cuda._wgmma_kernels(dev) is not None, "the wgmma kernel did not build or load (see the logged warning)"
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 1)
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
+    if ws is not None:
+        monkeypatch.setattr(cuda, "WGMMA_WS", ws)
     return dev
 
 
@@ -931,13 +936,17 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch) -> int:
 WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096, 4096)]
 
 
+WS = pytest.mark.parametrize("ws", [True, False], ids=["ws", "nows"])
+
+
+@WS
 @pytest.mark.parametrize("w_bits", [4, 8])
 @pytest.mark.parametrize("a_bits", [4, 8])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 118, 300, 2048])
 def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
-                              w_bits: int) -> None:
-    dev = _wgmma_or_skip(monkeypatch)
+                              w_bits: int, ws: bool) -> None:
+    dev = _wgmma_or_skip(monkeypatch, ws)
     g = _gen("wgmma-int", M, kq, N, a_bits, w_bits)
     a = _act_codes(g, M, kq, a_bits)
     w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
@@ -947,13 +956,14 @@ def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, 
     assert torch.equal(got, ref), _first_mismatch(got, ref)
 
 
+@WS
 @pytest.mark.parametrize("w_bits", [4, 8])
 @pytest.mark.parametrize("pattern", ["extremes", "alternating", "random"])
 def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str,
-                                                  w_bits: int) -> None:
+                                                  w_bits: int, ws: bool) -> None:
     """|acc| up to 128 * 8 * Kq (w4: 16 * acc in the kernel's int32 accumulators) or 128 * 128 * Kq (w8) at
     Kq = 32768: near 2^29 either way."""
-    _wgmma_or_skip(monkeypatch)
+    _wgmma_or_skip(monkeypatch, ws)
     g = _gen("wgmma-big", pattern, w_bits)
     M, N, kq = 130, 260, 32768
     lo, hi = (-8, 7) if w_bits == 4 else (-128, 127)
@@ -972,15 +982,16 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
     assert torch.equal(got, ref), _first_mismatch(got, ref)
 
 
+@WS
 @pytest.mark.parametrize("with_y", [True, False], ids=["y_base", "no_y"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("w_bits,a_bits", [(4, 4), (4, 8), (8, 8)])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,
-                                       a_bits: int, dtype: torch.dtype, with_y: bool) -> None:
+                                       a_bits: int, dtype: torch.dtype, with_y: bool, ws: bool) -> None:
     """Same bits as the reference and as the mma.sync kernels (which the other tests pin to the reference)."""
-    dev = _wgmma_or_skip(monkeypatch)
+    dev = _wgmma_or_skip(monkeypatch, ws)
     g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y, w_bits)
     a = _act_codes(g, M, kq, a_bits)
     w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)

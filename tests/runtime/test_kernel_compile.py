@@ -107,6 +107,14 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     assert cuda._WG_SMEM == cuda.wgmma_smem_bytes(cuda._WG_DEPTH)
     assert cuda.wgmma_smem_bytes(1, w_bits=8) == 4 * 16384 + 4 * 32768 + 2048 + 1024  # w8: B slots = A stages
     assert cuda._WG_SMEM_W8 == cuda.wgmma_smem_bytes(cuda._WG_DEPTH, w_bits=8) <= 227 * 1024
+    # the warp-specialized kernels: WS_STAGES slots of 48 KiB, 384 threads
+    for name, value in (("WS_STAGES", cuda._WS_STAGES), ("WS_THREADS", cuda._WS_THREADS)):
+        m = re.search(rf"#ifndef {name}\s*\n\s*#define {name} (\d+)", src) or re.search(rf"constexpr int {name} = (\d+);", src)
+        assert m and int(m.group(1)) == value, f"{name}: kernel {m and m.group(1)}, launcher {value}"
+    assert cuda.wgmma_ws_smem_bytes(4) == 4 * (16384 + 32768) + 2048 + 4 * 16 + 1024
+    assert cuda._WS_SMEM == cuda.wgmma_ws_smem_bytes(cuda._WS_STAGES) <= 227 * 1024
+    assert cuda._wgmma_plan(300, 1000, "f16", 4)[2:] == ((cuda._WS_THREADS, cuda._WS_SMEM) if cuda.WGMMA_WS
+                                                        else (cuda._WG_THREADS, cuda._WG_SMEM))
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
