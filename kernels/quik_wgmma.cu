@@ -172,8 +172,9 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
 template <int EP, int SHIFT, bool BLK>
 QDEV void wg_epilogue(const int (&d)[128], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
                       int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
-    // Row of d[4j + 2h + e]: 64 g + 16 warp + lane/4 + 8h; column 8j + 2 (lane % 4) + e. In batches of 8 column pairs: the batch's y_base loads (16 per thread) are
-    // issued together before its stores (quik_epilogue.cuh, load_y_pair).
+    // Row of d[4j + 2h + e]: 64 g + 16 warp + lane/4 + 8h; column 8j + 2 (lane % 4) + e. In batches of 8
+    // column pairs: the batch's y_base loads (16 per thread) are issued together before its stores
+    // (quik_epilogue.cuh, load_y_pair).
     const int mr = m0 + g * 64 + warp * 16 + (lane >> 2);
     // the tile's output as an [M, ldo] matrix from column nb: BLK, block n0 / seg of [M, seg]; else out itself
     int ldo = N, nb = 0;
@@ -391,51 +392,66 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 // ---------------------------------------------------------------------------------------------------------
 // Warp-specialized version (quik_wgmma_ws_*; fourteenth session). Same contract, tile, operand layouts,
 // swizzle, unpack and epilogue as wgmma_gemm above; what differs is who does what and how they meet:
-//   block (NP + 2) x 128 threads (ws_threads). The first NP warpgroups, the producers, only fill the ring:
-//   cp.async of the activation tile (and the 8-bit weight tile), global loads + unpack + shared stores of
-//   the 4-bit weight tile. The last two, the consumers, only issue wgmmas (consumer g: tokens 64 g .. + 63)
-//   and run the epilogue. No block-wide barrier in the K loop: WS_STAGES ring slots of [A 16 KiB | B 32 KiB],
-//   each with a "full" mbarrier (one arrival per producer thread) and an "empty" one (one per consumer warp).
+//   block 384 threads = 3 warpgroups. Warpgroup 0, the producer, fills the ring: cp.async of the activation
+//   tile (and of the 8-bit weight tile), global loads + unpack + shared stores of the first WS_PB rows of the
+//   4-bit weight tile. Warpgroups 1 and 2, the consumers (consumer g: tokens 64 g .. + 63), issue the wgmmas,
+//   unpack the other 256 - WS_PB rows of the 4-bit tile WS_LEAD tiles ahead while their wgmmas run, and run
+//   the epilogue. No block-wide barrier in the K loop: WS_STAGES ring slots of [A 16 KiB | B 32 KiB], each
+//   with a "full" mbarrier (one arrival per thread that writes the slot) and an "empty" one (one arrival per
+//   consumer warp).
 // Why: in wgmma_gemm every thread both unpacks and issues wgmmas and all meet at one __syncthreads per K tile,
-// so a slow unpack stalls the tensor cores and the reverse (fifth session's diagnosis: the tensor half alone
-// 0.72 ms, the thread half alone 0.86 ms, the kernel 1.01-1.12 ms on 8192 x 28672 at M = 2048).
+// so a slow warp stalls the tensor cores and the reverse (fifth session's diagnosis: the tensor half alone
+// 0.72 ms, the thread half alone 0.86 ms, the kernel 1.01-1.12 ms on 8192 x 28672 at M = 2048). With the
+// whole 4-bit unpack on the producer (WS_PB = 256, s14a) the layer took x1.16-1.22 of wgmma_gemm's time: one
+// warp per scheduler cannot hide its own latencies; 8-bit weights (no unpack) took x0.75-0.82.
 // Producer, iteration s (slot s % S; the ring's first S slots start free):
 //   wait empty[s % S] (s >= S: the consumers' wgmmas of tile s - S are done); cp.async A(s) (w8: and B(s)),
-//   commit; w4: unpack the registers holding B(s) into the slot, then load B(s + WS_AHEAD) into them;
-//   then, one iteration behind: cp.async.wait_group 1 (my copies of tile s - 1 have landed), fence.proxy.async
-//   (my generic-proxy shared writes -> the async proxy that wgmma reads through), arrive full[(s - 1) % S].
-// Consumer, iteration s: wait full[s % S]; 4 wgmmas (one commit group); wgmma.wait_group 1 (tile s - 1's
-//   wgmmas done); one arrival per warp on empty[(s - 1) % S].
-// Producers: one warpgroup for 8-bit weights (it only issues copies), WS_W4_PRODUCERS (default 2) for 4-bit
-// ones: with one, each producer warp had a scheduler to itself and its unpack's dependent instructions left
-// the K tile ~20% slower than wgmma_gemm's (s14a); two share the unpack as wgmma_gemm's 8 warps did.
-// Registers: setmaxnreg moves them from the producers to the consumers: C = WS_CONSUMER_REGS each, the
-// producers share the rest of the 64 Ki (ws_producer_regs). ptxas then allocates each role's code within its
-// count. nvcc 13.0 --resource-usage, one producer warpgroup, spill bytes of the ten entry points: none at
-// 136 / 184; without setmaxnreg (168 each) 16-64 bytes in eight; 168 / 168 56 in the _blk ones (the
-// epilogue's block offset); 96 / 208 88-240 (the producer's two register buffers).
+//   commit; w4: unpack the registers holding its rows of B(s) into the slot, then load B(s + WS_AHEAD) into
+//   them; then, one iteration behind: cp.async.wait_group 1 (my copies of tile s - 1 have landed),
+//   fence.proxy.async (my generic-proxy shared writes -> the async proxy that wgmma reads through), arrive
+//   full[(s - 1) % S].
+// Consumer, iteration s: wait full[s % S]; 4 wgmmas (one commit group); w4: wait empty[t % S] for t = s +
+//   WS_LEAD (tile t - S done; t - S <= s - 2), unpack my rows of B(t) from registers into its slot,
+//   fence.proxy.async, arrive full[t % S], load my rows of B(t + 1); wgmma.wait_group 1 (tile s - 1's wgmmas
+//   done); one arrival per warp on empty[(s - 1) % S].
+// Registers: setmaxnreg moves them from the producer to the consumers (WS_W4_PREGS / WS_W4_CREGS and the
+// WS_W8_ pair: producer P, consumer C, 128 P + 256 C <= 65536); ptxas then allocates each role's code within
+// its count (it refuses a wgmma below ~154, so two producer warpgroups, 128 registers per thread at launch,
+// do not compile). Spill bytes (nvcc 13.0 --resource-usage): none at the defaults. Without setmaxnreg (168
+// each) 16-64 in eight of the ten entry points; w8 at 88 / 208 20 bytes (the producer's 24 copy addresses);
+// w4 with WS_PB = 256 at 96 / 208 88-240 (two register buffers of 8 chunks), WS_PB = 64 at 72 / 216 52-60.
 #ifndef WS_STAGES
 #define WS_STAGES 4
 #endif
 #ifndef WS_AHEAD
 #define WS_AHEAD 2
 #endif
-#ifndef WS_W4_PRODUCERS
-#define WS_W4_PRODUCERS 1
+#ifndef WS_PB
+#define WS_PB 128
 #endif
-#ifndef WS_CONSUMER_REGS
-#define WS_CONSUMER_REGS 184
+#ifndef WS_LEAD
+#define WS_LEAD 2
+#endif
+#ifndef WS_W4_PREGS  // registers per producer thread, 4-bit weights
+#define WS_W4_PREGS 88
+#endif
+#ifndef WS_W4_CREGS  // ... per consumer thread
+#define WS_W4_CREGS 208
+#endif
+#ifndef WS_W8_PREGS
+#define WS_W8_PREGS 136
+#endif
+#ifndef WS_W8_CREGS
+#define WS_W8_CREGS 184
 #endif
 static_assert(WS_AHEAD == 1 || WS_AHEAD == 2, "WS_AHEAD: 1 or 2");
 static_assert(WS_STAGES >= 2, "WS_STAGES: at least 2");
-static_assert(WS_W4_PRODUCERS == 1 || WS_W4_PRODUCERS == 2, "WS_W4_PRODUCERS: 1 or 2");
-template <int WB> __host__ __device__ constexpr int ws_producers() { return WB == 4 ? WS_W4_PRODUCERS : 1; }
-template <int WB> __host__ __device__ constexpr int ws_threads() { return 128 * (ws_producers<WB>() + 2); }
-// the producers' share of the register file: 128 NP P + 256 C <= 65536, P a multiple of 8
-template <int WB> __host__ __device__ constexpr int ws_producer_regs() {
-    return ((65536 - 256 * WS_CONSUMER_REGS) / (128 * ws_producers<WB>())) & ~7;
-}
-static_assert(ws_producer_regs<4>() >= 24 && ws_producer_regs<8>() >= 24, "setmaxnreg: at least 24 per thread");
+static_assert(WS_PB % 32 == 0 && WS_PB >= 32 && WS_PB <= 256 && (256 - WS_PB) % 64 == 0, "WS_PB: 32 .. 256");
+static_assert(WS_LEAD >= 1 && WS_LEAD <= WS_STAGES - 2, "WS_LEAD: the slot of tile s + LEAD must be free of s - 1");
+constexpr int WS_REGS[2][2] = {{WS_W4_PREGS, WS_W4_CREGS}, {WS_W8_PREGS, WS_W8_CREGS}};  // [w8][consumer]
+static_assert(128 * WS_REGS[0][0] + 256 * WS_REGS[0][1] <= 65536 && 128 * WS_REGS[1][0] + 256 * WS_REGS[1][1] <= 65536,
+              "setmaxnreg: one block per SM");
+constexpr int WS_THREADS = 384;
 constexpr int WS_SLOT = WG_A_TILE + WG_B_TILE;  // 48 KiB
 __host__ __device__ constexpr int ws_smem_bytes() { return WS_STAGES * WS_SLOT + WG_EPI_BYTES + 2 * WS_STAGES * 8; }
 static_assert(ws_smem_bytes() + 1024 <= 227 * 1024, "the launcher asks for ws_smem_bytes + 1024 bytes");
@@ -455,11 +471,36 @@ QDEV void mbar_wait(unsigned bar, unsigned parity) {
         "r"(parity)
         : "memory");
 }
-template <int R> QDEV void setmaxnreg_dec() {
-    if constexpr (R > 0) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+template <int R> QDEV void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
+template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
+
+// Packed 4-bit chunks of K tile kt: NB rows r0 + RS i of the tile (from n0), 16 bytes q (codes 32q .. 32q+31)
+// each; zeros past N, Kp or the last tile. With r0 = t / 4 + c, q = t % 4 over consecutive t, a warp's load
+// instruction reads one 512-byte block of the tiled layout (8 rows x 64 bytes).
+template <int NB>
+QDEV void ws_load_b(uint4 (&wq)[NB], const unsigned char* __restrict__ W, int kt, int KT, int n0, int r0, int RS,
+                    int q, int N, int kp2) {
+    const int kb = kt * (WG_BK / 2) + q * 16;
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+        const int n = n0 + r0 + RS * i;
+        wq[i] = (kt < KT && n < N && kb < kp2) ? ldg_stream(W + w4_off(n, kt, q * 16, N, kp2)) : make_uint4(0, 0, 0, 0);
+    }
 }
-template <int R> QDEV void setmaxnreg_inc() {
-    if constexpr (R > 0) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+// ... unpacked into the B tile at sb: chunks 2q and 2q + 1 (16 codes each) of those rows.
+template <int NB>
+QDEV void ws_store_b(unsigned sb, const uint4 (&wq)[NB], int r0, int RS, int q) {
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+        const int r = r0 + RS * i;
+        unsigned w[8];
+        unpack8(wq[i].x, w[0], w[1]);
+        unpack8(wq[i].y, w[2], w[3]);
+        unpack8(wq[i].z, w[4], w[5]);
+        unpack8(wq[i].w, w[6], w[7]);
+        sts16(sb + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
+        sts16(sb + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
+    }
 }
 
 template <int EP, int WB, bool BLK>
@@ -467,6 +508,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
                         void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg) {
     static_assert(WB == 4 || WB == 8, "weight bits: 4 or 8");
     constexpr int S = WS_STAGES, SHIFT = WB == 4 ? 4 : 0;
+    // 4-bit rows unpacked by the producer (the first PB of the tile) and by the consumers (the other CB)
+    constexpr int PB = WB == 4 ? WS_PB : 0, CB = WB == 4 ? WG_BN - WS_PB : 0;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
     // slot i: A at base + i * WS_SLOT, B 16 KiB later; then the epilogue factors, then the barriers
@@ -474,94 +517,66 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     float* s_ws = reinterpret_cast<float*>(wg_smem + (s_epi - smem_addr(wg_smem)));
     float* s_su = s_ws + WG_BN;
 
-    constexpr int PT = 128 * ws_producers<WB>();  // producer threads: tid < PT; consumers: the last 256
-    const int tid = threadIdx.x, lane = tid & 31;
+    const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     int m0, n0;
     grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
+    const int kp2 = Kp >> 1;                  // packed bytes per weight row (w4)
+    auto slot_b = [&](int kt) { return base + (kt % S) * WS_SLOT + WG_A_TILE; };
 
     if (tid == 0) {
         for (int i = 0; i < S; ++i) {
-            mbar_init(s_full + 8 * i, PT);  // every producer thread, once its copies and stores have landed
-            mbar_init(s_empty + 8 * i, 8);   // every consumer warp, once its wgmmas reading the slot are done
+            mbar_init(s_full + 8 * i, CB > 0 ? 384 : 128);  // every thread that writes the slot, once it landed
+            mbar_init(s_empty + 8 * i, 8);  // every consumer warp, once its wgmmas reading the slot are done
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
-    if (tid < PT) {  // ---- producers ----
-        setmaxnreg_dec<ws_producer_regs<WB>()>();
-        const int p = tid, kp2 = Kp >> 1;
-        constexpr int RA = PT / 8, RB = PT / 4;  // rows per pass: 16-byte chunks (c = p % 8), packed chunks
-        // A: thread -> rows p/8 + RA i (i < 128 / RA), chunk p % 8; w8 B: rows p/8 + RA i (i < 256 / RA).
+    if (wg == 0) {  // ---- producer ----
+        setmaxnreg_dec<WS_REGS[WB == 8][0]>();
+        const int p = tid;
+        // A: thread -> rows p/8 + 16i (i < 8), chunk p % 8; w8 B: rows p/8 + 16i (i < 16), same chunk.
         auto copy_tile = [&](int kt) {
             const unsigned sa = base + (kt % S) * WS_SLOT, sb = sa + WG_A_TILE;
             const int c = p & 7, k = kt * WG_BK + c * 16;
 #pragma unroll
-            for (int i = 0; i < WG_BM / RA; ++i) {
-                const int r = (p >> 3) + RA * i, m = m0 + r;
+            for (int i = 0; i < WG_BM / 16; ++i) {
+                const int r = (p >> 3) + 16 * i, m = m0 + r;
                 const bool ok = m < M && k < Kp;
                 cp_async16(sa + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
             }
             if constexpr (WB == 8) {
 #pragma unroll
-                for (int i = 0; i < WG_BN / RA; ++i) {
-                    const int r = (p >> 3) + RA * i, n = n0 + r;
+                for (int i = 0; i < WG_BN / 16; ++i) {
+                    const int r = (p >> 3) + 16 * i, n = n0 + r;
                     const bool ok = n < N && k < Kp;
                     cp_async16(sb + swz128(r, c), ok ? W + (size_t)n * Kp + k : W, ok);
                 }
             }
             cp_async_commit();
         };
-        // w4 B: thread -> rows p/4 + RB i (i < 256 / RB), packed chunk q = p % 4 (codes 32q .. 32q+31 of the
-        // K tile); a warp's load instruction reads one 512-byte block of the tiled layout (8 rows x 64 bytes).
-        constexpr int NB = WG_BN / RB;  // packed chunks per thread and tile
-        auto load_b = [&](int kt, uint4 (&wq)[NB]) {
-            const int q = p & 3, kb = kt * (WG_BK / 2) + q * 16;
-#pragma unroll
-            for (int i = 0; i < NB; ++i) {
-                const int n = n0 + (p >> 2) + RB * i;
-                wq[i] = (kt < KT && n < N && kb < kp2) ? ldg_stream(W + w4_off(n, kt, q * 16, N, kp2))
-                                                       : make_uint4(0, 0, 0, 0);
-            }
-        };
-        auto store_b = [&](int kt, const uint4 (&wq)[NB]) {
-            const unsigned sb = base + (kt % S) * WS_SLOT + WG_A_TILE;
-            const int q = p & 3;
-#pragma unroll
-            for (int i = 0; i < NB; ++i) {
-                const int r = (p >> 2) + RB * i;
-                unsigned w[8];
-                unpack8(wq[i].x, w[0], w[1]);
-                unpack8(wq[i].y, w[2], w[3]);
-                unpack8(wq[i].z, w[4], w[5]);
-                unpack8(wq[i].w, w[6], w[7]);
-                sts16(sb + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
-                sts16(sb + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
-            }
-        };
-        auto publish = [&](int kt) {  // my part of tile kt is in shared memory: tell the consumers
-            fence_proxy_async();
-            mbar_arrive(s_full + 8 * (kt % S));
-        };
+        // w4 B, the producer's rows: p/4 + 32i (i < PB / 32), packed chunk p % 4
+        constexpr int NB = PB > 0 ? PB / 32 : 1;
         auto step = [&](int kt, uint4 (&wq)[NB]) {
             if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
             copy_tile(kt);
-            if constexpr (WB == 4) {
-                store_b(kt, wq);
-                load_b(kt + WS_AHEAD, wq);
+            if constexpr (PB > 0) {
+                ws_store_b(slot_b(kt), wq, p >> 2, 32, p & 3);
+                ws_load_b(wq, W, kt + WS_AHEAD, KT, n0, p >> 2, 32, p & 3, N, kp2);
             }
             if (kt > 0) {
                 cp_async_wait<1>();  // groups committed: kt + 1; tile kt - 1's is the older of the two
-                publish(kt - 1);
+                fence_proxy_async();
+                mbar_arrive(s_full + 8 * ((kt - 1) % S));
             }
         };
         uint4 wq0[NB], wq1[NB];
-        if constexpr (WB == 4) {
-            load_b(0, wq0);
-            if (WS_AHEAD == 2) load_b(1, wq1);
+        if constexpr (PB > 0) {
+            ws_load_b(wq0, W, 0, KT, n0, p >> 2, 32, p & 3, N, kp2);
+            if (WS_AHEAD == 2) ws_load_b(wq1, W, 1, KT, n0, p >> 2, 32, p & 3, N, kp2);
         }
-        if (WB == 8 || WS_AHEAD == 1) {
+        if (PB == 0 || WS_AHEAD == 1) {
             for (int kt = 0; kt < KT; ++kt) step(kt, wq0);
         } else {  // tile kt sits in wq0 when kt is even (unrolled by 2: registers need fixed indices)
             for (int kt = 0; kt < KT; kt += 2) {
@@ -570,17 +585,32 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
             }
         }
         cp_async_wait<0>();
-        publish(KT - 1);
+        fence_proxy_async();
+        mbar_arrive(s_full + 8 * ((KT - 1) % S));
         return;
     }
 
     // ---- consumers ----
-    setmaxnreg_inc<WS_CONSUMER_REGS>();
-    const int ct = tid - PT, g = ct >> 7, warp = (ct >> 5) & 3;
+    setmaxnreg_inc<WS_REGS[WB == 8][1]>();
+    const int ct = tid - 128, g = wg - 1, warp = (ct >> 5) & 3;
     if constexpr (EP != 0) {
         const int n = n0 + ct;  // 256 consumer threads == WG_BN: one column each
         s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
         s_su[ct] = n < N ? ep.wsum[n] : 0.f;
+    }
+    // w4 B, the consumers' rows: PB + ct/4 + 64i (i < CB / 64), packed chunk ct % 4; one register buffer,
+    // loaded one iteration before its unpack
+    constexpr int NC = CB > 0 ? CB / 64 : 1;
+    uint4 wc[NC];
+    auto publish_c = [&](int t) {  // my rows of B(t) into the slot (free: t < S or empty[t % S] waited)
+        ws_store_b(slot_b(t), wc, PB + (ct >> 2), 64, ct & 3);
+        fence_proxy_async();
+        mbar_arrive(s_full + 8 * (t % S));
+        ws_load_b(wc, W, t + 1, KT, n0, PB + (ct >> 2), 64, ct & 3, N, kp2);
+    };
+    if constexpr (CB > 0) {
+        ws_load_b(wc, W, 0, KT, n0, PB + (ct >> 2), 64, ct & 3, N, kp2);
+        for (int t = 0; t < WS_LEAD && t < KT; ++t) publish_c(t);
     }
     int d[128];
 #pragma unroll
@@ -595,6 +625,13 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         for (int s = 0; s < WG_BK / 32; ++s) wgmma_s8_m64n256k32(d, wg_desc(a + 32 * s), wg_desc(b + 32 * s));
         wgmma_commit();
         fence_acc(d);
+        if constexpr (CB > 0) {
+            const int t = kt + WS_LEAD;
+            if (t < KT) {
+                if (t >= S) mbar_wait(s_empty + 8 * (t % S), ((t / S) - 1) & 1);
+                publish_c(t);
+            }
+        }
         if constexpr (EP != 0) {  // y_base of this tile into L2 before the epilogue reads it (as wgmma_gemm)
             if (kt == KT - 3 || (KT < 3 && kt == 0)) {
                 const int m = m0 + (ct >> 1), nl = n0 + 128 * (ct & 1);
@@ -642,7 +679,7 @@ QUIK_WGMMA(quik_wgmma_f16_w8_blk, 1, 8, true)
 QUIK_WGMMA(quik_wgmma_bf16_w8_blk, 2, 8, true)
 
 #define QUIK_WGMMA_WS(NAME, EP, WB, BLK)                                                                            \
-    extern "C" __global__ void __launch_bounds__(ws_threads<WB>(), 1)                                             \
+    extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
          int seg) {                                                                                                 \
