@@ -31,6 +31,9 @@
 //   zero-filled); tensors contiguous and 16-byte aligned; the device is sm_90.
 //   Launch geometry: block 256 threads (2 warpgroups), grid = ceil(M/128) * ceil(N/256) (1-D, grouped
 //   raster as in quik_gemm.cu), dynamic smem wg_smem_bytes(B) + 1024 (the kernel aligns its base to 1024 B).
+//   quik_wgmma_ws_EP_wB[_blk] (warp-specialized; at the end of this file): the same arguments and semantics,
+//   block WS_THREADS = 384 (a producer and two consumer warpgroups), the same grid, dynamic smem
+//   ws_smem_bytes() + 1024.
 //
 // Tile: 128 tokens x 256 weight rows x 128 K bytes per stage. Warpgroup g owns tokens 64g .. 64g+63 and all
 // 256 rows: one m64n256k32 wgmma per 32 K bytes, 4 per stage, 128 int32 accumulators per thread.
@@ -165,6 +168,20 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
           "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
           "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
         : "l"(da), "l"(db), "n"(1));
+}
+
+// y_base of the tile at m0, n0 into L2 two K tiles before the epilogue reads it (in K tile KT - 3, or the
+// first when KT < 3): 128 rows x 512 B, two 128-byte lines for each of 256 threads t (row t / 2, lines
+// 2 (t % 2) and 2 (t % 2) + 1).
+QDEV void prefetch_y_tile(const EpiArgs& ep, int M, int N, int m0, int n0, int t, int kt, int KT) {
+    if (kt == KT - 3 || (KT < 3 && kt == 0)) {
+        const int m = m0 + (t >> 1), nl = n0 + 128 * (t & 1);
+        if (ep.y_base && m < M) {
+            const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base) + (size_t)m * N;
+            if (nl < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl));
+            if (nl + 64 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl + 64));
+        }
+    }
 }
 
 // The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
@@ -359,18 +376,7 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
         }
         if (kt + 2 < KT) load_a(kt + 2);
         cp_async_commit();
-        if constexpr (EP != 0) {
-            // y_base of this tile into L2 two iterations before the epilogue reads it: 128 rows x 512 B,
-            // two 128-byte lines per thread (row tid / 2, lines 2 (tid % 2) and 2 (tid % 2) + 1)
-            if (kt == KT - 3 || (KT < 3 && kt == 0)) {
-                const int m = m0 + (tid >> 1), nl = n0 + 128 * (tid & 1);
-                if (ep.y_base && m < M) {
-                    const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base) + (size_t)m * N;
-                    if (nl < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl));
-                    if (nl + 64 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl + 64));
-                }
-            }
-        }
+        if constexpr (EP != 0) prefetch_y_tile(ep, M, N, m0, n0, tid, kt, KT);
         wgmma_wait<WG_DEPTH>();
         fence_acc(d);
     };
@@ -392,65 +398,56 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 // ---------------------------------------------------------------------------------------------------------
 // Warp-specialized version (quik_wgmma_ws_*; fourteenth session). Same contract, tile, operand layouts,
 // swizzle, unpack and epilogue as wgmma_gemm above; what differs is who does what and how they meet:
-//   block 384 threads = 3 warpgroups. Warpgroup 0, the producer, fills the ring: cp.async of the activation
-//   tile (and of the 8-bit weight tile), global loads + unpack + shared stores of the first WS_PB rows of the
-//   4-bit weight tile. Warpgroups 1 and 2, the consumers (consumer g: tokens 64 g .. + 63), issue the wgmmas,
-//   unpack the other 256 - WS_PB rows of the 4-bit tile WS_LEAD tiles ahead while their wgmmas run, and run
-//   the epilogue. No block-wide barrier in the K loop: WS_STAGES ring slots of [A 16 KiB | B 32 KiB], each
-//   with a "full" mbarrier (one arrival per thread that writes the slot) and an "empty" one (one arrival per
-//   consumer warp).
-// Why: in wgmma_gemm every thread both unpacks and issues wgmmas and all meet at one __syncthreads per K tile,
-// so a slow warp stalls the tensor cores and the reverse (fifth session's diagnosis: the tensor half alone
-// 0.72 ms, the thread half alone 0.86 ms, the kernel 1.01-1.12 ms on 8192 x 28672 at M = 2048). With the
-// whole 4-bit unpack on the producer (WS_PB = 256, s14a) the layer took x1.16-1.22 of wgmma_gemm's time: one
-// warp per scheduler cannot hide its own latencies; 8-bit weights (no unpack) took x0.75-0.82.
+//   block 384 threads = 3 warpgroups. Warpgroup 0, the producer, only issues the cp.async copies of the
+//   activation tile (and of the 8-bit weight tile). Warpgroups 1 and 2, the consumers (consumer g: tokens
+//   64 g .. + 63), issue the wgmmas, unpack the 4-bit weight tile WS_LEAD tiles ahead while their wgmmas run,
+//   and run the epilogue. No block-wide barrier in the K loop: WS_STAGES ring slots of [A 16 KiB | B 32 KiB],
+//   each with a "full" mbarrier (one arrival per thread that writes the slot: 128, or 384 with 4-bit
+//   weights) and an "empty" one (one arrival per consumer warp).
+// Why: in wgmma_gemm all threads issue copies and wgmmas and meet at one __syncthreads per K tile, so any
+// slow warp stalls the tensor cores. In one process on the H100 this kernel took x0.75-0.85 of wgmma_gemm's
+// W8A8 layer time at M = 512 .. 8192 on the LLaMA-2 shapes (s14a, s14c), and x0.94-0.985 of the W4A4 / W4A8
+// time at M = 2048 / 8192 except on K = 28672 (x1.00-1.03; s14e).
+// The 4-bit unpack (global load, 5 instructions per 8 codes, shared stores) is thread work: on the producer
+// alone the layer took x1.16-1.22 of wgmma_gemm's time (s14a: one warp per scheduler cannot hide its own
+// latencies), split 128 / 128 rows between producer and consumers x1.05-1.08 (s14b; commit 1917703 has that
+// version), so the consumers do all of it, as wgmma_gemm's 8 warps did.
 // Producer, iteration s (slot s % S; the ring's first S slots start free):
 //   wait empty[s % S] (s >= S: the consumers' wgmmas of tile s - S are done); cp.async A(s) (w8: and B(s)),
-//   commit; w4: unpack the registers holding its rows of B(s) into the slot, then load B(s + WS_AHEAD) into
-//   them; then, one iteration behind: cp.async.wait_group 1 (my copies of tile s - 1 have landed),
+//   commit; then, one iteration behind: cp.async.wait_group 1 (my copies of tile s - 1 have landed),
 //   fence.proxy.async (my generic-proxy shared writes -> the async proxy that wgmma reads through), arrive
 //   full[(s - 1) % S].
 // Consumer, iteration s: wait full[s % S]; 4 wgmmas (one commit group); w4: wait empty[t % S] for t = s +
-//   WS_LEAD (tile t - S done; t - S <= s - 2), unpack my rows of B(t) from registers into its slot,
-//   fence.proxy.async, arrive full[t % S], load my rows of B(t + 1); wgmma.wait_group 1 (tile s - 1's wgmmas
-//   done); one arrival per warp on empty[(s - 1) % S].
-// Registers: setmaxnreg moves them from the producer to the consumers (WS_W4_PREGS / WS_W4_CREGS and the
-// WS_W8_ pair: producer P, consumer C, 128 P + 256 C <= 65536); ptxas then allocates each role's code within
-// its count (it refuses a wgmma below ~154, so two producer warpgroups, 128 registers per thread at launch,
-// do not compile). Spill bytes (nvcc 13.0 --resource-usage): none at the defaults. Without setmaxnreg (168
-// each) 16-64 in eight of the ten entry points; w8 at 88 / 208 20 bytes (the producer's 24 copy addresses);
-// w4 with WS_PB = 256 at 96 / 208 88-240 (two register buffers of 8 chunks), WS_PB = 64 at 72 / 216 52-60.
+//   WS_LEAD (tile t - S <= s - 2 done), unpack my rows of B(t) from registers into its slot,
+//   fence.proxy.async, arrive full[t % S], load my rows of B(t + 1); wgmma.wait_group 1 (tile s - 1's
+//   wgmmas done); one arrival per warp on empty[(s - 1) % S].
+// Registers: setmaxnreg gives the producer P and the consumers C (WS_PREGS / WS_CREGS, w4: WS_W4_PREGS /
+// WS_W4_CREGS; 128 P + 256 C <= 65536); ptxas allocates each role's code within its count. Spill bytes
+// (nvcc 13.0 --resource-usage): none at the defaults; w8 without setmaxnreg (168 each) 16-64, at 88 / 208 20
+// (the producer's 24 copy addresses). (ptxas refuses a wgmma below ~154 registers, so a block of 512
+// threads, 128 each at launch, cannot hold two consumer warpgroups.)
 #ifndef WS_STAGES
 #define WS_STAGES 4
 #endif
-#ifndef WS_AHEAD
-#define WS_AHEAD 2
+#ifndef WS_PREGS
+#define WS_PREGS 136
 #endif
-#ifndef WS_PB
-#define WS_PB 128
+#ifndef WS_CREGS
+#define WS_CREGS 184
+#endif
+#ifndef WS_W4_PREGS
+#define WS_W4_PREGS 88
+#endif
+#ifndef WS_W4_CREGS
+#define WS_W4_CREGS 208
 #endif
 #ifndef WS_LEAD
 #define WS_LEAD 2
 #endif
-#ifndef WS_W4_PREGS  // registers per producer thread, 4-bit weights
-#define WS_W4_PREGS 88
-#endif
-#ifndef WS_W4_CREGS  // ... per consumer thread
-#define WS_W4_CREGS 208
-#endif
-#ifndef WS_W8_PREGS
-#define WS_W8_PREGS 136
-#endif
-#ifndef WS_W8_CREGS
-#define WS_W8_CREGS 184
-#endif
-static_assert(WS_AHEAD == 1 || WS_AHEAD == 2, "WS_AHEAD: 1 or 2");
-static_assert(WS_STAGES >= 2, "WS_STAGES: at least 2");
-static_assert(WS_PB % 32 == 0 && WS_PB >= 32 && WS_PB <= 256 && (256 - WS_PB) % 64 == 0, "WS_PB: 32 .. 256");
 static_assert(WS_LEAD >= 1 && WS_LEAD <= WS_STAGES - 2, "WS_LEAD: the slot of tile s + LEAD must be free of s - 1");
-constexpr int WS_REGS[2][2] = {{WS_W4_PREGS, WS_W4_CREGS}, {WS_W8_PREGS, WS_W8_CREGS}};  // [w8][consumer]
-static_assert(128 * WS_REGS[0][0] + 256 * WS_REGS[0][1] <= 65536 && 128 * WS_REGS[1][0] + 256 * WS_REGS[1][1] <= 65536,
-              "setmaxnreg: one block per SM");
+static_assert(128 * WS_W4_PREGS + 256 * WS_W4_CREGS <= 65536, "setmaxnreg: one block per SM");
+static_assert(WS_STAGES >= 2, "WS_STAGES: at least 2");
+static_assert(128 * WS_PREGS + 256 * WS_CREGS <= 65536, "setmaxnreg: one block per SM");
 constexpr int WS_THREADS = 384;
 constexpr int WS_SLOT = WG_A_TILE + WG_B_TILE;  // 48 KiB
 __host__ __device__ constexpr int ws_smem_bytes() { return WS_STAGES * WS_SLOT + WG_EPI_BYTES + 2 * WS_STAGES * 8; }
@@ -474,42 +471,10 @@ QDEV void mbar_wait(unsigned bar, unsigned parity) {
 template <int R> QDEV void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
-// Packed 4-bit chunks of K tile kt: NB rows r0 + RS i of the tile (from n0), 16 bytes q (codes 32q .. 32q+31)
-// each; zeros past N, Kp or the last tile. With r0 = t / 4 + c, q = t % 4 over consecutive t, a warp's load
-// instruction reads one 512-byte block of the tiled layout (8 rows x 64 bytes).
-template <int NB>
-QDEV void ws_load_b(uint4 (&wq)[NB], const unsigned char* __restrict__ W, int kt, int KT, int n0, int r0, int RS,
-                    int q, int N, int kp2) {
-    const int kb = kt * (WG_BK / 2) + q * 16;
-#pragma unroll
-    for (int i = 0; i < NB; ++i) {
-        const int n = n0 + r0 + RS * i;
-        wq[i] = (kt < KT && n < N && kb < kp2) ? ldg_stream(W + w4_off(n, kt, q * 16, N, kp2)) : make_uint4(0, 0, 0, 0);
-    }
-}
-// ... unpacked into the B tile at sb: chunks 2q and 2q + 1 (16 codes each) of those rows.
-template <int NB>
-QDEV void ws_store_b(unsigned sb, const uint4 (&wq)[NB], int r0, int RS, int q) {
-#pragma unroll
-    for (int i = 0; i < NB; ++i) {
-        const int r = r0 + RS * i;
-        unsigned w[8];
-        unpack8(wq[i].x, w[0], w[1]);
-        unpack8(wq[i].y, w[2], w[3]);
-        unpack8(wq[i].z, w[4], w[5]);
-        unpack8(wq[i].w, w[6], w[7]);
-        sts16(sb + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
-        sts16(sb + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
-    }
-}
-
 template <int EP, int WB, bool BLK>
 QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
                         void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg) {
-    static_assert(WB == 4 || WB == 8, "weight bits: 4 or 8");
-    constexpr int S = WS_STAGES, SHIFT = WB == 4 ? 4 : 0;
-    // 4-bit rows unpacked by the producer (the first PB of the tile) and by the consumers (the other CB)
-    constexpr int PB = WB == 4 ? WS_PB : 0, CB = WB == 4 ? WG_BN - WS_PB : 0;
+    constexpr int S = WS_STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
     // slot i: A at base + i * WS_SLOT, B 16 KiB later; then the epilogue factors, then the barriers
@@ -521,25 +486,23 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     int m0, n0;
     grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
-    const int kp2 = Kp >> 1;                  // packed bytes per weight row (w4)
-    auto slot_b = [&](int kt) { return base + (kt % S) * WS_SLOT + WG_A_TILE; };
 
     if (tid == 0) {
         for (int i = 0; i < S; ++i) {
-            mbar_init(s_full + 8 * i, CB > 0 ? 384 : 128);  // every thread that writes the slot, once it landed
-            mbar_init(s_empty + 8 * i, 8);  // every consumer warp, once its wgmmas reading the slot are done
+            mbar_init(s_full + 8 * i, WB == 8 ? 128 : 384);  // every thread that writes the slot, when it landed
+            mbar_init(s_empty + 8 * i, 8);   // every consumer warp, once its wgmmas reading the slot are done
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
     if (wg == 0) {  // ---- producer ----
-        setmaxnreg_dec<WS_REGS[WB == 8][0]>();
-        const int p = tid;
-        // A: thread -> rows p/8 + 16i (i < 8), chunk p % 8; w8 B: rows p/8 + 16i (i < 16), same chunk.
-        auto copy_tile = [&](int kt) {
+        setmaxnreg_dec<WB == 8 ? WS_PREGS : WS_W4_PREGS>();
+        const int p = tid, c = p & 7;  // thread -> 16-byte chunk c of rows p/8 + 16i: A i < 8, B i < 16
+        for (int kt = 0; kt < KT; ++kt) {
+            if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
             const unsigned sa = base + (kt % S) * WS_SLOT, sb = sa + WG_A_TILE;
-            const int c = p & 7, k = kt * WG_BK + c * 16;
+            const int k = kt * WG_BK + c * 16;
 #pragma unroll
             for (int i = 0; i < WG_BM / 16; ++i) {
                 const int r = (p >> 3) + 16 * i, m = m0 + r;
@@ -555,33 +518,10 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
                 }
             }
             cp_async_commit();
-        };
-        // w4 B, the producer's rows: p/4 + 32i (i < PB / 32), packed chunk p % 4
-        constexpr int NB = PB > 0 ? PB / 32 : 1;
-        auto step = [&](int kt, uint4 (&wq)[NB]) {
-            if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
-            copy_tile(kt);
-            if constexpr (PB > 0) {
-                ws_store_b(slot_b(kt), wq, p >> 2, 32, p & 3);
-                ws_load_b(wq, W, kt + WS_AHEAD, KT, n0, p >> 2, 32, p & 3, N, kp2);
-            }
             if (kt > 0) {
                 cp_async_wait<1>();  // groups committed: kt + 1; tile kt - 1's is the older of the two
                 fence_proxy_async();
                 mbar_arrive(s_full + 8 * ((kt - 1) % S));
-            }
-        };
-        uint4 wq0[NB], wq1[NB];
-        if constexpr (PB > 0) {
-            ws_load_b(wq0, W, 0, KT, n0, p >> 2, 32, p & 3, N, kp2);
-            if (WS_AHEAD == 2) ws_load_b(wq1, W, 1, KT, n0, p >> 2, 32, p & 3, N, kp2);
-        }
-        if (PB == 0 || WS_AHEAD == 1) {
-            for (int kt = 0; kt < KT; ++kt) step(kt, wq0);
-        } else {  // tile kt sits in wq0 when kt is even (unrolled by 2: registers need fixed indices)
-            for (int kt = 0; kt < KT; kt += 2) {
-                step(kt, wq0);
-                if (kt + 1 < KT) step(kt + 1, wq1);
             }
         }
         cp_async_wait<0>();
@@ -591,26 +531,47 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     }
 
     // ---- consumers ----
-    setmaxnreg_inc<WS_REGS[WB == 8][1]>();
+    setmaxnreg_inc<WB == 8 ? WS_CREGS : WS_W4_CREGS>();
     const int ct = tid - 128, g = wg - 1, warp = (ct >> 5) & 3;
     if constexpr (EP != 0) {
         const int n = n0 + ct;  // 256 consumer threads == WG_BN: one column each
         s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
         s_su[ct] = n < N ? ep.wsum[n] : 0.f;
     }
-    // w4 B, the consumers' rows: PB + ct/4 + 64i (i < CB / 64), packed chunk ct % 4; one register buffer,
-    // loaded one iteration before its unpack
-    constexpr int NC = CB > 0 ? CB / 64 : 1;
-    uint4 wc[NC];
-    auto publish_c = [&](int t) {  // my rows of B(t) into the slot (free: t < S or empty[t % S] waited)
-        ws_store_b(slot_b(t), wc, PB + (ct >> 2), 64, ct & 3);
+    // w4: the consumers unpack the weight tile, WS_LEAD tiles ahead: thread -> rows ct/4 + 64i (i < 4),
+    // packed chunk ct % 4 (codes 32 (ct % 4) .. + 31 of the K tile), one register buffer loaded one iteration
+    // before its unpack; a warp's load instruction reads one 512-byte block of the tiled layout.
+    const int kp2 = Kp >> 1, q = ct & 3;
+    uint4 wq[4];
+    auto load_b = [&](int t) {
+        const int kb = t * (WG_BK / 2) + q * 16;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int n = n0 + (ct >> 2) + 64 * i;
+            wq[i] = (t < KT && n < N && kb < kp2) ? ldg_stream(W + w4_off(n, t, q * 16, N, kp2))
+                                                  : make_uint4(0, 0, 0, 0);
+        }
+    };
+    auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
+        const unsigned sb = base + (t % S) * WS_SLOT + WG_A_TILE;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = (ct >> 2) + 64 * i;
+            unsigned w[8];
+            unpack8(wq[i].x, w[0], w[1]);
+            unpack8(wq[i].y, w[2], w[3]);
+            unpack8(wq[i].z, w[4], w[5]);
+            unpack8(wq[i].w, w[6], w[7]);
+            sts16(sb + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
+            sts16(sb + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
+        }
         fence_proxy_async();
         mbar_arrive(s_full + 8 * (t % S));
-        ws_load_b(wc, W, t + 1, KT, n0, PB + (ct >> 2), 64, ct & 3, N, kp2);
+        load_b(t + 1);
     };
-    if constexpr (CB > 0) {
-        ws_load_b(wc, W, 0, KT, n0, PB + (ct >> 2), 64, ct & 3, N, kp2);
-        for (int t = 0; t < WS_LEAD && t < KT; ++t) publish_c(t);
+    if constexpr (WB == 4) {
+        load_b(0);
+        for (int t = 0; t < WS_LEAD && t < KT; ++t) publish_b(t);
     }
     int d[128];
 #pragma unroll
@@ -625,23 +586,14 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         for (int s = 0; s < WG_BK / 32; ++s) wgmma_s8_m64n256k32(d, wg_desc(a + 32 * s), wg_desc(b + 32 * s));
         wgmma_commit();
         fence_acc(d);
-        if constexpr (CB > 0) {
+        if constexpr (WB == 4) {  // while the wgmmas run: tile kt + WS_LEAD, whose slot tile kt + LEAD - S left
             const int t = kt + WS_LEAD;
             if (t < KT) {
                 if (t >= S) mbar_wait(s_empty + 8 * (t % S), ((t / S) - 1) & 1);
-                publish_c(t);
+                publish_b(t);
             }
         }
-        if constexpr (EP != 0) {  // y_base of this tile into L2 before the epilogue reads it (as wgmma_gemm)
-            if (kt == KT - 3 || (KT < 3 && kt == 0)) {
-                const int m = m0 + (ct >> 1), nl = n0 + 128 * (ct & 1);
-                if (ep.y_base && m < M) {
-                    const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base) + (size_t)m * N;
-                    if (nl < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl));
-                    if (nl + 64 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl + 64));
-                }
-            }
-        }
+        if constexpr (EP != 0) prefetch_y_tile(ep, M, N, m0, n0, ct, kt, KT);
         wgmma_wait<1>();
         fence_acc(d);
         if (kt > 0) {
@@ -653,7 +605,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     fence_acc(d);
     // the epilogue factors written by the other consumer threads (named barrier 1: consumers only)
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
-    wg_epilogue<EP, SHIFT, BLK>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
+    wg_epilogue<EP, WB == 4 ? 4 : 0, BLK>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
 }
 
 }  // namespace
@@ -687,13 +639,13 @@ QUIK_WGMMA(quik_wgmma_bf16_w8_blk, 2, 8, true)
         wgmma_gemm_ws<EP, WB, BLK>(A, W, out, M, N, Kp, ep, seg);                                                  \
     }
 
-QUIK_WGMMA_WS(quik_wgmma_ws_i32_w4, 0, 4, false)
-QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4, 1, 4, false)
-QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_i32_w8, 0, 8, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w8, 1, 8, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w8, 2, 8, false)
-QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
-QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w8_blk, 1, 8, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w8_blk, 2, 8, true)
+QUIK_WGMMA_WS(quik_wgmma_ws_i32_w4, 0, 4, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4, 1, 4, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
+QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
+QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)

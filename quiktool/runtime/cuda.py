@@ -274,8 +274,10 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws in ("", "ws_") for b in (4, 8)
-                                       for blk in ("", "_blk") for ep in (_EPS[1:] if blk else _EPS))
+WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ep}_w{b}{blk}" for b in (4, 8) for blk in ("", "_blk")
+                                         for ep in (_EPS[1:] if blk else _EPS))
+                                   + tuple(f"quik_wgmma_ws_{ep}_w{b}{blk}" for b in (4, 8) for blk in ("", "_blk")
+                                           for ep in (_EPS[1:] if blk else _EPS)))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -293,10 +295,15 @@ def wgmma_smem_bytes(depth: int = _WG_DEPTH, w_bits: int = 4) -> int:
 
 _WG_SMEM = wgmma_smem_bytes()
 _WG_SMEM_W8 = wgmma_smem_bytes(w_bits=8)
-# The warp-specialized kernels (quik_wgmma_ws_*, fourteenth session): a producer warpgroup fills a ring of
-# WS_STAGES slots (activation tile 128 x 128 B + weight tile 256 x 128 B) that two consumer warpgroups' wgmmas
-# read, mbarriers instead of a block barrier per K tile. QUIKTOOL_WGMMA_WS=0 runs the earlier kernels (A/B).
+# The warp-specialized kernels (quik_wgmma_ws_*, fourteenth session): a producer warpgroup copies the tiles into
+# a ring of WS_STAGES slots (activations 128 x 128 B + weights 256 x 128 B), two consumer warpgroups run the
+# wgmmas (and unpack 4-bit weights), mbarriers instead of a block barrier per K tile. H100 layer A/B in one
+# process (docs/PERF_LOG.md, fourteenth session): W8A8 x0.76-0.85 of the earlier kernel's time at M = 512 ..
+# 8192 on the nine LLaMA-2 shapes (s14a, s14c); W4A4 / W4A8 x0.94-0.985 at M = 2048 / 8192, except K = 28672
+# (28672 x 8192: x1.00-1.03; s14e). QUIKTOOL_WGMMA_WS=0 (8-bit weights) / QUIKTOOL_WGMMA_WS_W4=0 (4-bit) run
+# the earlier kernel (A/B runs; same bits).
 WGMMA_WS = os.environ.get("QUIKTOOL_WGMMA_WS", "1") != "0"
+WGMMA_WS_W4 = os.environ.get("QUIKTOOL_WGMMA_WS_W4", "1") != "0"
 _WS_THREADS, _WS_STAGES = 384, 4  # quik_wgmma.cu's WS_THREADS and WS_STAGES default (a CPU test reads it)
 
 
@@ -1228,7 +1235,7 @@ def _min_m(path: str) -> int:
 def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False) -> tuple[str, int, int, int]:
     """quik_wgmma_[ws_]<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
     grid = -(-M // _WG_BM) * -(-N // _WG_BN)
-    if WGMMA_WS:
+    if (WGMMA_WS and w_bits == 8) or (WGMMA_WS_W4 and w_bits == 4):
         return f"quik_wgmma_ws_{ep}_w{w_bits}{'_blk' if blk else ''}", grid, _WS_THREADS, _WS_SMEM
     return (f"quik_wgmma_{ep}_w{w_bits}{'_blk' if blk else ''}", grid, _WG_THREADS,
             _WG_SMEM if w_bits == 4 else _WG_SMEM_W8)

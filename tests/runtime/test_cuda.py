@@ -432,11 +432,12 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
 
 
-@pytest.mark.parametrize("ws", [True, False], ids=["ws", "nows"])
-def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, ws: bool) -> None:
+@pytest.mark.parametrize("bits,ws", [(4, False), (4, True), (8, True), (8, False)], ids=["w4", "w4-ws", "w8-ws", "w8"])
+def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, bits: int,
+                                                               ws: bool | None) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
     (quik_wgmma.cu, seg), so each member's output is contiguous, with the same bits as the column slices of
-    the [M, N] output and as the torch backend's fused layer."""
+    the [M, N] output and as the torch backend's fused layer (4- and 8-bit weights: W4A4, W8A8)."""
     from quiktool.algo.gptq import gptq_quantize
     from quiktool.format.layout import PackedLinear
     from quiktool.runtime import fuse
@@ -446,8 +447,8 @@ def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pyte
     g = torch.Generator().manual_seed(11)
     K, N = 640, 512                                  # the kernel's blocks: multiples of its 256-column tile
     idx = torch.randperm(K, generator=g)[:32].sort().values
-    members = [QuikLinear(PackedLinear.from_quantized(gptq_quantize(torch.randn(N, K, generator=g), None, 4, idx, -1),
-                                                      torch.randn(N, generator=g), 4),
+    members = [QuikLinear(PackedLinear.from_quantized(gptq_quantize(torch.randn(N, K, generator=g), None, bits, idx, -1),
+                                                      torch.randn(N, generator=g), bits),
                           dtype=torch.float16, device=DEV, backend="cuda") for _ in range(3)]
     fused = fuse.FusedQuikLinear(members)
     assert fused.block == N
@@ -928,6 +929,7 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, ws: bool | None = None) -> i
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
     if ws is not None:
         monkeypatch.setattr(cuda, "WGMMA_WS", ws)
+        monkeypatch.setattr(cuda, "WGMMA_WS_W4", ws)
     return dev
 
 
@@ -936,16 +938,18 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, ws: bool | None = None) -> i
 WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096, 4096)]
 
 
-WS = pytest.mark.parametrize("ws", [True, False], ids=["ws", "nows"])
+# weight bits and kernel: 4-bit weights run quik_wgmma_*_w4; 8-bit ones the warp-specialized quik_wgmma_ws_*_w8
+# (ws) or the earlier quik_wgmma_*_w8 (QUIKTOOL_WGMMA_WS=0)
+WG_KERNELS = pytest.mark.parametrize("w_bits,ws", [(4, False), (4, True), (8, True), (8, False)],
+                                     ids=["w4", "w4-ws", "w8-ws", "w8"])
 
 
-@WS
-@pytest.mark.parametrize("w_bits", [4, 8])
+@WG_KERNELS
 @pytest.mark.parametrize("a_bits", [4, 8])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 118, 300, 2048])
 def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
-                              w_bits: int, ws: bool) -> None:
+                              w_bits: int, ws: bool | None) -> None:
     dev = _wgmma_or_skip(monkeypatch, ws)
     g = _gen("wgmma-int", M, kq, N, a_bits, w_bits)
     a = _act_codes(g, M, kq, a_bits)
@@ -956,11 +960,10 @@ def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, 
     assert torch.equal(got, ref), _first_mismatch(got, ref)
 
 
-@WS
-@pytest.mark.parametrize("w_bits", [4, 8])
+@WG_KERNELS
 @pytest.mark.parametrize("pattern", ["extremes", "alternating", "random"])
 def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str,
-                                                  w_bits: int, ws: bool) -> None:
+                                                  w_bits: int, ws: bool | None) -> None:
     """|acc| up to 128 * 8 * Kq (w4: 16 * acc in the kernel's int32 accumulators) or 128 * 128 * Kq (w8) at
     Kq = 32768: near 2^29 either way."""
     _wgmma_or_skip(monkeypatch, ws)
@@ -982,14 +985,15 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
     assert torch.equal(got, ref), _first_mismatch(got, ref)
 
 
-@WS
 @pytest.mark.parametrize("with_y", [True, False], ids=["y_base", "no_y"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("w_bits,a_bits", [(4, 4), (4, 8), (8, 8)])
+@pytest.mark.parametrize("w_bits,a_bits,ws", [(4, 4, False), (4, 4, True), (4, 8, False), (4, 8, True), (8, 8, True),
+                                              (8, 8, False)],
+                         ids=["w4a4", "w4a4-ws", "w4a8", "w4a8-ws", "w8a8-ws", "w8a8"])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,
-                                       a_bits: int, dtype: torch.dtype, with_y: bool, ws: bool) -> None:
+                                       a_bits: int, dtype: torch.dtype, with_y: bool, ws: bool | None) -> None:
     """Same bits as the reference and as the mma.sync kernels (which the other tests pin to the reference)."""
     dev = _wgmma_or_skip(monkeypatch, ws)
     g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y, w_bits)

@@ -113,8 +113,10 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
         assert m and int(m.group(1)) == value, f"{name}: kernel {m and m.group(1)}, launcher {value}"
     assert cuda.wgmma_ws_smem_bytes(4) == 4 * (16384 + 32768) + 2048 + 4 * 16 + 1024
     assert cuda._WS_SMEM == cuda.wgmma_ws_smem_bytes(cuda._WS_STAGES) <= 227 * 1024
-    assert cuda._wgmma_plan(300, 1000, "f16", 4)[2:] == ((cuda._WS_THREADS, cuda._WS_SMEM) if cuda.WGMMA_WS
-                                                        else (cuda._WG_THREADS, cuda._WG_SMEM))
+    assert cuda._wgmma_plan(300, 1000, "f16", 8)[2:] == ((cuda._WS_THREADS, cuda._WS_SMEM) if cuda.WGMMA_WS
+                                                        else (cuda._WG_THREADS, cuda._WG_SMEM_W8))
+    if not cuda.WGMMA_WS_W4:  # 4-bit weights: the earlier kernel unless the experiment's switch is on
+        assert cuda._wgmma_plan(300, 1000, "f16", 4) == ("quik_wgmma_f16_w4", 3 * 4, cuda._WG_THREADS, cuda._WG_SMEM)
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
