@@ -405,7 +405,7 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 //   each with a "full" mbarrier (one arrival per thread that writes the slot: 128, or 384 with 4-bit
 //   weights) and an "empty" one (one arrival per consumer warp).
 // Why: in wgmma_gemm all threads issue copies and wgmmas and meet at one __syncthreads per K tile, so any
-// slow warp stalls the tensor cores. In one process on the H100 this kernel took x0.75-0.85 of wgmma_gemm's
+// slow warp stalls the tensor cores. In one process on the H100 this kernel took x0.75-0.89 of wgmma_gemm's
 // W8A8 layer time at M = 512 .. 8192 on the LLaMA-2 shapes (s14a, s14c), and x0.94-0.985 of the W4A4 / W4A8
 // time at M = 2048 / 8192 except on K = 28672 (x1.00-1.03; s14e).
 // The 4-bit unpack (global load, 5 instructions per 8 codes, shared stores) is thread work: on the producer

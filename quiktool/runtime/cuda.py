@@ -298,7 +298,7 @@ _WG_SMEM_W8 = wgmma_smem_bytes(w_bits=8)
 # The warp-specialized kernels (quik_wgmma_ws_*, fourteenth session): a producer warpgroup copies the tiles into
 # a ring of WS_STAGES slots (activations 128 x 128 B + weights 256 x 128 B), two consumer warpgroups run the
 # wgmmas (and unpack 4-bit weights), mbarriers instead of a block barrier per K tile. H100 layer A/B in one
-# process (docs/PERF_LOG.md, fourteenth session): W8A8 x0.76-0.85 of the earlier kernel's time at M = 512 ..
+# process (docs/PERF_LOG.md, fourteenth session): W8A8 x0.75-0.89 of the earlier kernel's time at M = 512 ..
 # 8192 on the nine LLaMA-2 shapes (s14a, s14c); W4A4 / W4A8 x0.94-0.985 at M = 2048 / 8192, except K = 28672
 # (28672 x 8192: x1.00-1.03; s14e). QUIKTOOL_WGMMA_WS=0 (8-bit weights) / QUIKTOOL_WGMMA_WS_W4=0 (4-bit) run
 # the earlier kernel (A/B runs; same bits).
