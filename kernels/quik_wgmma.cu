@@ -143,6 +143,23 @@ QDEV void unpack8(unsigned x, unsigned& lo, unsigned& hi) {
     hi = __byte_perm(e, o, 0x7362);
 }
 
+// 4-bit weight tile into the B slot at sl: thread t (of 256) holds, in wq[i], the packed 16 bytes t % 4 (codes
+// 32 (t % 4) .. + 31 of the K tile) of tile row t / 4 + 64 i; unpacked to 2 x 16 int8 codes per row.
+QDEV void store_w4_rows(unsigned sl, const uint4 (&wq)[4], int t) {
+    const int q = t & 3;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int r = (t >> 2) + 64 * i;
+        unsigned w[8];
+        unpack8(wq[i].x, w[0], w[1]);
+        unpack8(wq[i].y, w[2], w[3]);
+        unpack8(wq[i].z, w[4], w[5]);
+        unpack8(wq[i].w, w[6], w[7]);
+        sts16(sl + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
+        sts16(sl + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
+    }
+}
+
 // D[64 x 256] += A[64 x 32] * B[256 x 32]^T, s8 x s8 -> s32, both operands K-major in shared memory
 // (descriptors). scale-d is a predicate, always true here: the caller zeroes d once before the K loop.
 QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned long long db) {
@@ -309,21 +326,7 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
         }
 #endif
     };
-    auto store_b = [&](int kt, const uint4 (&wq)[4]) {
-        const unsigned sl = s_b + (kt % WG_B_SLOTS) * WG_B_TILE;
-        const int q = tid & 3;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int r = (tid >> 2) + 64 * i;
-            unsigned w[8];
-            unpack8(wq[i].x, w[0], w[1]);
-            unpack8(wq[i].y, w[2], w[3]);
-            unpack8(wq[i].z, w[4], w[5]);
-            unpack8(wq[i].w, w[6], w[7]);
-            sts16(sl + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
-            sts16(sl + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
-        }
-    };
+    auto store_b = [&](int kt, const uint4 (&wq)[4]) { store_w4_rows(s_b + (kt % WG_B_SLOTS) * WG_B_TILE, wq, tid); };
 
     // The epilogue's per-column factors, staged once while the main loop runs (visible after its first
     // barrier): reading them from global memory per column pair in the epilogue put one load round trip
@@ -553,18 +556,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         }
     };
     auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
-        const unsigned sb = base + (t % S) * WS_SLOT + WG_A_TILE;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int r = (ct >> 2) + 64 * i;
-            unsigned w[8];
-            unpack8(wq[i].x, w[0], w[1]);
-            unpack8(wq[i].y, w[2], w[3]);
-            unpack8(wq[i].z, w[4], w[5]);
-            unpack8(wq[i].w, w[6], w[7]);
-            sts16(sb + swz128(r, 2 * q), w[0], w[1], w[2], w[3]);
-            sts16(sb + swz128(r, 2 * q + 1), w[4], w[5], w[6], w[7]);
-        }
+        store_w4_rows(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
         fence_proxy_async();
         mbar_arrive(s_full + 8 * (t % S));
         load_b(t + 1);
@@ -610,14 +602,17 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 
 }  // namespace
 
-#define QUIK_WGMMA(NAME, EP, WB, BLK)                                                                               \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                    \
+// Entry points: FN = wgmma_gemm (block WG_THREADS) or wgmma_gemm_ws (block WS_THREADS).
+#define QUIK_WGMMA_ENTRY(NAME, FN, THREADS, EP, WB, BLK)                                                            \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                       \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
          int seg) {                                                                                                 \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_gemm<EP, WB, BLK>(A, W, out, M, N, Kp, ep, seg);                                                     \
+        FN<EP, WB, BLK>(A, W, out, M, N, Kp, ep, seg);                                                             \
     }
+#define QUIK_WGMMA(NAME, EP, WB, BLK) QUIK_WGMMA_ENTRY(NAME, wgmma_gemm, WG_THREADS, EP, WB, BLK)
+#define QUIK_WGMMA_WS(NAME, EP, WB, BLK) QUIK_WGMMA_ENTRY(NAME, wgmma_gemm_ws, WS_THREADS, EP, WB, BLK)
 
 QUIK_WGMMA(quik_wgmma_i32_w4, 0, 4, false)
 QUIK_WGMMA(quik_wgmma_f16_w4, 1, 4, false)
@@ -629,15 +624,6 @@ QUIK_WGMMA(quik_wgmma_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA(quik_wgmma_bf16_w4_blk, 2, 4, true)
 QUIK_WGMMA(quik_wgmma_f16_w8_blk, 1, 8, true)
 QUIK_WGMMA(quik_wgmma_bf16_w8_blk, 2, 8, true)
-
-#define QUIK_WGMMA_WS(NAME, EP, WB, BLK)                                                                            \
-    extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
-    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
-         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
-         int seg) {                                                                                                 \
-        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_gemm_ws<EP, WB, BLK>(A, W, out, M, N, Kp, ep, seg);                                                  \
-    }
 
 QUIK_WGMMA_WS(quik_wgmma_ws_i32_w8, 0, 8, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w8, 1, 8, false)
