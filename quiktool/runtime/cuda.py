@@ -274,10 +274,8 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ep}_w{b}{blk}" for b in (4, 8) for blk in ("", "_blk")
-                                         for ep in (_EPS[1:] if blk else _EPS))
-                                   + tuple(f"quik_wgmma_ws_{ep}_w{b}{blk}" for b in (4, 8) for blk in ("", "_blk")
-                                           for ep in (_EPS[1:] if blk else _EPS)))
+WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws in ("", "ws_") for b in (4, 8)
+                                       for blk in ("", "_blk") for ep in (_EPS[1:] if blk else _EPS))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
