@@ -434,7 +434,7 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
 
 @pytest.mark.parametrize("bits,ws", [(4, False), (4, True), (8, True), (8, False)], ids=["w4", "w4-ws", "w8-ws", "w8"])
 def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, bits: int,
-                                                               ws: bool | None) -> None:
+                                                               ws: bool) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
     (quik_wgmma.cu, seg), so each member's output is contiguous, with the same bits as the column slices of
     the [M, N] output and as the torch backend's fused layer (4- and 8-bit weights: W4A4, W8A8)."""
@@ -938,8 +938,8 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, ws: bool | None = None) -> i
 WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096, 4096)]
 
 
-# weight bits and kernel: 4-bit weights run quik_wgmma_*_w4; 8-bit ones the warp-specialized quik_wgmma_ws_*_w8
-# (ws) or the earlier quik_wgmma_*_w8 (QUIKTOOL_WGMMA_WS=0)
+# weight bits and kernel: each width on the warp-specialized quik_wgmma_ws_*_wB (ws, the default) and on the
+# earlier quik_wgmma_*_wB (QUIKTOOL_WGMMA_WS=0 / QUIKTOOL_WGMMA_WS_W4=0)
 WG_KERNELS = pytest.mark.parametrize("w_bits,ws", [(4, False), (4, True), (8, True), (8, False)],
                                      ids=["w4", "w4-ws", "w8-ws", "w8"])
 
@@ -949,7 +949,7 @@ WG_KERNELS = pytest.mark.parametrize("w_bits,ws", [(4, False), (4, True), (8, Tr
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 118, 300, 2048])
 def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
-                              w_bits: int, ws: bool | None) -> None:
+                              w_bits: int, ws: bool) -> None:
     dev = _wgmma_or_skip(monkeypatch, ws)
     g = _gen("wgmma-int", M, kq, N, a_bits, w_bits)
     a = _act_codes(g, M, kq, a_bits)
@@ -963,7 +963,7 @@ def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, 
 @WG_KERNELS
 @pytest.mark.parametrize("pattern", ["extremes", "alternating", "random"])
 def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str,
-                                                  w_bits: int, ws: bool | None) -> None:
+                                                  w_bits: int, ws: bool) -> None:
     """|acc| up to 128 * 8 * Kq (w4: 16 * acc in the kernel's int32 accumulators) or 128 * 128 * Kq (w8) at
     Kq = 32768: near 2^29 either way."""
     _wgmma_or_skip(monkeypatch, ws)
@@ -993,7 +993,7 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,
-                                       a_bits: int, dtype: torch.dtype, with_y: bool, ws: bool | None) -> None:
+                                       a_bits: int, dtype: torch.dtype, with_y: bool, ws: bool) -> None:
     """Same bits as the reference and as the mma.sync kernels (which the other tests pin to the reference)."""
     dev = _wgmma_or_skip(monkeypatch, ws)
     g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y, w_bits)

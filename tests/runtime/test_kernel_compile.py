@@ -113,10 +113,21 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
         assert m and int(m.group(1)) == value, f"{name}: kernel {m and m.group(1)}, launcher {value}"
     assert cuda.wgmma_ws_smem_bytes(4) == 4 * (16384 + 32768) + 2048 + 4 * 16 + 1024
     assert cuda._WS_SMEM == cuda.wgmma_ws_smem_bytes(cuda._WS_STAGES) <= 227 * 1024
-    assert cuda._wgmma_plan(300, 1000, "f16", 8)[2:] == ((cuda._WS_THREADS, cuda._WS_SMEM) if cuda.WGMMA_WS
-                                                        else (cuda._WG_THREADS, cuda._WG_SMEM_W8))
-    if not cuda.WGMMA_WS_W4:  # 4-bit weights: the earlier kernel unless the experiment's switch is on
-        assert cuda._wgmma_plan(300, 1000, "f16", 4) == ("quik_wgmma_f16_w4", 3 * 4, cuda._WG_THREADS, cuda._WG_SMEM)
+
+
+@pytest.mark.parametrize("ws", [True, False])
+def test_wgmma_plan_per_kernel_family(monkeypatch, ws: bool) -> None:
+    """_wgmma_plan: the warp-specialized kernels (WGMMA_WS: 8-bit weights, WGMMA_WS_W4: 4-bit) with their block
+    and shared memory, else the earlier ones; the grid is one block per 128 x 256 output tile either way."""
+    monkeypatch.setattr(cuda, "WGMMA_WS", ws)
+    monkeypatch.setattr(cuda, "WGMMA_WS_W4", ws)
+    for bits, smem in ((4, cuda._WG_SMEM), (8, cuda._WG_SMEM_W8)):
+        assert cuda._wgmma_plan(300, 1000, "f16", bits) == (
+            (f"quik_wgmma_ws_f16_w{bits}", 3 * 4, cuda._WS_THREADS, cuda._WS_SMEM) if ws
+            else (f"quik_wgmma_f16_w{bits}", 3 * 4, cuda._WG_THREADS, smem))
+    assert cuda._wgmma_plan(300, 1024, "bf16", 8, blk=True)[0] == f"quik_wgmma_{'ws_' if ws else ''}bf16_w8_blk"
+    assert set(cuda.WGMMA_KERNELS) >= {cuda._wgmma_plan(130, 260, ep, b, blk)[0] for ep in ("f16", "bf16")
+                                       for b in (4, 8) for blk in (False, True)}
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
