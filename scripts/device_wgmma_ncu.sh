@@ -28,8 +28,8 @@ for p in $POINTS; do
   timeout 150 ncu --clock-control none --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters \
     --section MemoryWorkloadAnalysis_Tables --kernel-name "regex:$k" --launch-count 1 -f -o "$rep" \
-    $(bench "$s" "$shape") > "$OUT/run_$k.log" 2>&1
-  echo "ncu $k exit $?"
+    $(bench "$s" "$shape") > "/tmp/run_$k.log" 2>&1
+  rc=$?; echo "ncu $k exit $rc"; [ $rc = 0 ] || tail -5 "/tmp/run_$k.log"
   ncu -i "$rep.ncu-rep" --print-details all > "$OUT/ncu_$k.txt" 2>&1
   ncu -i "$rep.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_$k.csv" 2>&1 || echo "no source page"
   wc -l "$OUT/sass_$k.csv"
