@@ -136,6 +136,15 @@ QDEV unsigned long long wg_desc(unsigned saddr) {
            (1ull << 62);
 }
 
+// The same descriptor in two parts, for a kernel that walks a ring of operand slots: its low word at a base
+// address (start address field and leading byte offset), to which a later address adds (offset >> 4) without a
+// carry out of the 14-bit field (every shared address is below 2^18 = 256 KiB), and the constant high word.
+// (Recomputing wg_desc per wgmma took ~15 instructions each in the warp-specialized kernel's loop, s15a.)
+QDEV unsigned wg_desc_lo(unsigned saddr) { return ((saddr >> 4) & 0x3FFFu) | (1u << 16); }
+QDEV unsigned long long wg_desc_from_lo(unsigned lo) {
+    return (unsigned long long)lo | ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
 // 8 packed codes (one word, k..k+7) -> two words of int8 16 * code in k order: (k..k+3), (k+4..k+7).
 QDEV void unpack8(unsigned x, unsigned& lo, unsigned& hi) {
     const unsigned e = (x << 4) & 0xF0F0F0F0u, o = x & 0xF0F0F0F0u;
@@ -471,6 +480,17 @@ QDEV void mbar_wait(unsigned bar, unsigned parity) {
         "r"(parity)
         : "memory");
 }
+// A 16-byte weight load that the compiler keeps after the preceding proxy fence: a coherent load with a memory
+// clobber. The read-only form (ldg_stream) was hoisted above the fence by ptxas, and the fence (MEMBAR.ALL.CTA)
+// then waited for the load's full latency every K tile (s15a: the consumers' largest stall).
+QDEV uint4 ldg_after_fence(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p)
+                 : "memory");
+    return v;
+}
 template <int R> QDEV void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
@@ -501,24 +521,46 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 
     if (wg == 0) {  // ---- producer ----
         setmaxnreg_dec<WB == 8 ? WS_PREGS : WS_W4_PREGS>();
-        const int p = tid, c = p & 7;  // thread -> 16-byte chunk c of rows p/8 + 16i: A i < 8, B i < 16
+        // Thread -> 16-byte chunk c of rows p/8 + 16i (A: i < 8, w8 B: i < 16) of every K tile. The copy plan is
+        // fixed for the K loop (fifteenth session: worked out per copy it took ~12 instructions a copy, and the
+        // producer was the w8 kernel's critical path, s15a): one pointer per row (a row past M / N points at row
+        // 0 and copies 0 bytes: zero fill), one swizzled offset (r & 7 is the same for every i, so row i's chunk
+        // lies 2048 i bytes after row 0's), and a path without bounds for whole tiles.
+        constexpr int RA = WG_BM / 16, RB_ = WB == 8 ? WG_BN / 16 : 0;
+        const int p = tid, c = p & 7;
+        const unsigned dst = swz128(p >> 3, c);
+        const signed char* pa[RA];
+        const unsigned char* pb[RB_ > 0 ? RB_ : 1];
+        unsigned va = 0, vb = 0;
+#pragma unroll
+        for (int i = 0; i < RA; ++i) {
+            const int m = m0 + (p >> 3) + 16 * i;
+            pa[i] = A + (m < M ? (size_t)m * Kp : 0) + c * 16;
+            va |= (m < M ? 1u : 0u) << i;
+        }
+#pragma unroll
+        for (int i = 0; i < RB_; ++i) {
+            const int n = n0 + (p >> 3) + 16 * i;
+            pb[i] = W + (n < N ? (size_t)n * Kp : 0) + c * 16;
+            vb |= (n < N ? 1u : 0u) << i;
+        }
+        const bool all_rows = va == (1u << RA) - 1 && (RB_ == 0 || vb == (1u << RB_) - 1);
         for (int kt = 0; kt < KT; ++kt) {
             if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
-            const unsigned sa = base + (kt % S) * WS_SLOT, sb = sa + WG_A_TILE;
-            const int k = kt * WG_BK + c * 16;
+            const unsigned sa = base + (kt % S) * WS_SLOT + dst, sb = sa + WG_A_TILE;
+            const int koff = kt * WG_BK;
+            const bool kin = koff + c * 16 < Kp;  // false only for chunks 4..7 of a half last tile
+            if (all_rows && kin) {
 #pragma unroll
-            for (int i = 0; i < WG_BM / 16; ++i) {
-                const int r = (p >> 3) + 16 * i, m = m0 + r;
-                const bool ok = m < M && k < Kp;
-                cp_async16(sa + swz128(r, c), ok ? A + (size_t)m * Kp + k : A, ok);
-            }
-            if constexpr (WB == 8) {
+                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + koff);
 #pragma unroll
-                for (int i = 0; i < WG_BN / 16; ++i) {
-                    const int r = (p >> 3) + 16 * i, n = n0 + r;
-                    const bool ok = n < N && k < Kp;
-                    cp_async16(sb + swz128(r, c), ok ? W + (size_t)n * Kp + k : W, ok);
-                }
+                for (int i = 0; i < RB_; ++i) cp_async16(sb + 2048 * i, pb[i] + koff);
+            } else {
+                const int ko = kin ? koff : 0;
+#pragma unroll
+                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + ko, kin && ((va >> i) & 1u));
+#pragma unroll
+                for (int i = 0; i < RB_; ++i) cp_async16(sb + 2048 * i, pb[i] + ko, kin && ((vb >> i) & 1u));
             }
             cp_async_commit();
             if (kt > 0) {
@@ -543,16 +585,38 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     }
     // w4: the consumers unpack the weight tile, WS_LEAD tiles ahead: thread -> rows ct/4 + 64i (i < 4),
     // packed chunk ct % 4 (codes 32 (ct % 4) .. + 31 of the K tile), one register buffer loaded one iteration
-    // before its unpack; a warp's load instruction reads one 512-byte block of the tiled layout.
+    // before its unpack; a warp's load instruction reads one 512-byte block of the tiled layout. Row i's chunk of
+    // whole 64-byte steps lies ws[i] bytes further each step (w4_off with the step's width fixed): wb[i] walks
+    // them; a 32-byte last step goes through w4_off. The loads are ordered (ldg_after_fence): issued after publish_b's
+    // proxy fence, which would otherwise wait for them (s15a).
     const int kp2 = Kp >> 1, q = ct & 3;
     uint4 wq[4];
-    auto load_b = [&](int t) {
-        const int kb = t * (WG_BK / 2) + q * 16;
+    const unsigned char* wb[4];
+    int ws[4];
+    unsigned vn = 0;
+    if constexpr (WB == 4) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int n = n0 + (ct >> 2) + 64 * i;
-            wq[i] = (t < KT && n < N && kb < kp2) ? ldg_stream(W + w4_off(n, t, q * 16, N, kp2))
-                                                  : make_uint4(0, 0, 0, 0);
+            const int n = n0 + (ct >> 2) + 64 * i, g0 = n & ~7;
+            wb[i] = W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16;
+            ws[i] = min(8, N - g0) << 6;
+            vn |= (n < N ? 1u : 0u) << i;
+        }
+    }
+    auto load_b = [&](int t) {  // called for t = 0, 1, 2, ... in order: wb[i] walks the whole steps
+        if (t < KT && (t << 6) + 64 <= kp2) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                wq[i] = ((vn >> i) & 1u) ? ldg_after_fence(wb[i]) : make_uint4(0, 0, 0, 0);
+                wb[i] += ws[i];
+            }
+        } else {  // past the last tile, or a 32-byte last step
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const bool in = t < KT && (t << 6) + q * 16 < kp2 && ((vn >> i) & 1u);
+                wq[i] = in ? ldg_after_fence(W + w4_off(n0 + (ct >> 2) + 64 * i, t, q * 16, N, kp2))
+                           : make_uint4(0, 0, 0, 0);
+            }
         }
     };
     auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
@@ -568,14 +632,16 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     int d[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) d[i] = 0;
+    // The descriptors' low words at slot 0 (wg_desc_lo); slot i and k32 step s add (i * WS_SLOT + 32 s) >> 4.
+    const unsigned da0 = wg_desc_lo(base + g * (64 * 128)), db0 = wg_desc_lo(base + WG_A_TILE);
     for (int kt = 0; kt < KT; ++kt) {
-        const unsigned slot = base + (kt % S) * WS_SLOT;
         mbar_wait(s_full + 8 * (kt % S), (kt / S) & 1);
         fence_acc(d);
         wgmma_fence();
-        const unsigned a = slot + g * (64 * 128), b = slot + WG_A_TILE;
+        const unsigned so = (kt % S) * (WS_SLOT >> 4);
 #pragma unroll
-        for (int s = 0; s < WG_BK / 32; ++s) wgmma_s8_m64n256k32(d, wg_desc(a + 32 * s), wg_desc(b + 32 * s));
+        for (int s = 0; s < WG_BK / 32; ++s)
+            wgmma_s8_m64n256k32(d, wg_desc_from_lo(da0 + so + 2 * s), wg_desc_from_lo(db0 + so + 2 * s));
         wgmma_commit();
         fence_acc(d);
         if constexpr (WB == 4) {  // while the wgmmas run: tile kt + WS_LEAD, whose slot tile kt + LEAD - S left
