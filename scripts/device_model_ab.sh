@@ -3,7 +3,7 @@
 # with the older kernel sources in OLD_DIR (QUIKTOOL_KERNELS_DIR; the launcher is the working tree's) and with the
 # working tree's, in separate processes, alternating PAIRS times (old, new, old, new, ...): one process per run,
 # so read the pairs' spread before a few-% difference (same-kernel processes differed by 1-4% before).
-# OLD_ENV instead of OLD_DIR: the "old" runs take these settings (space-separated VAR=VALUE) with the tree's kernels.
+# OLD_ENV: the "old" runs also take these settings (space-separated VAR=VALUE); alone, with the tree's kernels.
 #   OUT=dir OLD_DIR=dir|OLD_ENV="VAR=VALUE ..." [PAIRS=2] [CONFIGS=quik-4b,w4a8] [SEQLEN=2048] [DECODE=64] bash scripts/device_model_ab.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -19,6 +19,6 @@ run() {  # run NAME [VAR=VALUE]
   echo "== $name (exit $?)"; grep -v "^WARNING\|kernel source" "$OUT/$name.txt" | tail -6
 }
 for i in $(seq 1 "${PAIRS:-2}"); do
-  if [[ -n "$OLD_DIR" ]]; then run "old$i" "QUIKTOOL_KERNELS_DIR=$PWD/$OLD_DIR"; else run "old$i" $OLD_ENV; fi
+  if [[ -n "$OLD_DIR" ]]; then run "old$i" "QUIKTOOL_KERNELS_DIR=$PWD/$OLD_DIR" $OLD_ENV; else run "old$i" $OLD_ENV; fi
   run "new$i" "QUIKTOOL_KERNELS_DIR="
 done

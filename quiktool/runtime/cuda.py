@@ -330,20 +330,16 @@ WGMMA_MIN_TILE_SHARE = 0.6
 # with 256 outliers: x0.82-0.94 of the earlier path's time at M = 2048 / 8192 on all nine LLaMA-2 shapes,
 # x0.83-0.94 at M = 512 where it applies. QUIKTOOL_WGMMA_W8=0 turns it off (A/B runs; same bits).
 WGMMA_W8 = os.environ.get("QUIKTOOL_WGMMA_W8", "1") != "0"
-# W4A4 at M >= 2048 on the largest layers: cuBLASLt FP8 (when it applies) first. (min M, min N, min Kp, min Kp
-# beside min N): FP8 when M >= min M and ((N >= min N and Kp >= the fourth) or Kp >= min Kp). The fourth
-# bound (tenth session, s10a): the fused LLaMA-2-7B layers (K = 4096: q/k/v 4096 x 12288, gate/up 4096 x 22016)
-# ran x0.89 / x0.96 of the FP8 time on wgmma at M = 2048 with 256 outliers, and the 7B prefill's GEMM kernels
-# summed 64.2-64.9 ms with wgmma against 66.4-67.0 ms (torch.profiler, six processes); K = 4096 rows give
-# Kp <= 4096, K = 5120 rows with 256 outliers 4864. H100 layer A/B in one process, seventh session (s7p,
-# docs/PERF_LOG.md), M = 2048 / 4096 / 8192: FP8 faster on 8192 x 28672 (x0.91-0.96 of wgmma's time),
-# 5120 x 13824 at M >= 4096 (x0.95) and 28672 x 8192 (x0.95-1.00); wgmma faster on 4096 x 11008 (x0.93-0.96),
-# 5120 x 5120 (x0.87-0.93), 13824 x 5120 (x0.94-0.96 at M >= 4096) and 8192 x 8192 at M = 2048 (x0.93). The
-# earlier rule (N > 4096, from the third session's H100 A/B with an earlier wgmma kernel, re-checked in the
-# fourth session on an H200 only) sent all of these to FP8.
-# QUIKTOOL_WGMMA_FP8_FIRST=0 turns the rule off (A/B runs).
-WGMMA_FP8_FIRST: tuple[int, ...] | None = (None if os.environ.get("QUIKTOOL_WGMMA_FP8_FIRST") == "0"
-                                           else (2048, 12288, 16384, 4608))
+# W4A4 at M >= 2048 on the largest layers: cuBLASLt FP8 (when it applies) before wgmma, by a rule (min M, min N,
+# min Kp, min Kp beside min N): FP8 when M >= min M and ((N >= min N and Kp >= the fourth) or Kp >= min Kp).
+# Off by default since the fifteenth session: with the warp-specialized kernel's copy plan and ordered loads,
+# wgmma took x0.90-0.97 of the FP8 layer time on every point the rule sent to FP8 (H100, in one process, s15d:
+# 5120 x 13824, 8192 x 28672, 28672 x 8192 at M = 2048 / 8192; docs/PERF_LOG.md). The rule, FP8_FIRST_RULE, came
+# from the seventh session (s7p: FP8 then x0.91-0.96 of wgmma's time on 8192 x 28672) and the tenth (s10a: the
+# fourth bound, for the fused 7B layers). QUIKTOOL_WGMMA_FP8_FIRST=1 turns it back on (A/B runs).
+FP8_FIRST_RULE: tuple[int, ...] = (2048, 12288, 16384, 4608)
+WGMMA_FP8_FIRST: tuple[int, ...] | None = (FP8_FIRST_RULE if os.environ.get("QUIKTOOL_WGMMA_FP8_FIRST") == "1"
+                                           else None)
 
 
 def find_nvcc() -> str | None:

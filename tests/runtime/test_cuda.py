@@ -1020,8 +1020,13 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     need = math.ceil(cuda.WGMMA_MIN_TILE_SHARE * sms)
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(2048, 28672, 8192, 4, 128, dev) == "wgmma"     # W4A8 too
-    # W4A4 at M >= 2048 on the largest layers (N >= 12288 with Kp >= 4608, or Kp >= 16384): the FP8 path first
-    # where it applies
+    # W4A4 on the largest layers: wgmma by default (fifteenth session) ...
+    monkeypatch.setattr(cuda, "WGMMA_FP8_FIRST", None)
+    for n, kp in ((28672, 8192), (8192, 28416), (13824, 4864)):
+        assert cuda.gemm_path(2048, n, kp, 4, 8, dev) == "wgmma"
+    # ... and under the earlier rule (QUIKTOOL_WGMMA_FP8_FIRST=1: at M >= 2048, N >= 12288 with Kp >= 4608, or
+    # Kp >= 16384) the FP8 path first where it applies
+    monkeypatch.setattr(cuda, "WGMMA_FP8_FIRST", cuda.FP8_FIRST_RULE)
     fp8 = "fp8" if cuda.fp8_exact_on(dev) else "wgmma"
     assert cuda.gemm_path(2048, 28672, 8192, 4, 8, dev) == fp8
     assert cuda.gemm_path(2048, 8192, 28416, 4, 8, dev) == fp8                # 28672 x 8192, 256 outliers
