@@ -4,7 +4,8 @@
 # working tree's, in separate processes, alternating PAIRS times (old, new, old, new, ...): one process per run,
 # so read the pairs' spread before a few-% difference (same-kernel processes differed by 1-4% before).
 # OLD_ENV: the "old" runs also take these settings (space-separated VAR=VALUE); alone, with the tree's kernels.
-#   OUT=dir OLD_DIR=dir|OLD_ENV="VAR=VALUE ..." [PAIRS=2] [CONFIGS=quik-4b,w4a8] [SEQLEN=2048] [DECODE=64] bash scripts/device_model_ab.sh
+#   OUT=dir OLD_DIR=dir|OLD_ENV="VAR=VALUE ..." [PAIRS=2] [CONFIGS=quik-4b,w4a8] [SEQLEN=2048] [DECODE=64]
+#     [ARCH=llama2-7b] bash scripts/device_model_ab.sh
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/device-model-ab}; mkdir -p "$OUT"
@@ -13,7 +14,7 @@ OUT=${OUT:-out/device-model-ab}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 run() {  # run NAME [VAR=VALUE]
   local name=$1; shift
-  env "$@" timeout 250 python3 -m quiktool -q bench model --device cuda --backend cuda --arch llama2-7b --batch 1 \
+  env "$@" timeout 250 python3 -m quiktool -q bench model --device cuda --backend cuda --arch "${ARCH:-llama2-7b}" --batch 1 \
     --seqlen "${SEQLEN:-2048}" --decode-tokens "${DECODE:-64}" --reps 3 --warmup 1 \
     --configs "${CONFIGS:-quik-4b,w4a8}" --json "$OUT/$name.json" > "$OUT/$name.txt" 2>&1
   echo "== $name (exit $?)"; grep -v "^WARNING\|kernel source" "$OUT/$name.txt" | tail -6
