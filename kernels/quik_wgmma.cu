@@ -419,7 +419,9 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 // Why: in wgmma_gemm all threads issue copies and wgmmas and meet at one __syncthreads per K tile, so any
 // slow warp stalls the tensor cores. In one process on the H100 this kernel took x0.75-0.89 of wgmma_gemm's
 // W8A8 layer time at M = 512 .. 8192 on the LLaMA-2 shapes (s14a, s14c), and x0.94-0.985 of the W4A4 / W4A8
-// time at M = 2048 / 8192 except on K = 28672 (x1.00-1.03; s14e).
+// time at M = 2048 / 8192 except on K = 28672 (x1.00-1.03; s14e). Fifteenth session (ncu source counters, s15a):
+// the producer's copy plan and the consumers' fence-ordered weight loads below took x0.89-0.97 (4-bit) and
+// x0.90-0.97 (8-bit) of that layer time (s15b).
 // The 4-bit unpack (global load, 5 instructions per 8 codes, shared stores) is thread work: on the producer
 // alone the layer took x1.16-1.22 of wgmma_gemm's time (s14a: one warp per scheduler cannot hide its own
 // latencies), split 128 / 128 rows between producer and consumers x1.05-1.08 (s14b; commit 1917703 has that
@@ -598,9 +600,10 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int n = n0 + (ct >> 2) + 64 * i, g0 = n & ~7;
-            wb[i] = W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16;
-            ws[i] = min(8, N - g0) << 6;
-            vn |= (n < N ? 1u : 0u) << i;
+            const bool ok = n < N;  // a row past N is never loaded: its pointer stays on W
+            wb[i] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16 : W;
+            ws[i] = ok ? min(8, N - g0) << 6 : 0;
+            vn |= (ok ? 1u : 0u) << i;
         }
     }
     auto load_b = [&](int t) {  // called for t = 0, 1, 2, ... in order: wb[i] walks the whole steps

@@ -298,8 +298,9 @@ _WG_SMEM_W8 = wgmma_smem_bytes(w_bits=8)
 # wgmmas (and unpack 4-bit weights), mbarriers instead of a block barrier per K tile. H100 layer A/B in one
 # process (docs/PERF_LOG.md, fourteenth session): W8A8 x0.75-0.89 of the earlier kernel's time at M = 512 ..
 # 8192 on the nine LLaMA-2 shapes (s14a, s14c); W4A4 / W4A8 x0.94-0.985 at M = 2048 / 8192, except K = 28672
-# (28672 x 8192: x1.00-1.03; s14e). QUIKTOOL_WGMMA_WS=0 (8-bit weights) / QUIKTOOL_WGMMA_WS_W4=0 (4-bit) run
-# the earlier kernel (A/B runs; same bits).
+# (28672 x 8192: x1.00-1.03; s14e); after the fifteenth session's fixes (producer copy plan, weight loads kept
+# after the consumers' proxy fence) x0.89-0.97 of that again (s15b). QUIKTOOL_WGMMA_WS=0 (8-bit weights) /
+# QUIKTOOL_WGMMA_WS_W4=0 (4-bit) run the earlier kernel (A/B runs; same bits).
 WGMMA_WS = os.environ.get("QUIKTOOL_WGMMA_WS", "1") != "0"
 WGMMA_WS_W4 = os.environ.get("QUIKTOOL_WGMMA_WS_W4", "1") != "0"
 _WS_THREADS, _WS_STAGES = 384, 4  # quik_wgmma.cu's WS_THREADS and WS_STAGES default (a CPU test reads it)
