@@ -5,7 +5,11 @@ nvidia-cuda-nvrtc wheel missing); a compile error is a failure.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +245,18 @@ def test_kernel_source_follows_the_override_folder(monkeypatch, tmp_path) -> Non
     assert cuda._source("quik_gemm.cu") == "// copy\n// ptx copy\n\n"
     monkeypatch.delenv("QUIKTOOL_KERNELS_DIR")
     assert cuda._source("quik_gemm.cu") == shipped
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), ("0", None), ("1", cuda.FP8_FIRST_RULE)],
+                         ids=["unset", "0", "1"])
+def test_fp8_first_rule_is_off_unless_asked_for(monkeypatch, value, expected) -> None:
+    """The W4A4 FP8-first rule is off by default since the fifteenth session (wgmma was faster on every layer it
+    sent to FP8); QUIKTOOL_WGMMA_FP8_FIRST=1 turns it back on. The module reads the variable at import, so each
+    setting imports it in a fresh interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "QUIKTOOL_WGMMA_FP8_FIRST"}
+    if value is not None:
+        env["QUIKTOOL_WGMMA_FP8_FIRST"] = value
+    code = "import json; from quiktool.runtime import cuda; print(json.dumps(cuda.WGMMA_FP8_FIRST))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got == (list(expected) if expected is not None else None)
