@@ -20,6 +20,6 @@ run() {  # run NAME [VAR=VALUE]
   echo "== $name (exit $?)"; grep -v "^WARNING\|kernel source" "$OUT/$name.txt" | tail -6
 }
 for i in $(seq 1 "${PAIRS:-2}"); do
-  if [[ -n "$OLD_DIR" ]]; then run "old$i" "QUIKTOOL_KERNELS_DIR=$PWD/$OLD_DIR" $OLD_ENV; else run "old$i" $OLD_ENV; fi
+  run "old$i" ${OLD_DIR:+"QUIKTOOL_KERNELS_DIR=$PWD/$OLD_DIR"} $OLD_ENV
   run "new$i" "QUIKTOOL_KERNELS_DIR="
 done

@@ -1230,10 +1230,11 @@ def _min_m(path: str) -> int:
 def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False) -> tuple[str, int, int, int]:
     """quik_wgmma_[ws_]<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
     grid = -(-M // _WG_BM) * -(-N // _WG_BN)
-    if (WGMMA_WS and w_bits == 8) or (WGMMA_WS_W4 and w_bits == 4):
-        return f"quik_wgmma_ws_{ep}_w{w_bits}{'_blk' if blk else ''}", grid, _WS_THREADS, _WS_SMEM
-    return (f"quik_wgmma_{ep}_w{w_bits}{'_blk' if blk else ''}", grid, _WG_THREADS,
-            _WG_SMEM if w_bits == 4 else _WG_SMEM_W8)
+    ws = WGMMA_WS if w_bits == 8 else WGMMA_WS_W4
+    name = f"quik_wgmma_{'ws_' if ws else ''}{ep}_w{w_bits}{'_blk' if blk else ''}"
+    if ws:
+        return name, grid, _WS_THREADS, _WS_SMEM
+    return name, grid, _WG_THREADS, _WG_SMEM if w_bits == 4 else _WG_SMEM_W8
 
 
 def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
