@@ -458,6 +458,13 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 #ifndef WS_LEAD
 #define WS_LEAD 2
 #endif
+//   WS_DIAG (diagnostic builds only, wrong results: never shipped; scripts/device_wgmma_variants.py --kernel ws):
+//   the 4-bit consumers' weight work split into its parts. 1 = none (publish only arrives: the wgmmas read
+//   whatever the B slots hold), 2 = loads and unpack kept, no shared stores and no proxy fence (the unpacked
+//   words folded into a sink register), 3 = no global loads (register-made words), unpack, stores and fence kept.
+#ifndef WS_DIAG
+#define WS_DIAG 0
+#endif
 static_assert(WS_LEAD >= 1 && WS_LEAD <= WS_STAGES - 2, "WS_LEAD: the slot of tile s + LEAD must be free of s - 1");
 static_assert(128 * WS_W4_PREGS + 256 * WS_W4_CREGS <= 65536, "setmaxnreg: one block per SM");
 static_assert(WS_STAGES >= 2, "WS_STAGES: at least 2");
@@ -622,11 +629,38 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
             }
         }
     };
+    unsigned sink = 0;  // WS_DIAG == 2 only
     auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
+#if WS_DIAG == 0
         store_w4_rows(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
         fence_proxy_async();
         mbar_arrive(s_full + 8 * (t % S));
         load_b(t + 1);
+#elif WS_DIAG == 1
+        mbar_arrive(s_full + 8 * (t % S));
+#elif WS_DIAG == 2
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned x[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                unsigned lo, hi;
+                unpack8(x[j], lo, hi);
+                sink += lo ^ hi;
+            }
+        }
+        mbar_arrive(s_full + 8 * (t % S));
+        load_b(t + 1);
+#else
+        store_w4_rows(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
+        fence_proxy_async();
+        mbar_arrive(s_full + 8 * (t % S));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned v = (unsigned)(t + 1) * 0x01010101u + (unsigned)(ct + 64 * i);
+            wq[i] = make_uint4(v, v ^ 0x5A5A5A5Au, v + 0x33333333u, ~v);
+        }
+#endif
     };
     if constexpr (WB == 4) {
         load_b(0);
@@ -664,6 +698,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     }
     wgmma_wait<0>();
     fence_acc(d);
+    if (WS_DIAG == 2 && sink == 0x9E3779B9u) d[0] += 1;  // keeps the diagnostic unpack alive
     // the epilogue factors written by the other consumer threads (named barrier 1: consumers only)
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
     wg_epilogue<EP, WB == 4 ? 4 : 0, BLK>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);

@@ -9,8 +9,14 @@ case) on the same M, N, K. A K sweep at fixed M, N separates per-tile time from 
     python3 scripts/device_wgmma_variants.py [--variants "base=;b2=-DWG_B_AHEAD=2"] [--m 2048,8192] [--json F]
 
 Variants whose name starts with "diag" are diagnostic builds (-DWG_DIAG=1 / 2: no weight unpack / no
-wgmma): their sums are wrong by design, so they are timed but not checked, and only ever compared with
-the others to split a K tile's time into its parts.
+wgmma; with --kernel ws, -DWS_DIAG=1 / 2 / 3: no weight work / no shared stores or fence / no global loads):
+their sums are wrong by design, so they are timed but not checked, and only ever compared with the others to
+split a K tile's time into its parts.
+
+--kernel ws times the warp-specialized entry points (quik_wgmma_ws_*, the default large-M path) instead of
+wgmma_gemm's; --wb 8 their 8-bit-weight entry points (codes in [-128, 127], no unpack).
+
+    python3 scripts/device_wgmma_variants.py --kernel ws --variants "base=;diagnob=-DWS_DIAG=1" --ksweep ''
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -49,28 +56,33 @@ def knob(defines: list[str], name: str, default: int) -> int:
     return default
 
 
-def load(cubin: Path, defines: list[str]) -> dict:
-    """The variant's entry points with its launch parameters (-DWG_DEPTH changes the shared-memory rings)."""
+def load(cubin: Path, defines: list[str], kernel: str, wb: int) -> dict:
+    """The variant's entry points with their launch parameters: kernel "wg" (wgmma_gemm; -DWG_DEPTH changes
+    the shared-memory rings) or "ws" (wgmma_gemm_ws; -DWS_STAGES does), weight width wb."""
     import cupy
     mod = cupy.RawModule(path=str(cubin))
-    smem = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH))
+    if kernel == "ws":
+        smem, threads = cuda.wgmma_ws_smem_bytes(knob(defines, "WS_STAGES", cuda._WS_STAGES)), cuda._WS_THREADS
+    else:
+        smem, threads = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH), wb), cuda._WG_THREADS
+    prefix = "quik_wgmma_ws" if kernel == "ws" else "quik_wgmma"
     fns = {}
     for ep in ("i32", "f16"):
-        k = mod.get_function(f"quik_wgmma_{ep}_w4")
+        k = mod.get_function(f"{prefix}_{ep}_w{wb}")
         k.max_dynamic_shared_size_bytes = smem
-        fns[ep] = (mod, k, smem)
+        fns[ep] = (mod, k, smem, threads)
     return fns
 
 
 def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     import cupy
-    _, k, smem = fn
+    _, k, smem, threads = fn
     grid = -(-M // cuda._WG_BM) * -(-N // cuda._WG_BN)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
             cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),
             cupy.uint64(epi[3]), cupy.uint64(epi[4]), cupy.uint64(epi[5]), cupy.int32(0)]
-    k((grid,), (cuda._WG_THREADS,), tuple(args), shared_mem=smem, stream=stream)
+    k((grid,), (threads,), tuple(args), shared_mem=smem, stream=stream)
 
 
 def timeit(fs: dict, reps: int) -> dict:
@@ -98,15 +110,20 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="KxN list")
     ap.add_argument("--ksweep", default="1024,4096,16384", help="K values at M=2048, N=8192 ('' = skip)")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--kernel", choices=("wg", "ws"), default="wg", help="wgmma_gemm or wgmma_gemm_ws entry points")
+    ap.add_argument("--wb", type=int, choices=(4, 8), default=4, help="weight width of the entry points timed")
     ap.add_argument("--json")
     args = ap.parse_args()
+    lo, hi = (-8, 8) if args.wb == 4 else (-128, 128)  # weight codes
     torch.manual_seed(0)
     dev = "cuda"
     variants = []
     for item in args.variants.split(";"):
         name, _, flags = item.partition("=")
         variants.append((name, flags.split()))
-    built = {name: load(build(flags), flags) for name, flags in variants}
+    with ThreadPoolExecutor(len(variants)) as pool:  # nvcc runs take ~40-90 s each: build them side by side
+        cubins = list(pool.map(build, [flags for _, flags in variants]))
+    built = {name: load(cubin, flags, args.kernel, args.wb) for (name, flags), cubin in zip(variants, cubins)}
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
 
     # exactness of every variant (fresh random codes, odd shapes)
@@ -117,10 +134,10 @@ def main() -> None:
         for M, kq, N in [(300, 4160, 1000), (2048, 4096, 4096), (17, 64, 301)]:
             kp = reference.padded_k(kq)
             a = reference.pad_columns(torch.randint(-128, 128, (M, kq), dtype=torch.int8, device=dev), kp)
-            w = cuda.prepare_weight(torch.randint(-8, 8, (N, kq), dtype=torch.int8, device=dev), 4)
+            w = cuda.prepare_weight(torch.randint(lo, hi, (N, kq), dtype=torch.int8, device=dev), args.wb)
             out = torch.full((M, N), 0x7FFFFFFF, dtype=torch.int32, device=dev)
             launch(fns["i32"], a, w, out, M, N, kp)
-            ok = torch.equal(out, reference.int_gemm(a, w, 4))
+            ok = torch.equal(out, reference.int_gemm(a, w, args.wb))
             print(f"exact {name:10s} M={M} Kq={kq} N={N}: {ok}")
             if not ok:
                 raise SystemExit(f"variant {name} is wrong")
@@ -131,7 +148,7 @@ def main() -> None:
     points += [(2048, K, 8192) for K in map(int, filter(None, args.ksweep.split(",")))]
     for M, K, N in points:
         a = torch.randint(-8, 8, (M, K), dtype=torch.int8, device=dev)
-        w = cuda.prepare_weight(torch.randint(-8, 8, (N, K), dtype=torch.int8, device=dev), 4)
+        w = cuda.prepare_weight(torch.randint(lo, hi, (N, K), dtype=torch.int8, device=dev), args.wb)
         sa, za = torch.rand(M, device=dev), torch.randn(M, device=dev)
         ws, su = torch.rand(N, device=dev), torch.randn(N, device=dev)
         out = torch.empty(M, N, dtype=torch.float16, device=dev)
