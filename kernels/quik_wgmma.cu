@@ -210,6 +210,22 @@ QDEV void prefetch_y_tile(const EpiArgs& ep, int M, int N, int m0, int n0, int t
     }
 }
 
+// The same for the register-operand kernel's 256 x 128 tile (256 rows x 256 B), by its producer warpgroup (a
+// branch between the consumers' wgmmas made ptxas serialize them, C7515): thread t (of 128) prefetches the two
+// 128-byte lines of rows t and t + 128.
+QDEV void prefetch_y_rs(const EpiArgs& ep, int M, int N, int m0, int n0, int t, int kt, int KT) {
+    if ((kt == KT - 3 || (KT < 3 && kt == 0)) && ep.y_base) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int m = m0 + t + 128 * i;
+            if (m >= M) break;
+            const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base) + (size_t)m * N;
+            if (n0 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + n0));
+            if (n0 + 64 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + n0 + 64));
+        }
+    }
+}
+
 // The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
 // m0, n0) to global memory; s_ws / s_su: the tile's 256 w_scale / wsum values in shared memory (0 past N).
 template <int EP, int SHIFT, bool BLK>
@@ -704,6 +720,352 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     wg_epilogue<EP, WB == 4 ? 4 : 0, BLK>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
 }
 
+// ============================================================================================================
+// The register-operand warp-specialized kernel (entry points quik_wgmma_rs_EP_w4[_blk], sixteenth session): the
+// product computed transposed, the 4-bit weights as wgmma's A operand straight from registers, the activations
+// as its B operand from shared memory.
+//
+// Why: the diagnostic builds of wgmma_gemm_ws (WS_DIAG, s16a) put the 4-bit consumers' weight work at 28-33% of
+// the kernel's time on the 70B shapes at M = 2048, and its global loads at 12-14% of it: the proxy fence that
+// the unpacked codes' shared stores need (MEMBAR.ALL.CTA) waits for every load the thread has in flight, so the
+// loads' latency is exposed once per K tile wherever they are issued (PERF_LOG v16d). Here the unpacked codes
+// never touch shared memory: no stores, no proxy fence, and the packed weights are loaded two K tiles ahead into
+// registers that nothing waits for but their own use. The tensor cores read only the activations from shared
+// memory (64 KiB per K tile instead of 80, plus 32 KiB of copies instead of 48). The seventh session's version
+// of this product (3585c64, one barrier per K tile, no producer) was no faster than the kernel of its day; its
+// wgmmas alone ran ~15% slower than the shared-memory ones (not explained).
+//
+// Tile: 256 tokens x 128 weight rows x 128 K bytes per stage. Consumer warpgroup g (1, 2; c = g - 1) owns weight
+// rows 64c .. 64c+63 and all 256 tokens: one m64n256k32 wgmma (A = registers, B = the activation stage) per 32
+// K bytes, 4 per stage, 128 int32 accumulators per thread.
+//   Activation stages: RS_STAGES x [256 rows][128 B] (32 KiB), cp.async by the producer warpgroup (the copy plan
+//   of wgmma_gemm_ws: 16 rows per thread), in the 128-byte swizzle; full barrier: 128 producer arrivals, empty
+//   barrier: the 8 consumer warps, as in wgmma_gemm_ws.
+//   Epilogue factors: a_scale and a_zero + a_shift * a_scale of the 256 tokens, w_scale and wsum of the 128
+//   weight rows (fp32, RS_EPI_BYTES), staged before the main loop.
+// Weight fragment (the register A operand, 8-bit, per warp 16 rows x 32 codes = mma.m16n8k32's A): lane
+// l = 4 gid + t holds a0 = row gid, codes 4t..4t+3; a1 = row gid+8, same codes; a2 / a3 = the same rows, codes
+// 16+4t..16+4t+3, of each 32-code step s. Lane t of a quad loads the packed bytes of step t (codes 32t..32t+31 of
+// the K tile, 16 bytes; in the tiled layout, w4_off, a warp's load reads one 512-byte block per 8 rows) for rows
+// gid and gid+8; "piece" p of a step is its codes 4p..4p+3 (2 packed bytes). Lane t needs pieces t and t+4 of
+// every step: a 4 x 4 transpose of 32-bit messages within the quad (round i: lane t sends the pieces that lane
+// t^i needs, __shfl_xor_sync by i), then a permutation by selects (what arrives in round i is step t^i). unpack8
+// of a message gives (a0, a2) or (a1, a3), 16 * code as in the kernels above (acc >> 4 at the end).
+// Consumer, iteration kt (two fragment buffers, two packed buffers; the loop unrolled by 2 so that they keep
+// fixed registers): wait full[kt % S]; 4 wgmmas from fragment kt % 2 (one commit group); wgmma.wait_group 1
+// (tile kt-1's wgmmas done: fragment (kt+1) % 2 is free, and so is stage (kt-1) % S: one arrival per warp on
+// its empty barrier); build fragment kt+1 from its packed registers; load the packed weights of tile kt+3 into
+// them. The wgmmas of kt run while the fragment of kt+1 is built.
+// Accumulators: lane l of warp w holds d[4j + 2h + e] = acc[token 8j + 2t + e][weight row 64c + 16w + gid + 8h].
+// Epilogue: lanes l and l ^ 4 (rows r, r ^ 1) swap one value per pair, so that each holds two adjacent output
+// columns of one token, then store_pair_y as everywhere else (BLK: the tile lies in one block, seg % 128 == 0).
+// Launch geometry: block RS_THREADS = 384, grid = ceil(M/256) * ceil(N/128) (1-D, grouped raster), dynamic smem
+// rs_smem_bytes() + 1024. Assumptions as for the kernels above.
+#ifndef RS_STAGES
+#define RS_STAGES 5
+#endif
+#ifndef RS_PREGS
+#define RS_PREGS 72
+#endif
+#ifndef RS_CREGS
+#define RS_CREGS 216
+#endif
+//   RS_DIAG (diagnostic builds only, wrong results): 1 = no weight loads or fragment builds (the wgmmas read
+//   whatever the fragment registers hold): the tensor half of the kernel.
+#ifndef RS_DIAG
+#define RS_DIAG 0
+#endif
+constexpr int RS_BT = 256, RS_BW = 128, RS_THREADS = 384;
+constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
+constexpr int RS_EPI_BYTES = 2 * RS_BT * 4 + 2 * RS_BW * 4;  // token and weight-row factors (fp32)
+__host__ __device__ constexpr int rs_smem_bytes() { return RS_STAGES * RS_A_TILE + RS_EPI_BYTES + 2 * RS_STAGES * 8; }
+static_assert(rs_smem_bytes() + 1024 <= 227 * 1024, "the launcher asks for rs_smem_bytes + 1024 bytes");
+static_assert(128 * RS_PREGS + 256 * RS_CREGS <= 65536, "setmaxnreg: one block per SM");
+
+// D[64 x 256] += A[64 x 32] (registers: this thread's fragment a0..a3) * B[256 x 32]^T (shared, descriptor).
+QDEV void wgmma_s8_m64n256k32_rs(int (&d)[128], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                 unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "{%128, %129, %130, %131}, %132, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "n"(1));
+}
+
+// Pins a fragment buffer (as fence_acc): its registers stay put while a wgmma that reads them is in flight.
+QDEV void fence_frag(unsigned (&f)[16]) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) asm volatile("" : "+r"(f[i])::"memory");
+}
+
+// One weight row's packed K tile as this lane holds it (q: the 16 bytes of step t, t = lane % 4) -> r[s] =
+// pieces t (low half) and t+4 (high half) of step s, packed (see the contract above).
+QDEV void quad_transpose(const uint4& q, int t, unsigned (&r)[4]) {
+    unsigned v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int u = t ^ i;  // the lane this round's message is for
+        const unsigned lo = (u & 2) ? q.y : q.x, hi = (u & 2) ? q.w : q.z;
+        const unsigned x = __byte_perm(lo, hi, (u & 1) ? 0x7632 : 0x5410);
+        v[i] = i ? __shfl_xor_sync(0xFFFFFFFFu, x, i) : x;  // from lane t^i: step t^i
+    }
+    // r[s] = v[s ^ t], by selects (a register array indexed at run time would live in local memory)
+    const bool b0 = t & 1, b1 = t & 2;
+    const unsigned w0 = b0 ? v[1] : v[0], w1 = b0 ? v[0] : v[1], w2 = b0 ? v[3] : v[2], w3 = b0 ? v[2] : v[3];
+    r[0] = b1 ? w2 : w0;
+    r[1] = b1 ? w3 : w1;
+    r[2] = b1 ? w0 : w2;
+    r[3] = b1 ? w1 : w3;
+}
+
+// Packed rows gid (q[0]) and gid+8 (q[1]) of one K tile -> the 16 fragment registers: f[4s + i] = a_i of step s.
+QDEV void build_frag(const uint4 (&q)[2], int t, unsigned (&f)[16]) {
+    unsigned ra[4], rb[4];
+    quad_transpose(q[0], t, ra);
+    quad_transpose(q[1], t, rb);
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        unpack8(ra[s], f[4 * s + 0], f[4 * s + 2]);
+        unpack8(rb[s], f[4 * s + 1], f[4 * s + 3]);
+    }
+}
+
+template <int EP, int WB, bool BLK>
+QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
+                        void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg) {
+    static_assert(WB == 4, "the register-operand kernel is for 4-bit weights");
+    constexpr int S = RS_STAGES;
+    extern __shared__ __align__(1024) unsigned char wg_smem[];
+    const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
+    // stage i at base + i * RS_A_TILE; then the epilogue factors, then the barriers
+    const unsigned s_epi = base + S * RS_A_TILE, s_full = s_epi + RS_EPI_BYTES, s_empty = s_full + 8 * S;
+    float* s_sa = reinterpret_cast<float*>(wg_smem + (s_epi - smem_addr(wg_smem)));
+    float* s_za = s_sa + RS_BT;
+    float* s_ws = s_za + RS_BT;
+    float* s_su = s_ws + RS_BW;
+
+    const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
+    int m0, n0;
+    grouped_tile<RS_BT, RS_BW, WG_GROUP_M>(M, N, m0, n0);
+    const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
+
+    if (tid == 0) {
+        for (int i = 0; i < S; ++i) {
+            mbar_init(s_full + 8 * i, 128);  // every producer thread, when its copies landed
+            mbar_init(s_empty + 8 * i, 8);   // every consumer warp, once its wgmmas reading the stage are done
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // ---- producer: the activation tiles (wgmma_gemm_ws's copy plan, 16 rows per thread) ----
+        setmaxnreg_dec<RS_PREGS>();
+        constexpr int RA = RS_BT / 16;
+        const int p = tid, c = p & 7;
+        const unsigned dst = swz128(p >> 3, c);
+        const signed char* pa[RA];
+        unsigned va = 0;
+#pragma unroll
+        for (int i = 0; i < RA; ++i) {
+            const int m = m0 + (p >> 3) + 16 * i;
+            pa[i] = A + (m < M ? (size_t)m * Kp : 0) + c * 16;
+            va |= (m < M ? 1u : 0u) << i;
+        }
+        const bool all_rows = va == (1u << RA) - 1;
+        for (int kt = 0; kt < KT; ++kt) {
+            if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
+            const unsigned sa = base + (kt % S) * RS_A_TILE + dst;
+            const int koff = kt * WG_BK;
+            const bool kin = koff + c * 16 < Kp;  // false only for chunks 4..7 of a half last tile
+            if (all_rows && kin) {
+#pragma unroll
+                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + koff);
+            } else {
+                const int ko = kin ? koff : 0;
+#pragma unroll
+                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + ko, kin && ((va >> i) & 1u));
+            }
+            cp_async_commit();
+            if constexpr (EP != 0) prefetch_y_rs(ep, M, N, m0, n0, p, kt, KT);
+            if (kt > 0) {
+                cp_async_wait<1>();  // groups committed: kt + 1; tile kt - 1's is the older of the two
+                fence_proxy_async();
+                mbar_arrive(s_full + 8 * ((kt - 1) % S));
+            }
+        }
+        cp_async_wait<0>();
+        fence_proxy_async();
+        mbar_arrive(s_full + 8 * ((KT - 1) % S));
+        return;
+    }
+
+    // ---- consumers ----
+    setmaxnreg_inc<RS_CREGS>();
+    const int ct = tid - 128, c = wg - 1, warp = (ct >> 5) & 3, t = lane & 3, gid = lane >> 2;
+    if constexpr (EP != 0) {  // staged for the epilogue (visible after the named barrier below)
+        const int m = m0 + ct;  // 256 consumer threads == RS_BT: one token each
+        s_sa[ct] = m < M ? ep.a_scale[m] : 0.f;
+        s_za[ct] = m < M ? row_zero(ep, m) : 0.f;
+        if (ct < RS_BW) {
+            const int n = n0 + ct;
+            s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
+            s_su[ct] = n < N ? ep.wsum[n] : 0.f;
+        }
+    }
+    // Weights: rows n0 + 64c + 16 warp + gid + 8h (h < 2), the 16 packed bytes of step t of each K tile. Whole
+    // 64-byte layout steps lie ws[h] bytes apart (w4_off with the step's width fixed): wb[h] walks them; a 32-byte
+    // last step goes through w4_off. A row past N is never loaded (its pointer stays on W).
+    const int kp2 = Kp >> 1;
+    const unsigned char* wb[2];
+    int ws[2];
+    unsigned vn = 0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int n = n0 + 64 * c + 16 * warp + gid + 8 * h, g0 = n & ~7;
+        const bool ok = n < N;
+        wb[h] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + t * 16 : W;
+        ws[h] = ok ? min(8, N - g0) << 6 : 0;
+        vn |= (ok ? 1u : 0u) << h;
+    }
+    auto load_w = [&](int kt, uint4 (&q)[2]) {  // called for kt = 0, 1, 2, ... in order: wb[h] walks the steps
+        if ((kt << 6) + 64 <= kp2) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                q[h] = ((vn >> h) & 1u) ? ldg_stream(wb[h]) : make_uint4(0, 0, 0, 0);
+                wb[h] += ws[h];
+            }
+        } else {  // a 32-byte last step
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int n = n0 + 64 * c + 16 * warp + gid + 8 * h;
+                q[h] = (t < 2 && ((vn >> h) & 1u)) ? ldg_stream(W + w4_off(n, kt, t * 16, N, kp2)) : make_uint4(0, 0, 0, 0);
+            }
+        }
+    };
+
+    int d[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) d[i] = 0;
+    // Prologue: fragment 0 built; packed tiles 1 and 2 in registers.
+    unsigned f0[16], f1[16];
+    uint4 qa[2], qb[2];
+#if RS_DIAG == 0
+    load_w(0, qa);
+    build_frag(qa, t, f0);
+    if (KT > 1) load_w(1, qa);
+    if (KT > 2) load_w(2, qb);
+#else
+#pragma unroll
+    for (int i = 0; i < 16; ++i) f0[i] = f1[i] = 0x10101010u * (unsigned)(i + lane);
+#endif
+    const unsigned db0 = wg_desc_lo(base);  // stage i and k32 step s add (i * RS_A_TILE + 32 s) >> 4
+    // Iteration kt: fcur = fragment kt, fnext <- fragment kt+1 from q (packed tile kt+1), q <- packed tile kt+3.
+    auto step = [&](int kt, unsigned (&fcur)[16], unsigned (&fnext)[16], uint4 (&q)[2]) {
+        mbar_wait(s_full + 8 * (kt % S), (kt / S) & 1);
+        fence_acc(d);
+        fence_frag(fcur);
+        wgmma_fence();
+        const unsigned so = (kt % S) * (RS_A_TILE >> 4);
+#pragma unroll
+        for (int s = 0; s < WG_BK / 32; ++s)
+            wgmma_s8_m64n256k32_rs(d, fcur[4 * s], fcur[4 * s + 1], fcur[4 * s + 2], fcur[4 * s + 3],
+                                   wg_desc_from_lo(db0 + so + 2 * s));
+        wgmma_commit();
+        fence_acc(d);
+        fence_frag(fcur);
+        wgmma_wait<1>();  // tile kt-1's wgmmas done: fnext and stage (kt-1) % S are free
+        fence_acc(d);
+        fence_frag(fnext);
+        if (kt > 0) {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(s_empty + 8 * ((kt - 1) % S));
+        }
+#if RS_DIAG == 0
+        if (kt + 1 < KT) build_frag(q, t, fnext);
+        if (kt + 3 < KT) load_w(kt + 3, q);
+#endif
+        fence_frag(fnext);
+    };
+    for (int kt = 0; kt < KT; kt += 2) {  // unrolled by 2: the buffers need fixed register names
+        step(kt, f0, f1, qa);
+        if (kt + 1 < KT) step(kt + 1, f1, f0, qb);
+    }
+    wgmma_wait<0>();
+    fence_acc(d);
+    // the epilogue factors written by the other consumer threads (named barrier 1: consumers only)
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+
+    // Epilogue. This lane: weight rows r_h = 64c + 16 warp + gid + 8h, tokens 8j + 2t + e. Lanes l and l ^ 4 hold
+    // rows r and r ^ 1; after one exchange per pair the even-row lane holds columns (r, r+1) of token 8j + 2t, the
+    // odd-row lane those of token 8j + 2t + 1.
+    int ldo = N, nb = 0;  // the tile's output as an [M, ldo] matrix from column nb (as in wg_epilogue)
+    void* ob = out;
+    if constexpr (BLK) {
+        const int blk = n0 / seg;
+        ldo = seg;
+        nb = blk * seg;
+        ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
+    }
+    const int odd = gid & 1;
+    const int cl = 64 * c + 16 * warp + (gid & ~1);  // first column (within the tile) of this lane's pairs, h = 0
+    float fws[2][2], fsu[2][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            fws[h][e] = EP != 0 ? s_ws[cl + 8 * h + e] : 0.f;
+            fsu[h][e] = EP != 0 ? s_su[cl + 8 * h + e] : 0.f;
+        }
+    constexpr int JB = 8;
+#pragma unroll
+    for (int j0 = 0; j0 < 32; j0 += JB) {
+        int v[JB][2][2];
+        unsigned yy[JB][2];
+#pragma unroll
+        for (int j = 0; j < JB; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int k = 4 * (j0 + j) + 2 * h;
+                const int send = odd ? d[k] : d[k + 1];
+                const int recv = __shfl_xor_sync(0xFFFFFFFFu, send, 4);
+                v[j][h][0] = (odd ? recv : d[k]) >> 4;
+                v[j][h][1] = (odd ? d[k + 1] : recv) >> 4;
+                const int m = m0 + 8 * (j0 + j) + 2 * t + odd;
+                yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n0 + cl + 8 * h) : 0u;
+            }
+#pragma unroll
+        for (int j = 0; j < JB; ++j) {
+            const int ml = 8 * (j0 + j) + 2 * t + odd, m = m0 + ml;
+            if (m >= M) continue;
+            const float sa = EP != 0 ? s_sa[ml] : 0.f, za = EP != 0 ? s_za[ml] : 0.f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int n = n0 + cl + 8 * h;
+                if (n < N)
+                    store_pair_y<EP>(ob, ep, ldo, m, n - nb, v[j][h][0], v[j][h][1], sa, za, fws[h][0], fws[h][1],
+                                     fsu[h][0], fsu[h][1], yy[j][h]);
+            }
+        }
+    }
+}
+
 }  // namespace
 
 // Entry points: FN = wgmma_gemm (block WG_THREADS) or wgmma_gemm_ws (block WS_THREADS).
@@ -739,3 +1101,10 @@ QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4, 1, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
+
+#define QUIK_WGMMA_RS(NAME, EP, BLK) QUIK_WGMMA_ENTRY(NAME, wgmma_gemm_rs, RS_THREADS, EP, 4, BLK)
+QUIK_WGMMA_RS(quik_wgmma_rs_i32_w4, 0, false)
+QUIK_WGMMA_RS(quik_wgmma_rs_f16_w4, 1, false)
+QUIK_WGMMA_RS(quik_wgmma_rs_bf16_w4, 2, false)
+QUIK_WGMMA_RS(quik_wgmma_rs_f16_w4_blk, 1, true)
+QUIK_WGMMA_RS(quik_wgmma_rs_bf16_w4_blk, 2, true)

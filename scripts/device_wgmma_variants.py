@@ -14,7 +14,8 @@ their sums are wrong by design, so they are timed but not checked, and only ever
 split a K tile's time into its parts.
 
 --kernel ws times the warp-specialized entry points (quik_wgmma_ws_*, the default large-M path) instead of
-wgmma_gemm's; --wb 8 their 8-bit-weight entry points (codes in [-128, 127], no unpack).
+wgmma_gemm's, --kernel rs the register-operand ones (quik_wgmma_rs_*_w4; diagnostic build -DRS_DIAG=1: no weight
+loads or fragment builds); --wb 8 the 8-bit-weight entry points (codes in [-128, 127], no unpack).
 
     python3 scripts/device_wgmma_variants.py --kernel ws --variants "base=;diagnob=-DWS_DIAG=1" --ksweep ''
 """
@@ -61,23 +62,27 @@ def load(cubin: Path, defines: list[str], kernel: str, wb: int) -> dict:
     the shared-memory rings) or "ws" (wgmma_gemm_ws; -DWS_STAGES does), weight width wb."""
     import cupy
     mod = cupy.RawModule(path=str(cubin))
+    tile = (cuda._WG_BM, cuda._WG_BN)
     if kernel == "ws":
         smem, threads = cuda.wgmma_ws_smem_bytes(knob(defines, "WS_STAGES", cuda._WS_STAGES)), cuda._WS_THREADS
+    elif kernel == "rs":
+        smem, threads = cuda.wgmma_rs_smem_bytes(knob(defines, "RS_STAGES", cuda._RS_STAGES)), cuda._RS_THREADS
+        tile = (cuda._RS_BT, cuda._RS_BW)
     else:
         smem, threads = cuda.wgmma_smem_bytes(knob(defines, "WG_DEPTH", cuda._WG_DEPTH), wb), cuda._WG_THREADS
-    prefix = "quik_wgmma_ws" if kernel == "ws" else "quik_wgmma"
+    prefix = {"ws": "quik_wgmma_ws", "rs": "quik_wgmma_rs"}.get(kernel, "quik_wgmma")
     fns = {}
     for ep in ("i32", "f16"):
         k = mod.get_function(f"{prefix}_{ep}_w{wb}")
         k.max_dynamic_shared_size_bytes = smem
-        fns[ep] = (mod, k, smem, threads)
+        fns[ep] = (mod, k, smem, threads, tile)
     return fns
 
 
 def launch(fn, a, w, out, M, N, kp, epi=(0, 0, 0.0, 0, 0, 0)) -> None:
     import cupy
-    _, k, smem, threads = fn
-    grid = -(-M // cuda._WG_BM) * -(-N // cuda._WG_BN)
+    _, k, smem, threads, (bm, bn) = fn
+    grid = -(-M // bm) * -(-N // bn)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     args = [cupy.uint64(a.data_ptr()), cupy.uint64(w.data_ptr()), cupy.uint64(out.data_ptr()), cupy.int32(M),
             cupy.int32(N), cupy.int32(kp), cupy.uint64(epi[0]), cupy.uint64(epi[1]), cupy.float32(epi[2]),
@@ -110,7 +115,8 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="KxN list")
     ap.add_argument("--ksweep", default="1024,4096,16384", help="K values at M=2048, N=8192 ('' = skip)")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--kernel", choices=("wg", "ws"), default="wg", help="wgmma_gemm or wgmma_gemm_ws entry points")
+    ap.add_argument("--kernel", choices=("wg", "ws", "rs"), default="wg",
+                    help="wgmma_gemm, wgmma_gemm_ws or wgmma_gemm_rs (4-bit only) entry points")
     ap.add_argument("--wb", type=int, choices=(4, 8), default=4, help="weight width of the entry points timed")
     ap.add_argument("--json")
     args = ap.parse_args()

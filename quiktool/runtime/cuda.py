@@ -274,8 +274,10 @@ def _tile_smem(bm: int, bn: int, w_bits: int, stages: int) -> int:
 # paths, with one warning.
 # ---------------------------------------------------------------------------------------------------
 WGMMA_FILE = "quik_wgmma.cu"
-WGMMA_KERNELS: tuple[str, ...] = tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws in ("", "ws_") for b in (4, 8)
-                                       for blk in ("", "_blk") for ep in (_EPS[1:] if blk else _EPS))
+WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws in ("", "ws_") for b in (4, 8)
+                                        for blk in ("", "_blk") for ep in (_EPS[1:] if blk else _EPS))
+                                  + tuple(f"quik_wgmma_rs_{ep}_w4{blk}" for blk in ("", "_blk")
+                                          for ep in (_EPS[1:] if blk else _EPS)))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -313,6 +315,22 @@ def wgmma_ws_smem_bytes(stages: int = _WS_STAGES) -> int:
 
 
 _WS_SMEM = wgmma_ws_smem_bytes()
+# The register-operand kernels for 4-bit weights (quik_wgmma_rs_*, sixteenth session): the product transposed,
+# 256 tokens x 128 weight rows per block, the unpacked weights straight from registers into the wgmmas (no
+# shared stores, no proxy fence), the activations through a ring of RS_STAGES 32 KiB stages. They run from
+# WGMMA_RS_MIN_M tokens (QUIKTOOL_WGMMA_RS_MIN_M; 0: never).
+WGMMA_RS_MIN_M: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_M", 0)
+_RS_BT, _RS_BW, _RS_THREADS, _RS_STAGES = 256, 128, 384, 5  # quik_wgmma.cu's RS tile, block, RS_STAGES default
+
+
+def wgmma_rs_smem_bytes(stages: int = _RS_STAGES) -> int:
+    """quik_wgmma.cu's dynamic shared memory for the register-operand kernels: stages x 256 x 128 B of
+    activations, the epilogue's fp32 factors (2 x 256 per token, 2 x 128 per weight row), two 8-byte mbarriers
+    per stage, 1 KiB alignment slack."""
+    return stages * _RS_BT * 128 + (2 * _RS_BT + 2 * _RS_BW) * 4 + 16 * stages + 1024
+
+
+_RS_SMEM = wgmma_rs_smem_bytes()
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
 # since one block runs per SM and too few tiles leave SMs idle; the tests set 0 to run the kernel on small
@@ -422,6 +440,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                     for name in WGMMA_KERNELS:
                         kernel = module.get_function(name)
                         kernel.max_dynamic_shared_size_bytes = (_WS_SMEM if "_ws_" in name else
+                                                                _RS_SMEM if "_rs_" in name else
                                                                 _WG_SMEM_W8 if "_w8" in name else _WG_SMEM)
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
@@ -1228,7 +1247,11 @@ def _min_m(path: str) -> int:
 
 
 def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False) -> tuple[str, int, int, int]:
-    """quik_wgmma_[ws_]<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters it."""
+    """quik_wgmma_[ws_|rs_]<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters
+    it."""
+    if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M:
+        grid = -(-M // _RS_BT) * -(-N // _RS_BW)
+        return f"quik_wgmma_rs_{ep}_w4{'_blk' if blk else ''}", grid, _RS_THREADS, _RS_SMEM
     grid = -(-M // _WG_BM) * -(-N // _WG_BN)
     ws = WGMMA_WS if w_bits == 8 else WGMMA_WS_W4
     name = f"quik_wgmma_{'ws_' if ws else ''}{ep}_w{w_bits}{'_blk' if blk else ''}"
@@ -1245,7 +1268,7 @@ def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
         return False
     min_tiles = (math.ceil(WGMMA_MIN_TILE_SHARE * _device_info(dev)[1]) if WGMMA_MIN_TILES is None
                  else WGMMA_MIN_TILES)
-    if _wgmma_plan(M, N, "i32")[1] < min_tiles:  # the grid: one 128 x 256 output tile per block
+    if -(-M // _WG_BM) * -(-N // _WG_BN) < min_tiles:  # 128 x 256 output tiles (the rule's unit)
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False

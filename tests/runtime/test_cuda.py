@@ -432,9 +432,10 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
 
 
-@pytest.mark.parametrize("bits,ws", [(4, False), (4, True), (8, True), (8, False)], ids=["w4", "w4-ws", "w8-ws", "w8"])
+@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (8, "ws"), (8, "wg")],
+                         ids=["w4", "w4-ws", "w4-rs", "w8-ws", "w8"])
 def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, bits: int,
-                                                               ws: bool) -> None:
+                                                               kernel: str) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
     (quik_wgmma.cu, seg), so each member's output is contiguous, with the same bits as the column slices of
     the [M, N] output and as the torch backend's fused layer (4- and 8-bit weights: W4A4, W8A8)."""
@@ -443,7 +444,7 @@ def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pyte
     from quiktool.runtime import fuse
     from quiktool.runtime.quik_linear import QuikLinear
 
-    _wgmma_or_skip(monkeypatch, ws)
+    _wgmma_or_skip(monkeypatch, kernel)
     g = torch.Generator().manual_seed(11)
     K, N = 640, 512                                  # the kernel's blocks: multiples of its 256-column tile
     idx = torch.randperm(K, generator=g)[:32].sort().values
@@ -916,9 +917,10 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # (e) the sm_90a wgmma kernel (kernels/quik_wgmma.cu): 4- or 8-bit weights, 4- or 8-bit activations, large M
 # ---------------------------------------------------------------------------------------------------
-def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, ws: bool | None = None) -> int:
-    """The wgmma path on for every shape; ws: the warp-specialized kernels (quik_wgmma_ws_*) or the earlier
-    ones (None: the launcher's default)."""
+def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -> int:
+    """The wgmma path on for every shape; kernel: "ws" (the warp-specialized quik_wgmma_ws_*), "wg" (the earlier
+    quik_wgmma_*), "rs" (the register-operand quik_wgmma_rs_*, 4-bit weights; 8-bit ones then take ws), None (the
+    launcher's default)."""
     dev = torch.cuda.current_device()
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("the wgmma kernel is sm_90 only")
@@ -927,10 +929,17 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, ws: bool | None = None) -> i
     assert cuda._wgmma_kernels(dev) is not None, "the wgmma kernel did not build or load (see the logged warning)"
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 1)
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
-    if ws is not None:
-        monkeypatch.setattr(cuda, "WGMMA_WS", ws)
-        monkeypatch.setattr(cuda, "WGMMA_WS_W4", ws)
+    if kernel is not None:
+        monkeypatch.setattr(cuda, "WGMMA_WS", kernel != "wg")
+        monkeypatch.setattr(cuda, "WGMMA_WS_W4", kernel != "wg")
+        monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 1 if kernel == "rs" else 0)
     return dev
+
+
+def _planned_family(M: int, N: int, w_bits: int) -> str:
+    """The kernel family _wgmma_plan picks now: "rs", "ws" or "wg" (the tests check that the one asked for runs)."""
+    name = cuda._wgmma_plan(M, N, "i32", w_bits)[0]
+    return "rs" if "_rs_" in name else "ws" if "_ws_" in name else "wg"
 
 
 # (Kq, N): Kp = 64 (half of one 128-byte K tile), odd N (unpaired stores), N not a multiple of the 256-row
@@ -939,9 +948,10 @@ WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096
 
 
 # weight bits and kernel: each width on the warp-specialized quik_wgmma_ws_*_wB (ws, the default) and on the
-# earlier quik_wgmma_*_wB (QUIKTOOL_WGMMA_WS=0 / QUIKTOOL_WGMMA_WS_W4=0)
-WG_KERNELS = pytest.mark.parametrize("w_bits,ws", [(4, False), (4, True), (8, True), (8, False)],
-                                     ids=["w4", "w4-ws", "w8-ws", "w8"])
+# earlier quik_wgmma_*_wB (QUIKTOOL_WGMMA_WS=0 / QUIKTOOL_WGMMA_WS_W4=0); 4-bit weights also on the
+# register-operand quik_wgmma_rs_*_w4 (QUIKTOOL_WGMMA_RS_MIN_M)
+WG_KERNELS = pytest.mark.parametrize("w_bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (8, "ws"), (8, "wg")],
+                                     ids=["w4", "w4-ws", "w4-rs", "w8-ws", "w8"])
 
 
 @WG_KERNELS
@@ -949,12 +959,13 @@ WG_KERNELS = pytest.mark.parametrize("w_bits,ws", [(4, False), (4, True), (8, Tr
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 118, 300, 2048])
 def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, a_bits: int,
-                              w_bits: int, ws: bool) -> None:
-    dev = _wgmma_or_skip(monkeypatch, ws)
+                              w_bits: int, kernel: str) -> None:
+    dev = _wgmma_or_skip(monkeypatch, kernel)
     g = _gen("wgmma-int", M, kq, N, a_bits, w_bits)
     a = _act_codes(g, M, kq, a_bits)
     w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
     assert cuda.gemm_path(M, N, a.shape[1], w_bits, 1 << (a_bits - 1), dev) == "wgmma"
+    assert _planned_family(M, N, w_bits) == kernel
     got = cuda.int_gemm(a, w, w_bits, out=torch.full((M, N), POISON_I32, dtype=torch.int32, device=DEV))
     ref = reference.int_gemm(a, w, w_bits)
     assert torch.equal(got, ref), _first_mismatch(got, ref)
@@ -963,10 +974,10 @@ def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, 
 @WG_KERNELS
 @pytest.mark.parametrize("pattern", ["extremes", "alternating", "random"])
 def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatch, pattern: str,
-                                                  w_bits: int, ws: bool) -> None:
+                                                  w_bits: int, kernel: str) -> None:
     """|acc| up to 128 * 8 * Kq (w4: 16 * acc in the kernel's int32 accumulators) or 128 * 128 * Kq (w8) at
     Kq = 32768: near 2^29 either way."""
-    _wgmma_or_skip(monkeypatch, ws)
+    _wgmma_or_skip(monkeypatch, kernel)
     g = _gen("wgmma-big", pattern, w_bits)
     M, N, kq = 130, 260, 32768
     lo, hi = (-8, 7) if w_bits == 4 else (-128, 127)
@@ -980,6 +991,7 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
         c[:, ::2], c[:, 1::2] = lo, hi
     w = cuda.prepare_weight(c, w_bits)
     assert cuda.gemm_path(M, N, w.shape[1] * (8 // w_bits), w_bits, 128, torch.cuda.current_device()) == "wgmma"
+    assert _planned_family(M, N, w_bits) == kernel
     got = cuda.int_gemm(a, w, w_bits)
     ref = reference.int_gemm(a, w, w_bits)
     assert torch.equal(got, ref), _first_mismatch(got, ref)
@@ -987,15 +999,15 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("with_y", [True, False], ids=["y_base", "no_y"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("w_bits,a_bits,ws", [(4, 4, False), (4, 4, True), (4, 8, False), (4, 8, True), (8, 8, True),
-                                              (8, 8, False)],
-                         ids=["w4a4", "w4a4-ws", "w4a8", "w4a8-ws", "w8a8-ws", "w8a8"])
+@pytest.mark.parametrize("w_bits,a_bits,kernel", [(4, 4, "wg"), (4, 4, "ws"), (4, 4, "rs"), (4, 8, "wg"), (4, 8, "ws"),
+                                                  (4, 8, "rs"), (8, 8, "ws"), (8, 8, "wg")],
+                         ids=["w4a4", "w4a4-ws", "w4a4-rs", "w4a8", "w4a8-ws", "w4a8-rs", "w8a8-ws", "w8a8"])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,
-                                       a_bits: int, dtype: torch.dtype, with_y: bool, ws: bool) -> None:
+                                       a_bits: int, dtype: torch.dtype, with_y: bool, kernel: str) -> None:
     """Same bits as the reference and as the mma.sync kernels (which the other tests pin to the reference)."""
-    dev = _wgmma_or_skip(monkeypatch, ws)
+    dev = _wgmma_or_skip(monkeypatch, kernel)
     g = _gen("wgmma-fused", M, kq, N, a_bits, dtype, with_y, w_bits)
     a = _act_codes(g, M, kq, a_bits)
     w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
@@ -1003,6 +1015,7 @@ def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, 
     y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype) if with_y else None
     shift = 1 << (a_bits - 1)
     assert cuda.gemm_path(M, N, a.shape[1], w_bits, shift, dev) == "wgmma"
+    assert _planned_family(M, N, w_bits) == kernel
     _check_fused(a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
     got = cuda.quik_gemm(a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)

@@ -117,6 +117,13 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
         assert m and int(m.group(1)) == value, f"{name}: kernel {m and m.group(1)}, launcher {value}"
     assert cuda.wgmma_ws_smem_bytes(4) == 4 * (16384 + 32768) + 2048 + 4 * 16 + 1024
     assert cuda._WS_SMEM == cuda.wgmma_ws_smem_bytes(cuda._WS_STAGES) <= 227 * 1024
+    # the register-operand kernels: RS_STAGES activation stages of 32 KiB, 384 threads, 256 x 128 tiles
+    for name, value in (("RS_STAGES", cuda._RS_STAGES), ("RS_THREADS", cuda._RS_THREADS), ("RS_BT", cuda._RS_BT),
+                        ("RS_BW", cuda._RS_BW)):
+        m = re.search(rf"#ifndef {name}\s*\n\s*#define {name} (\d+)", src) or re.search(rf"\b{name} = (\d+)", src)
+        assert m and int(m.group(1)) == value, f"{name}: kernel {m and m.group(1)}, launcher {value}"
+    assert cuda.wgmma_rs_smem_bytes(5) == 5 * 32768 + 3072 + 5 * 16 + 1024
+    assert cuda._RS_SMEM == cuda.wgmma_rs_smem_bytes(cuda._RS_STAGES) <= 227 * 1024
 
 
 @pytest.mark.parametrize("ws", [True, False])
@@ -132,6 +139,23 @@ def test_wgmma_plan_per_kernel_family(monkeypatch, ws: bool) -> None:
     assert cuda._wgmma_plan(300, 1024, "bf16", 8, blk=True)[0] == f"quik_wgmma_{'ws_' if ws else ''}bf16_w8_blk"
     assert set(cuda.WGMMA_KERNELS) >= {cuda._wgmma_plan(130, 260, ep, b, blk)[0] for ep in ("f16", "bf16")
                                        for b in (4, 8) for blk in (False, True)}
+
+
+def test_wgmma_plan_register_operand_kernels(monkeypatch) -> None:
+    """From WGMMA_RS_MIN_M tokens (0: never) 4-bit weights take quik_wgmma_rs_*: one block per 256 x 128 output
+    tile, RS_THREADS, RS shared memory; 8-bit weights and fewer tokens keep their kernels."""
+    monkeypatch.setattr(cuda, "WGMMA_WS", True)
+    monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
+    monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 0)
+    assert cuda._wgmma_plan(4096, 1000, "f16", 4)[0] == "quik_wgmma_ws_f16_w4"
+    monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 1024)
+    assert cuda._wgmma_plan(1024, 1000, "f16", 4) == ("quik_wgmma_rs_f16_w4", 4 * 8, cuda._RS_THREADS, cuda._RS_SMEM)
+    assert cuda._wgmma_plan(1023, 1000, "f16", 4)[0] == "quik_wgmma_ws_f16_w4"
+    assert cuda._wgmma_plan(2048, 1024, "bf16", 4, blk=True)[0] == "quik_wgmma_rs_bf16_w4_blk"
+    assert cuda._wgmma_plan(2048, 1024, "i32", 4)[0] == "quik_wgmma_rs_i32_w4"
+    assert cuda._wgmma_plan(2048, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
+    assert set(cuda.WGMMA_KERNELS) >= {cuda._wgmma_plan(2048, 260, ep, 4, blk)[0] for ep in ("f16", "bf16")
+                                       for blk in (False, True)}
 
 
 def test_cluster_quantizer_choice(monkeypatch) -> None:
