@@ -452,7 +452,8 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 //   fence.proxy.async, arrive full[t % S], load my rows of B(t + 1); wgmma.wait_group 1 (tile s - 1's
 //   wgmmas done); one arrival per warp on empty[(s - 1) % S].
 // Registers: setmaxnreg gives the producer P and the consumers C (WS_PREGS / WS_CREGS, w4: WS_W4_PREGS /
-// WS_W4_CREGS; 128 P + 256 C <= 65536); ptxas allocates each role's code within its count. Spill bytes
+// WS_W4_CREGS; 128 P + 256 C <= 384 * 168, the block's registers at launch: setmaxnreg only moves registers within
+// the block, and an increase past them waits forever: a 64 / 224 split of the rs kernel hung, s16c); ptxas allocates each role's code within its count. Spill bytes
 // (nvcc 13.0 --resource-usage): none at the defaults; w8 without setmaxnreg (168 each) 16-64, at 88 / 208 20
 // (the producer's 24 copy addresses). (ptxas refuses a wgmma below ~154 registers, so a block of 512
 // threads, 128 each at launch, cannot hold two consumer warpgroups.)
@@ -482,9 +483,11 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 #define WS_DIAG 0
 #endif
 static_assert(WS_LEAD >= 1 && WS_LEAD <= WS_STAGES - 2, "WS_LEAD: the slot of tile s + LEAD must be free of s - 1");
-static_assert(128 * WS_W4_PREGS + 256 * WS_W4_CREGS <= 65536, "setmaxnreg: one block per SM");
+// The block's registers at launch: 65536 / 384 per thread, rounded down to a multiple of 8 (168).
+constexpr int WS_BLOCK_REGS = 384 * ((65536 / 384) & ~7);
+static_assert(128 * WS_W4_PREGS + 256 * WS_W4_CREGS <= WS_BLOCK_REGS, "setmaxnreg: the block's launch registers");
 static_assert(WS_STAGES >= 2, "WS_STAGES: at least 2");
-static_assert(128 * WS_PREGS + 256 * WS_CREGS <= 65536, "setmaxnreg: one block per SM");
+static_assert(128 * WS_PREGS + 256 * WS_CREGS <= WS_BLOCK_REGS, "setmaxnreg: the block's launch registers");
 constexpr int WS_THREADS = 384;
 constexpr int WS_SLOT = WG_A_TILE + WG_B_TILE;  // 48 KiB
 __host__ __device__ constexpr int ws_smem_bytes() { return WS_STAGES * WS_SLOT + WG_EPI_BYTES + 2 * WS_STAGES * 8; }
@@ -792,7 +795,7 @@ constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
 constexpr int RS_EPI_BYTES = 2 * RS_BT * 4 + 2 * RS_BW * 4;  // token and weight-row factors (fp32)
 __host__ __device__ constexpr int rs_smem_bytes() { return RS_STAGES * RS_A_TILE + RS_EPI_BYTES + 2 * RS_STAGES * 8; }
 static_assert(rs_smem_bytes() + 1024 <= 227 * 1024, "the launcher asks for rs_smem_bytes + 1024 bytes");
-static_assert(128 * RS_PREGS + 256 * RS_CREGS <= 65536, "setmaxnreg: one block per SM");
+static_assert(128 * RS_PREGS + 256 * RS_CREGS <= WS_BLOCK_REGS, "setmaxnreg: the block's launch registers");
 
 // D[64 x 256] += A[64 x 32] (registers: this thread's fragment a0..a3) * B[256 x 32]^T (shared, descriptor).
 QDEV void wgmma_s8_m64n256k32_rs(int (&d)[128], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
