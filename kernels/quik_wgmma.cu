@@ -452,8 +452,9 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 //   fence.proxy.async, arrive full[t % S], load my rows of B(t + 1); wgmma.wait_group 1 (tile s - 1's
 //   wgmmas done); one arrival per warp on empty[(s - 1) % S].
 // Registers: setmaxnreg gives the producer P and the consumers C (WS_PREGS / WS_CREGS, w4: WS_W4_PREGS /
-// WS_W4_CREGS; 128 P + 256 C <= 384 * 168, the block's registers at launch: setmaxnreg only moves registers within
-// the block, and an increase past them waits forever: a 64 / 224 split of the rs kernel hung, s16c); ptxas allocates each role's code within its count. Spill bytes
+// WS_W4_CREGS; 128 P + 256 C <= 384 * 168, the block's registers at launch: setmaxnreg only moves registers
+// within the block, and an increase past them waits forever: a 64 / 224 split of the rs kernel hung, s16c); ptxas
+// allocates each role's code within its count. Spill bytes
 // (nvcc 13.0 --resource-usage): none at the defaults; w8 without setmaxnreg (168 each) 16-64, at 88 / 208 20
 // (the producer's 24 copy addresses). (ptxas refuses a wgmma below ~154 registers, so a block of 512
 // threads, 128 each at launch, cannot hold two consumer warpgroups.)
@@ -778,18 +779,14 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 #ifndef RS_DIAG
 #define RS_DIAG 0
 #endif
-//   RS_DEPTH: wgmma groups (K tiles) left in flight while a fragment is built (1 or 2); each costs a fragment and
-//   a packed buffer (24 registers), and the packed weights are loaded RS_DEPTH + 2 tiles ahead.
-#ifndef RS_DEPTH
-#define RS_DEPTH 1
-#endif
-static_assert(RS_DEPTH == 1 || RS_DEPTH == 2, "RS_DEPTH: 1 or 2");
 //   RS_GROUP_M: token tiles per band of the grouped raster (quik_ptx.cuh grouped_tile); a band of 256-token tiles
 //   holds twice the activations of wgmma_gemm's at the same count.
 #ifndef RS_GROUP_M
 #define RS_GROUP_M 16
 #endif
-static_assert(RS_STAGES >= RS_DEPTH + 2, "RS_STAGES: the producer refills a stage only after its release");
+// (Two wgmma groups in flight while a fragment is built, with three fragment and three packed buffers, gave wrong
+// sums on the H100, s16d, not analysed; the loop below keeps one, as wgmma_gemm_ws does.)
+static_assert(RS_STAGES >= 3, "RS_STAGES: the producer refills a stage only after its release");
 constexpr int RS_BT = 256, RS_BW = 128, RS_THREADS = 384;
 constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
 constexpr int RS_EPI_BYTES = 2 * RS_BT * 4 + 2 * RS_BW * 4;  // token and weight-row factors (fp32)
@@ -978,26 +975,21 @@ QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* 
     int d[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) d[i] = 0;
-    // U = RS_DEPTH + 1 fragment buffers and as many packed ones (the loop unrolled by U, so that each buffer keeps
-    // fixed registers). Prologue: fragment 0 built; packed tiles 1 .. U in registers (tile j in buffer j % U).
-    constexpr int U = RS_DEPTH + 1;
-    unsigned f[U][16];
-    uint4 q[U][2];
+    // Prologue: fragment 0 built; packed tiles 1 and 2 in registers.
+    unsigned f0[16], f1[16];
+    uint4 qa[2], qb[2];
 #if RS_DIAG == 0
-    load_w(0, q[0]);
-    build_frag(q[0], t, f[0]);
-#pragma unroll
-    for (int j = 1; j <= U; ++j)
-        if (j < KT) load_w(j, q[j % U]);
+    load_w(0, qa);
+    build_frag(qa, t, f0);
+    if (KT > 1) load_w(1, qa);
+    if (KT > 2) load_w(2, qb);
 #else
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int i = 0; i < 16; ++i) f[u][i] = 0x10101010u * (unsigned)(i + lane + u);
+    for (int i = 0; i < 16; ++i) f0[i] = f1[i] = 0x10101010u * (unsigned)(i + lane);
 #endif
     const unsigned db0 = wg_desc_lo(base);  // stage i and k32 step s add (i * RS_A_TILE + 32 s) >> 4
-    // Iteration kt: fcur = fragment kt, fnext <- fragment kt+1 from qn (packed tile kt+1), qn <- packed tile kt+1+U.
-    auto step = [&](int kt, unsigned (&fcur)[16], unsigned (&fnext)[16], uint4 (&qn)[2]) {
+    // Iteration kt: fcur = fragment kt, fnext <- fragment kt+1 from q (packed tile kt+1), q <- packed tile kt+3.
+    auto step = [&](int kt, unsigned (&fcur)[16], unsigned (&fnext)[16], uint4 (&q)[2]) {
         mbar_wait(s_full + 8 * (kt % S), (kt / S) & 1);
         fence_acc(d);
         fence_frag(fcur);
@@ -1010,23 +1002,22 @@ QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* 
         wgmma_commit();
         fence_acc(d);
         fence_frag(fcur);
-        wgmma_wait<RS_DEPTH>();  // tile kt-D's wgmmas done: fnext (its buffer) and stage (kt-D) % S are free
+        wgmma_wait<1>();  // tile kt-1's wgmmas done: fnext and stage (kt-1) % S are free
         fence_acc(d);
         fence_frag(fnext);
-        if (kt >= RS_DEPTH) {
+        if (kt > 0) {
             __syncwarp();
-            if (lane == 0) mbar_arrive(s_empty + 8 * ((kt - RS_DEPTH) % S));
+            if (lane == 0) mbar_arrive(s_empty + 8 * ((kt - 1) % S));
         }
 #if RS_DIAG == 0
-        if (kt + 1 < KT) build_frag(qn, t, fnext);
-        if (kt + 1 + U < KT) load_w(kt + 1 + U, qn);
+        if (kt + 1 < KT) build_frag(q, t, fnext);
+        if (kt + 3 < KT) load_w(kt + 3, q);
 #endif
         fence_frag(fnext);
     };
-    for (int kt = 0; kt < KT; kt += U) {
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (kt + u < KT) step(kt + u, f[u], f[(u + 1) % U], q[(u + 1) % U]);
+    for (int kt = 0; kt < KT; kt += 2) {  // unrolled by 2: the buffers need fixed register names
+        step(kt, f0, f1, qa);
+        if (kt + 1 < KT) step(kt + 1, f1, f0, qb);
     }
     wgmma_wait<0>();
     fence_acc(d);
