@@ -780,9 +780,10 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 #define RS_DIAG 0
 #endif
 //   RS_GROUP_M: token tiles per band of the grouped raster (quik_ptx.cuh grouped_tile); a band of 256-token tiles
-//   holds twice the activations of wgmma_gemm's at the same count.
+//   holds twice the activations of wgmma_gemm's at the same count. 8 against 16: x0.90-1.00 of the kernel time at
+//   M = 1024 .. 8192 on five LLaMA-2 shapes (H100, s16e).
 #ifndef RS_GROUP_M
-#define RS_GROUP_M 16
+#define RS_GROUP_M 8
 #endif
 // (Two wgmma groups in flight while a fragment is built, with three fragment and three packed buffers, gave wrong
 // sums on the H100, s16d, not analysed; the loop below keeps one, as wgmma_gemm_ws does.)

@@ -318,8 +318,14 @@ _WS_SMEM = wgmma_ws_smem_bytes()
 # The register-operand kernels for 4-bit weights (quik_wgmma_rs_*, sixteenth session): the product transposed,
 # 256 tokens x 128 weight rows per block, the unpacked weights straight from registers into the wgmmas (no
 # shared stores, no proxy fence), the activations through a ring of RS_STAGES 32 KiB stages. They run from
-# WGMMA_RS_MIN_M tokens (QUIKTOOL_WGMMA_RS_MIN_M; 0: never).
-WGMMA_RS_MIN_M: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_M", 0)
+# WGMMA_RS_MIN_M tokens (QUIKTOOL_WGMMA_RS_MIN_M; 0: never) on rows of WGMMA_RS_MIN_KP or more codes
+# (QUIKTOOL_WGMMA_RS_MIN_KP). H100 layer A/B in one process against quik_wgmma_ws_* (docs/PERF_LOG.md, sixteenth
+# session, W4A4 / W4A8, 0 and 256 outliers; s16b, s16e): x0.91-0.99 at M = 2048 / 4096 where Kp >= 8192
+# (28672 x 8192 x0.91-0.93, 13824 x 5120 x0.95, 11008 x 4096 x0.97-0.98, 8192 x 28672 x0.95-0.99), but x1.01-1.16
+# on K = 4096 / 5120 (its per-tile fixed costs: a fragment built before the first wgmma, the transposed
+# epilogue), and x1.03 on 11008 x 4096 at M = 1024.
+WGMMA_RS_MIN_M: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_M", 2048)
+WGMMA_RS_MIN_KP: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_KP", 8192)
 _RS_BT, _RS_BW, _RS_THREADS, _RS_STAGES = 256, 128, 384, 5  # quik_wgmma.cu's RS tile, block, RS_STAGES default
 
 
@@ -1084,7 +1090,7 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
         wg = _wgmma_ok(M, N, w_bits, dev)
-        name, grid, block, smem = _wgmma_plan(M, N, "i32", w_bits) if wg else _plan(M, N, w_bits, "i32", dev)
+        name, grid, block, smem = _wgmma_plan(M, N, "i32", w_bits, kp=kp) if wg else _plan(M, N, w_bits, "i32", dev)
         _launch(dev, name, grid, block, _SIG_WG if wg else _SIG_GEMM,
                 (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0, 0), smem)
     return out
@@ -1125,7 +1131,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
         a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
         path = gemm_path(M, N, kp, w_bits, epi[2], dev)
         if path == "wgmma":
-            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0)
+            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0, kp=kp)
             _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
@@ -1246,10 +1252,10 @@ def _min_m(path: str) -> int:
     return _PATH_MIN_M[path] if LIB_MIN_M is None else LIB_MIN_M
 
 
-def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False) -> tuple[str, int, int, int]:
-    """quik_wgmma_[ws_|rs_]<ep>_w<bits>[_blk] -> (name, grid, block, dynamic smem); 1-D grid, the kernel rasters
-    it."""
-    if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M:
+def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp: int = 0) -> tuple[str, int, int, int]:
+    """quik_wgmma_[ws_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D grid, the
+    kernel rasters it."""
+    if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M and kp >= WGMMA_RS_MIN_KP:
         grid = -(-M // _RS_BT) * -(-N // _RS_BW)
         return f"quik_wgmma_rs_{ep}_w4{'_blk' if blk else ''}", grid, _RS_THREADS, _RS_SMEM
     grid = -(-M // _WG_BM) * -(-N // _WG_BN)

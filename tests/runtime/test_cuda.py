@@ -933,12 +933,13 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -
         monkeypatch.setattr(cuda, "WGMMA_WS", kernel != "wg")
         monkeypatch.setattr(cuda, "WGMMA_WS_W4", kernel != "wg")
         monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 1 if kernel == "rs" else 0)
+        monkeypatch.setattr(cuda, "WGMMA_RS_MIN_KP", 0)
     return dev
 
 
-def _planned_family(M: int, N: int, w_bits: int) -> str:
+def _planned_family(M: int, N: int, kp: int, w_bits: int) -> str:
     """The kernel family _wgmma_plan picks now: "rs", "ws" or "wg" (the tests check that the one asked for runs)."""
-    name = cuda._wgmma_plan(M, N, "i32", w_bits)[0]
+    name = cuda._wgmma_plan(M, N, "i32", w_bits, kp=kp)[0]
     return "rs" if "_rs_" in name else "ws" if "_ws_" in name else "wg"
 
 
@@ -965,7 +966,7 @@ def test_wgmma_int_gemm_exact(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, 
     a = _act_codes(g, M, kq, a_bits)
     w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
     assert cuda.gemm_path(M, N, a.shape[1], w_bits, 1 << (a_bits - 1), dev) == "wgmma"
-    assert _planned_family(M, N, w_bits) == kernel
+    assert _planned_family(M, N, a.shape[1], w_bits) == kernel
     got = cuda.int_gemm(a, w, w_bits, out=torch.full((M, N), POISON_I32, dtype=torch.int32, device=DEV))
     ref = reference.int_gemm(a, w, w_bits)
     assert torch.equal(got, ref), _first_mismatch(got, ref)
@@ -991,7 +992,7 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
         c[:, ::2], c[:, 1::2] = lo, hi
     w = cuda.prepare_weight(c, w_bits)
     assert cuda.gemm_path(M, N, w.shape[1] * (8 // w_bits), w_bits, 128, torch.cuda.current_device()) == "wgmma"
-    assert _planned_family(M, N, w_bits) == kernel
+    assert _planned_family(M, N, a.shape[1], w_bits) == kernel
     got = cuda.int_gemm(a, w, w_bits)
     ref = reference.int_gemm(a, w, w_bits)
     assert torch.equal(got, ref), _first_mismatch(got, ref)
@@ -1015,7 +1016,7 @@ def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, 
     y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype) if with_y else None
     shift = 1 << (a_bits - 1)
     assert cuda.gemm_path(M, N, a.shape[1], w_bits, shift, dev) == "wgmma"
-    assert _planned_family(M, N, w_bits) == kernel
+    assert _planned_family(M, N, a.shape[1], w_bits) == kernel
     _check_fused(a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
     got = cuda.quik_gemm(a, w, w_bits, a_scale, a_zero, shift, w_scale, wsum, y, dtype)
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
