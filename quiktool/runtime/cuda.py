@@ -320,12 +320,12 @@ _WS_SMEM = wgmma_ws_smem_bytes()
 # shared stores, no proxy fence), the activations through a ring of RS_STAGES 32 KiB stages. They run from
 # WGMMA_RS_MIN_M tokens (QUIKTOOL_WGMMA_RS_MIN_M; 0: never) on rows of WGMMA_RS_MIN_KP or more codes
 # (QUIKTOOL_WGMMA_RS_MIN_KP). H100 layer A/B in one process against quik_wgmma_ws_* (docs/PERF_LOG.md, sixteenth
-# session, W4A4 / W4A8, 0 and 256 outliers; s16b, s16e): x0.91-0.99 at M = 2048 / 4096 where Kp >= 8192
-# (28672 x 8192 x0.91-0.93, 13824 x 5120 x0.95, 11008 x 4096 x0.97-0.98, 8192 x 28672 x0.95-0.99), but x1.01-1.16
-# on K = 4096 / 5120 (its per-tile fixed costs: a fragment built before the first wgmma, the transposed
-# epilogue), and x1.03 on 11008 x 4096 at M = 1024.
+# session, W4A4 / W4A8, 0 and 256 outliers; s16b, s16e, s16f, s16g): x0.91-0.99 at M = 2048 .. 8192 where
+# Kp >= 7680 (28672 x 8192 x0.91-0.94, 13824 x 5120 x0.92-0.95, 8192 x 28672 x0.94-0.99, 8192 x 8192 with 256
+# outliers, Kp = 7936, x0.99), but x1.01-1.16 on K = 4096 / 5120 (its per-tile fixed costs: a fragment built
+# before the first wgmma, the transposed epilogue) and x1.03 on 11008 x 4096 at M = 1024.
 WGMMA_RS_MIN_M: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_M", 2048)
-WGMMA_RS_MIN_KP: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_KP", 8192)
+WGMMA_RS_MIN_KP: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_KP", 7680)
 _RS_BT, _RS_BW, _RS_THREADS, _RS_STAGES = 256, 128, 384, 5  # quik_wgmma.cu's RS tile, block, RS_STAGES default
 
 

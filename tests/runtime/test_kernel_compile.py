@@ -144,12 +144,14 @@ def test_wgmma_plan_per_kernel_family(monkeypatch, ws: bool) -> None:
 def test_wgmma_plan_register_operand_kernels(monkeypatch) -> None:
     """From WGMMA_RS_MIN_M tokens (0: never) and WGMMA_RS_MIN_KP codes per row, 4-bit weights take
     quik_wgmma_rs_*: one block per 256 x 128 output tile, RS_THREADS, RS shared memory; 8-bit weights, fewer tokens
-    and shorter rows keep their kernels. The defaults: from 2048 tokens on rows of 8192 codes or more."""
-    assert (cuda.WGMMA_RS_MIN_M, cuda.WGMMA_RS_MIN_KP) == (2048, 8192)
+    and shorter rows keep their kernels. The defaults: from 2048 tokens on rows of 7680 codes or more (K = 8192
+    with up to 512 outliers)."""
+    assert (cuda.WGMMA_RS_MIN_M, cuda.WGMMA_RS_MIN_KP) == (2048, 7680)
     monkeypatch.setattr(cuda, "WGMMA_WS", True)
     monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
     assert cuda._wgmma_plan(2048, 8192, "f16", 4, kp=28416)[0] == "quik_wgmma_rs_f16_w4"
-    assert cuda._wgmma_plan(2048, 8192, "f16", 4, kp=8128)[0] == "quik_wgmma_ws_f16_w4"
+    assert cuda._wgmma_plan(2048, 8192, "f16", 4, kp=7936)[0] == "quik_wgmma_rs_f16_w4"   # 8192 - 256 outliers
+    assert cuda._wgmma_plan(2048, 13824, "f16", 4, kp=4864)[0] == "quik_wgmma_ws_f16_w4"  # 5120 - 256
     assert cuda._wgmma_plan(2047, 8192, "f16", 4, kp=28416)[0] == "quik_wgmma_ws_f16_w4"
     monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 0)
     assert cuda._wgmma_plan(4096, 1000, "f16", 4, kp=28416)[0] == "quik_wgmma_ws_f16_w4"
