@@ -31,9 +31,12 @@
 //   zero-filled); tensors contiguous and 16-byte aligned; the device is sm_90.
 //   Launch geometry: block 256 threads (2 warpgroups), grid = ceil(M/128) * ceil(N/256) (1-D, grouped
 //   raster as in quik_gemm.cu), dynamic smem wg_smem_bytes(B) + 1024 (the kernel aligns its base to 1024 B).
-//   quik_wgmma_ws_EP_wB[_blk] (warp-specialized; at the end of this file): the same arguments and semantics,
+//   quik_wgmma_ws_EP_wB[_blk] (warp-specialized; after wgmma_gemm): the same arguments and semantics,
 //   block WS_THREADS = 384 (a producer and two consumer warpgroups), the same grid, dynamic smem
 //   ws_smem_bytes() + 1024.
+//   quik_wgmma_rs_EP_w4[_blk] (register-operand, 4-bit weights only; at the end of this file): the same arguments
+//   and semantics, block RS_THREADS = 384, grid = ceil(M/256) * ceil(N/128) (256 tokens x 128 weight rows per
+//   block), dynamic smem rs_smem_bytes() + 1024.
 //
 // Tile: 128 tokens x 256 weight rows x 128 K bytes per stage. Warpgroup g owns tokens 64g .. 64g+63 and all
 // 256 rows: one m64n256k32 wgmma per 32 K bytes, 4 per stage, 128 int32 accumulators per thread.
