@@ -164,3 +164,131 @@ def test_wgmma_plan_register_operand_kernels(monkeypatch) -> None:
     assert cuda._wgmma_plan(2048, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
     assert set(cuda.WGMMA_KERNELS) >= {cuda._wgmma_plan(2048, 260, ep, 4, blk)[0] for ep in ("f16", "bf16")
                                        for blk in (False, True)}
+
+
+def test_cluster_quantizer_choice(monkeypatch) -> None:
+    """quantize_split's kernel: the cluster one on sm_90+ for rows of QUANT_CLUSTER_MIN_K columns or more,
+    the one-CTA one otherwise, and never when QUANT_CLUSTER is off."""
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER", True)
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER_MIN_K", 16384)
+    assert cuda._cluster_quant(28672, 90) and cuda._cluster_quant(16384, 90)
+    assert not cuda._cluster_quant(13824, 90) and not cuda._cluster_quant(28672, 80)
+    monkeypatch.setattr(cuda, "QUANT_CLUSTER", False)
+    assert not cuda._cluster_quant(28672, 90)
+    assert cuda._cluster_plan(28672) == (256, 72 * 112) and cuda._cluster_plan(80) == (64, 72)
+
+
+def test_rows_quantizer_plan(monkeypatch) -> None:
+    """Rows mode: from ACT_ROWS_MIN_M rows, K % 8 == 0 and x 16-byte aligned; the fewest chunks per thread
+    (1, 2, 4, 8) that keep a row within ~ACT_ROWS_THREADS threads, whole warps, at most 512 threads;
+    shared memory = bitmap and prefix words + the code row + the outlier indices."""
+    monkeypatch.setattr(cuda, "ACT_ROWS", True)
+    monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 17)
+    monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", 256)
+    kp = cuda.padded_k
+    assert cuda._rows_plan(2048, 4096, kp(3840), 256) == (2, 256, 8 * 128 + 3840 + 4 * 256)
+    assert cuda._rows_plan(2048, 28672, kp(28416), 256) == (8, 448, 8 * 896 + 28416 + 4 * 256)
+    assert cuda._rows_plan(17, 11008, kp(10752), 256)[:2] == (8, 192)   # 1376 chunks: 172 per 8 -> 192 threads
+    assert cuda._rows_plan(17, 5120, kp(5120), 0)[:2] == (4, 160)
+    assert cuda._rows_plan(17, 64, 64, 0) == (1, 32, 8 * 2 + 64)
+    assert cuda._rows_plan(17, 32768, kp(32768), 0)[:2] == (8, 512)
+    for args in ((16, 4096, 4096, 0, 0), (17, 4100, 4096, 0, 0), (17, 4096, 4096, 0, 8), (17, 32776, 32768, 0, 0)):
+        assert cuda._rows_plan(*args) is None, args
+    monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", 512)
+    assert cuda._rows_plan(2048, 8192, kp(8192), 0)[:2] == (2, 512)
+    monkeypatch.setattr(cuda, "ACT_ROWS", False)
+    assert cuda._rows_plan(2048, 4096, 4096, 0) is None
+
+
+def test_act_threads_rule(monkeypatch) -> None:
+    """Quantizer threads per row: ~16 columns per thread in [128, 1024]; from ACT_MANY_ROWS rows half of
+    that, at least 256 (ACT_MANY_ROWS = 0: never)."""
+    monkeypatch.setattr(cuda, "ACT_MANY_ROWS", 512)
+    assert [cuda._act_threads(k, k, 1) for k in (64, 4096, 5120, 11008, 28672)] == [128, 256, 512, 1024, 1024]
+    assert [cuda._act_threads(k, k, 511) for k in (4096, 11008)] == [256, 1024]
+    assert [cuda._act_threads(k, k, 512) for k in (64, 4096, 5120, 11008, 28672)] == [128, 256, 256, 512, 512]
+    monkeypatch.setattr(cuda, "ACT_MANY_ROWS", 0)
+    assert cuda._act_threads(11008, 11008, 4096) == 1024
+
+
+def test_gemv_rows_rule(monkeypatch) -> None:
+    """The small-M kernel's block size: 64 rows at M <= 8 once N >= 64 x SMs, else 32; 32 rows at M > 8 once
+    N >= 48 x SMs, else 16; QUIKTOOL_GEMV_RULE=m keeps 32 / 16 everywhere; GEMV_ROWS or an explicit rows
+    argument overrides both."""
+    monkeypatch.setattr(cuda, "GEMV_RULE", "n")
+    monkeypatch.setattr(cuda, "GEMV_ROWS", None)
+    assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 8, 9, 16)] == [64, 64, 32, 32]
+    assert [cuda._gemv_rows(m, 8192, 132) for m in (1, 16)] == [32, 16]   # 128 blocks of 64 < 132 SMs at M = 1
+    assert cuda._gemv_rows(16, 8192, 132, lines=True) == 32 and cuda._gemv_rows(16, 5120, 132, lines=True) == 16
+    assert cuda._gemv_rows(1, 8448, 132) == 64 and cuda._gemv_rows(1, 8447, 132) == 32
+    assert cuda._gemv_rows(16, 6336, 132, lines=True) == 32 and cuda._gemv_rows(16, 6335, 132, lines=True) == 16
+    assert cuda._gemv_rows(1, 6336, 132, lines=True) == 32  # no whole-line kernel at M <= 8: the M <= 8 rule
+    assert cuda._gemv_plan(1, 28672, 4, "f16", sms=132) == ("quik_gemv_f16_w4_m8_r64", 448, 256, 0)
+    assert cuda._gemv_plan(16, 28672, 8, "bf16", sms=132) == ("quik_gemv_bf16_w8_m16", 896, 256, 0)
+    assert cuda._gemv_plan(16, 28672, 4, "i32", rows=16, sms=132)[:2] == ("quik_gemv_i32_w4_m16_r16", 1792)
+    monkeypatch.setattr(cuda, "GEMV_RULE", "m")
+    assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
+
+
+def test_gemv_lines_rule(monkeypatch) -> None:
+    """The whole-line 16-token kernels (_ln): taken unless the grid fits one wave of the fragment kernel and
+    not of the whole-line one; never for M <= 8; QUIKTOOL_GEMV_LINES 0 / 2 force it, other values are refused."""
+    assert cuda._gemv_plan(16, 28672, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m16_ln"
+    assert cuda._gemv_plan(9, 5120, 8, "i32", sms=132, lines=True)[0] == "quik_gemv_i32_w8_m16_r16_ln"
+    assert cuda._gemv_plan(8, 8192, 4, "f16", sms=132, lines=True)[0] == "quik_gemv_f16_w4_m8"
+    monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
+    monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 2 if name.endswith("_ln") else 3)
+    monkeypatch.setattr(cuda, "GEMV_LINES", 1)
+    rows = lambda N: cuda._plan(16, N, 4, "f16", 0)  # noqa: E731
+    assert rows(4096)[:2] == ("quik_gemv_f16_w4_m16_r16_ln", 256)   # one wave either way
+    assert rows(5120)[:2] == ("quik_gemv_f16_w4_m16_r16", 320)      # 320 blocks: 1 wave of 3 / SM, 2 of 2 / SM
+    assert rows(8192)[:2] == ("quik_gemv_f16_w4_m16_ln", 256)       # 32 rows for _ln (N >= 48 x SMs): 1 wave
+    assert rows(11008)[:2] == ("quik_gemv_f16_w4_m16", 344)         # 32 rows (N >= 64 x SMs), the same
+    assert rows(13824)[:2] == ("quik_gemv_f16_w4_m16_ln", 432)      # two waves either way
+    assert cuda._plan(8, 13824, 4, "f16", 0)[0] == "quik_gemv_f16_w4_m8_r64"
+    monkeypatch.setattr(cuda, "GEMV_LINES", 2)
+    assert rows(5120)[0].endswith("_ln")
+    monkeypatch.setattr(cuda, "GEMV_LINES", 0)
+    assert not rows(13824)[0].endswith("_ln")
+    monkeypatch.setattr(cuda, "GEMV_LINES", 3)
+    with pytest.raises(KernelError, match="QUIKTOOL_GEMV_LINES=3 is not accepted; use 1 .the rule., 0"):
+        rows(4096)
+    monkeypatch.setenv("QUIKTOOL_GEMV_LINES", "yes")
+    with pytest.raises(KernelError, match="QUIKTOOL_GEMV_LINES must be an integer, got 'yes'"):
+        cuda._env_int("QUIKTOOL_GEMV_LINES", 1)  # what the module runs at import
+
+
+def test_outlier_lanes_match_the_reference() -> None:
+    """The fused decode outlier product sums in reference.outlier_sum's lanes: the kernel's copy of the lane
+    count must be the reference's (both combine four lanes as (s0 + s1) + (s2 + s3))."""
+    src = (Path(__file__).resolve().parents[2] / "kernels" / "quik_gemm.cu").read_text()
+    m = re.search(r"constexpr int OUTL_LANES = (\d+);", src)
+    assert m, "OUTL_LANES not found in quik_gemm.cu"
+    assert int(m.group(1)) == reference.OUTLIER_LANES == 4
+
+
+def test_kernel_source_follows_the_override_folder(monkeypatch, tmp_path) -> None:
+    """QUIKTOOL_KERNELS_DIR is read per call: a process that switches folders gets each folder's text
+    (headers inlined from the same folder), and unsetting it gives the shipped sources again."""
+    shipped = cuda._source("quik_gemm.cu")
+    (tmp_path / "quik_ptx.cuh").write_text("// ptx copy\n")
+    (tmp_path / "quik_gemm.cu").write_text('// copy\n#include "quik_ptx.cuh"\n')
+    monkeypatch.setenv("QUIKTOOL_KERNELS_DIR", str(tmp_path))
+    assert cuda._source("quik_gemm.cu") == "// copy\n// ptx copy\n\n"
+    monkeypatch.delenv("QUIKTOOL_KERNELS_DIR")
+    assert cuda._source("quik_gemm.cu") == shipped
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), ("0", None), ("1", cuda.FP8_FIRST_RULE)],
+                         ids=["unset", "0", "1"])
+def test_fp8_first_rule_is_off_unless_asked_for(monkeypatch, value, expected) -> None:
+    """The W4A4 FP8-first rule is off by default since the fifteenth session (wgmma was faster on every layer it
+    sent to FP8); QUIKTOOL_WGMMA_FP8_FIRST=1 turns it back on. The module reads the variable at import, so each
+    setting imports it in a fresh interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "QUIKTOOL_WGMMA_FP8_FIRST"}
+    if value is not None:
+        env["QUIKTOOL_WGMMA_FP8_FIRST"] = value
+    code = "import json; from quiktool.runtime import cuda; print(json.dumps(cuda.WGMMA_FP8_FIRST))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got == (list(expected) if expected is not None else None)
