@@ -166,6 +166,168 @@ def test_wgmma_plan_register_operand_kernels(monkeypatch) -> None:
                                        for blk in (False, True)}
 
 
+def _find_nvdisasm() -> str | None:
+    """nvdisasm: $QUIKTOOL_NVDISASM, beside nvcc, on PATH, or from the nvidia-cuda-nvdisasm wheel (test extra)."""
+    import importlib.util
+    import shutil
+
+    if os.environ.get("QUIKTOOL_NVDISASM"):
+        return os.environ["QUIKTOOL_NVDISASM"]
+    nvcc = cuda.find_nvcc()
+    if nvcc and (Path(nvcc).resolve().parent / "nvdisasm").is_file():
+        return str(Path(nvcc).resolve().parent / "nvdisasm")
+    if shutil.which("nvdisasm"):
+        return shutil.which("nvdisasm")
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for exe in sorted(Path(root).glob("cu*/bin/nvdisasm")):
+            return str(exe)
+    return None
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")
+
+
+def _sass_functions(text: str) -> dict[str, list[tuple[str, str, str]]]:
+    """nvdisasm output -> {function: [(predicate, opcode, operands)]}, with labels as ("", "LABEL", name)."""
+    funcs: dict[str, list[tuple[str, str, str]]] = {}
+    cur = None
+    for line in text.splitlines():
+        m = re.match(r"^\.text\.(\w+):", line.strip())
+        if m:
+            cur = funcs.setdefault(m.group(1), [])
+            continue
+        if cur is None:
+            continue
+        lab = re.match(r"^(\.L\w+):", line.strip())
+        if lab:
+            cur.append(("", "LABEL", lab.group(1)))
+            continue
+        m = _SASS_LINE.search(line)
+        if m:
+            cur.append(((m.group(2) or "").strip(), m.group(3), m.group(4).strip()))
+    return funcs
+
+
+def _written_registers(opcode: str, operands: str) -> set[int]:
+    """The general registers an instruction writes (its first operand when that is a register; 2 or 4 of them for
+    64- / 128-bit results); none for stores, branches, barriers and wgmma itself (its accumulators are checked by
+    ptxas, C7514 / C7515)."""
+    if opcode.startswith(("ST", "RED", "ATOM", "BRA", "EXIT", "BAR", "SYNCS", "WARPGROUP", "IGMMA", "HGMMA", "LABEL",
+                          "DEPBAR", "MEMBAR", "FENCE", "NOP", "RET", "CALL", "BSSY", "BSYNC", "WARPSYNC", "LDGSTS",
+                          "LDGDEPBAR", "ERRBAR", "CCTL", "YIELD")):
+        return set()
+    m = re.match(r"R(\d+)\b", operands)
+    if not m:
+        return set()
+    width = 4 if ".128" in opcode else 2 if (".64" in opcode or "WIDE" in opcode or opcode.startswith("CS2R")) else 1
+    return set(range(int(m.group(1)), int(m.group(1)) + width))
+
+
+def _register_operand_hazards(instrs: list[tuple[str, str, str]]) -> tuple[int, list[str]]:
+    """For every commit group of register-operand wgmmas (IGMMA whose A operand is a register quad, the group closed
+    by the one marked gsb0): the instructions that write one of the group's A registers on some path before the
+    group is retired (a WARPGROUP.DEPBAR.LE gsb0, N reached after N later groups). Writing them earlier is undefined
+    (PTX: wgmma.mma_async reads its register A operand asynchronously), and ptxas does not prevent it: the
+    sixteenth session's two-groups-in-flight build gave wrong sums on the H100 because ptxas put the third fragment
+    buffer in the second one's registers and rebuilt them while that group ran (docs/PERF_LOG.md, v17b).
+    -> (groups checked, hazards)."""
+    labels = {ops: i for i, (_, op, ops) in enumerate(instrs) if op == "LABEL"}
+    groups, cur = [], set()
+    for i, (_, op, ops) in enumerate(instrs):
+        if op.startswith("IGMMA"):
+            m = re.match(r"R\d+,\s*R(\d+),", ops)
+            if m:
+                cur |= set(range(int(m.group(1)), int(m.group(1)) + 4))
+            if "gsb0" in ops:
+                if cur:
+                    groups.append((i, cur))
+                cur = set()
+    hazards = []
+    for end, regs in groups:
+        stack, seen = [(end + 1, 0)], set()
+        while stack:
+            i, later = stack.pop()
+            if (i, later) in seen or i >= len(instrs):
+                continue
+            seen.add((i, later))
+            pred, op, ops = instrs[i]
+            if op.startswith("WARPGROUP.DEPBAR"):
+                m = re.search(r"gsb0,\s*0x([0-9a-f]+)", ops)
+                if m and later >= int(m.group(1), 16):
+                    continue  # retired on this path
+            if op.startswith("IGMMA") and "gsb0" in ops:
+                later = min(later + 1, 8)
+            if _written_registers(op, ops) & regs:
+                hazards.append(f"{op} {ops} (group ending at instruction {end})")
+            if op.startswith("BRA"):
+                m = re.search(r"\((\.L\w+)\)", ops)
+                if m and m.group(1) in labels:
+                    stack.append((labels[m.group(1)], later))
+                if not pred:
+                    continue
+            if op == "EXIT" and not pred:
+                continue
+            stack.append((i + 1, later))
+    return len(groups), hazards
+
+
+def test_register_operand_hazard_check_finds_the_known_bug() -> None:
+    """The checker below on the pattern of the sixteenth session's wrong build: a group reading R168-R183 still in
+    flight (DEPBAR.LE 2 after one later group) when an instruction rebuilds R168; and the same code with the write
+    after the retiring DEPBAR, which is fine."""
+    def parse(body: str) -> list[tuple[str, str, str]]:
+        return _sass_functions(".text.k:\n" + body)["k"]
+
+    head = """
+        /*0000*/ IGMMA.64x256x32.S8.S8 R24, R168, gdesc[UR4], R24 ;
+        /*0010*/ IGMMA.64x256x32.S8.S8 R24, R180, gdesc[UR4], R24, gsb0 ;
+        /*0020*/ WARPGROUP.DEPBAR.LE gsb0, 0x2 ;
+    """
+    bad = head + "        /*0030*/ LOP3.LUT R168, R3, 0x1, RZ, 0xc, !PT ;\n        /*0040*/ EXIT ;\n"
+    good = head + """
+        /*0030*/ IGMMA.64x256x32.S8.S8 R24, R152, gdesc[UR4], R24, gsb0 ;
+        /*0040*/ IGMMA.64x256x32.S8.S8 R24, R156, gdesc[UR4], R24, gsb0 ;
+        /*0050*/ WARPGROUP.DEPBAR.LE gsb0, 0x2 ;
+        /*0060*/ LOP3.LUT R168, R3, 0x1, RZ, 0xc, !PT ;
+        /*0070*/ EXIT ;
+    """
+    n, hazards = _register_operand_hazards(parse(bad))
+    assert n == 1 and len(hazards) == 1 and "R168" in hazards[0]
+    n, hazards = _register_operand_hazards(parse(good))
+    assert n == 3 and hazards == [], hazards
+    # a loop: the write sits at the loop head, reached again by the back branch before the group is retired
+    loop = """
+        .L_x_1:
+        /*0000*/ LOP3.LUT R170, R3, 0x1, RZ, 0xc, !PT ;
+        /*0010*/ IGMMA.64x256x32.S8.S8 R24, R168, gdesc[UR4], R24, gsb0 ;
+        /*0020*/ WARPGROUP.DEPBAR.LE gsb0, 0x1 ;
+        /*0030*/ @P0 BRA `(.L_x_1) ;
+        /*0040*/ EXIT ;
+    """
+    assert len(_register_operand_hazards(parse(loop))[1]) == 1
+
+
+def test_register_operand_wgmma_kernels_keep_their_fragments_until_retired(tmp_path, monkeypatch) -> None:
+    """Every register-operand wgmma entry point of the built cubin (quik_wgmma_rs_*): no instruction writes a
+    group's A-operand registers before that group is retired (see _register_operand_hazards). The GPU tests catch
+    such a race only when its timing corrupts a sum; this reads the SASS that ptxas produced."""
+    if cuda.find_nvcc() is None:
+        pytest.skip("no nvcc on this machine (it builds the sm_90a wgmma kernel)")
+    nvdisasm = _find_nvdisasm()
+    if nvdisasm is None:
+        pytest.skip("no nvdisasm (the nvidia-cuda-nvdisasm wheel of the test extra, or QUIKTOOL_NVDISASM)")
+    monkeypatch.setenv("QUIKTOOL_CACHE_DIR", str(tmp_path))
+    sass = subprocess.run([nvdisasm, str(cuda.compile_wgmma())], capture_output=True, text=True, check=True).stdout
+    funcs = _sass_functions(sass)
+    rs = [name for name in cuda.WGMMA_KERNELS if "_rs_" in name]
+    assert rs and set(rs) <= set(funcs)
+    for name in rs:
+        n, hazards = _register_operand_hazards(funcs[name])
+        assert n >= 2, f"{name}: no register-operand wgmma groups found in its SASS ({n})"
+        assert not hazards, f"{name}: A-operand registers written while their wgmma group may run: {hazards[:3]}"
+
+
 def test_cluster_quantizer_choice(monkeypatch) -> None:
     """quantize_split's kernel: the cluster one on sm_90+ for rows of QUANT_CLUSTER_MIN_K columns or more,
     the one-CTA one otherwise, and never when QUANT_CLUSTER is off."""
