@@ -59,7 +59,8 @@ def knob(defines: list[str], name: str, default: int) -> int:
 
 def load(cubin: Path, defines: list[str], kernel: str, wb: int) -> dict:
     """The variant's entry points with their launch parameters: kernel "wg" (wgmma_gemm; -DWG_DEPTH changes
-    the shared-memory rings) or "ws" (wgmma_gemm_ws; -DWS_STAGES does), weight width wb."""
+    the shared-memory rings), "ws" (wgmma_gemm_ws; -DWS_STAGES does) or "rs" (wgmma_gemm_rs, 4-bit weights;
+    -DRS_STAGES does), weight width wb."""
     import cupy
     mod = cupy.RawModule(path=str(cubin))
     tile = (cuda._WG_BM, cuda._WG_BN)
