@@ -793,7 +793,9 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 #define RS_GROUP_M 8
 #endif
 // (Two wgmma groups in flight while a fragment is built, with three fragment and three packed buffers, gave wrong
-// sums on the H100, s16d, not analysed; the loop below keeps one, as wgmma_gemm_ws does.)
+// sums on the H100, s16d: ptxas gave the third buffer the second one's registers and rebuilt them while that group
+// ran. The empty-asm pins (fence_frag) act before ptxas only; tests/runtime/test_kernel_compile.py reads the SASS
+// for such writes. The loop below keeps one group in flight, as wgmma_gemm_ws does.)
 static_assert(RS_STAGES >= 3, "RS_STAGES: the producer refills a stage only after its release");
 constexpr int RS_BT = 256, RS_BW = 128, RS_THREADS = 384;
 constexpr int RS_A_TILE = RS_BT * WG_BK;                     // 32 KiB
