@@ -751,7 +751,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 // K bytes, 4 per stage, 128 int32 accumulators per thread.
 //   Activation stages: RS_STAGES x [256 rows][128 B] (32 KiB), cp.async by the producer warpgroup (the copy plan
 //   of wgmma_gemm_ws: 16 rows per thread), in the 128-byte swizzle; full barrier: 128 producer arrivals, empty
-//   barrier: the 8 consumer warps, as in wgmma_gemm_ws.
+//   barrier: the 8 consumer warps, as in wgmma_gemm_ws. The producer also prefetches the tile's y_base rows into L2
+//   during the third-last K tile (prefetch_y_rs). Registers: setmaxnreg RS_PREGS / RS_CREGS (72 / 216, no spills).
 //   Epilogue factors: a_scale and a_zero + a_shift * a_scale of the 256 tokens, w_scale and wsum of the 128
 //   weight rows (fp32, RS_EPI_BYTES), staged before the main loop.
 // Weight fragment (the register A operand, 8-bit, per warp 16 rows x 32 codes = mma.m16n8k32's A): lane
