@@ -445,9 +445,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                     _MODULES.append(module)
                     for name in WGMMA_KERNELS:
                         kernel = module.get_function(name)
-                        kernel.max_dynamic_shared_size_bytes = (_WS_SMEM if "_ws_" in name else
-                                                                _RS_SMEM if "_rs_" in name else
-                                                                _WG_SMEM_W8 if "_w8" in name else _WG_SMEM)
+                        kernel.max_dynamic_shared_size_bytes = _wgmma_block(name)[1]
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
@@ -1256,14 +1254,22 @@ def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp:
     """quik_wgmma_[ws_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D grid, the
     kernel rasters it."""
     if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M and kp >= WGMMA_RS_MIN_KP:
-        grid = -(-M // _RS_BT) * -(-N // _RS_BW)
-        return f"quik_wgmma_rs_{ep}_w4{'_blk' if blk else ''}", grid, _RS_THREADS, _RS_SMEM
-    grid = -(-M // _WG_BM) * -(-N // _WG_BN)
-    ws = WGMMA_WS if w_bits == 8 else WGMMA_WS_W4
-    name = f"quik_wgmma_{'ws_' if ws else ''}{ep}_w{w_bits}{'_blk' if blk else ''}"
-    if ws:
-        return name, grid, _WS_THREADS, _WS_SMEM
-    return name, grid, _WG_THREADS, _WG_SMEM if w_bits == 4 else _WG_SMEM_W8
+        family, grid = "rs_", -(-M // _RS_BT) * -(-N // _RS_BW)
+    else:
+        family = "ws_" if (WGMMA_WS if w_bits == 8 else WGMMA_WS_W4) else ""
+        grid = -(-M // _WG_BM) * -(-N // _WG_BN)
+    name = f"quik_wgmma_{family}{ep}_w{w_bits}{'_blk' if blk else ''}"
+    return (name, grid, *_wgmma_block(name))
+
+
+def _wgmma_block(name: str) -> tuple[int, int]:
+    """(block threads, dynamic shared memory) of a quik_wgmma_* entry point, by its family and weight width: the
+    one mapping that both the loader (which sets each kernel's shared-memory limit) and _wgmma_plan use."""
+    if "_rs_" in name:
+        return _RS_THREADS, _RS_SMEM
+    if "_ws_" in name:
+        return _WS_THREADS, _WS_SMEM
+    return _WG_THREADS, _WG_SMEM_W8 if "_w8" in name else _WG_SMEM
 
 
 def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
