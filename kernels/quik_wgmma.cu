@@ -233,6 +233,21 @@ QDEV void prefetch_y_rs(const EpiArgs& ep, int M, int N, int m0, int n0, int t, 
     }
 }
 
+// The output of the tile at column n0 as an [M, ldo] matrix whose column 0 is column nb of the layer: out itself
+// (ldo = N, nb = 0), or for the _blk entry points block n0 / seg of [M, seg] (the tile lies in one block).
+template <int EP, bool BLK>
+QDEV void* tile_output(void* out, int M, int N, int n0, int seg, int& ldo, int& nb) {
+    if constexpr (BLK) {
+        const int blk = n0 / seg;
+        ldo = seg;
+        nb = blk * seg;
+        return reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
+    }
+    ldo = N;
+    nb = 0;
+    return out;
+}
+
 // The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
 // m0, n0) to global memory; s_ws / s_su: the tile's 256 w_scale / wsum values in shared memory (0 past N).
 template <int EP, int SHIFT, bool BLK>
@@ -242,15 +257,8 @@ QDEV void wg_epilogue(const int (&d)[128], void* __restrict__ out, int M, int N,
     // column pairs: the batch's y_base loads (16 per thread) are issued together before its stores
     // (quik_epilogue.cuh, load_y_pair).
     const int mr = m0 + g * 64 + warp * 16 + (lane >> 2);
-    // the tile's output as an [M, ldo] matrix from column nb: BLK, block n0 / seg of [M, seg]; else out itself
-    int ldo = N, nb = 0;
-    void* ob = out;
-    if constexpr (BLK) {
-        const int blk = n0 / seg;
-        ldo = seg;
-        nb = blk * seg;
-        ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
-    }
+    int ldo, nb;
+    void* const ob = tile_output<EP, BLK>(out, M, N, n0, seg, ldo, nb);
     float sa[2], za[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -1022,14 +1030,8 @@ QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* 
     // Epilogue. This lane: weight rows r_h = 64c + 16 warp + gid + 8h, tokens 8j + 2t + e. Lanes l and l ^ 4 hold
     // rows r and r ^ 1; after one exchange per pair the even-row lane holds columns (r, r+1) of token 8j + 2t, the
     // odd-row lane those of token 8j + 2t + 1.
-    int ldo = N, nb = 0;  // the tile's output as an [M, ldo] matrix from column nb (as in wg_epilogue)
-    void* ob = out;
-    if constexpr (BLK) {
-        const int blk = n0 / seg;
-        ldo = seg;
-        nb = blk * seg;
-        ob = reinterpret_cast<char*>(out) + (size_t)blk * M * seg * (EP == 0 ? 4 : 2);
-    }
+    int ldo, nb;
+    void* const ob = tile_output<EP, BLK>(out, M, N, n0, seg, ldo, nb);
     const int odd = gid & 1;
     const int cl = 64 * c + 16 * warp + (gid & ~1);  // first column (within the tile) of this lane's pairs, h = 0
     float fws[2][2], fsu[2][2];
