@@ -337,6 +337,14 @@ def wgmma_rs_smem_bytes(stages: int = _RS_STAGES) -> int:
 
 
 _RS_SMEM = wgmma_rs_smem_bytes()
+# 4-bit weights at large M widened first: one pass (quik_unpack_w4_lut) writes the layer's codes as int8
+# [N, Kp] into a temporary, then the 8-bit warp-specialized kernel (quik_wgmma_ws_*_w8) multiplies. Why: every
+# 4-bit wgmma kernel unpacks each weight tile once per token tile that uses it (8 times at M = 2048, 32 at 8192),
+# and that work cost 20-33% of their time (s16a, s16b); the separate pass does it once, at memory speed
+# (~1.5 bytes per code moved), and the 8-bit kernel ran at 1.77-1.95x FP16 on the 70B shapes (s15g). Same
+# integer sums, so the same bits. Cost: a transient int8 copy of the layer's weights (N x Kp bytes) during the
+# call. From WGMMA_W4_WIDE_MIN_M tokens (QUIKTOOL_WGMMA_W4_WIDE_MIN_M; 0: never).
+WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 2048)
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
 # since one block runs per SM and too few tiles leave SMs idle; the tests set 0 to run the kernel on small
@@ -448,6 +456,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                         kernel.max_dynamic_shared_size_bytes = _wgmma_block(name)[1]
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
+                _luts(device_index)  # the widening's lookup table (_wgmma_weights), built outside any graph capture
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
                 log.warning("wgmma path unavailable on cuda:%d (%s: %s); large-M GEMMs use the other paths",
                             device_index, type(e).__name__, e)
@@ -1089,6 +1098,8 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     if M and N:
         wg = _wgmma_ok(M, N, w_bits, dev)
         name, grid, block, smem = _wgmma_plan(M, N, "i32", w_bits, kp=kp) if wg else _plan(M, N, w_bits, "i32", dev)
+        if wg:
+            w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev)
         _launch(dev, name, grid, block, _SIG_WG if wg else _SIG_GEMM,
                 (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0, 0), smem)
     return out
@@ -1130,6 +1141,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
         path = gemm_path(M, N, kp, w_bits, epi[2], dev)
         if path == "wgmma":
             name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0, kp=kp)
+            w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev)
             _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
@@ -1253,6 +1265,8 @@ def _min_m(path: str) -> int:
 def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp: int = 0) -> tuple[str, int, int, int]:
     """quik_wgmma_[ws_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D grid, the
     kernel rasters it."""
+    if w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M:
+        w_bits = 8  # the codes widened to int8 first (_wgmma_weights), then the 8-bit kernel
     if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M and kp >= WGMMA_RS_MIN_KP:
         family, grid = "rs_", -(-M // _RS_BT) * -(-N // _RS_BW)
     else:
@@ -1260,6 +1274,16 @@ def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp:
         grid = -(-M // _WG_BM) * -(-N // _WG_BN)
     name = f"quik_wgmma_{family}{ep}_w{w_bits}{'_blk' if blk else ''}"
     return (name, grid, *_wgmma_block(name))
+
+
+def _wgmma_weights(name: str, w: Tensor, w_bits: int, N: int, kp: int, dev: int) -> tuple[int, Tensor]:
+    """The weight pointer for the wgmma entry point ``name`` (from _wgmma_plan) -> (pointer, the tensor behind
+    it, to keep alive until the launch): w itself, or for 4-bit weights planned on an 8-bit kernel their codes
+    widened to int8 [N, Kp] (row-major, as 8-bit weights are held)."""
+    if w_bits == 4 and "_w8" in name:
+        w8 = _unpack_w4(w, _luts(dev)[1], N, kp, dev)
+        return w8.data_ptr(), w8
+    return w.data_ptr(), w
 
 
 def _wgmma_block(name: str) -> tuple[int, int]:

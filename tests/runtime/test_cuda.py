@@ -432,8 +432,8 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
 
 
-@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (8, "ws"), (8, "wg")],
-                         ids=["w4", "w4-ws", "w4-rs", "w8-ws", "w8"])
+@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"), (8, "wg")],
+                         ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8"])
 def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, bits: int,
                                                                kernel: str) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
@@ -919,8 +919,8 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -> int:
     """The wgmma path on for every shape; kernel: "ws" (the warp-specialized quik_wgmma_ws_*), "wg" (the earlier
-    quik_wgmma_*), "rs" (the register-operand quik_wgmma_rs_*, 4-bit weights; 8-bit ones then take ws), None (the
-    launcher's default)."""
+    quik_wgmma_*), "rs" (the register-operand quik_wgmma_rs_*, 4-bit weights; 8-bit ones then take ws), "wide" (4-bit
+    weights widened to int8 onto quik_wgmma_ws_*_w8), None (the launcher's default)."""
     dev = torch.cuda.current_device()
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("the wgmma kernel is sm_90 only")
@@ -934,12 +934,16 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -
         monkeypatch.setattr(cuda, "WGMMA_WS_W4", kernel != "wg")
         monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 1 if kernel == "rs" else 0)
         monkeypatch.setattr(cuda, "WGMMA_RS_MIN_KP", 0)
+        monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1 if kernel == "wide" else 0)
     return dev
 
 
 def _planned_family(M: int, N: int, kp: int, w_bits: int) -> str:
-    """The kernel family _wgmma_plan picks now: "rs", "ws" or "wg" (the tests check that the one asked for runs)."""
+    """The kernel family _wgmma_plan picks now: "rs", "ws", "wg", or "wide" for 4-bit weights widened onto the 8-bit
+    warp-specialized kernel (the tests check that the one asked for runs)."""
     name = cuda._wgmma_plan(M, N, "i32", w_bits, kp=kp)[0]
+    if w_bits == 4 and "_w8" in name:
+        return "wide" if "_ws_" in name else "wide-wg"
     return "rs" if "_rs_" in name else "ws" if "_ws_" in name else "wg"
 
 
@@ -950,9 +954,11 @@ WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096
 
 # weight bits and kernel: each width on the warp-specialized quik_wgmma_ws_*_wB (ws, the default) and on the
 # earlier quik_wgmma_*_wB (QUIKTOOL_WGMMA_WS=0 / QUIKTOOL_WGMMA_WS_W4=0); 4-bit weights also on the
-# register-operand quik_wgmma_rs_*_w4 (QUIKTOOL_WGMMA_RS_MIN_M)
-WG_KERNELS = pytest.mark.parametrize("w_bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (8, "ws"), (8, "wg")],
-                                     ids=["w4", "w4-ws", "w4-rs", "w8-ws", "w8"])
+# register-operand quik_wgmma_rs_*_w4 (QUIKTOOL_WGMMA_RS_MIN_M) and widened to int8 onto quik_wgmma_ws_*_w8
+# (QUIKTOOL_WGMMA_W4_WIDE_MIN_M)
+WG_KERNELS = pytest.mark.parametrize("w_bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"),
+                                                       (8, "wg")],
+                                     ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8"])
 
 
 @WG_KERNELS
@@ -1000,9 +1006,10 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("with_y", [True, False], ids=["y_base", "no_y"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("w_bits,a_bits,kernel", [(4, 4, "wg"), (4, 4, "ws"), (4, 4, "rs"), (4, 8, "wg"), (4, 8, "ws"),
-                                                  (4, 8, "rs"), (8, 8, "ws"), (8, 8, "wg")],
-                         ids=["w4a4", "w4a4-ws", "w4a4-rs", "w4a8", "w4a8-ws", "w4a8-rs", "w8a8-ws", "w8a8"])
+@pytest.mark.parametrize("w_bits,a_bits,kernel", [(4, 4, "wg"), (4, 4, "ws"), (4, 4, "rs"), (4, 4, "wide"), (4, 8, "wg"),
+                                                  (4, 8, "ws"), (4, 8, "rs"), (4, 8, "wide"), (8, 8, "ws"), (8, 8, "wg")],
+                         ids=["w4a4", "w4a4-ws", "w4a4-rs", "w4a4-wide", "w4a8", "w4a8-ws", "w4a8-rs", "w4a8-wide",
+                              "w8a8-ws", "w8a8"])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,
@@ -1062,9 +1069,11 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
 
 
-def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loaded outside the capture, the kernel is captured and replays to the reference's bits on new inputs."""
-    dev = _wgmma_or_skip(monkeypatch)
+@pytest.mark.parametrize("kernel", [None, "wide"], ids=["default", "w4-wide"])
+def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch, kernel: str | None) -> None:
+    """Loaded outside the capture, the kernel is captured and replays to the reference's bits on new inputs
+    (widened 4-bit weights: the widening pass and its temporary are captured too)."""
+    dev = _wgmma_or_skip(monkeypatch, kernel)
     M, kq, N = 512, 4096, 1024
     g = _gen("wgmma-graph")
     a = _act_codes(g, M, kq, 4)
@@ -1072,6 +1081,7 @@ def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None
     a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
     args = (a, w, 4, a_scale, a_zero, 8, w_scale, wsum, None, torch.float16)
     assert cuda.gemm_path(M, N, a.shape[1], 4, 8, dev) == "wgmma"
+    assert kernel is None or _planned_family(M, N, a.shape[1], 4) == kernel
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = cuda.quik_gemm(*args)

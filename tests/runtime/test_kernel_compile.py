@@ -149,6 +149,7 @@ def test_wgmma_plan_register_operand_kernels(monkeypatch) -> None:
     assert (cuda.WGMMA_RS_MIN_M, cuda.WGMMA_RS_MIN_KP) == (2048, 7680)
     monkeypatch.setattr(cuda, "WGMMA_WS", True)
     monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
+    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 0)  # (the widening comes first: see the next test)
     assert cuda._wgmma_plan(2048, 8192, "f16", 4, kp=28416)[0] == "quik_wgmma_rs_f16_w4"
     assert cuda._wgmma_plan(2048, 8192, "f16", 4, kp=7936)[0] == "quik_wgmma_rs_f16_w4"   # 8192 - 256 outliers
     assert cuda._wgmma_plan(2048, 13824, "f16", 4, kp=4864)[0] == "quik_wgmma_ws_f16_w4"  # 5120 - 256
@@ -164,6 +165,25 @@ def test_wgmma_plan_register_operand_kernels(monkeypatch) -> None:
     assert cuda._wgmma_plan(2048, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
     assert set(cuda.WGMMA_KERNELS) >= {cuda._wgmma_plan(2048, 260, ep, 4, blk)[0] for ep in ("f16", "bf16")
                                        for blk in (False, True)}
+
+
+def test_wgmma_plan_widens_4bit_weights_from_the_rule(monkeypatch) -> None:
+    """From WGMMA_W4_WIDE_MIN_M tokens (0: never) 4-bit weights are planned on the 8-bit kernels (their codes
+    widened to int8 first, _wgmma_weights), before the register-operand rule; fewer tokens keep the 4-bit
+    kernels. The default: from 2048 tokens."""
+    assert cuda.WGMMA_W4_WIDE_MIN_M == 2048
+    monkeypatch.setattr(cuda, "WGMMA_WS", True)
+    monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
+    assert cuda._wgmma_plan(2048, 8192, "f16", 4, kp=28416) == ("quik_wgmma_ws_f16_w8", 16 * 32, cuda._WS_THREADS,
+                                                               cuda._WS_SMEM)
+    assert cuda._wgmma_plan(2048, 1024, "bf16", 4, blk=True)[0] == "quik_wgmma_ws_bf16_w8_blk"
+    assert cuda._wgmma_plan(2048, 1000, "i32", 4, kp=64)[0] == "quik_wgmma_ws_i32_w8"
+    assert cuda._wgmma_plan(2047, 8192, "f16", 4, kp=28416)[0] == "quik_wgmma_ws_f16_w4"
+    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 0)
+    assert cuda._wgmma_plan(8192, 8192, "f16", 4, kp=4096)[0] == "quik_wgmma_ws_f16_w4"
+    assert cuda._wgmma_plan(8192, 8192, "f16", 4, kp=28416)[0] == "quik_wgmma_rs_f16_w4"
+    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 17)
+    assert cuda._wgmma_plan(17, 301, "f16", 4, kp=64)[0] == "quik_wgmma_ws_f16_w8"
 
 
 def _find_nvdisasm() -> str | None:
