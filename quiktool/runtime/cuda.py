@@ -323,7 +323,8 @@ _WS_SMEM = wgmma_ws_smem_bytes()
 # session, W4A4 / W4A8, 0 and 256 outliers; s16b, s16e, s16f, s16g): x0.91-0.99 at M = 2048 .. 8192 where
 # Kp >= 7680 (28672 x 8192 x0.91-0.94, 13824 x 5120 x0.92-0.95, 8192 x 28672 x0.94-0.99, 8192 x 8192 with 256
 # outliers, Kp = 7936, x0.99), but x1.01-1.16 on K = 4096 / 5120 (its per-tile fixed costs: a fragment built
-# before the first wgmma, the transposed epilogue) and x1.03 on 11008 x 4096 at M = 1024.
+# before the first wgmma, the transposed epilogue) and x1.03 on 11008 x 4096 at M = 1024. Since the seventeenth
+# session they run only where the widening below is off (it takes M >= WGMMA_W4_WIDE_MIN_M first).
 WGMMA_RS_MIN_M: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_M", 2048)
 WGMMA_RS_MIN_KP: int = _env_int("QUIKTOOL_WGMMA_RS_MIN_KP", 7680)
 _RS_BT, _RS_BW, _RS_THREADS, _RS_STAGES = 256, 128, 384, 5  # quik_wgmma.cu's RS tile, block, RS_STAGES default
@@ -343,7 +344,10 @@ _RS_SMEM = wgmma_rs_smem_bytes()
 # and that work cost 20-33% of their time (s16a, s16b); the separate pass does it once, at memory speed
 # (~1.5 bytes per code moved), and the 8-bit kernel ran at 1.77-1.95x FP16 on the 70B shapes (s15g). Same
 # integer sums, so the same bits. Cost: a transient int8 copy of the layer's weights (N x Kp bytes) during the
-# call. From WGMMA_W4_WIDE_MIN_M tokens (QUIKTOOL_WGMMA_W4_WIDE_MIN_M; 0: never).
+# call. From WGMMA_W4_WIDE_MIN_M tokens (QUIKTOOL_WGMMA_W4_WIDE_MIN_M; 0: never). H100 layer A/B in one process
+# against the sixteenth session's routing (docs/PERF_LOG.md, seventeenth session, s17e): W4A4 x0.92-0.96 at
+# M = 2048 and x0.83-0.93 at 8192 on five LLaMA-2 shapes (4096 x 4096 to 28672 x 8192), 256 outliers x0.90-0.99,
+# W4A8 x0.94-0.97; at M = 1024 x1.00-1.08 (slower: the pass is paid for fewer tokens), hence 2048.
 WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 2048)
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
