@@ -737,7 +737,8 @@ def _render(header: Sequence[str], rows: list[list[str]], right: set[int]) -> li
 def _library_gemm_rule() -> dict:
     from quiktool.runtime import cuda
 
-    wgmma = {"wgmma_min_m": cuda.WGMMA_MIN_M if cuda.WGMMA else 0, "wgmma_min_tile_share": cuda.WGMMA_MIN_TILE_SHARE}
+    wgmma = {"wgmma_min_m": cuda.WGMMA_MIN_M if cuda.WGMMA else 0, "wgmma_min_tile_share": cuda.WGMMA_MIN_TILE_SHARE,
+             "wgmma_w4_wide_min_m": cuda.WGMMA_W4_WIDE_MIN_M}
     if cuda.LIB_MIN_M == 0:
         return {"enabled": False, **wgmma}
     return {"enabled": True, "min_m": {p: cuda._min_m(p) for p in ("fp8", "int8")}, "min_macs": cuda.LIB_MIN_MACS,
@@ -780,7 +781,10 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
     if rule.get("wgmma_min_m"):
         lines.append("scheme+wgmma: the integer GEMM ran in quiktool's sm_90a wgmma kernel (4-bit weights, from "
                      f"M = {rule['wgmma_min_m']} tokens and 128 x 256 output tiles for "
-                     f"{rule.get('wgmma_min_tile_share', 1.0):g} of the SMs)")
+                     f"{rule.get('wgmma_min_tile_share', 1.0):g} of the SMs)"
+                     + (f"; from M = {rule['wgmma_w4_wide_min_m']} tokens 4-bit weights are widened to int8 in one "
+                        "pass per call and multiplied by its 8-bit kernel, the pass included in the GEMM's time"
+                        if rule.get("wgmma_w4_wide_min_m") else ""))
     if rule.get("enabled"):
         lines.append("scheme+fp8 / +int8: the integer GEMM ran in cuBLASLt on the FP8 / INT8 tensor cores (exact "
                      f"sums; from M = {rule['min_m']['fp8']} / {rule['min_m']['int8']} tokens and "

@@ -95,6 +95,10 @@ def test_layer_table_names_the_gemm_paths(tmp_path):
     assert "scheme+wgmma: the integer GEMM ran in quiktool's sm_90a wgmma kernel (4-bit weights, from M = 128 " \
            "tokens and 128 x 256 output tiles for 0.6 of the SMs)" in text
     assert "from M = 256 / 512 tokens and 1.7e+10 multiply-adds" in text
+    assert "widened" not in text  # a result from before the widening (no wgmma_w4_wide_min_m) names none
+    r["library_gemm"]["wgmma_w4_wide_min_m"] = 2048
+    assert ("from M = 2048 tokens 4-bit weights are widened to int8 in one pass per call and multiplied by its "
+            "8-bit kernel, the pass included in the GEMM's time") in bench.format_layer_table(r)
     r["library_gemm"]["wgmma_min_m"] = 0  # QUIKTOOL_WGMMA=0: no wgmma line
     assert "scheme+wgmma" not in bench.format_layer_table(r)
 
