@@ -535,6 +535,48 @@ QDEV uint4 ldg_after_fence(const void* p) {
                  : "memory");
     return v;
 }
+// The producers' copy plan (wgmma_gemm_ws, wgmma_gemm_rs), fixed for the K loop (fifteenth session: worked out per
+// copy it took ~12 instructions a copy, and the producer was the w8 kernel's critical path, s15a). Thread p copies
+// 16-byte chunk p % 8 of rows r0 + p / 8 + 16 i (i < R) of X [rows, Kp] in every K tile: one pointer per row (a
+// row past `rows` points at row 0 and copies 0 bytes: zero fill). Returns the rows inside as a bit mask.
+template <int R, typename T>
+QDEV unsigned copy_plan(const T* X, int r0, int rows, int Kp, int p, const T* (&ptr)[R]) {
+    unsigned v = 0;
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int r = r0 + (p >> 3) + 16 * i;
+        ptr[i] = X + (r < rows ? (size_t)r * Kp : 0) + (p & 7) * 16;
+        v |= (r < rows ? 1u : 0u) << i;
+    }
+    return v;
+}
+// One K tile's copies of a plan's first R rows, byte koff of each chunk, to s + 2048 i (row p / 8 + 16 i of the
+// 128-byte swizzle: r & 7 is the same for every i): without bounds (every row inside, the chunk inside the row) or
+// with them (kin: the chunk lies inside the row; bit i of v: row i inside).
+template <int R, typename T, int N>
+QDEV void copy_rows(unsigned s, const T* const (&ptr)[N], int koff) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) cp_async16(s + 2048 * i, ptr[i] + koff);
+}
+template <int R, typename T, int N>
+QDEV void copy_rows(unsigned s, const T* const (&ptr)[N], int koff, bool kin, unsigned v) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) cp_async16(s + 2048 * i, ptr[i] + koff, kin && ((v >> i) & 1u));
+}
+// After committing tile kt's copies: tile kt - 1's group (the older of the two in flight) has landed; it goes to
+// the async proxy and its stage is marked full. publish_last does the same for the last tile after the loop.
+template <int S> QDEV void publish_previous(unsigned s_full, int kt) {
+    if (kt > 0) {
+        cp_async_wait<1>();
+        fence_proxy_async();
+        mbar_arrive(s_full + 8 * ((kt - 1) % S));
+    }
+}
+template <int S> QDEV void publish_last(unsigned s_full, int KT) {
+    cp_async_wait<0>();
+    fence_proxy_async();
+    mbar_arrive(s_full + 8 * ((KT - 1) % S));
+}
 template <int R> QDEV void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
@@ -565,29 +607,15 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 
     if (wg == 0) {  // ---- producer ----
         setmaxnreg_dec<WB == 8 ? WS_PREGS : WS_W4_PREGS>();
-        // Thread -> 16-byte chunk c of rows p/8 + 16i (A: i < 8, w8 B: i < 16) of every K tile. The copy plan is
-        // fixed for the K loop (fifteenth session: worked out per copy it took ~12 instructions a copy, and the
-        // producer was the w8 kernel's critical path, s15a): one pointer per row (a row past M / N points at row
-        // 0 and copies 0 bytes: zero fill), one swizzled offset (r & 7 is the same for every i, so row i's chunk
-        // lies 2048 i bytes after row 0's), and a path without bounds for whole tiles.
+        // Thread -> 16-byte chunk c of rows p/8 + 16i (A: i < 8, w8 B: i < 16) of every K tile (copy_plan), one
+        // swizzled offset, and a path without bounds for whole tiles.
         constexpr int RA = WG_BM / 16, RB_ = WB == 8 ? WG_BN / 16 : 0;
         const int p = tid, c = p & 7;
         const unsigned dst = swz128(p >> 3, c);
         const signed char* pa[RA];
         const unsigned char* pb[RB_ > 0 ? RB_ : 1];
-        unsigned va = 0, vb = 0;
-#pragma unroll
-        for (int i = 0; i < RA; ++i) {
-            const int m = m0 + (p >> 3) + 16 * i;
-            pa[i] = A + (m < M ? (size_t)m * Kp : 0) + c * 16;
-            va |= (m < M ? 1u : 0u) << i;
-        }
-#pragma unroll
-        for (int i = 0; i < RB_; ++i) {
-            const int n = n0 + (p >> 3) + 16 * i;
-            pb[i] = W + (n < N ? (size_t)n * Kp : 0) + c * 16;
-            vb |= (n < N ? 1u : 0u) << i;
-        }
+        const unsigned va = copy_plan(A, m0, M, Kp, p, pa);
+        const unsigned vb = RB_ > 0 ? copy_plan(W, n0, N, Kp, p, pb) : 0u;
         const bool all_rows = va == (1u << RA) - 1 && (RB_ == 0 || vb == (1u << RB_) - 1);
         for (int kt = 0; kt < KT; ++kt) {
             if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
@@ -595,27 +623,17 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
             const int koff = kt * WG_BK;
             const bool kin = koff + c * 16 < Kp;  // false only for chunks 4..7 of a half last tile
             if (all_rows && kin) {
-#pragma unroll
-                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + koff);
-#pragma unroll
-                for (int i = 0; i < RB_; ++i) cp_async16(sb + 2048 * i, pb[i] + koff);
+                copy_rows<RA>(sa, pa, koff);
+                copy_rows<RB_>(sb, pb, koff);
             } else {
                 const int ko = kin ? koff : 0;
-#pragma unroll
-                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + ko, kin && ((va >> i) & 1u));
-#pragma unroll
-                for (int i = 0; i < RB_; ++i) cp_async16(sb + 2048 * i, pb[i] + ko, kin && ((vb >> i) & 1u));
+                copy_rows<RA>(sa, pa, ko, kin, va);
+                copy_rows<RB_>(sb, pb, ko, kin, vb);
             }
             cp_async_commit();
-            if (kt > 0) {
-                cp_async_wait<1>();  // groups committed: kt + 1; tile kt - 1's is the older of the two
-                fence_proxy_async();
-                mbar_arrive(s_full + 8 * ((kt - 1) % S));
-            }
+            publish_previous<S>(s_full, kt);
         }
-        cp_async_wait<0>();
-        fence_proxy_async();
-        mbar_arrive(s_full + 8 * ((KT - 1) % S));
+        publish_last<S>(s_full, KT);
         return;
     }
 
@@ -896,13 +914,7 @@ QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* 
         const int p = tid, c = p & 7;
         const unsigned dst = swz128(p >> 3, c);
         const signed char* pa[RA];
-        unsigned va = 0;
-#pragma unroll
-        for (int i = 0; i < RA; ++i) {
-            const int m = m0 + (p >> 3) + 16 * i;
-            pa[i] = A + (m < M ? (size_t)m * Kp : 0) + c * 16;
-            va |= (m < M ? 1u : 0u) << i;
-        }
+        const unsigned va = copy_plan(A, m0, M, Kp, p, pa);
         const bool all_rows = va == (1u << RA) - 1;
         for (int kt = 0; kt < KT; ++kt) {
             if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
@@ -910,24 +922,15 @@ QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* 
             const int koff = kt * WG_BK;
             const bool kin = koff + c * 16 < Kp;  // false only for chunks 4..7 of a half last tile
             if (all_rows && kin) {
-#pragma unroll
-                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + koff);
+                copy_rows<RA>(sa, pa, koff);
             } else {
-                const int ko = kin ? koff : 0;
-#pragma unroll
-                for (int i = 0; i < RA; ++i) cp_async16(sa + 2048 * i, pa[i] + ko, kin && ((va >> i) & 1u));
+                copy_rows<RA>(sa, pa, kin ? koff : 0, kin, va);
             }
             cp_async_commit();
             if constexpr (EP != 0) prefetch_y_rs(ep, M, N, m0, n0, p, kt, KT);
-            if (kt > 0) {
-                cp_async_wait<1>();  // groups committed: kt + 1; tile kt - 1's is the older of the two
-                fence_proxy_async();
-                mbar_arrive(s_full + 8 * ((kt - 1) % S));
-            }
+            publish_previous<S>(s_full, kt);
         }
-        cp_async_wait<0>();
-        fence_proxy_async();
-        mbar_arrive(s_full + 8 * ((KT - 1) % S));
+        publish_last<S>(s_full, KT);
         return;
     }
 
