@@ -1268,7 +1268,8 @@ def _min_m(path: str) -> int:
 
 def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp: int = 0) -> tuple[str, int, int, int]:
     """quik_wgmma_[ws_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D grid, the
-    kernel rasters it."""
+    kernel rasters it. 4-bit weights from WGMMA_W4_WIDE_MIN_M tokens get an 8-bit entry point (the caller widens
+    them first, _wgmma_weights)."""
     if w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M:
         w_bits = 8  # the codes widened to int8 first (_wgmma_weights), then the 8-bit kernel
     if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M and kp >= WGMMA_RS_MIN_KP:
