@@ -349,6 +349,22 @@ _RS_SMEM = wgmma_rs_smem_bytes()
 # M = 2048 and x0.83-0.93 at 8192 on five LLaMA-2 shapes (4096 x 4096 to 28672 x 8192), 256 outliers x0.90-0.99,
 # W4A8 x0.94-0.97; at M = 1024 x1.00-1.08 (slower: the pass is paid for fewer tokens), hence 2048.
 WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 2048)
+# From OVERLAP_MIN_M tokens a layer call (PreparedLinear.run) puts the work that needs neither the quantizer's
+# output nor the GEMM -- the widening of 4-bit weights above and the outlier product (F.linear on x's outlier
+# columns, the same values the quantizer copies out: the same bits) -- on a side stream, which runs while the
+# quantizer runs on the caller's stream; the GEMM waits for both. Why: the quantizer is bound by its per-row
+# steps, not by memory (s17b), so the memory-speed widening pass and the outlier GEMM can use what it leaves.
+# Same kernels on the same operands: same bits. QUIKTOOL_OVERLAP_MIN_M (0: never).
+OVERLAP_MIN_M: int = _env_int("QUIKTOOL_OVERLAP_MIN_M", 128)
+_SIDE: dict[int, Any] = {}
+
+
+def _side_stream(dev: int) -> Any:
+    """The side stream of device ``dev`` (torch.cuda.Stream), one per device, made when its wgmma kernels load
+    (outside any graph capture) or on first use."""
+    if dev not in _SIDE:
+        _SIDE[dev] = torch.cuda.Stream(device=dev)
+    return _SIDE[dev]
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
 # since one block runs per SM and too few tiles leave SMs idle; the tests set 0 to run the kernel on small
@@ -461,6 +477,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
                 _luts(device_index)  # the widening's lookup table (_wgmma_weights), built outside any graph capture
+                _side_stream(device_index)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
                 log.warning("wgmma path unavailable on cuda:%d (%s: %s); large-M GEMMs use the other paths",
                             device_index, type(e).__name__, e)
@@ -954,7 +971,11 @@ class PreparedLinear:
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
             return _gemmo_run(a.codes, self.w, self.w_bits, a.scale, a.zero, self.a_shift, self.w_scale, self.wsum,
                               a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev), False
-        if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
+        seg = seg if seg % _WG_BN == 0 else 0  # a tile must lie in one block (quik_wgmma.cu, seg)
+        wide = None
+        if 0 < OVERLAP_MIN_M <= M:
+            a, wide, y_base = self._overlapped(x, M, seg)
+        elif M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
             # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
             # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
             y_base = _ref.outlier_base(x.index_select(1, self.outl), self.outlier_weight, self.bias, M)
@@ -965,9 +986,30 @@ class PreparedLinear:
         # y_base: a fresh contiguous [M, N] tensor of self.dtype (F.linear or the expanded bias) or None
         epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
                self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
-        seg = seg if seg % _WG_BN == 0 else 0  # a tile must lie in one block (quik_wgmma.cu, seg)
-        y, path = _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None, seg)
+        y, path = _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None, seg,
+                            wide)
         return y, bool(seg) and path == "wgmma"
+
+    def _overlapped(self, x: Tensor, M: int, seg: int) -> tuple[ActCodes, Tensor | None, Tensor | None]:
+        """The quantizer on the caller's stream while the side stream widens the weights (where the GEMM's plan
+        widens them) and computes y_base (OVERLAP_MIN_M) -> (codes, widened weights or None, y_base or None),
+        every one ready for work queued next on the caller's stream."""
+        widen = _widen_planned(M, self.N, self.kp, self.w_bits, float(self.a_shift), _OUT_EP[self.dtype], seg,
+                               self.dev)
+        if not (widen or self.n_out or self.bias is not None):
+            return _quant_layer(x, self.keep, self.outl, self.act_bits), None, None
+        main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
+        side.wait_stream(main)                    # x, and the memory of what main freed, are ready before the fork
+        a = _quant_layer(x, self.keep, self.outl, self.act_bits)
+        with torch.cuda.stream(side):
+            wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev) if widen else None
+            x_out = x.index_select(1, self.outl) if self.n_out else None   # [M, n_out]: a.x_outlier's values
+            y_base = _ref.outlier_base(x_out, self.outlier_weight, self.bias, M)
+        main.wait_stream(side)                    # the join: the GEMM queued next sees both
+        for t in (wide, y_base):                  # allocated on the side stream, read on main: not reused before
+            if t is not None:
+                t.record_stream(main)
+        return a, wide, y_base
 
 
 def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:
@@ -1131,11 +1173,12 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 
 
 def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int, epi: tuple, out_dtype: torch.dtype,
-              out: Tensor | None, seg: int = 0) -> tuple[Tensor, str]:
+              out: Tensor | None, seg: int = 0, wide: Tensor | None = None) -> tuple[Tensor, str]:
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
     wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
     an empty product). seg > 0 (a multiple of 256 dividing N): where the wgmma kernel runs, out holds N / seg
-    blocks of [M, seg] instead of [M, N] (quik_wgmma.cu, seg)."""
+    blocks of [M, seg] instead of [M, N] (quik_wgmma.cu, seg). wide: w already widened to int8 [N, Kp] (by the
+    caller, _widen_planned said so), used where the plan widens."""
     M = a_codes.shape[0]
     path = ""
     if out is None:
@@ -1145,7 +1188,10 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
         path = gemm_path(M, N, kp, w_bits, epi[2], dev)
         if path == "wgmma":
             name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0, kp=kp)
-            w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev)
+            if wide is not None and w_bits == 4 and "_w8" in name:
+                w_ptr, _w = wide.data_ptr(), wide
+            else:
+                w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev)
             _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
@@ -1289,6 +1335,13 @@ def _wgmma_weights(name: str, w: Tensor, w_bits: int, N: int, kp: int, dev: int)
         w8 = _unpack_w4(w, _luts(dev)[1], N, kp, dev)
         return w8.data_ptr(), w8
     return w.data_ptr(), w
+
+
+def _widen_planned(M: int, N: int, kp: int, w_bits: int, a_shift: float, ep: str, seg: int, dev: int) -> bool:
+    """Whether _gemm_run will run 4-bit weights widened to int8 (the wgmma path with an 8-bit entry point)."""
+    if w_bits != 4 or not 0 < WGMMA_W4_WIDE_MIN_M <= M or gemm_path(M, N, kp, w_bits, a_shift, dev) != "wgmma":
+        return False
+    return "_w8" in _wgmma_plan(M, N, ep, w_bits, blk=seg > 0, kp=kp)[0]
 
 
 def _wgmma_block(name: str) -> tuple[int, int]:

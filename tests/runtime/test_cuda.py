@@ -409,6 +409,81 @@ def test_prepared_linear_checks_x_and_keeps_the_bits() -> None:
         cuda.PreparedLinear(keep, outl, 4, w[:, :-64].contiguous(), 4, w_scale, wsum, w_out, bias, dtype)
 
 
+def _late(fn):
+    """fn whose result tensor holds a poison value (NaN, or bytes 0x88: int8 -120, outside every code) until ~10 ms
+    of GPU work on the current stream have passed: a reader on another stream that does not wait reads poison."""
+    def late(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if out is None:
+            return None
+        res = torch.empty_like(out).fill_(float("nan") if out.is_floating_point() else 0x88)
+        torch.cuda._sleep(10_000_000)
+        return res.copy_(out)
+    return late
+
+
+@pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("n_out", [0, 100])
+@pytest.mark.parametrize("kernel", [None, "wide"], ids=["default", "w4-wide"])
+def test_overlapped_layer_keeps_the_bits_and_waits(monkeypatch: pytest.MonkeyPatch, kernel: str | None, n_out: int,
+                                                   has_bias: bool) -> None:
+    """From OVERLAP_MIN_M tokens the widening and the outlier product run on a side stream during the quantizer.
+    The layer's bits are the reference's and those of the same layer without the side stream; the side stream
+    waits for x (written after slow work queued just before the call) and the GEMM waits for the side stream's
+    results (poisoned here until slow work on the side stream ends): a missing wait on either side fails."""
+    dev = _wgmma_or_skip(monkeypatch, kernel)
+    K, N, dtype = 1104, 512, torch.float16
+    g = _gen("overlap", kernel, n_out, has_bias)
+    keep, outl = _split_columns(g, K, n_out)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if has_bias else None
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    monkeypatch.setattr(cuda, "_unpack_w4", _late(cuda._unpack_w4))
+    monkeypatch.setattr(cuda._ref, "outlier_base", _late(cuda._ref.outlier_base))
+    for M in (128, 600):
+        assert kernel is None or _planned_family(M, N, cuda.padded_k(K - n_out), 4) == "wide"
+        assert cuda._widen_planned(M, N, cuda.padded_k(K - n_out), 4, 8.0, "f16", 0, dev) == (kernel == "wide")
+        x = torch.empty(M, K, dtype=dtype, device=DEV)
+        x_new = _activations(g, M, K, dtype, outl)
+        torch.cuda.synchronize()
+        torch.cuda._sleep(10_000_000)             # x is written after 10 ms of GPU work on the caller's stream
+        x.copy_(x_new)
+        got = layer(x)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+        assert _bits_equal(got, ref), f"M={M}: {int((got != ref).sum())} outputs differ from the reference"
+        monkeypatch.setattr(cuda, "OVERLAP_MIN_M", 0)
+        assert _bits_equal(layer(x), got), f"M={M}: the layer without the side stream gives other bits"
+        monkeypatch.setattr(cuda, "OVERLAP_MIN_M", 128)
+
+
+def test_overlapped_layer_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The side stream's fork and join are captured with the rest (widened weights, outlier product, bias):
+    every replay gives the reference's bits on fresh inputs."""
+    _wgmma_or_skip(monkeypatch, "wide")
+    K, N, n_out, M, dtype = 1104, 512, 100, 256, torch.float16
+    g = _gen("overlap-graph")
+    keep, outl = _split_columns(g, K, n_out)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    x = _activations(g, M, K, dtype, outl)
+    layer(x)                                         # kernels loaded outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer(x)
+    for trial in range(3):
+        x.copy_(_activations(g, M, K, dtype, outl))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+        assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
+
+
 def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     """QuikLinear keeps one PreparedLinear and builds a new one when a buffer was replaced, so the kernels
     never read a tensor the module no longer holds."""
