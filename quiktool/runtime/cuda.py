@@ -356,6 +356,7 @@ WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 2048)
 # steps, not by memory (s17b), so the memory-speed widening pass and the outlier GEMM can use what it leaves.
 # Same kernels on the same operands: same bits. QUIKTOOL_OVERLAP_MIN_M (0: never).
 OVERLAP_MIN_M: int = _env_int("QUIKTOOL_OVERLAP_MIN_M", 128)
+OVERLAP_OUTLIERS: bool = os.environ.get("QUIKTOOL_OVERLAP_OUTLIERS", "1") != "0"
 _SIDE: dict[int, Any] = {}
 
 
@@ -996,17 +997,22 @@ class PreparedLinear:
         every one ready for work queued next on the caller's stream."""
         widen = _widen_planned(M, self.N, self.kp, self.w_bits, float(self.a_shift), _OUT_EP[self.dtype], seg,
                                self.dev)
-        if not (widen or self.n_out or self.bias is not None):
-            return _quant_layer(x, self.keep, self.outl, self.act_bits), None, None
+        side_y = OVERLAP_OUTLIERS and (self.n_out or self.bias is not None)
+        if not (widen or side_y):
+            a = _quant_layer(x, self.keep, self.outl, self.act_bits)
+            return a, None, _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
         main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
         side.wait_stream(main)                    # x, and the memory of what main freed, are ready before the fork
         a = _quant_layer(x, self.keep, self.outl, self.act_bits)
         with torch.cuda.stream(side):
             wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev) if widen else None
-            x_out = x.index_select(1, self.outl) if self.n_out else None   # [M, n_out]: a.x_outlier's values
-            y_base = _ref.outlier_base(x_out, self.outlier_weight, self.bias, M)
+            if side_y:
+                x_out = x.index_select(1, self.outl) if self.n_out else None   # [M, n_out]: a.x_outlier's values
+                y_base = _ref.outlier_base(x_out, self.outlier_weight, self.bias, M)
+        if not side_y:
+            y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
         main.wait_stream(side)                    # the join: the GEMM queued next sees both
-        for t in (wide, y_base):                  # allocated on the side stream, read on main: not reused before
+        for t in (wide, y_base if side_y else None):  # allocated on the side stream, read on main: kept until then
             if t is not None:
                 t.record_stream(main)
         return a, wide, y_base

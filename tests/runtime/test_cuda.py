@@ -422,16 +422,18 @@ def _late(fn):
     return late
 
 
+@pytest.mark.parametrize("side_outliers", [True, False], ids=["side-outliers", "main-outliers"])
 @pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("n_out", [0, 100])
 @pytest.mark.parametrize("kernel", [None, "wide"], ids=["default", "w4-wide"])
 def test_overlapped_layer_keeps_the_bits_and_waits(monkeypatch: pytest.MonkeyPatch, kernel: str | None, n_out: int,
-                                                   has_bias: bool) -> None:
+                                                   has_bias: bool, side_outliers: bool) -> None:
     """From OVERLAP_MIN_M tokens the widening and the outlier product run on a side stream during the quantizer.
     The layer's bits are the reference's and those of the same layer without the side stream; the side stream
     waits for x (written after slow work queued just before the call) and the GEMM waits for the side stream's
     results (poisoned here until slow work on the side stream ends): a missing wait on either side fails."""
     dev = _wgmma_or_skip(monkeypatch, kernel)
+    monkeypatch.setattr(cuda, "OVERLAP_OUTLIERS", side_outliers)
     K, N, dtype = 1104, 512, torch.float16
     g = _gen("overlap", kernel, n_out, has_bias)
     keep, outl = _split_columns(g, K, n_out)
