@@ -738,7 +738,7 @@ def _library_gemm_rule() -> dict:
     from quiktool.runtime import cuda
 
     wgmma = {"wgmma_min_m": cuda.WGMMA_MIN_M if cuda.WGMMA else 0, "wgmma_min_tile_share": cuda.WGMMA_MIN_TILE_SHARE,
-             "wgmma_w4_wide_min_m": cuda.WGMMA_W4_WIDE_MIN_M, "overlap_min_m": cuda.OVERLAP_MIN_M}
+             "wgmma_w4_wide_min_m": cuda.WGMMA_W4_WIDE_MIN_M, "widen_side": cuda.WIDEN_SIDE}
     if cuda.LIB_MIN_M == 0:
         return {"enabled": False, **wgmma}
     return {"enabled": True, "min_m": {p: cuda._min_m(p) for p in ("fp8", "int8")}, "min_macs": cuda.LIB_MIN_MACS,
@@ -795,9 +795,9 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
                         if fused else "epi = quik_gemm - int_gemm; ")
                      + "at M <= 16 with outliers the outlier product runs inside the GEMM call (outl gemm -); "
                      + "the rest of the layer time is host overhead and the reshape/bias glue"
-                     + (f"; from M = {rule['overlap_min_m']} tokens the widening and the outlier product run on a "
-                        "side stream while the quantizer runs, so the shares can add up to more than 100%"
-                        if fused and rule.get("overlap_min_m") else ""))
+                     + ("; the widening of 4-bit weights runs on a side stream while the quantizer runs, so the "
+                        "shares of widened layers can add up to more than 100%"
+                        if fused and rule.get("widen_side") and rule.get("wgmma_w4_wide_min_m") else ""))
     head = ["shape", "M", "scheme", "out", "QUIK ms", f"{fp} ms", f"x {fp}", "TOP/s", "FP8 x", "W4A16 x"]
     stage_keys = (["quantize", "gemm_epilogue", "outlier_gemm"] if fused
                   else ["quantize", "int_gemm", "epilogue", "outlier_gemm"])

@@ -349,14 +349,15 @@ _RS_SMEM = wgmma_rs_smem_bytes()
 # M = 2048 and x0.83-0.93 at 8192 on five LLaMA-2 shapes (4096 x 4096 to 28672 x 8192), 256 outliers x0.90-0.99,
 # W4A8 x0.94-0.97; at M = 1024 x1.00-1.08 (slower: the pass is paid for fewer tokens), hence 2048.
 WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 2048)
-# From OVERLAP_MIN_M tokens a layer call (PreparedLinear.run) puts the work that needs neither the quantizer's
-# output nor the GEMM -- the widening of 4-bit weights above and the outlier product (F.linear on x's outlier
-# columns, the same values the quantizer copies out: the same bits) -- on a side stream, which runs while the
-# quantizer runs on the caller's stream; the GEMM waits for both. Why: the quantizer is bound by its per-row
-# steps, not by memory (s17b), so the memory-speed widening pass and the outlier GEMM can use what it leaves.
-# Same kernels on the same operands: same bits. QUIKTOOL_OVERLAP_MIN_M (0: never).
-OVERLAP_MIN_M: int = _env_int("QUIKTOOL_OVERLAP_MIN_M", 128)
-OVERLAP_OUTLIERS: bool = os.environ.get("QUIKTOOL_OVERLAP_OUTLIERS", "1") != "0"
+# The widening needs neither x nor the quantizer: in a layer call (PreparedLinear.run) it runs on a side stream
+# while the quantizer and the outlier product run on the caller's stream, and the GEMM waits for both. Why: the
+# quantizer is bound by its per-row steps, not by memory (s17b), so the memory-speed pass (at 1.03-1.05x the time of
+# a copy of its bytes, s18b) can use the bandwidth the quantizer leaves. Same kernels on the same operands: same
+# bits. H100 layer A/B in one process (docs/PERF_LOG.md, eighteenth session, s18b / s18c): x0.94-0.99 at M = 2048
+# on five LLaMA-2 shapes with 0 or 256 outliers, W4A4 and W4A8; x0.98-1.04 at M = 8192. The outlier product on the
+# side stream as well was slower (x1.00-1.05 at M >= 2048, up to x1.61 at 512, s18b): not done.
+# QUIKTOOL_WIDEN_SIDE=0: the widening on the caller's stream, inside the GEMM's launch (_wgmma_weights).
+WIDEN_SIDE: bool = os.environ.get("QUIKTOOL_WIDEN_SIDE", "1") != "0"
 _SIDE: dict[int, Any] = {}
 
 
@@ -973,49 +974,31 @@ class PreparedLinear:
             return _gemmo_run(a.codes, self.w, self.w_bits, a.scale, a.zero, self.a_shift, self.w_scale, self.wsum,
                               a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev), False
         seg = seg if seg % _WG_BN == 0 else 0  # a tile must lie in one block (quik_wgmma.cu, seg)
-        wide = None
-        if 0 < OVERLAP_MIN_M <= M:
-            a, wide, y_base = self._overlapped(x, M, seg)
-        elif M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
+        main = side = wide = None
+        if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
             # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
             # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
             y_base = _ref.outlier_base(x.index_select(1, self.outl), self.outlier_weight, self.bias, M)
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
         else:
+            if WIDEN_SIDE and _widen_planned(M, self.N, self.kp, self.w_bits, float(self.a_shift), _OUT_EP[self.dtype],
+                                             seg, self.dev):
+                main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
+                side.wait_stream(main)           # fork: what main queued before (and may free) comes first
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
+            if side is not None:
+                with torch.cuda.stream(side):
+                    wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
             y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
+            if side is not None:
+                main.wait_stream(side)           # join: the GEMM queued next reads the widened weights
+                wide.record_stream(main)         # allocated on the side stream: not reused before main is done
         # y_base: a fresh contiguous [M, N] tensor of self.dtype (F.linear or the expanded bias) or None
         epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
                self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
         y, path = _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None, seg,
                             wide)
         return y, bool(seg) and path == "wgmma"
-
-    def _overlapped(self, x: Tensor, M: int, seg: int) -> tuple[ActCodes, Tensor | None, Tensor | None]:
-        """The quantizer on the caller's stream while the side stream widens the weights (where the GEMM's plan
-        widens them) and computes y_base (OVERLAP_MIN_M) -> (codes, widened weights or None, y_base or None),
-        every one ready for work queued next on the caller's stream."""
-        widen = _widen_planned(M, self.N, self.kp, self.w_bits, float(self.a_shift), _OUT_EP[self.dtype], seg,
-                               self.dev)
-        side_y = OVERLAP_OUTLIERS and (self.n_out or self.bias is not None)
-        if not (widen or side_y):
-            a = _quant_layer(x, self.keep, self.outl, self.act_bits)
-            return a, None, _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
-        main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
-        side.wait_stream(main)                    # x, and the memory of what main freed, are ready before the fork
-        a = _quant_layer(x, self.keep, self.outl, self.act_bits)
-        with torch.cuda.stream(side):
-            wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev) if widen else None
-            if side_y:
-                x_out = x.index_select(1, self.outl) if self.n_out else None   # [M, n_out]: a.x_outlier's values
-                y_base = _ref.outlier_base(x_out, self.outlier_weight, self.bias, M)
-        if not side_y:
-            y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
-        main.wait_stream(side)                    # the join: the GEMM queued next sees both
-        for t in (wide, y_base if side_y else None):  # allocated on the side stream, read on main: kept until then
-            if t is not None:
-                t.record_stream(main)
-        return a, wide, y_base
 
 
 def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:

@@ -422,18 +422,17 @@ def _late(fn):
     return late
 
 
-@pytest.mark.parametrize("side_outliers", [True, False], ids=["side-outliers", "main-outliers"])
 @pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("n_out", [0, 100])
 @pytest.mark.parametrize("kernel", [None, "wide"], ids=["default", "w4-wide"])
-def test_overlapped_layer_keeps_the_bits_and_waits(monkeypatch: pytest.MonkeyPatch, kernel: str | None, n_out: int,
-                                                   has_bias: bool, side_outliers: bool) -> None:
-    """From OVERLAP_MIN_M tokens the widening and the outlier product run on a side stream during the quantizer.
-    The layer's bits are the reference's and those of the same layer without the side stream; the side stream
-    waits for x (written after slow work queued just before the call) and the GEMM waits for the side stream's
-    results (poisoned here until slow work on the side stream ends): a missing wait on either side fails."""
+def test_widening_on_the_side_stream_keeps_the_bits_and_waits(monkeypatch: pytest.MonkeyPatch, kernel: str | None,
+                                                              n_out: int, has_bias: bool) -> None:
+    """Widened layers widen on a side stream while the quantizer and the outlier product run (WIDEN_SIDE). The
+    layer's bits are the reference's and those of the same layer without the side stream. The GEMM must wait for
+    the side stream: the widened weights are poisoned here until slow work on the side stream ends, so a missing
+    join fails; x is written after slow work on the caller's stream, and the outlier product (poisoned the same way
+    on the caller's stream) must be in place too."""
     dev = _wgmma_or_skip(monkeypatch, kernel)
-    monkeypatch.setattr(cuda, "OVERLAP_OUTLIERS", side_outliers)
     K, N, dtype = 1104, 512, torch.float16
     g = _gen("overlap", kernel, n_out, has_bias)
     keep, outl = _split_columns(g, K, n_out)
@@ -444,7 +443,7 @@ def test_overlapped_layer_keeps_the_bits_and_waits(monkeypatch: pytest.MonkeyPat
     layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
     monkeypatch.setattr(cuda, "_unpack_w4", _late(cuda._unpack_w4))
     monkeypatch.setattr(cuda._ref, "outlier_base", _late(cuda._ref.outlier_base))
-    for M in (128, 600):
+    for M in (128, 600):  # M >= 128: the wgmma path; kernel "wide" widens from 1 token
         assert kernel is None or _planned_family(M, N, cuda.padded_k(K - n_out), 4) == "wide"
         assert cuda._widen_planned(M, N, cuda.padded_k(K - n_out), 4, 8.0, "f16", 0, dev) == (kernel == "wide")
         x = torch.empty(M, K, dtype=dtype, device=DEV)
@@ -455,13 +454,13 @@ def test_overlapped_layer_keeps_the_bits_and_waits(monkeypatch: pytest.MonkeyPat
         got = layer(x)
         ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
         assert _bits_equal(got, ref), f"M={M}: {int((got != ref).sum())} outputs differ from the reference"
-        monkeypatch.setattr(cuda, "OVERLAP_MIN_M", 0)
+        monkeypatch.setattr(cuda, "WIDEN_SIDE", False)
         assert _bits_equal(layer(x), got), f"M={M}: the layer without the side stream gives other bits"
-        monkeypatch.setattr(cuda, "OVERLAP_MIN_M", 128)
+        monkeypatch.setattr(cuda, "WIDEN_SIDE", True)
 
 
-def test_overlapped_layer_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The side stream's fork and join are captured with the rest (widened weights, outlier product, bias):
+def test_widening_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The side stream's fork and join are captured with the rest (quantizer, widening, outlier product, GEMM):
     every replay gives the reference's bits on fresh inputs."""
     _wgmma_or_skip(monkeypatch, "wide")
     K, N, n_out, M, dtype = 1104, 512, 100, 256, torch.float16
