@@ -347,8 +347,12 @@ _RS_SMEM = wgmma_rs_smem_bytes()
 # call. From WGMMA_W4_WIDE_MIN_M tokens (QUIKTOOL_WGMMA_W4_WIDE_MIN_M; 0: never). H100 layer A/B in one process
 # against the sixteenth session's routing (docs/PERF_LOG.md, seventeenth session, s17e): W4A4 x0.92-0.96 at
 # M = 2048 and x0.83-0.93 at 8192 on five LLaMA-2 shapes (4096 x 4096 to 28672 x 8192), 256 outliers x0.90-0.99,
-# W4A8 x0.94-0.97; at M = 1024 x1.00-1.08 (slower: the pass is paid for fewer tokens), hence 2048.
-WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 2048)
+# W4A8 x0.94-0.97; at M = 1024 x1.00-1.08 (slower: the pass is paid for fewer tokens), hence 2048 then. Since the
+# pass runs on a side stream (WIDEN_SIDE below), 1024 (eighteenth session, H100, in one process against 2048,
+# s18g): at M = 1024 x0.89-0.99 on 8 of the 9 LLaMA-2 shapes, W4A4 with 256 outliers and W4A8 without (4096 x 4096:
+# x1.10 with 256 outliers, x0.996 without; x0.96 in s18f), at 1536 x0.87-0.95 everywhere. W4A4 without outliers
+# was not measured there (the run timed out). At 512 it is mixed (x0.97-1.18, s18f): not lowered further.
+WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 1024)
 # The widening needs neither x nor the quantizer: in a layer call (PreparedLinear.run) it runs on a side stream
 # while the quantizer and the outlier product run on the caller's stream, and the GEMM waits for both. Why: the
 # quantizer is bound by its per-row steps, not by memory (s17b), so the memory-speed pass (at 1.03-1.05x the time of

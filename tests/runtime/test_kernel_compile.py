@@ -170,10 +170,13 @@ def test_wgmma_plan_register_operand_kernels(monkeypatch) -> None:
 def test_wgmma_plan_widens_4bit_weights_from_the_rule(monkeypatch) -> None:
     """From WGMMA_W4_WIDE_MIN_M tokens (0: never) 4-bit weights are planned on the 8-bit kernels (their codes
     widened to int8 first, _wgmma_weights), before the register-operand rule; fewer tokens keep the 4-bit
-    kernels. The default: from 2048 tokens."""
-    assert cuda.WGMMA_W4_WIDE_MIN_M == 2048
+    kernels. The default: from 1024 tokens."""
+    assert cuda.WGMMA_W4_WIDE_MIN_M == 1024
     monkeypatch.setattr(cuda, "WGMMA_WS", True)
     monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
+    assert cuda._wgmma_plan(1024, 4096, "f16", 4, kp=4096)[0] == "quik_wgmma_ws_f16_w8"
+    assert cuda._wgmma_plan(1023, 4096, "f16", 4, kp=4096)[0] == "quik_wgmma_ws_f16_w4"
+    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 2048)
     assert cuda._wgmma_plan(2048, 8192, "f16", 4, kp=28416) == ("quik_wgmma_ws_f16_w8", 16 * 32, cuda._WS_THREADS,
                                                                cuda._WS_SMEM)
     assert cuda._wgmma_plan(2048, 1024, "bf16", 4, blk=True)[0] == "quik_wgmma_ws_bf16_w8_blk"
