@@ -371,6 +371,8 @@ def _side_stream(dev: int) -> Any:
     if dev not in _SIDE:
         _SIDE[dev] = torch.cuda.Stream(device=dev)
     return _SIDE[dev]
+
+
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
 # WGMMA_MIN_TILES: fewest 128 x 256 output tiles (None: WGMMA_MIN_TILE_SHARE of the GPU's multiprocessors,
 # since one block runs per SM and too few tiles leave SMs idle; the tests set 0 to run the kernel on small
