@@ -515,6 +515,19 @@ QDEV void mbar_init(unsigned bar, unsigned count) {
 QDEV void mbar_arrive(unsigned bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// Thread 0 sets up the S stages' barriers, then the whole block waits: full (s_full + 8 i) completes when its
+// full_count producer threads' copies of stage i landed, empty (s_empty + 8 i) when the 8 consumer warps are done
+// reading it.
+QDEV void init_stage_barriers(unsigned s_full, unsigned s_empty, int S, unsigned full_count) {
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < S; ++i) {
+            mbar_init(s_full + 8 * i, full_count);
+            mbar_init(s_empty + 8 * i, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+}
 // Wait until the barrier's phase of this parity has completed (phase j has parity j & 1).
 QDEV void mbar_wait(unsigned bar, unsigned parity) {
     asm volatile(
@@ -596,14 +609,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
 
-    if (tid == 0) {
-        for (int i = 0; i < S; ++i) {
-            mbar_init(s_full + 8 * i, WB == 8 ? 128 : 384);  // every thread that writes the slot, when it landed
-            mbar_init(s_empty + 8 * i, 8);   // every consumer warp, once its wgmmas reading the slot are done
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    init_stage_barriers(s_full, s_empty, S, WB == 8 ? 128 : 384);  // full: every thread that writes the slot
 
     if (wg == 0) {  // ---- producer ----
         setmaxnreg_dec<WB == 8 ? WS_PREGS : WS_W4_PREGS>();
@@ -899,14 +905,7 @@ QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* 
     grouped_tile<RS_BT, RS_BW, RS_GROUP_M>(M, N, m0, n0);
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
 
-    if (tid == 0) {
-        for (int i = 0; i < S; ++i) {
-            mbar_init(s_full + 8 * i, 128);  // every producer thread, when its copies landed
-            mbar_init(s_empty + 8 * i, 8);   // every consumer warp, once its wgmmas reading the stage are done
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    init_stage_barriers(s_full, s_empty, S, 128);  // full: every producer thread
 
     if (wg == 0) {  // ---- producer: the activation tiles (wgmma_gemm_ws's copy plan, 16 rows per thread) ----
         setmaxnreg_dec<RS_PREGS>();

@@ -379,16 +379,24 @@ def test_quik_linear_backends_identical(M: int, n_out: int, has_bias: bool) -> N
     assert _bits_equal(got, ref), f"{int((got != ref).sum())} outputs differ between the backends"
 
 
+def _layer_operands(g: torch.Generator, K: int, N: int, n_out: int, dtype: torch.dtype,
+                    has_bias: bool = True) -> tuple[torch.Tensor | None, ...]:
+    """One QUIK layer's fixed operands with 4-bit weights, as PreparedLinear takes them: keep_idx, outlier_idx,
+    w, w_scale, wsum, outlier_weight [N, n_out] and bias [N] (or None) in dtype."""
+    keep, outl = _split_columns(g, K, n_out)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if has_bias else None
+    return keep, outl, w, w_scale, wsum, w_out, bias
+
+
 def test_prepared_linear_checks_x_and_keeps_the_bits() -> None:
     """PreparedLinear (what QuikLinear calls) checks the layer operands once and x on every call; its output is
     the reference's at every size, including rows mode (M = 2048), on the same object again and again."""
     K, N, n_out, dtype = 1104, 304, 100, torch.float16   # K % 8 == 0: rows mode applies at M = 2048
     g = _gen("prepared", K, N, n_out)
-    keep, outl = _split_columns(g, K, n_out)
-    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
-    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
-    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
-    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype)
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, n_out, dtype)
     layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
     for M in (1, 3, 16, 118, 2048, 3):
         x = _activations(g, M, K, dtype, outl)
@@ -435,11 +443,7 @@ def test_widening_on_the_side_stream_keeps_the_bits_and_waits(monkeypatch: pytes
     dev = _wgmma_or_skip(monkeypatch, kernel)
     K, N, dtype = 1104, 512, torch.float16
     g = _gen("overlap", kernel, n_out, has_bias)
-    keep, outl = _split_columns(g, K, n_out)
-    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
-    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
-    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
-    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if has_bias else None
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, n_out, dtype, has_bias)
     layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
     monkeypatch.setattr(cuda, "_unpack_w4", _late(cuda._unpack_w4))
     monkeypatch.setattr(cuda._ref, "outlier_base", _late(cuda._ref.outlier_base))
@@ -465,11 +469,7 @@ def test_widening_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytes
     _wgmma_or_skip(monkeypatch, "wide")
     K, N, n_out, M, dtype = 1104, 512, 100, 256, torch.float16
     g = _gen("overlap-graph")
-    keep, outl = _split_columns(g, K, n_out)
-    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
-    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
-    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
-    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype)
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, n_out, dtype)
     layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
     x = _activations(g, M, K, dtype, outl)
     layer(x)                                         # kernels loaded outside the capture
