@@ -987,8 +987,7 @@ class PreparedLinear:
             y_base = _ref.outlier_base(x.index_select(1, self.outl), self.outlier_weight, self.bias, M)
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
         else:
-            if WIDEN_SIDE and _widen_planned(M, self.N, self.kp, self.w_bits, float(self.a_shift), _OUT_EP[self.dtype],
-                                             seg, self.dev):
+            if WIDEN_SIDE and _widen_planned(M, self.N, self.kp, self.w_bits, float(self.a_shift), self.dev):
                 main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
                 side.wait_stream(main)           # fork: what main queued before (and may free) comes first
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
@@ -1172,8 +1171,8 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
     wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
     an empty product). seg > 0 (a multiple of 256 dividing N): where the wgmma kernel runs, out holds N / seg
-    blocks of [M, seg] instead of [M, N] (quik_wgmma.cu, seg). wide: w already widened to int8 [N, Kp] (by the
-    caller, _widen_planned said so), used where the plan widens."""
+    blocks of [M, seg] instead of [M, N] (quik_wgmma.cu, seg). wide: w already widened to int8 [N, Kp] by the
+    caller (where _widen_planned said so), for _wgmma_weights."""
     M = a_codes.shape[0]
     path = ""
     if out is None:
@@ -1183,10 +1182,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
         path = gemm_path(M, N, kp, w_bits, epi[2], dev)
         if path == "wgmma":
             name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0, kp=kp)
-            if wide is not None and w_bits == 4 and "_w8" in name:
-                w_ptr, _w = wide.data_ptr(), wide
-            else:
-                w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev)
+            w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)
             _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
         elif path != "mma":
             acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
@@ -1322,21 +1318,23 @@ def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp:
     return (name, grid, *_wgmma_block(name))
 
 
-def _wgmma_weights(name: str, w: Tensor, w_bits: int, N: int, kp: int, dev: int) -> tuple[int, Tensor]:
+def _wgmma_weights(name: str, w: Tensor, w_bits: int, N: int, kp: int, dev: int,
+                   wide: Tensor | None = None) -> tuple[int, Tensor]:
     """The weight pointer for the wgmma entry point ``name`` (from _wgmma_plan) -> (pointer, the tensor behind
     it, to keep alive until the launch): w itself, or for 4-bit weights planned on an 8-bit kernel their codes
-    widened to int8 [N, Kp] (row-major, as 8-bit weights are held)."""
+    widened to int8 [N, Kp] (row-major, as 8-bit weights are held): ``wide`` where the caller already widened
+    them (PreparedLinear.run, on its side stream), else widened here."""
     if w_bits == 4 and "_w8" in name:
-        w8 = _unpack_w4(w, _luts(dev)[1], N, kp, dev)
+        w8 = wide if wide is not None else _unpack_w4(w, _luts(dev)[1], N, kp, dev)
         return w8.data_ptr(), w8
     return w.data_ptr(), w
 
 
-def _widen_planned(M: int, N: int, kp: int, w_bits: int, a_shift: float, ep: str, seg: int, dev: int) -> bool:
-    """Whether _gemm_run will run 4-bit weights widened to int8 (the wgmma path with an 8-bit entry point)."""
-    if w_bits != 4 or not 0 < WGMMA_W4_WIDE_MIN_M <= M or gemm_path(M, N, kp, w_bits, a_shift, dev) != "wgmma":
-        return False
-    return "_w8" in _wgmma_plan(M, N, ep, w_bits, blk=seg > 0, kp=kp)[0]
+def _widen_planned(M: int, N: int, kp: int, w_bits: int, a_shift: float, dev: int) -> bool:
+    """Whether _gemm_run will run 4-bit weights widened to int8: the wgmma path from WGMMA_W4_WIDE_MIN_M tokens,
+    where _wgmma_plan always plans an 8-bit entry point."""
+    return (w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M
+            and gemm_path(M, N, kp, w_bits, a_shift, dev) == "wgmma")
 
 
 def _wgmma_block(name: str) -> tuple[int, int]:

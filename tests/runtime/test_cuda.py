@@ -449,7 +449,7 @@ def test_widening_on_the_side_stream_keeps_the_bits_and_waits(monkeypatch: pytes
     monkeypatch.setattr(cuda._ref, "outlier_base", _late(cuda._ref.outlier_base))
     for M in (128, 600):  # M >= 128: the wgmma path; kernel "wide" widens from 1 token
         assert kernel is None or _planned_family(M, N, cuda.padded_k(K - n_out), 4) == "wide"
-        assert cuda._widen_planned(M, N, cuda.padded_k(K - n_out), 4, 8.0, "f16", 0, dev) == (kernel == "wide")
+        assert cuda._widen_planned(M, N, cuda.padded_k(K - n_out), 4, 8.0, dev) == (kernel == "wide")
         x = torch.empty(M, K, dtype=dtype, device=DEV)
         x_new = _activations(g, M, K, dtype, outl)
         torch.cuda.synchronize()
