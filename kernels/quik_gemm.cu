@@ -14,6 +14,8 @@
 //     quik_gemv_EP_WB_m16*_ln the 16-token ones with whole-line weight loads (see LINES below)
 //     quik_gemvo_EP_WB_MT     the same (EP = f16 | bf16) with the outlier product fused:
 //                             y_base replaced by OutlierProduct (reference.outlier_sum's order)
+//     quik_gemm_sk_WB_mid     the mid tiles split along K: int32 partial sums [splits, M, N] (split-K)
+//     quik_splitk_EP          adds those slices, then the epilogue below (or, EP = i32, the sum itself)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
 //   EP = i32 : C int32 [M, N] = acc                                (the exactness/debug path)
 //   EP = f16 / bf16 : out[m, n] = acc * (a_scale[m] * w_scale[n])
@@ -32,6 +34,8 @@
 //                       dynamic smem 4 * (128*64 + 256*(WB==4 ? 32 : 64)) bytes = 64 KiB (w4) / 96 KiB (w8)
 //     quik_gemm_*_mid : block 128 threads, tile 64 x 128, grid = ceil(M/64) * ceil(N/128),
 //                       dynamic smem 4 * (64*64 + 128*(WB==4 ? 32 : 64)) bytes = 32 KiB (w4) / 48 KiB (w8)
+//     quik_gemm_sk_*  : as *_mid, grid = splits * ceil(M/64) * ceil(N/128), 1 <= splits <= Kp/64 (an argument);
+//                       quik_splitk_*: block 256 threads, grid = ceil(M * ceil(N/2) / 256)
 //     quik_gemv_*     : block 256 threads, grid = ceil(N/32) (N/16 for *_r16, N/64 for *_r64), static smem only; on sm_90
 //                       the launcher starts it as a programmatic dependent launch of the quantizer: it reads
 //                       nothing but W before griddepcontrol.wait (see the kernel)
@@ -74,8 +78,10 @@
 // Tuning ideas for later: the prefill target (>= 1.8x FP16) is out of reach of mma.sync (its register-
 // only ceiling is ~1.3 POPS, and 64 x 64 warp tiles cap a block at 8 warps): it needs wgmma + TMA with
 // warp specialization (sm_90a, built with nvcc: NVRTC crashes on wgmma, see REFERENCE.md section 3).
-// Smaller items: stage the epilogue through shared memory for 16-byte stores; split-K across blocks for
-// small-N / large-K shapes at medium M (e.g. M = 118, N = 4096 gives 64 blocks); a 4-tile-per-warp small-M
+// Split-K (quik_gemm_sk_*): at medium M on narrow layers (M = 128, N = 4096 gives 64 mid tiles for 132 SMs)
+// each tile's K loop runs in slices on separate blocks, whose int32 sums a second kernel adds: exact, because
+// integer addition is associative, so any slicing gives the unsplit kernel's bits (cuda._split_k: the rule).
+// Smaller items: stage the epilogue through shared memory for 16-byte stores; a 4-tile-per-warp small-M
 // variant at M 9..16; L2 evict-first hints on the streamed weights.
 
 #include "quik_epilogue.cuh"
@@ -137,9 +143,13 @@ QDEV unsigned swz64(int row, int chunk) {
 }
 QDEV unsigned swz32(int row, int chunk) { return (unsigned)(row * 32 + ((chunk ^ ((row >> 2) & 1)) << 4)); }
 
-template <int WBITS, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int EP>
+// SPLIT (quik_gemm_sk_*, EP = i32 only): the grid is `splits` copies of the tile raster; copy s multiplies the K
+// tiles [KT * s / splits, KT * (s + 1) / splits) and stores its int32 sums to out + s * M * N (quik_splitk_* adds
+// the slices, exact in any order, and applies the epilogue).
+template <int WBITS, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int EP, bool SPLIT = false>
 QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
-                     int M, int N, int Kp, const EpiArgs& ep) {
+                     int M, int N, int Kp, const EpiArgs& ep, int splits = 1) {
+    static_assert(!SPLIT || EP == 0, "split-K blocks store int32 partial sums");
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
     constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
     constexpr int MT = WM / 16, NT = WN / 8;
@@ -163,14 +173,20 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
     const int wm = warp / WARPS_N, wn = warp % WARPS_N;
     const int mbase = wm * WM, nbase = wn * WN;
 
-    int m0, n0;
-    grouped_tile<BM, BN, GROUP_M>(M, N, m0, n0);
-
-    const int KT = Kp >> 6;
+    int m0, n0, pid = blockIdx.x, kt0 = 0, KT = Kp >> 6;
+    if constexpr (SPLIT) {
+        const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN), sp = pid / tiles;  // sp: the K slice
+        pid -= sp * tiles;
+        kt0 = (int)((long long)KT * sp / splits);
+        KT = (int)((long long)KT * (sp + 1) / splits) - kt0;
+        out = static_cast<int*>(out) + (size_t)sp * M * N;
+    }
+    grouped_tile<BM, BN, GROUP_M>(M, N, pid, m0, n0);
     const size_t w_row_bytes = WBITS == 4 ? (size_t)(Kp >> 1) : (size_t)Kp;
 
     // Per-thread global source rows of its cp.async chunks (fixed over k).
-    auto load_stage = [&](int stage, int kt) {
+    auto load_stage = [&](int stage, int kt_rel) {  // K tile kt0 + kt_rel into shared stage `stage`
+        const int kt = kt0 + kt_rel;
         const unsigned sa = s_base + stage * STAGE_BYTES;
         const unsigned sb = sa + A_BYTES;
 #pragma unroll
@@ -914,6 +930,17 @@ QUIK_TILED_ALL(i32, 0)
 QUIK_TILED_ALL(f16, 1)
 QUIK_TILED_ALL(bf16, 2)
 
+// quik_gemm_sk_*: the mid tiles split along K (gemm_tiled, SPLIT): grid = splits * ceil(M/64) * ceil(N/128),
+// part int32 [splits, M, N] (every element written), 1 <= splits <= Kp / 64; quik_splitk_* finishes the product.
+#define QUIK_TILED_SK(NAME, WB)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128, 1)                                                           \
+    NAME(const signed char* A, const unsigned char* W, int* part, int M, int N, int Kp, int splits) {             \
+        const EpiArgs ep = {nullptr, nullptr, nullptr, nullptr, nullptr, 0.f};                                    \
+        gemm_tiled<WB, 64, 128, 2, 2, 4, 0, true>(A, W, part, M, N, Kp, ep, splits);                               \
+    }
+QUIK_TILED_SK(quik_gemm_sk_w4_mid, 4)
+QUIK_TILED_SK(quik_gemm_sk_w8_mid, 8)
+
 #define QUIK_GEMV_PL(NAME, WB, MTOK, EP, NTW, U, PIPE, LINES)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
@@ -1073,6 +1100,42 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
     }
     store_pair<EP>(out, ep, N, m, n, v0, v1, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ws1, ep.wsum[n], su1);
 }
+
+// quik_splitk_*: the sum of the split-K slices part[s, m, n] (s < splits, int32: exact in any order, and every
+// partial sum is bounded by the whole product's bound) for the pair (m, n), (m, n + 1), then quik_gemm's epilogue
+// (EP = f16 / bf16) or the sum itself (EP = i32). One pair per thread, as epilogue_acc.
+template <int EP>
+QDEV void splitk_sum(const int* part, void* out, int M, int N, int splits, const EpiArgs& ep) {
+    const int half = (N + 1) >> 1;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)M * half) return;
+    const int m = (int)(i / half), n = 2 * (int)(i % half);
+    const size_t plane = (size_t)M * N;
+    const int* p = part + (size_t)m * N + n;
+    int v0 = 0, v1 = 0;
+    for (int s = 0; s < splits; ++s, p += plane) {
+        if ((N & 1) == 0) {  // then n + 1 < N and p is 8-byte aligned (plane and n even)
+            const int2 q = *reinterpret_cast<const int2*>(p);
+            v0 += q.x;
+            v1 += q.y;
+        } else {
+            v0 += p[0];
+            if (n + 1 < N) v1 += p[1];
+        }
+    }
+    float sa = 0.f, za = 0.f, ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
+    if constexpr (EP != 0) {
+        sa = ep.a_scale[m];
+        za = row_zero(ep, m);
+        ws0 = ep.w_scale[n];
+        su0 = ep.wsum[n];
+        if (n + 1 < N) {
+            ws1 = ep.w_scale[n + 1];
+            su1 = ep.wsum[n + 1];
+        }
+    }
+    store_pair<EP>(out, ep, N, m, n, v0, v1, sa, za, ws0, ws1, su0, su1);
+}
 }  // namespace
 
 // Wb [N, Kp] row-major bytes (lut of each code) from W (the 4-bit layout, w4_off); rb = Kp / 2 (a multiple of 32).
@@ -1120,3 +1183,15 @@ QUIK_EPI_ACC(quik_epilogue_f32acc_f16, float, 1)
 QUIK_EPI_ACC(quik_epilogue_f32acc_bf16, float, 2)
 QUIK_EPI_ACC(quik_epilogue_i32acc_f16, int, 1)
 QUIK_EPI_ACC(quik_epilogue_i32acc_bf16, int, 2)
+
+// quik_splitk_EP(part int32 [splits, M, N], out [M, N], ...): grid ceil(M * ceil(N/2) / 256) x 256 threads.
+#define QUIK_SPLITK(NAME, EP)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+    NAME(const int* part, void* out, int M, int N, int splits, const float* a_scale, const float* a_zero,          \
+         float a_shift, const float* w_scale, const float* wsum, const void* y_base) {                              \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        splitk_sum<EP>(part, out, M, N, splits, ep);                                                               \
+    }
+QUIK_SPLITK(quik_splitk_i32, 0)
+QUIK_SPLITK(quik_splitk_f16, 1)
+QUIK_SPLITK(quik_splitk_bf16, 2)

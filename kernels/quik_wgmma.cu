@@ -319,7 +319,7 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
 
     int m0, n0;
-    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);  // quik_ptx.cuh, as quik_gemm.cu
+    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, blockIdx.x, m0, n0);  // quik_ptx.cuh, as quik_gemm.cu
 
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
     const int kp2 = Kp >> 1;                  // packed bytes per weight row (w4)
@@ -606,7 +606,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     int m0, n0;
-    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, m0, n0);
+    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, blockIdx.x, m0, n0);
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
 
     init_stage_barriers(s_full, s_empty, S, WB == 8 ? 128 : 384);  // full: every thread that writes the slot
@@ -902,7 +902,7 @@ QDEV void wgmma_gemm_rs(const signed char* __restrict__ A, const unsigned char* 
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     int m0, n0;
-    grouped_tile<RS_BT, RS_BW, RS_GROUP_M>(M, N, m0, n0);
+    grouped_tile<RS_BT, RS_BW, RS_GROUP_M>(M, N, blockIdx.x, m0, n0);
     const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
 
     init_stage_barriers(s_full, s_empty, S, 128);  // full: every producer thread

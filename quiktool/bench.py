@@ -615,6 +615,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                         y = L(xs[0])
                         row["finite"] = bool(torch.isfinite(y).all())
                         row["gemm_path"] = _gemm_path(L, M) if fused else None
+                        row["split_k"] = _split_k(L, M) if row["gemm_path"] == "mma" else 1
                         if check and fused:
                             # against the exact reference on up to 256 rows (the same kernel family as M)
                             xc = xs[0][:256]
@@ -755,6 +756,14 @@ def _gemm_path(layer, M: int) -> str:
                           layer.w_rt.get_device())
 
 
+def _split_k(layer, M: int) -> int:
+    """Slices of K of the mma.sync GEMM for this layer at M tokens (1: not split)."""
+    from quiktool.runtime import cuda
+
+    return cuda.mma_splits(M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()), layer.weight_bits,
+                           layer.w_rt.get_device())
+
+
 def _unsteady(row: dict) -> bool:
     ms, best = row.get("quik_ms"), row.get("quik_min_ms")
     return bool(ms and best and ms > UNSTEADY * best)
@@ -789,6 +798,9 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         lines.append("scheme+fp8 / +int8: the integer GEMM ran in cuBLASLt on the FP8 / INT8 tensor cores (exact "
                      f"sums; from M = {rule['min_m']['fp8']} / {rule['min_m']['int8']} tokens and "
                      f"{rule['min_macs']:.2g} multiply-adds), otherwise in quiktool's mma.sync kernels")
+    if any(r.get("split_k", 1) > 1 for r in result["rows"]):
+        lines.append("scheme+skN: the mma.sync kernel split along K into N slices (its tiles left resident blocks "
+                     "idle), their int32 sums added by a second kernel that applies the epilogue")
     if not compact:
         lines.append("stage columns: share of the QUIK layer time; "
                      + ("with the cuda backend the epilogue is fused into the GEMM (gemm+epi); "
@@ -810,6 +822,7 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
     body, errors = [], []
     for r in result["rows"]:
         scheme = r["scheme"] + (f"+{r['gemm_path']}" if r.get("gemm_path") in ("fp8", "int8", "wgmma") else "")
+        scheme += f"+sk{r['split_k']}" if r.get("split_k", 1) > 1 else ""
         base = [r["shape"], str(r["M"]), scheme, str(r["outliers"])]
         if r.get("error"):
             body.append(base + ["error"] + [""] * (len(head) - 5))

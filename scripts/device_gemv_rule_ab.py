@@ -104,7 +104,9 @@ def kernel_name(layer, M: int) -> str:
         return cuda._wgmma_plan(M, layer.out_features, "f16", layer.weight_bits, kp=kp)[0].replace("_f16", "")
     if path != "mma":
         return path
-    return cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d)[0].replace("quik_gemv_f16_", "")
+    splits = cuda.mma_splits(M, layer.out_features, kp, layer.weight_bits, d)
+    name = cuda._plan(M, layer.out_features, layer.weight_bits, "f16", d)[0]
+    return name.replace("quik_gemv_f16_", "").replace("quik_gemm_f16_", "") + (f"/sk{splits}" if splits > 1 else "")
 
 
 def quant_name(layer, M: int) -> str:

@@ -46,7 +46,7 @@ from quiktool.runtime.reference import ActCodes, padded_k
 __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
     "int_gemm", "quik_gemm", "quik_gemm_outliers", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
-    "LIB_MIN_MACS", "gemm_path", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
+    "LIB_MIN_MACS", "gemm_path", "mma_splits", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
     "PreparedLinear",
     "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "compile_wgmma",
 ]
@@ -79,6 +79,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
         + [f"quik_gemv_{ep}_w{wb}_m16{r}_ln" for ep in _EPS for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + [f"quik_gemvo_{ep}_w{wb}_m16{r}_ln" for ep in ("f16", "bf16") for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
+        + [f"quik_gemm_sk_w{wb}_mid" for wb in (4, 8)] + [f"quik_splitk_{ep}" for ep in _EPS]
     ),
 }
 
@@ -528,6 +529,8 @@ _SIG_WG = _SIG_GEMM + "i"    # quik_wgmma_*: the same, then seg (the _blk kernel
 _SIG_GEMVO = "pppiiippfppppiip"  # _SIG_GEMM without y_base, then x_out, w_out, n_out, chunk, bias
 _SIG_UNPACK = "pppii"       # W, Wb, lut, N, Kp / 2
 _SIG_EPI = "ppiippfppp"     # acc, out, M, N, a_scale, a_zero, a_shift, w_scale, wsum, y_base
+_SIG_SK = "pppiiii"         # quik_gemm_sk_*: A, W, part, M, N, Kp, splits
+_SIG_SKE = "ppiiippfppp"    # quik_splitk_*: part, out, M, N, splits, then _SIG_EPI's epilogue arguments
 
 
 @functools.lru_cache(maxsize=None)
@@ -1090,8 +1093,8 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     """Kernel choice -> (name, grid, block, dynamic smem).
 
     M <= 16: the weight-streaming kernel (decode). Otherwise the tiled kernel, 128 x 256 tiles when they
-    fill the GPU at least once, else 64 x 128 tiles (more blocks for medium M / small N).
-    Tuning idea: split-K for shapes that give fewer blocks than SMs even with the mid tiles.
+    fill the GPU at least once, else 64 x 128 tiles (more blocks for medium M / small N), which _mma_run splits
+    along K where even they leave resident blocks idle (_split_k).
     """
     if M <= 16:
         sms = _device_info(device)[1]
@@ -1103,6 +1106,57 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     bm, bn = _TILE["big"][:2]
     big_enough = -(-M // bm) * -(-N // bn) >= _device_info(device)[1]
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)
+
+
+# Split-K of the mid tiles (quik_gemm_sk_* then quik_splitk_*): where even the 64 x 128 tiles leave the GPU's
+# resident blocks partly idle (M = 128 on N = 4096 / 5120: 64 / 80 blocks, each through the whole K, for 132 SMs
+# holding 3 each), the grid is run `splits` times over slices of K, the slices' int32 sums written to a
+# temporary [splits, M, N] and added by a second kernel that applies the epilogue (exact: integer sums in any
+# order). GEMM_SPLIT_K (QUIKTOOL_GEMM_SPLIT_K): None = the rule of _split_k, 1 = never, n > 1 = n slices wherever
+# the mid tiles run (A/B runs, tests).
+GEMM_SPLIT_K: int | None = _env_int("QUIKTOOL_GEMM_SPLIT_K")
+_SPLIT_MAX = 8       # slices at most (the temporary is splits x M x N x 4 bytes)
+_SPLIT_MIN_KT = 8    # K tiles of 64 codes per slice at least (the 4-stage pipeline's fill is per slice)
+
+
+def _split_k(name: str, grid: int, kp: int, dev: int) -> int:
+    """Slices of K for the tiled plan (name, grid) of _plan: 1 (no split) unless the mid tiles run. The rule: when
+    the grid is under one wave of resident blocks, the count s <= _SPLIT_MAX (slices of >= _SPLIT_MIN_KT K tiles)
+    that minimises waves(grid * s) / s, the time of a slice being 1 / s of a block's; ties to the fewer slices."""
+    if not name.startswith("quik_gemm_") or not name.endswith("_mid"):
+        return 1
+    kt = kp // 64
+    if GEMM_SPLIT_K is not None:
+        return max(1, min(GEMM_SPLIT_K, kt))
+    wb = int(name.split("_w")[1][0])
+    bm, bn, threads, stages = _TILE["mid"]
+    cap = _device_info(dev)[1] * _resident_blocks(dev, f"quik_gemm_sk_w{wb}_mid", threads, _tile_smem(bm, bn, wb, stages))
+    if grid >= cap:
+        return 1
+    top = max(1, min(_SPLIT_MAX, kt // _SPLIT_MIN_KT))
+    return min(range(1, top + 1), key=lambda s: (-(-grid * s // cap) / s, s))
+
+
+def mma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
+    """Slices of K that quiktool's mma.sync GEMM runs in for M x N x kp (1: not split; the plan of _plan)."""
+    name, grid = _plan(M, N, w_bits, "f16", dev)[:2]
+    return _split_k(name, grid, kp, dev)
+
+
+def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
+               w_bits: int, ep: str, epi: tuple) -> None:
+    """Launch quiktool's mma.sync plan (from _plan) on A, W, out pointers, split along K where _split_k says so."""
+    name, grid, block, smem = plan
+    splits = _split_k(name, grid, kp, dev)
+    if splits == 1:
+        # the small-M kernel starts early and prefetches its weights while the quantizer runs
+        _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem, pdl=name.startswith("quik_gemv_"))
+        return
+    part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
+    _launch(dev, f"quik_gemm_sk_w{w_bits}_mid", grid * splits, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp,
+                                                                                splits), smem)
+    _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
+            (part.data_ptr(), ptrs[2], M, N, splits, *epi))
 
 
 def _epilogue_checks(a_codes: Tensor, a_scale: Tensor, a_zero: Tensor, a_shift: Any, w_scale: Tensor,
@@ -1136,12 +1190,13 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     else:
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
-        wg = _wgmma_ok(M, N, w_bits, dev)
-        name, grid, block, smem = _wgmma_plan(M, N, "i32", w_bits, kp=kp) if wg else _plan(M, N, w_bits, "i32", dev)
-        if wg:
+        if _wgmma_ok(M, N, w_bits, dev):
+            name, grid, block, smem = _wgmma_plan(M, N, "i32", w_bits, kp=kp)
             w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev)
-        _launch(dev, name, grid, block, _SIG_WG if wg else _SIG_GEMM,
-                (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0, 0), smem)
+            _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0, 0), smem)
+        else:
+            _mma_run(dev, _plan(M, N, w_bits, "i32", dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, "i32",
+                       (0, 0, 0.0, 0, 0, 0))
     return out
 
 
@@ -1190,10 +1245,8 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
             _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
                     _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
         else:
-            name, grid, block, smem = _plan(M, N, w_bits, _OUT_EP[out_dtype], dev)
-            # the small-M kernel starts early and prefetches its weights while the quantizer runs
-            _launch(dev, name, grid, block, _SIG_GEMM, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi), smem,
-                    pdl=name.startswith("quik_gemv_"))
+            ep = _OUT_EP[out_dtype]
+            _mma_run(dev, _plan(M, N, w_bits, ep, dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, ep, epi)
     return out, path
 
 

@@ -576,20 +576,30 @@ def _force_gemv(monkeypatch: pytest.MonkeyPatch, cfg: str, default_rows: int | N
 
 
 GEMV_CFGS = ["gemv", "gemv16", "gemv64", "gemvln", "gemvln16", "gemvln64"]
+# the tiled kernels: big / mid tiles unsplit, skN the mid tiles split into N slices of K (at most one per K tile)
+TILED_CFGS = ["big", "mid", "sk2", "sk3", "sk8"]
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", *GEMV_CFGS])
+def _force_tiled(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
+    """Route the launcher's plan to the tiled kernel variant ``cfg`` (TILED_CFGS) at every M."""
+    tiles = "mid" if cfg.startswith("sk") else cfg
+    monkeypatch.setattr(cuda, "GEMM_SPLIT_K", int(cfg[2:]) if cfg.startswith("sk") else 1)
+    monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev: cuda._tiled_plan(tiles, M, N, wb, ep))
+
+
+@pytest.mark.parametrize("cfg", [*TILED_CFGS, *GEMV_CFGS])
 @pytest.mark.parametrize("w_bits", [4, 8])
 def test_int_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str, w_bits: int) -> None:
     """Force each kernel variant (the launcher's choice depends on M, N and the SM count) onto tails;
     "gemv" is the small-M kernel with the launcher's rows per block, gemv16 / gemv64 force those, gemvln*
     the same with whole-line weight loads at M > 8 (kq = 64: one step for 8-bit weights, half a step for
-    4-bit ones; test_gemv_long_rows_exact has odd step counts)."""
+    4-bit ones; test_gemv_long_rows_exact has odd step counts); skN splits K (kq = 200: 4 K tiles, so sk3 gives
+    slices of 1, 1 and 2 tiles and sk8 four of 1; kq = 1000: 16 tiles)."""
     for M in ([1, 5, 8, 9, 16] if cfg.startswith("gemv") else [1, 17, 130, 300]):
         if cfg.startswith("gemv"):
             _force_gemv(monkeypatch, cfg)
         else:
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+            _force_tiled(monkeypatch, cfg)
         for N in (1, 11, 172, 520):
             for kq in (64, 200, 1000):
                 g = _gen("ragged", cfg, w_bits, M, N, kq)
@@ -676,13 +686,13 @@ def test_quik_gemm_exact(M: int, kq: int, N: int, w_bits: int, a_bits: int, dtyp
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, dtype)
 
 
-@pytest.mark.parametrize("cfg", ["big", "mid", *GEMV_CFGS])
+@pytest.mark.parametrize("cfg", [*TILED_CFGS, *GEMV_CFGS])
 def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch, cfg: str) -> None:
     for M in ([1, 7, 13] if cfg.startswith("gemv") else [1, 19, 257]):
         if cfg.startswith("gemv"):
             _force_gemv(monkeypatch, cfg, default_rows=32)
         else:
-            monkeypatch.setattr(cuda, "_plan", lambda M, N, wb, ep, dev, c=cfg: cuda._tiled_plan(c, M, N, wb, ep))
+            _force_tiled(monkeypatch, cfg)
         for N in (1, 11, 300):
             for w_bits in (4, 8):
                 for dtype in (torch.float16, torch.bfloat16):
@@ -692,6 +702,24 @@ def test_quik_gemm_every_kernel_on_ragged_shapes(monkeypatch: pytest.MonkeyPatch
                     a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
                     y = torch.randn(M, N, generator=g, device=DEV).to(dtype)
                     _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
+
+
+@pytest.mark.parametrize("w_bits,a_bits", [(4, 4), (4, 8), (8, 8)])
+@pytest.mark.parametrize("M,kq,N", [(128, 4096, 4096), (118, 11008, 4096), (128, 13824, 5120), (40, 4096, 172)])
+def test_split_k_where_the_rule_splits(M: int, kq: int, N: int, w_bits: int, a_bits: int) -> None:
+    """The launcher's own split-K choice on the grids it is for (M = 128 on N = 4096 / 5120: fewer mid tiles than
+    SMs), int32 sums and the fused epilogue with y_base against the reference, bit for bit."""
+    sms = cuda._device_info(torch.cuda.current_device())[1]
+    splits = cuda.mma_splits(M, N, reference.padded_k(kq), w_bits, torch.cuda.current_device())
+    grid = -(-M // 64) * -(-N // 128)
+    assert splits > 1 or grid >= sms, f"no split-K for {grid} mid tiles on {sms} SMs"
+    g = _gen("split-k", M, kq, N, w_bits, a_bits)
+    a = _act_codes(g, M, kq, a_bits)
+    w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
+    _check_int(a, w, w_bits)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    y = (torch.randn(M, N, generator=g, device=DEV) * 3).half()
+    _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, torch.float16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])

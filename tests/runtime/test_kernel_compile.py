@@ -415,6 +415,31 @@ def test_gemv_rows_rule(monkeypatch) -> None:
     assert [cuda._gemv_rows(m, 28672, 132) for m in (1, 16)] == [32, 16]
 
 
+def test_split_k_rule(monkeypatch) -> None:
+    """Split-K of the mid tiles (132 SMs, 3 resident blocks each): the slice count that minimises waves / slices
+    under one wave of resident blocks, slices of >= 8 K tiles, at most 8; only the mid tiles; GEMM_SPLIT_K
+    overrides (1: never), capped at one slice per K tile."""
+    monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
+    monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 3)
+    monkeypatch.setattr(cuda, "GEMM_SPLIT_K", None)
+    mid = "quik_gemm_f16_w4_mid"
+    assert cuda._split_k(mid, 64, 4096, 0) == 6       # 384 blocks: one wave of 396
+    assert cuda._split_k(mid, 80, 5120, 0) == 4       # 320; 5 slices would need a second wave
+    assert cuda._split_k(mid, 64, 1536, 0) == 3       # 24 K tiles: slices of 8
+    assert cuda._split_k(mid, 64, 512, 0) == 1        # 8 K tiles: one slice
+    assert cuda._split_k(mid, 172, 11008, 0) == 2     # 344 blocks
+    assert cuda._split_k(mid, 396, 4096, 0) == 1      # a whole wave already
+    assert cuda._split_k("quik_gemm_f16_w4_big", 8, 4096, 0) == 1
+    assert cuda._split_k("quik_gemv_f16_w4_m16", 8, 4096, 0) == 1
+    assert cuda._plan(128, 4096, 4, "f16", 0)[:2] == (mid, 64) and cuda.mma_splits(128, 4096, 4096, 4, 0) == 6
+    assert cuda.mma_splits(128, 5120, 13824, 8, 0) == 4
+    assert cuda.mma_splits(2048, 4096, 4096, 4, 0) == 1  # big tiles
+    monkeypatch.setattr(cuda, "GEMM_SPLIT_K", 1)
+    assert cuda._split_k(mid, 64, 4096, 0) == 1
+    monkeypatch.setattr(cuda, "GEMM_SPLIT_K", 5)
+    assert cuda._split_k(mid, 1000, 4096, 0) == 5 and cuda._split_k(mid, 64, 192, 0) == 3
+
+
 def test_gemv_lines_rule(monkeypatch) -> None:
     """The whole-line 16-token kernels (_ln): taken unless the grid fits one wave of the fragment kernel and
     not of the whole-line one; never for M <= 8; QUIKTOOL_GEMV_LINES 0 / 2 force it, other values are refused."""
