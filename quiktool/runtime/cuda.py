@@ -1108,33 +1108,30 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
     return _tiled_plan("big" if big_enough else "mid", M, N, w_bits, ep)
 
 
-# Split-K of the mid tiles (quik_gemm_sk_* then quik_splitk_*): where even the 64 x 128 tiles leave the GPU's
-# resident blocks partly idle (M = 128 on N = 4096 / 5120: 64 / 80 blocks, each through the whole K, for 132 SMs
-# holding 3 each), the grid is run `splits` times over slices of K, the slices' int32 sums written to a
-# temporary [splits, M, N] and added by a second kernel that applies the epilogue (exact: integer sums in any
-# order). GEMM_SPLIT_K (QUIKTOOL_GEMM_SPLIT_K): None = the rule of _split_k, 1 = never, n > 1 = n slices wherever
-# the mid tiles run (A/B runs, tests).
+# Split-K of the mid tiles (quik_gemm_sk_* then quik_splitk_*): where the 64 x 128 tiles leave SMs idle (M = 128
+# on N = 4096 / 5120: 64 / 80 blocks, each through the whole K, for 132 SMs), the grid is run `splits` times over
+# slices of K, the slices' int32 sums written to a temporary [splits, M, N] and added by a second kernel that
+# applies the epilogue (exact: integer sums in any order). The rule (_split_k) aims at 2 blocks per SM in one wave:
+# fitted on the H100 (docs/PERF_LOG.md, nineteenth session, s19a): more slices, or splitting grids of more blocks
+# than SMs, took up to x1.57 of the unsplit time (the temporary's traffic and a second wave), while grids of 64 - 128
+# blocks gained x0.64 - 0.93. GEMM_SPLIT_K (QUIKTOOL_GEMM_SPLIT_K): None = the rule, 1 = never, n > 1 = n slices
+# wherever the mid tiles run (A/B runs, tests).
 GEMM_SPLIT_K: int | None = _env_int("QUIKTOOL_GEMM_SPLIT_K")
+_SPLIT_BLOCKS_PER_SM = 2
 _SPLIT_MAX = 8       # slices at most (the temporary is splits x M x N x 4 bytes)
-_SPLIT_MIN_KT = 8    # K tiles of 64 codes per slice at least (the 4-stage pipeline's fill is per slice)
+_SPLIT_MIN_KT = 8    # K tiles of 64 codes per slice at least (the 4-stage pipeline fills once per slice)
 
 
 def _split_k(name: str, grid: int, kp: int, dev: int) -> int:
-    """Slices of K for the tiled plan (name, grid) of _plan: 1 (no split) unless the mid tiles run. The rule: when
-    the grid is under one wave of resident blocks, the count s <= _SPLIT_MAX (slices of >= _SPLIT_MIN_KT K tiles)
-    that minimises waves(grid * s) / s, the time of a slice being 1 / s of a block's; ties to the fewer slices."""
+    """Slices of K for the plan (name, grid) of _plan: 1 (no split) unless the mid tiles run; then
+    floor(_SPLIT_BLOCKS_PER_SM * SMs / grid), at most _SPLIT_MAX and one per _SPLIT_MIN_KT K tiles."""
     if not name.startswith("quik_gemm_") or not name.endswith("_mid"):
         return 1
     kt = kp // 64
     if GEMM_SPLIT_K is not None:
         return max(1, min(GEMM_SPLIT_K, kt))
-    wb = int(name.split("_w")[1][0])
-    bm, bn, threads, stages = _TILE["mid"]
-    cap = _device_info(dev)[1] * _resident_blocks(dev, f"quik_gemm_sk_w{wb}_mid", threads, _tile_smem(bm, bn, wb, stages))
-    if grid >= cap:
-        return 1
-    top = max(1, min(_SPLIT_MAX, kt // _SPLIT_MIN_KT))
-    return min(range(1, top + 1), key=lambda s: (-(-grid * s // cap) / s, s))
+    top = min(_SPLIT_MAX, kt // _SPLIT_MIN_KT)
+    return max(1, min(top, _SPLIT_BLOCKS_PER_SM * _device_info(dev)[1] // grid))
 
 
 def mma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:

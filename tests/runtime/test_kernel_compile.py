@@ -416,24 +416,24 @@ def test_gemv_rows_rule(monkeypatch) -> None:
 
 
 def test_split_k_rule(monkeypatch) -> None:
-    """Split-K of the mid tiles (132 SMs, 3 resident blocks each): the slice count that minimises waves / slices
-    under one wave of resident blocks, slices of >= 8 K tiles, at most 8; only the mid tiles; GEMM_SPLIT_K
-    overrides (1: never), capped at one slice per K tile."""
+    """Split-K of the mid tiles (132 SMs): floor(2 x 132 / grid) slices, at most 8 and one per 8 K tiles; only the
+    mid tiles; GEMM_SPLIT_K overrides (1: never), capped at one slice per K tile."""
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
-    monkeypatch.setattr(cuda, "_resident_blocks", lambda index, name, block, smem: 3)
     monkeypatch.setattr(cuda, "GEMM_SPLIT_K", None)
     mid = "quik_gemm_f16_w4_mid"
-    assert cuda._split_k(mid, 64, 4096, 0) == 6       # 384 blocks: one wave of 396
-    assert cuda._split_k(mid, 80, 5120, 0) == 4       # 320; 5 slices would need a second wave
+    assert cuda._split_k(mid, 64, 4096, 0) == 4       # 256 blocks
+    assert cuda._split_k(mid, 80, 5120, 0) == 3       # 240
+    assert cuda._split_k(mid, 128, 8192, 0) == 2      # 256
+    assert cuda._split_k(mid, 133, 8192, 0) == 1      # more blocks than SMs already
+    assert cuda._split_k(mid, 2, 4096, 0) == 8        # at most 8
     assert cuda._split_k(mid, 64, 1536, 0) == 3       # 24 K tiles: slices of 8
     assert cuda._split_k(mid, 64, 512, 0) == 1        # 8 K tiles: one slice
-    assert cuda._split_k(mid, 172, 11008, 0) == 2     # 344 blocks
-    assert cuda._split_k(mid, 396, 4096, 0) == 1      # a whole wave already
     assert cuda._split_k("quik_gemm_f16_w4_big", 8, 4096, 0) == 1
     assert cuda._split_k("quik_gemv_f16_w4_m16", 8, 4096, 0) == 1
-    assert cuda._plan(128, 4096, 4, "f16", 0)[:2] == (mid, 64) and cuda.mma_splits(128, 4096, 4096, 4, 0) == 6
-    assert cuda.mma_splits(128, 5120, 13824, 8, 0) == 4
-    assert cuda.mma_splits(2048, 4096, 4096, 4, 0) == 1  # big tiles
+    assert cuda._plan(128, 4096, 4, "f16", 0)[:2] == (mid, 64) and cuda.mma_splits(128, 4096, 4096, 4, 0) == 4
+    assert cuda.mma_splits(128, 5120, 13824, 8, 0) == 3
+    assert cuda.mma_splits(128, 11008, 4096, 4, 0) == 1   # 172 blocks
+    assert cuda.mma_splits(2048, 4096, 4096, 4, 0) == 1   # big tiles
     monkeypatch.setattr(cuda, "GEMM_SPLIT_K", 1)
     assert cuda._split_k(mid, 64, 4096, 0) == 1
     monkeypatch.setattr(cuda, "GEMM_SPLIT_K", 5)
