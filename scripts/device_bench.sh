@@ -5,7 +5,7 @@
 #
 # usage, from the repository root:   OUT=/some/dir bash scripts/device_bench.sh
 #   env: PYTHON (python3), OUT (out/device-bench), MODE (full | decode: full's layers at M = 1 / 16 only |
-#        prefill: full's layers at M = 2048 / 8192 only |
+#        prefill: full's layers at M = 2048 / 8192 only | medium: full's layers at M = 128 / 512 only |
 #        quick: one shape, few M, short model run;
 #        smoke: tiny CPU run that checks this script), REPS (100), MAXPT (0.25 s per measurement),
 #        STEPS (which steps, default "layers models"; full mode's two halves each fit one 600 s device call)
@@ -42,6 +42,11 @@ case "$MODE" in
     W8=(--schemes w8a8 --outliers 0,256 --shapes llama2-7b,llama2-70b --m 2048)
     MODEL=(--arch llama2-7b --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)
     LIMITS=(250 90 200) ;;
+  medium)  # the full mode's layer rows at M = 128 and 512 only, W8A8 there too, and the model step as in full
+    W4=(--schemes w4a4,w4a8 --outliers 0,256 --m 128,512)
+    W8=(--schemes w8a8 --outliers 0,256 --shapes llama2-7b,llama2-70b --m 128,512)
+    MODEL=(--arch llama2-7b --batch 1 --seqlen 2048 --decode-tokens 64 --reps 5 --warmup 2)
+    LIMITS=(200 90 200) ;;
   quick)
     W4=(--schemes w4a4,w4a8 --outliers 0,256 --shapes 4096x4096,8192x28672 --m 1,16,2048)
     W8=(--schemes w8a8 --outliers 256 --shapes 8192x28672 --m 1,2048)
@@ -53,7 +58,7 @@ case "$MODE" in
     W8=(--schemes w8a8 --outliers 8 --shapes 64x172 --m 1)
     MODEL=(--arch tiny --seqlen 16 --decode-tokens 3 --reps 1 --warmup 1)
     LIMITS=(120 120 120) ;;
-  *) echo "MODE=$MODE: use full, decode, prefill, quick or smoke" >&2; exit 2 ;;
+  *) echo "MODE=$MODE: use full, decode, prefill, medium, quick or smoke" >&2; exit 2 ;;
 esac
 
 # stdout (the table) to $OUT/NAME.txt; stderr (progress, warnings) to the console and the log

@@ -1112,26 +1112,29 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
 # on N = 4096 / 5120: 64 / 80 blocks, each through the whole K, for 132 SMs), the grid is run `splits` times over
 # slices of K, the slices' int32 sums written to a temporary [splits, M, N] and added by a second kernel that
 # applies the epilogue (exact: integer sums in any order). The rule (_split_k) aims at 2 blocks per SM in one wave:
-# fitted on the H100 (docs/PERF_LOG.md, nineteenth session, s19a): more slices, or splitting grids of more blocks
-# than SMs, took up to x1.57 of the unsplit time (the temporary's traffic and a second wave), while grids of 64 - 128
-# blocks gained x0.64 - 0.93. GEMM_SPLIT_K (QUIKTOOL_GEMM_SPLIT_K): None = the rule, 1 = never, n > 1 = n slices
+# fitted on the H100 (docs/PERF_LOG.md, nineteenth session, s19a, s19b): more slices, or splitting grids of more
+# blocks than SMs, took up to x1.57 of the unsplit time (the temporary's traffic and a second wave), while grids of
+# 64 - 128 blocks gained x0.64 - 0.93; two slices only from K = 8192 (at K = 4096, M = 256 they took x1.04 - 1.10
+# with 4-bit weights, x0.92 with 8-bit ones). GEMM_SPLIT_K (QUIKTOOL_GEMM_SPLIT_K): None = the rule, 1 = never, n > 1 = n slices
 # wherever the mid tiles run (A/B runs, tests).
 GEMM_SPLIT_K: int | None = _env_int("QUIKTOOL_GEMM_SPLIT_K")
 _SPLIT_BLOCKS_PER_SM = 2
 _SPLIT_MAX = 8       # slices at most (the temporary is splits x M x N x 4 bytes)
 _SPLIT_MIN_KT = 8    # K tiles of 64 codes per slice at least (the 4-stage pipeline fills once per slice)
+_SPLIT_TWO_MIN_KT = 128  # two slices only from this many K tiles (K = 8192)
 
 
 def _split_k(name: str, grid: int, kp: int, dev: int) -> int:
     """Slices of K for the plan (name, grid) of _plan: 1 (no split) unless the mid tiles run; then
-    floor(_SPLIT_BLOCKS_PER_SM * SMs / grid), at most _SPLIT_MAX and one per _SPLIT_MIN_KT K tiles."""
+    floor(_SPLIT_BLOCKS_PER_SM * SMs / grid), at most _SPLIT_MAX and one per _SPLIT_MIN_KT K tiles, and 1 instead of
+    2 below _SPLIT_TWO_MIN_KT K tiles."""
     if not name.startswith("quik_gemm_") or not name.endswith("_mid"):
         return 1
     kt = kp // 64
     if GEMM_SPLIT_K is not None:
         return max(1, min(GEMM_SPLIT_K, kt))
-    top = min(_SPLIT_MAX, kt // _SPLIT_MIN_KT)
-    return max(1, min(top, _SPLIT_BLOCKS_PER_SM * _device_info(dev)[1] // grid))
+    splits = min(_SPLIT_MAX, kt // _SPLIT_MIN_KT, _SPLIT_BLOCKS_PER_SM * _device_info(dev)[1] // grid)
+    return 1 if splits < 2 or (splits == 2 and kt < _SPLIT_TWO_MIN_KT) else splits
 
 
 def mma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
@@ -1340,10 +1343,12 @@ def _gemmo_run(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero:
 # weight unpack and the accumulator's round trip through memory are fixed costs. Measured crossover (H200,
 # scripts/device_crossover.sh, docs/RESULTS.md): FP8 W4A4 ties mma.sync at M = 256 on 8192 x 28672 and
 # 28672 x 8192 and wins from M = 512; INT8 W4A8 loses at M = 256 and wins from 512; on 4096 x 4096
-# (8.6e9 MACs at M = 512) mma.sync wins up to M = 512 and loses at M = 2048.
+# (8.6e9 MACs at M = 512) mma.sync wins up to M = 512 and loses at M = 2048. FP8 from 512 too since the
+# nineteenth session (H100, layer A/B in one process, s19b): at M = 256 the mma.sync kernel took x0.75 / x0.86 of
+# the FP8 path's layer time on 8192 x 8192 / 28672 x 8192 (x1.03 on 13824 x 5120); at 512 they tie (11008 x 4096).
 # QUIKTOOL_LIB_GEMM_MIN_M (environment) replaces both token minimums (0: never use the library paths),
 # QUIKTOOL_LIB_GEMM_MIN_MACS the work minimum; the tests and the crossover script use them.
-_PATH_MIN_M = {"fp8": 256, "int8": 512}
+_PATH_MIN_M = {"fp8": 512, "int8": 512}
 LIB_MIN_M: int | None = _env_int("QUIKTOOL_LIB_GEMM_MIN_M")
 LIB_MIN_MACS: int = _env_int("QUIKTOOL_LIB_GEMM_MIN_MACS", 1 << 34)
 _FP8_MAX_KP = 32768  # |acc| <= 64 * Kp stays far below 2^24, and the per-device proof covers this K

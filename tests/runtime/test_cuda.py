@@ -944,7 +944,7 @@ def test_library_paths_not_taken_where_they_do_not_apply(monkeypatch: pytest.Mon
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)                       # this test is about the cuBLASLt paths
     monkeypatch.setattr(cuda, "LIB_MIN_M", None)                      # the per-path defaults
     monkeypatch.setattr(cuda, "LIB_MIN_MACS", 1 << 34)
-    assert cuda.gemm_path(255, 28672, 8192, 4, 8, dev) == "mma"      # too few tokens for FP8
+    assert cuda.gemm_path(511, 28672, 8192, 4, 8, dev) == "mma"      # too few tokens for FP8
     assert cuda.gemm_path(511, 28672, 8192, 4, 128, dev) == "mma"    # too few tokens for INT8
     assert cuda.gemm_path(512, 4096, 4096, 4, 8, dev) == "mma"       # too little work (8.6e9 MACs)
     assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) == "int8"   # W8A8

@@ -416,14 +416,16 @@ def test_gemv_rows_rule(monkeypatch) -> None:
 
 
 def test_split_k_rule(monkeypatch) -> None:
-    """Split-K of the mid tiles (132 SMs): floor(2 x 132 / grid) slices, at most 8 and one per 8 K tiles; only the
-    mid tiles; GEMM_SPLIT_K overrides (1: never), capped at one slice per K tile."""
+    """Split-K of the mid tiles (132 SMs): floor(2 x 132 / grid) slices, at most 8 and one per 8 K tiles, two only
+    from K = 8192; only the mid tiles; GEMM_SPLIT_K overrides (1: never), capped at one slice per K tile."""
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
     monkeypatch.setattr(cuda, "GEMM_SPLIT_K", None)
     mid = "quik_gemm_f16_w4_mid"
     assert cuda._split_k(mid, 64, 4096, 0) == 4       # 256 blocks
     assert cuda._split_k(mid, 80, 5120, 0) == 3       # 240
     assert cuda._split_k(mid, 128, 8192, 0) == 2      # 256
+    assert cuda._split_k(mid, 128, 4096, 0) == 1      # two slices only from K = 8192
+    assert cuda._split_k(mid, 64, 1024, 0) == 1       # 16 K tiles allow two slices, and two need K >= 8192
     assert cuda._split_k(mid, 133, 8192, 0) == 1      # more blocks than SMs already
     assert cuda._split_k(mid, 2, 4096, 0) == 8        # at most 8
     assert cuda._split_k(mid, 64, 1536, 0) == 3       # 24 K tiles: slices of 8
