@@ -814,11 +814,12 @@ def quantize_split(x: Tensor, outlier_idx: Tensor, bits: int, *, out: ActCodes |
     return _quant_split(x, outl, bits, padded_k(kq), out)
 
 
-def _quant_split(x: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | None) -> ActCodes:
-    """quantize_split after its checks (x, outl and bits as it validated them)."""
+def _quant_split(x: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | None,
+                 rows_min: int | None = None) -> ActCodes:
+    """quantize_split after its checks (x, outl and bits as it validated them); rows_min: _rows_plan's."""
     M, K = x.shape
     n_out, dev, x_ptr = outl.numel(), x.get_device(), x.data_ptr()
-    rows = _rows_plan(M, K, kp, n_out, x_ptr)
+    rows = _rows_plan(M, K, kp, n_out, x_ptr, rows_min)
     if rows is not None:  # many rows: persistent blocks, rows in registers
         nc, threads, smem = rows
         kernel = f"quik_act_quant_rows_{'f16' if x.dtype == torch.float16 else 'bf16'}_c{nc}"
@@ -851,20 +852,25 @@ def _quant_split(x: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | No
 # threads per row (at most 512). H100, in one process (docs/PERF_LOG.md, ninth session): the quantizer alone
 # x0.68-0.90 of the gather kernel's time at M = 2048 / 8192; the layer x0.97-1.00 there, but with 256 outliers
 # x0.96-1.03 at M = 512 / 1024 (four shapes 1.2-2.6% slower: the wgmma GEMM after it runs 2-3 us longer, not
-# understood), hence the bound.
+# understood), hence the bound. Where the layer's GEMM is not the wgmma kernel (mma.sync, split-K, the library
+# paths), the rows kernel runs from ACT_ROWS_MIN_M_NOWG = 17 tokens (PreparedLinear.run): H100, layer A/B in one
+# process (nineteenth session, s19c), M = 128 / 512: x0.90-0.98 without outliers, x0.95-1.01 with 256, while the
+# wgmma layers took x0.94-1.03.
 # QUIKTOOL_ACT_ROWS=0 turns it off (A/B runs; the kernels give the same bits).
 ACT_ROWS = os.environ.get("QUIKTOOL_ACT_ROWS", "1") != "0"
 ACT_ROWS_MIN_M: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M", 2048)
+ACT_ROWS_MIN_M_NOWG: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M_NOWG", 17)
 ACT_ROWS_THREADS: int = _env_int("QUIKTOOL_ACT_ROWS_THREADS", 256)
 _ROWS_NC = (1, 2, 4, 8)  # the entry points
 _ROWS_MAX_T = 512  # kernels/quik_act_quant.cu, ROWS_MAX_T (the entry points' launch bounds)
 
 
-def _rows_plan(M: int, K: int, kp: int, n_out: int, x_ptr: int = 0) -> tuple[int, int, int] | None:
+def _rows_plan(M: int, K: int, kp: int, n_out: int, x_ptr: int = 0,
+               min_m: int | None = None) -> tuple[int, int, int] | None:
     """The rows-mode quantizer for M rows of K columns -> (NC, threads, dynamic shared memory), or None
-    where it does not apply: off, fewer than ACT_ROWS_MIN_M rows, K % 8 != 0, x not 16-byte aligned, rows
-    wider than 8 chunks of 8 columns x 512 threads (32768), shared memory over the limit."""
-    if not ACT_ROWS or M < ACT_ROWS_MIN_M or K % 8 or x_ptr % 16:
+    where it does not apply: off, fewer than min_m rows (None: ACT_ROWS_MIN_M), K % 8 != 0, x not 16-byte
+    aligned, rows wider than 8 chunks of 8 columns x 512 threads (32768), shared memory over the limit."""
+    if not ACT_ROWS or M < (ACT_ROWS_MIN_M if min_m is None else min_m) or K % 8 or x_ptr % 16:
         return None
     chunks = K // 8
     nc = next((n for n in _ROWS_NC if -(-chunks // n) <= ACT_ROWS_THREADS), _ROWS_NC[-1])
@@ -903,12 +909,13 @@ def _split_check(keep: Tensor, outl: Tensor, K: int) -> None:
                           "columns of x, with at least one kept")
 
 
-def _quant_layer(x: Tensor, keep: Tensor, outl: Tensor, bits: int) -> ActCodes:
-    """quantize_layer after its checks (keep is outl's ascending complement, both int32 on x's device)."""
+def _quant_layer(x: Tensor, keep: Tensor, outl: Tensor, bits: int, rows_min: int | None = None) -> ActCodes:
+    """quantize_layer after its checks (keep is outl's ascending complement, both int32 on x's device);
+    rows_min: the rows kernel's token minimum (None: ACT_ROWS_MIN_M)."""
     M, K = x.shape
     kp = padded_k(keep.numel())
-    if M <= SPLIT_MAX_M or _rows_plan(M, K, kp, outl.numel(), x.data_ptr()):
-        return _quant_split(x, outl, bits, kp, None)
+    if M <= SPLIT_MAX_M or _rows_plan(M, K, kp, outl.numel(), x.data_ptr(), rows_min):
+        return _quant_split(x, outl, bits, kp, None, rows_min)
     return _quant_gather(x, keep, outl, bits, kp, None)
 
 
@@ -990,10 +997,12 @@ class PreparedLinear:
             y_base = _ref.outlier_base(x.index_select(1, self.outl), self.outlier_weight, self.bias, M)
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
         else:
-            if WIDEN_SIDE and _widen_planned(M, self.N, self.kp, self.w_bits, float(self.a_shift), self.dev):
+            path = gemm_path(M, self.N, self.kp, self.w_bits, self.a_shift, self.dev)
+            if WIDEN_SIDE and _widen_planned(M, self.w_bits, path):
                 main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
                 side.wait_stream(main)           # fork: what main queued before (and may free) comes first
-            a = _quant_layer(x, self.keep, self.outl, self.act_bits)
+            # the rows quantizer slows the wgmma kernel after it (see ACT_ROWS_MIN_M), not the other GEMMs
+            a = _quant_layer(x, self.keep, self.outl, self.act_bits, None if path == "wgmma" else ACT_ROWS_MIN_M_NOWG)
             if side is not None:
                 with torch.cuda.stream(side):
                     wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
@@ -1005,7 +1014,7 @@ class PreparedLinear:
         epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
                self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
         y, path = _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None, seg,
-                            wide)
+                            wide, path)
         return y, bool(seg) and path == "wgmma"
 
 
@@ -1222,31 +1231,32 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 
 
 def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int, epi: tuple, out_dtype: torch.dtype,
-              out: Tensor | None, seg: int = 0, wide: Tensor | None = None) -> tuple[Tensor, str]:
+              out: Tensor | None, seg: int = 0, wide: Tensor | None = None,
+              path: str | None = None) -> tuple[Tensor, str]:
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
     wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
     an empty product). seg > 0 (a multiple of 256 dividing N): where the wgmma kernel runs, out holds N / seg
     blocks of [M, seg] instead of [M, N] (quik_wgmma.cu, seg). wide: w already widened to int8 [N, Kp] by the
-    caller (where _widen_planned said so), for _wgmma_weights."""
+    caller (where _widen_planned said so), for _wgmma_weights. path: gemm_path's answer when the caller has it."""
     M = a_codes.shape[0]
-    path = ""
     if out is None:
         out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
-    if M and N:
-        a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
-        path = gemm_path(M, N, kp, w_bits, epi[2], dev)
-        if path == "wgmma":
-            name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0, kp=kp)
-            w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)
-            _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
-        elif path != "mma":
-            acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
-            kind = "f32" if path == "fp8" else "i32"
-            _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
-                    _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
-        else:
-            ep = _OUT_EP[out_dtype]
-            _mma_run(dev, _plan(M, N, w_bits, ep, dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, ep, epi)
+    if not (M and N):
+        return out, ""
+    a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
+    path = path or gemm_path(M, N, kp, w_bits, epi[2], dev)
+    if path == "wgmma":
+        name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0, kp=kp)
+        w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)
+        _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
+    elif path != "mma":
+        acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
+        kind = "f32" if path == "fp8" else "i32"
+        _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
+                _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
+    else:
+        ep = _OUT_EP[out_dtype]
+        _mma_run(dev, _plan(M, N, w_bits, ep, dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, ep, epi)
     return out, path
 
 
@@ -1385,11 +1395,10 @@ def _wgmma_weights(name: str, w: Tensor, w_bits: int, N: int, kp: int, dev: int,
     return w.data_ptr(), w
 
 
-def _widen_planned(M: int, N: int, kp: int, w_bits: int, a_shift: float, dev: int) -> bool:
-    """Whether _gemm_run will run 4-bit weights widened to int8: the wgmma path from WGMMA_W4_WIDE_MIN_M tokens,
-    where _wgmma_plan always plans an 8-bit entry point."""
-    return (w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M
-            and gemm_path(M, N, kp, w_bits, a_shift, dev) == "wgmma")
+def _widen_planned(M: int, w_bits: int, path: str) -> bool:
+    """Whether _gemm_run will run 4-bit weights widened to int8, given the layer's gemm_path: the wgmma path from
+    WGMMA_W4_WIDE_MIN_M tokens, where _wgmma_plan always plans an 8-bit entry point."""
+    return w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M and path == "wgmma"
 
 
 def _wgmma_block(name: str) -> tuple[int, int]:

@@ -449,7 +449,8 @@ def test_widening_on_the_side_stream_keeps_the_bits_and_waits(monkeypatch: pytes
     monkeypatch.setattr(cuda._ref, "outlier_base", _late(cuda._ref.outlier_base))
     for M in (128, 600):  # M >= 128: the wgmma path; kernel "wide" widens from 1 token
         assert kernel is None or _planned_family(M, N, cuda.padded_k(K - n_out), 4) == "wide"
-        assert cuda._widen_planned(M, N, cuda.padded_k(K - n_out), 4, 8.0, dev) == (kernel == "wide")
+        path = cuda.gemm_path(M, N, cuda.padded_k(K - n_out), 4, 8, dev)
+        assert cuda._widen_planned(M, 4, path) == (kernel == "wide")
         x = torch.empty(M, K, dtype=dtype, device=DEV)
         x_new = _activations(g, M, K, dtype, outl)
         torch.cuda.synchronize()
@@ -483,6 +484,27 @@ def test_widening_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytes
         torch.cuda.synchronize()
         ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
         assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
+
+
+@pytest.mark.parametrize("wgmma", [False, True], ids=["mma", "wgmma"])
+def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch: pytest.MonkeyPatch,
+                                                                     wgmma: bool) -> None:
+    """PreparedLinear takes the rows quantizer from ACT_ROWS_MIN_M_NOWG tokens where its GEMM is not the wgmma
+    kernel, and from ACT_ROWS_MIN_M where it is; the reference's bits either way."""
+    if wgmma:
+        _wgmma_or_skip(monkeypatch)
+    K, N, dtype, M = 1104, 512, torch.float16, 130
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("rows-min", wgmma), K, N, 100, dtype)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    assert (cuda.gemm_path(M, N, cuda.padded_k(K - 100), 4, 8, torch.cuda.current_device()) == "wgmma") == wgmma
+    rows_plans = []
+    real = cuda._rows_plan
+    monkeypatch.setattr(cuda, "_rows_plan", lambda *args: rows_plans.append(real(*args)) or rows_plans[-1])
+    x = _activations(_gen("rows-min-x"), M, K, dtype, outl)
+    got = layer(x)
+    assert rows_plans and all((p is None) == wgmma for p in rows_plans), rows_plans
+    ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+    assert _bits_equal(got, ref), f"{int((got != ref).sum())} outputs differ from the reference"
 
 
 def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:

@@ -381,6 +381,9 @@ def test_rows_quantizer_plan(monkeypatch) -> None:
         assert cuda._rows_plan(*args) is None, args
     monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", 512)
     assert cuda._rows_plan(2048, 8192, kp(8192), 0)[:2] == (2, 512)
+    monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 2048)
+    assert cuda._rows_plan(2047, 4096, 4096, 0) is None
+    assert cuda._rows_plan(128, 4096, 4096, 0, 0, 17) is not None and cuda._rows_plan(16, 4096, 4096, 0, 0, 17) is None
     monkeypatch.setattr(cuda, "ACT_ROWS", False)
     assert cuda._rows_plan(2048, 4096, 4096, 0) is None
 
