@@ -593,9 +593,14 @@ template <int S> QDEV void publish_last(unsigned s_full, int KT) {
 template <int R> QDEV void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
-template <int EP, int WB, bool BLK>
+// SPLIT (quik_wgmma_ws_sk_w*, EP = i32 only): split-K, as quik_gemm.cu's gemm_tiled: the grid is `splits` copies of
+// the tile raster, copy s multiplies the K tiles [KT * s / splits, KT * (s + 1) / splits) and stores its int32 sums
+// to out + s * M * N (quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue). Only the K tiles'
+// addresses move: the stage ring and its barrier phases count the slice's own tiles from 0.
+template <int EP, int WB, bool BLK, bool SPLIT = false>
 QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
-                        void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg) {
+                        void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg, int splits = 1) {
+    static_assert(!SPLIT || (EP == 0 && !BLK), "split-K blocks store int32 partial sums [M, N]");
     constexpr int S = WS_STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
@@ -605,9 +610,16 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     float* s_su = s_ws + WG_BN;
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
-    int m0, n0;
-    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, blockIdx.x, m0, n0);
-    const int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
+    int m0, n0, pid = blockIdx.x, kt0 = 0;                    // kt0: the slice's first K tile (SPLIT)
+    int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
+    if constexpr (SPLIT) {
+        const int tiles = ((M + WG_BM - 1) / WG_BM) * ((N + WG_BN - 1) / WG_BN), sp = pid / tiles;
+        pid -= sp * tiles;
+        kt0 = (int)((long long)KT * sp / splits);
+        KT = (int)((long long)KT * (sp + 1) / splits) - kt0;  // the slice's K tiles, counted from 0 below
+        out = static_cast<int*>(out) + (size_t)sp * M * N;
+    }
+    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, pid, m0, n0);
 
     init_stage_barriers(s_full, s_empty, S, WB == 8 ? 128 : 384);  // full: every thread that writes the slot
 
@@ -626,7 +638,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         for (int kt = 0; kt < KT; ++kt) {
             if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
             const unsigned sa = base + (kt % S) * WS_SLOT + dst, sb = sa + WG_A_TILE;
-            const int koff = kt * WG_BK;
+            const int koff = (kt0 + kt) * WG_BK;
             const bool kin = koff + c * 16 < Kp;  // false only for chunks 4..7 of a half last tile
             if (all_rows && kin) {
                 copy_rows<RA>(sa, pa, koff);
@@ -667,13 +679,14 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         for (int i = 0; i < 4; ++i) {
             const int n = n0 + (ct >> 2) + 64 * i, g0 = n & ~7;
             const bool ok = n < N;  // a row past N is never loaded: its pointer stays on W
-            wb[i] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16 : W;
             ws[i] = ok ? min(8, N - g0) << 6 : 0;
+            wb[i] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16 + (size_t)kt0 * ws[i] : W;  // step kt0
             vn |= (ok ? 1u : 0u) << i;
         }
     }
     auto load_b = [&](int t) {  // called for t = 0, 1, 2, ... in order: wb[i] walks the whole steps
-        if (t < KT && (t << 6) + 64 <= kp2) {
+        const int ta = kt0 + t;  // the K tile (= 64-byte step) in the whole row
+        if (t < KT && (ta << 6) + 64 <= kp2) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 wq[i] = ((vn >> i) & 1u) ? ldg_after_fence(wb[i]) : make_uint4(0, 0, 0, 0);
@@ -682,8 +695,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         } else {  // past the last tile, or a 32-byte last step
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const bool in = t < KT && (t << 6) + q * 16 < kp2 && ((vn >> i) & 1u);
-                wq[i] = in ? ldg_after_fence(W + w4_off(n0 + (ct >> 2) + 64 * i, t, q * 16, N, kp2))
+                const bool in = t < KT && (ta << 6) + q * 16 < kp2 && ((vn >> i) & 1u);
+                wq[i] = in ? ldg_after_fence(W + w4_off(n0 + (ct >> 2) + 64 * i, ta, q * 16, N, kp2))
                            : make_uint4(0, 0, 0, 0);
             }
         }
@@ -1112,6 +1125,17 @@ QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4, 1, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
+
+// quik_wgmma_ws_sk_w*: split-K (wgmma_gemm_ws, SPLIT): grid = splits * the tile count, part int32 [splits, M, N]
+// (every element written), 1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* finishes the product.
+#define QUIK_WGMMA_WS_SK(NAME, WB)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
+    NAME(const signed char* A, const unsigned char* W, int* part, int M, int N, int Kp, int splits) {             \
+        const EpiArgs ep = {nullptr, nullptr, nullptr, nullptr, nullptr, 0.f};                                    \
+        wgmma_gemm_ws<0, WB, false, true>(A, W, part, M, N, Kp, ep, 0, splits);                                    \
+    }
+QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w4, 4)
+QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w8, 8)
 
 #define QUIK_WGMMA_RS(NAME, EP, BLK) QUIK_WGMMA_ENTRY(NAME, wgmma_gemm_rs, RS_THREADS, EP, 4, BLK)
 QUIK_WGMMA_RS(quik_wgmma_rs_i32_w4, 0, false)

@@ -615,7 +615,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                         y = L(xs[0])
                         row["finite"] = bool(torch.isfinite(y).all())
                         row["gemm_path"] = _gemm_path(L, M) if fused else None
-                        row["split_k"] = _split_k(L, M) if row["gemm_path"] == "mma" else 1
+                        row["split_k"] = _split_k(L, M, row["gemm_path"])
                         if check and fused:
                             # against the exact reference on up to 256 rows (the same kernel family as M)
                             xc = xs[0][:256]
@@ -756,12 +756,14 @@ def _gemm_path(layer, M: int) -> str:
                           layer.w_rt.get_device())
 
 
-def _split_k(layer, M: int) -> int:
-    """Slices of K of the mma.sync GEMM for this layer at M tokens (1: not split)."""
+def _split_k(layer, M: int, path: str | None) -> int:
+    """Slices of K of the integer GEMM (mma.sync or wgmma) for this layer at M tokens (1: not split)."""
     from quiktool.runtime import cuda
 
-    return cuda.mma_splits(M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()), layer.weight_bits,
-                           layer.w_rt.get_device())
+    args = (M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()))
+    if path == "mma":
+        return cuda.mma_splits(*args, layer.weight_bits, layer.w_rt.get_device())
+    return cuda.wgmma_splits(*args, layer.w_rt.get_device()) if path == "wgmma" else 1
 
 
 def _unsteady(row: dict) -> bool:
@@ -799,8 +801,9 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
                      f"sums; from M = {rule['min_m']['fp8']} / {rule['min_m']['int8']} tokens and "
                      f"{rule['min_macs']:.2g} multiply-adds), otherwise in quiktool's mma.sync kernels")
     if any(r.get("split_k", 1) > 1 for r in result["rows"]):
-        lines.append("scheme+skN: the mma.sync kernel split along K into N slices (its tiles left resident blocks "
-                     "idle), their int32 sums added by a second kernel that applies the epilogue")
+        lines.append("+skN: the integer GEMM (mma.sync, or wgmma where +wgmma) split along K into N slices (its "
+                     "tiles alone would leave SMs idle), their int32 sums added by a second kernel that applies the "
+                     "epilogue")
     if not compact:
         lines.append("stage columns: share of the QUIK layer time; "
                      + ("with the cuda backend the epilogue is fused into the GEMM (gemm+epi); "

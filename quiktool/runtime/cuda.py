@@ -46,7 +46,7 @@ from quiktool.runtime.reference import ActCodes, padded_k
 __all__ = [
     "NAME", "K_ALIGN", "ActCodes", "padded_k", "is_available", "prepare_weight", "quantize_activations",
     "int_gemm", "quik_gemm", "quik_gemm_outliers", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
-    "LIB_MIN_MACS", "gemm_path", "mma_splits", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
+    "LIB_MIN_MACS", "gemm_path", "mma_splits", "wgmma_splits", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
     "PreparedLinear",
     "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "compile_wgmma",
 ]
@@ -278,7 +278,8 @@ WGMMA_FILE = "quik_wgmma.cu"
 WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws in ("", "ws_") for b in (4, 8)
                                         for blk in ("", "_blk") for ep in (_EPS[1:] if blk else _EPS))
                                   + tuple(f"quik_wgmma_rs_{ep}_w4{blk}" for blk in ("", "_blk")
-                                          for ep in (_EPS[1:] if blk else _EPS)))
+                                          for ep in (_EPS[1:] if blk else _EPS))
+                                  + ("quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8"))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -1199,10 +1200,8 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
     else:
         o_ptr = _check("out", out, (torch.int32,), (M, N), dev, align=16)
     if M and N:
-        if _wgmma_ok(M, N, w_bits, dev):
-            name, grid, block, smem = _wgmma_plan(M, N, "i32", w_bits, kp=kp)
-            w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev)
-            _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, 0, 0, 0.0, 0, 0, 0, 0), smem)
+        if _wgmma_ok(M, N, kp, w_bits, dev):
+            _wgmma_run(dev, w, w_bits, (a_ptr, o_ptr), M, N, kp, "i32", (0, 0, 0.0, 0, 0, 0))
         else:
             _mma_run(dev, _plan(M, N, w_bits, "i32", dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, "i32",
                        (0, 0, 0.0, 0, 0, 0))
@@ -1246,9 +1245,8 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
     a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
     path = path or gemm_path(M, N, kp, w_bits, epi[2], dev)
     if path == "wgmma":
-        name, grid, block, smem = _wgmma_plan(M, N, _OUT_EP[out_dtype], w_bits, blk=seg > 0, kp=kp)
-        w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)
-        _launch(dev, name, grid, block, _SIG_WG, (a_ptr, w_ptr, o_ptr, M, N, kp, *epi, seg), smem)
+        if _wgmma_run(dev, w, w_bits, (a_ptr, o_ptr), M, N, kp, _OUT_EP[out_dtype], epi, seg, wide):
+            path = "wgmma-sk"  # split along K: out is [M, N], not the blocked layout
     elif path != "mma":
         acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
         kind = "f32" if path == "fp8" else "i32"
@@ -1383,6 +1381,25 @@ def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp:
     return (name, grid, *_wgmma_block(name))
 
 
+def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, N: int, kp: int, ep: str,
+               epi: tuple, seg: int = 0, wide: Tensor | None = None) -> bool:
+    """Launch the wgmma plan for M x N x kp (A and out pointers in ptrs; seg as _gemm_run's), split along K where
+    wgmma_splits says so (then out is [M, N] whatever seg asked). -> whether it was split."""
+    splits = wgmma_splits(M, N, kp, dev)
+    name, grid, block, smem = _wgmma_plan(M, N, ep, w_bits, blk=seg > 0 and splits == 1, kp=kp)
+    w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)  # _w: keeps widened weights alive until launched
+    if splits == 1:
+        _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
+        return False
+    sk = f"quik_wgmma_ws_sk_w{8 if '_w8' in name else 4}"  # the same weights as the plan's entry point
+    part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
+    _launch(dev, sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk), _SIG_SK,
+            (ptrs[0], w_ptr, part.data_ptr(), M, N, kp, splits))
+    _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
+            (part.data_ptr(), ptrs[1], M, N, splits, *epi))
+    return True
+
+
 def _wgmma_weights(name: str, w: Tensor, w_bits: int, N: int, kp: int, dev: int,
                    wide: Tensor | None = None) -> tuple[int, Tensor]:
     """The weight pointer for the wgmma entry point ``name`` (from _wgmma_plan) -> (pointer, the tensor behind
@@ -1411,15 +1428,39 @@ def _wgmma_block(name: str) -> tuple[int, int]:
     return _WG_THREADS, _WG_SMEM_W8 if "_w8" in name else _WG_SMEM
 
 
-def _wgmma_ok(M: int, N: int, w_bits: int, dev: int) -> bool:
-    """4-bit weights (8-bit ones where WGMMA_W8), at least WGMMA_MIN_M tokens (0: never) and WGMMA_MIN_TILES
-    output tiles, and the sm_90a kernel loaded on ``dev`` (its first load is a build or a disk read plus a
-    module load: never inside a CUDA graph capture)."""
-    if (w_bits != 4 and not (w_bits == 8 and WGMMA_W8)) or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
-        return False
+# Split-K on the wgmma kernel (quik_wgmma_ws_sk_w*, then quik_gemm.cu's quik_splitk_*): a GEMM with fewer 128 x 256
+# tiles than the rule above asks for, but at least WGMMA_SPLIT_MIN_TILES (QUIKTOOL_WGMMA_SPLIT_MIN_TILES; 0: never),
+# runs on the wgmma kernel in floor(SMs / tiles) slices of K (one wave of blocks, at most _WGMMA_SPLIT_MAX, slices
+# of >= 8 K tiles of 128 bytes), the slices' int32 sums added by a second kernel that applies the epilogue (exact).
+# The warp-specialized kernel's family only, and the plain [M, N] layout (fused groups get no blocked layout then).
+WGMMA_SPLIT_MIN_TILES: int = _env_int("QUIKTOOL_WGMMA_SPLIT_MIN_TILES", 32)
+_WGMMA_SPLIT_MAX = 4
+
+
+def _wgmma_tiles(M: int, N: int, dev: int) -> tuple[int, int]:
+    """(128 x 256 output tiles of M x N, the fewest the wgmma rule takes unsplit on ``dev``)."""
     min_tiles = (math.ceil(WGMMA_MIN_TILE_SHARE * _device_info(dev)[1]) if WGMMA_MIN_TILES is None
                  else WGMMA_MIN_TILES)
-    if -(-M // _WG_BM) * -(-N // _WG_BN) < min_tiles:  # 128 x 256 output tiles (the rule's unit)
+    return -(-M // _WG_BM) * -(-N // _WG_BN), min_tiles
+
+
+def wgmma_splits(M: int, N: int, kp: int, dev: int) -> int:
+    """Slices of K the wgmma kernel runs in for M x N x kp where gemm_path says 'wgmma' (1: not split)."""
+    tiles, min_tiles = _wgmma_tiles(M, N, dev)
+    if tiles >= min_tiles or WGMMA_SPLIT_MIN_TILES <= 0 or tiles < WGMMA_SPLIT_MIN_TILES:
+        return 1
+    splits = min(_device_info(dev)[1] // tiles, _WGMMA_SPLIT_MAX, -(-kp // 128) // 8)
+    return splits if splits >= 2 else 1
+
+
+def _wgmma_ok(M: int, N: int, kp: int, w_bits: int, dev: int) -> bool:
+    """4-bit weights (8-bit ones where WGMMA_W8), at least WGMMA_MIN_M tokens (0: never) and WGMMA_MIN_TILES
+    output tiles (or fewer, split along K: wgmma_splits), and the sm_90a kernel loaded on ``dev`` (its first load
+    is a build or a disk read plus a module load: never inside a CUDA graph capture)."""
+    if (w_bits != 4 and not (w_bits == 8 and WGMMA_W8)) or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
+        return False
+    tiles, min_tiles = _wgmma_tiles(M, N, dev)
+    if tiles < min_tiles and wgmma_splits(M, N, kp, dev) == 1:
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False
@@ -1433,7 +1474,7 @@ def gemm_path(M: int, N: int, kp: int, w_bits: int, a_shift: Any, dev: int) -> s
     rule = WGMMA_FP8_FIRST
     fp8_first = (rule is not None and a_shift == 8 and M >= rule[0]
                  and ((N >= rule[1] and kp >= (rule[3] if len(rule) > 3 else 0)) or kp >= rule[2]))
-    if _wgmma_ok(M, N, w_bits, dev) and not (fp8_first and _fp8_applies(M, N, kp, w_bits, dev)):
+    if _wgmma_ok(M, N, kp, w_bits, dev) and not (fp8_first and _fp8_applies(M, N, kp, w_bits, dev)):
         return "wgmma"
     if LIB_MIN_M == 0 or M * N * kp < LIB_MIN_MACS:
         return "mma"

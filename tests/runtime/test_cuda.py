@@ -1185,7 +1185,13 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(2048, 5120, 13824, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(1024, 28672, 8192, 4, 8, dev) == "wgmma"
     assert cuda.gemm_path(128, 256 * need, 4096, 4, 128, dev) == "wgmma"  # enough tiles
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 0)                # no split-K
     assert cuda.gemm_path(128, 256 * (need - 1), 4096, 4, 128, dev) != "wgmma"  # too many SMs would idle
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)               # split-K from 32 tiles ...
+    assert cuda.gemm_path(128, 256 * (need - 1), 4096, 4, 128, dev) != "wgmma"  # ... in one wave: 2 x 79 > 132
+    assert cuda.gemm_path(128, 256 * (sms // 2), 4096, 4, 128, dev) == "wgmma"
+    assert cuda.wgmma_splits(128, 256 * (sms // 2), 4096, dev) == 2
+    assert cuda.gemm_path(128, 256 * 31, 4096, 4, 128, dev) != "wgmma"   # too few tiles even split
     assert cuda.gemm_path(512, 256 * -(-need // 4), 4096, 4, 128, dev) == "wgmma"  # tiles count along M too
     assert cuda.gemm_path(127, 256 * sms, 4096, 4, 128, dev) != "wgmma"  # too few tokens
     assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) == "wgmma"      # 8-bit weights too (quik_wgmma_*_w8)
@@ -1193,6 +1199,34 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) != "wgmma"      # ... unless switched off
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
+
+
+@pytest.mark.parametrize("w_bits", [4, 8])
+def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int) -> None:
+    """Split-K on the wgmma kernel (quik_wgmma_ws_sk_w*), forced on small grids: int32 sums and the fused epilogue
+    with y_base bit-exact; slices of unequal length, a half last K tile in the last slice (kq 4160), 4-bit weights
+    widened to the 8-bit kernel (M = 1030); a fused group's blocked layout falls back to [M, N]."""
+    dev = _wgmma_or_skip(monkeypatch)
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)               # every shape below the unsplit rule
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
+    for M, kq, N in ((17, 2048, 1000), (130, 4160, 300), (300, 8192, 520), (1030, 2100, 256)):
+        kp = reference.padded_k(kq)
+        assert cuda.wgmma_splits(M, N, kp, dev) > 1 and cuda.gemm_path(M, N, kp, w_bits, 128, dev) == "wgmma"
+        g = _gen("wgmma-sk", w_bits, M, kq, N)
+        a = _act_codes(g, M, kq, 8)
+        w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
+        _check_int(a, w, w_bits)
+        a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+        y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(torch.bfloat16)
+        _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, torch.bfloat16)
+    if w_bits == 4:
+        K, N, M = 2200, 512, 200
+        keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("wgmma-sk-seg"), K, N, 100, torch.float16)
+        layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, torch.float16)
+        x = _activations(_gen("wgmma-sk-seg-x"), M, K, torch.float16, outl)
+        y, blocked = layer.run(x, 256)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+        assert not blocked and _bits_equal(y, ref)
 
 
 @pytest.mark.parametrize("kernel", [None, "wide"], ids=["default", "w4-wide"])

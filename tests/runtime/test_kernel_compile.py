@@ -445,6 +445,25 @@ def test_split_k_rule(monkeypatch) -> None:
     assert cuda._split_k(mid, 1000, 4096, 0) == 5 and cuda._split_k(mid, 64, 192, 0) == 3
 
 
+def test_wgmma_split_rule(monkeypatch) -> None:
+    """Split-K on the wgmma kernel (132 SMs, the rule's 80 tiles): from WGMMA_SPLIT_MIN_TILES to 79 tiles,
+    floor(132 / tiles) slices, at most 4 and one per 8 K tiles of 128 bytes; else none."""
+    monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)
+    assert cuda._wgmma_tiles(512, 4096, 0) == (64, 80)
+    assert cuda.wgmma_splits(512, 4096, 4096, 0) == 2       # 64 tiles: 128 blocks
+    assert cuda.wgmma_splits(256, 5120, 5120, 0) == 3       # 40 tiles: 120
+    assert cuda.wgmma_splits(128, 8192, 8192, 0) == 4       # 32 tiles, at most 4
+    assert cuda.wgmma_splits(128, 7936, 8192, 0) == 1       # 31 tiles: below WGMMA_SPLIT_MIN_TILES
+    assert cuda.wgmma_splits(512, 5120, 5120, 0) == 1       # 80 tiles: the unsplit rule
+    assert cuda.wgmma_splits(512, 4096, 1024, 0) == 1       # 8 K tiles: one slice
+    assert cuda.wgmma_splits(512, 4096, 2048, 0) == 2
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 0)
+    assert cuda.wgmma_splits(512, 4096, 4096, 0) == 1
+    assert {"quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8"} <= set(cuda.WGMMA_KERNELS)
+
+
 def test_gemv_lines_rule(monkeypatch) -> None:
     """The whole-line 16-token kernels (_ln): taken unless the grid fits one wave of the fragment kernel and
     not of the whole-line one; never for M <= 8; QUIKTOOL_GEMV_LINES 0 / 2 force it, other values are refused."""
