@@ -1393,8 +1393,9 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
         return False
     sk = f"quik_wgmma_ws_sk_w{8 if '_w8' in name else 4}"  # the same weights as the plan's entry point
     part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
-    _launch(dev, sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk), _SIG_SK,
-            (ptrs[0], w_ptr, part.data_ptr(), M, N, kp, splits))
+    block, smem = _wgmma_block(sk)
+    _launch(dev, sk, _wgmma_tiles(M, N, dev)[0] * splits, block, _SIG_SK, (ptrs[0], w_ptr, part.data_ptr(), M, N, kp,
+                                                                          splits), smem)
     _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
             (part.data_ptr(), ptrs[1], M, N, splits, *epi))
     return True
