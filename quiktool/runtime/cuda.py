@@ -1436,6 +1436,7 @@ def _wgmma_block(name: str) -> tuple[int, int]:
 # The warp-specialized kernel's family only, and the plain [M, N] layout (fused groups get no blocked layout then).
 WGMMA_SPLIT_MIN_TILES: int = _env_int("QUIKTOOL_WGMMA_SPLIT_MIN_TILES", 32)
 _WGMMA_SPLIT_MAX = 4
+_WGMMA_SPLIT_MIN_KT = 8  # K tiles of 128 bytes per slice at least
 
 
 def _wgmma_tiles(M: int, N: int, dev: int) -> tuple[int, int]:
@@ -1450,7 +1451,7 @@ def wgmma_splits(M: int, N: int, kp: int, dev: int) -> int:
     tiles, min_tiles = _wgmma_tiles(M, N, dev)
     if tiles >= min_tiles or WGMMA_SPLIT_MIN_TILES <= 0 or tiles < WGMMA_SPLIT_MIN_TILES:
         return 1
-    splits = min(_device_info(dev)[1] // tiles, _WGMMA_SPLIT_MAX, -(-kp // 128) // 8)
+    splits = min(_device_info(dev)[1] // tiles, _WGMMA_SPLIT_MAX, -(-kp // 128) // _WGMMA_SPLIT_MIN_KT)
     return splits if splits >= 2 else 1
 
 
