@@ -763,7 +763,7 @@ def _split_k(layer, M: int, path: str | None) -> int:
     args = (M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()))
     if path == "mma":
         return cuda.mma_splits(*args, layer.weight_bits, layer.w_rt.get_device())
-    return cuda.wgmma_splits(*args, layer.w_rt.get_device()) if path == "wgmma" else 1
+    return cuda.wgmma_splits(*args, layer.weight_bits, layer.w_rt.get_device()) if path == "wgmma" else 1
 
 
 def _unsteady(row: dict) -> bool:

@@ -1385,7 +1385,7 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
                epi: tuple, seg: int = 0, wide: Tensor | None = None) -> bool:
     """Launch the wgmma plan for M x N x kp (A and out pointers in ptrs; seg as _gemm_run's), split along K where
     wgmma_splits says so (then out is [M, N] whatever seg asked). -> whether it was split."""
-    splits = wgmma_splits(M, N, kp, dev)
+    splits = wgmma_splits(M, N, kp, w_bits, dev)
     name, grid, block, smem = _wgmma_plan(M, N, ep, w_bits, blk=seg > 0 and splits == 1, kp=kp)
     w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)  # _w: keeps widened weights alive until launched
     if splits == 1:
@@ -1434,7 +1434,13 @@ def _wgmma_block(name: str) -> tuple[int, int]:
 # runs on the wgmma kernel in floor(SMs / tiles) slices of K (one wave of blocks, at most _WGMMA_SPLIT_MAX, slices
 # of >= 8 K tiles of 128 bytes), the slices' int32 sums added by a second kernel that applies the epilogue (exact).
 # The warp-specialized kernel's family only, and the plain [M, N] layout (fused groups get no blocked layout then).
+# 8-bit weights from WGMMA_SPLIT_W8_MIN_M tokens. H100, layer A/B in one process (docs/PERF_LOG.md, nineteenth
+# session, s19f / s19g), against the paths taken before (mma.sync with or without split-K, cuBLASLt FP8 / INT8):
+# 4-bit weights x0.59-0.94 at M = 128 / 256 / 512 on 12 of the 13 points where it applies (28672 x 8192 at M = 128:
+# 1.30x -> 2.06x FP16), x1.03-1.06 on 4096 x 4096 at M = 256; 8-bit weights x0.61-0.97 at M = 256 / 512 but
+# x1.01-1.05 at M = 128 (three points). Slices of >= 16 K tiles instead of 8 were slower or equal (s19g).
 WGMMA_SPLIT_MIN_TILES: int = _env_int("QUIKTOOL_WGMMA_SPLIT_MIN_TILES", 32)
+WGMMA_SPLIT_W8_MIN_M = 256
 _WGMMA_SPLIT_MAX = 4
 _WGMMA_SPLIT_MIN_KT = 8  # K tiles of 128 bytes per slice at least
 
@@ -1446,10 +1452,11 @@ def _wgmma_tiles(M: int, N: int, dev: int) -> tuple[int, int]:
     return -(-M // _WG_BM) * -(-N // _WG_BN), min_tiles
 
 
-def wgmma_splits(M: int, N: int, kp: int, dev: int) -> int:
+def wgmma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
     """Slices of K the wgmma kernel runs in for M x N x kp where gemm_path says 'wgmma' (1: not split)."""
     tiles, min_tiles = _wgmma_tiles(M, N, dev)
-    if tiles >= min_tiles or WGMMA_SPLIT_MIN_TILES <= 0 or tiles < WGMMA_SPLIT_MIN_TILES:
+    if (tiles >= min_tiles or WGMMA_SPLIT_MIN_TILES <= 0 or tiles < WGMMA_SPLIT_MIN_TILES
+            or (w_bits == 8 and M < WGMMA_SPLIT_W8_MIN_M)):
         return 1
     splits = min(_device_info(dev)[1] // tiles, _WGMMA_SPLIT_MAX, -(-kp // 128) // _WGMMA_SPLIT_MIN_KT)
     return splits if splits >= 2 else 1
@@ -1462,7 +1469,7 @@ def _wgmma_ok(M: int, N: int, kp: int, w_bits: int, dev: int) -> bool:
     if (w_bits != 4 and not (w_bits == 8 and WGMMA_W8)) or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
         return False
     tiles, min_tiles = _wgmma_tiles(M, N, dev)
-    if tiles < min_tiles and wgmma_splits(M, N, kp, dev) == 1:
+    if tiles < min_tiles and wgmma_splits(M, N, kp, w_bits, dev) == 1:
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False

@@ -1190,7 +1190,7 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)               # split-K from 32 tiles ...
     assert cuda.gemm_path(128, 256 * (need - 1), 4096, 4, 128, dev) != "wgmma"  # ... in one wave: 2 x 79 > 132
     assert cuda.gemm_path(128, 256 * (sms // 2), 4096, 4, 128, dev) == "wgmma"
-    assert cuda.wgmma_splits(128, 256 * (sms // 2), 4096, dev) == 2
+    assert cuda.wgmma_splits(128, 256 * (sms // 2), 4096, 4, dev) == 2
     assert cuda.gemm_path(128, 256 * 31, 4096, 4, 128, dev) != "wgmma"   # too few tiles even split
     assert cuda.gemm_path(512, 256 * -(-need // 4), 4096, 4, 128, dev) == "wgmma"  # tiles count along M too
     assert cuda.gemm_path(127, 256 * sms, 4096, 4, 128, dev) != "wgmma"  # too few tokens
@@ -1209,9 +1209,10 @@ def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int) -> No
     dev = _wgmma_or_skip(monkeypatch)
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)               # every shape below the unsplit rule
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_W8_MIN_M", 1)
     for M, kq, N in ((17, 2048, 1000), (130, 4160, 300), (300, 8192, 520), (1030, 2100, 256)):
         kp = reference.padded_k(kq)
-        assert cuda.wgmma_splits(M, N, kp, dev) > 1 and cuda.gemm_path(M, N, kp, w_bits, 128, dev) == "wgmma"
+        assert cuda.wgmma_splits(M, N, kp, w_bits, dev) > 1 and cuda.gemm_path(M, N, kp, w_bits, 128, dev) == "wgmma"
         g = _gen("wgmma-sk", w_bits, M, kq, N)
         a = _act_codes(g, M, kq, 8)
         w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)

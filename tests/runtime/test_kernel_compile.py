@@ -447,20 +447,23 @@ def test_split_k_rule(monkeypatch) -> None:
 
 def test_wgmma_split_rule(monkeypatch) -> None:
     """Split-K on the wgmma kernel (132 SMs, the rule's 80 tiles): from WGMMA_SPLIT_MIN_TILES to 79 tiles,
-    floor(132 / tiles) slices, at most 4 and one per 8 K tiles of 128 bytes; else none."""
+    floor(132 / tiles) slices, at most 4 and one per 8 K tiles of 128 bytes (8-bit weights from 256 tokens);
+    else none."""
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)
     assert cuda._wgmma_tiles(512, 4096, 0) == (64, 80)
-    assert cuda.wgmma_splits(512, 4096, 4096, 0) == 2       # 64 tiles: 128 blocks
-    assert cuda.wgmma_splits(256, 5120, 5120, 0) == 3       # 40 tiles: 120
-    assert cuda.wgmma_splits(128, 8192, 8192, 0) == 4       # 32 tiles, at most 4
-    assert cuda.wgmma_splits(128, 7936, 8192, 0) == 1       # 31 tiles: below WGMMA_SPLIT_MIN_TILES
-    assert cuda.wgmma_splits(512, 5120, 5120, 0) == 1       # 80 tiles: the unsplit rule
-    assert cuda.wgmma_splits(512, 4096, 1024, 0) == 1       # 8 K tiles: one slice
-    assert cuda.wgmma_splits(512, 4096, 2048, 0) == 2
+    assert cuda.wgmma_splits(512, 4096, 4096, 4, 0) == 2       # 64 tiles: 128 blocks
+    assert cuda.wgmma_splits(256, 5120, 5120, 4, 0) == 3       # 40 tiles: 120
+    assert cuda.wgmma_splits(128, 8192, 8192, 4, 0) == 4       # 32 tiles, at most 4
+    assert cuda.wgmma_splits(128, 7936, 8192, 4, 0) == 1       # 31 tiles: below WGMMA_SPLIT_MIN_TILES
+    assert cuda.wgmma_splits(512, 5120, 5120, 4, 0) == 1       # 80 tiles: the unsplit rule
+    assert cuda.wgmma_splits(512, 4096, 1024, 4, 0) == 1       # 8 K tiles: one slice
+    assert cuda.wgmma_splits(512, 4096, 2048, 4, 0) == 2
+    assert cuda.wgmma_splits(128, 8192, 8192, 8, 0) == 1    # 8-bit weights from 256 tokens
+    assert cuda.wgmma_splits(256, 5120, 5120, 8, 0) == 3
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 0)
-    assert cuda.wgmma_splits(512, 4096, 4096, 0) == 1
+    assert cuda.wgmma_splits(512, 4096, 4096, 4, 0) == 1
     assert {"quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8"} <= set(cuda.WGMMA_KERNELS)
 
 
