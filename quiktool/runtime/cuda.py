@@ -1436,9 +1436,9 @@ def _wgmma_block(name: str) -> tuple[int, int]:
 # The warp-specialized kernel's family only, and the plain [M, N] layout (fused groups get no blocked layout then).
 # 8-bit weights from WGMMA_SPLIT_W8_MIN_M tokens. H100, layer A/B in one process (docs/PERF_LOG.md, nineteenth
 # session, s19f / s19g), against the paths taken before (mma.sync with or without split-K, cuBLASLt FP8 / INT8):
-# 4-bit weights x0.59-0.94 at M = 128 / 256 / 512 on 12 of the 13 points where it applies (28672 x 8192 at M = 128:
-# 1.30x -> 2.06x FP16), x1.03-1.06 on 4096 x 4096 at M = 256; 8-bit weights x0.61-0.97 at M = 256 / 512 but
-# x1.01-1.05 at M = 128 (three points). Slices of >= 16 K tiles instead of 8 were slower or equal (s19g).
+# 4-bit weights x0.59-0.94 on 10 of the 12 points at M = 128 / 256 / 512 whose path changes (28672 x 8192 at
+# M = 128: 1.30x -> 2.06x FP16), x1.03-1.06 on 4096 x 4096 at M = 256, x0.97-1.00 at 512; 8-bit weights x0.61-0.97
+# at M = 256 / 512 but x1.01-1.05 at M = 128 (three points). Slices of >= 16 K tiles instead of 8 were slower or equal (s19g).
 WGMMA_SPLIT_MIN_TILES: int = _env_int("QUIKTOOL_WGMMA_SPLIT_MIN_TILES", 32)
 WGMMA_SPLIT_W8_MIN_M = 256
 _WGMMA_SPLIT_MAX = 4
