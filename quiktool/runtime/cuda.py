@@ -991,7 +991,7 @@ class PreparedLinear:
             return _gemmo_run(a.codes, self.w, self.w_bits, a.scale, a.zero, self.a_shift, self.w_scale, self.wsum,
                               a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev), False
         seg = seg if seg % _WG_BN == 0 else 0  # a tile must lie in one block (quik_wgmma.cu, seg)
-        main = side = wide = None
+        main = side = wide = path = None
         if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
             # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
             # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
@@ -1104,7 +1104,7 @@ def _plan(M: int, N: int, w_bits: int, ep: str, device: int) -> tuple[str, int, 
 
     M <= 16: the weight-streaming kernel (decode). Otherwise the tiled kernel, 128 x 256 tiles when they
     fill the GPU at least once, else 64 x 128 tiles (more blocks for medium M / small N), which _mma_run splits
-    along K where even they leave resident blocks idle (_split_k).
+    along K where even they leave SMs idle (_split_k).
     """
     if M <= 16:
         sms = _device_info(device)[1]
@@ -1154,17 +1154,24 @@ def mma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
 
 
 def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
-               w_bits: int, ep: str, epi: tuple) -> None:
+             w_bits: int, ep: str, epi: tuple) -> None:
     """Launch quiktool's mma.sync plan (from _plan) on A, W, out pointers, split along K where _split_k says so."""
     name, grid, block, smem = plan
     splits = _split_k(name, grid, kp, dev)
     if splits == 1:
         # the small-M kernel starts early and prefetches its weights while the quantizer runs
         _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem, pdl=name.startswith("quik_gemv_"))
-        return
+    else:
+        _split_run(dev, (f"quik_gemm_sk_w{w_bits}_mid", grid * splits, block, smem), ptrs, M, N, kp, splits, ep, epi)
+
+
+def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
+               splits: int, ep: str, epi: tuple) -> None:
+    """A split-K product: the slicing kernel sk = (name, grid, block, smem) of quik_gemm_sk_* / quik_wgmma_ws_sk_*
+    on (A, W, out) pointers writes int32 sums to a temporary [splits, M, N], quik_splitk_<ep> adds them into out."""
+    name, grid, block, smem = sk
     part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
-    _launch(dev, f"quik_gemm_sk_w{w_bits}_mid", grid * splits, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp,
-                                                                                splits), smem)
+    _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem)
     _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
             (part.data_ptr(), ptrs[2], M, N, splits, *epi))
 
@@ -1204,7 +1211,7 @@ def int_gemm(a_codes: Tensor, w: Tensor, w_bits: int, *, out: Tensor | None = No
             _wgmma_run(dev, w, w_bits, (a_ptr, o_ptr), M, N, kp, "i32", (0, 0, 0.0, 0, 0, 0))
         else:
             _mma_run(dev, _plan(M, N, w_bits, "i32", dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, "i32",
-                       (0, 0, 0.0, 0, 0, 0))
+                     (0, 0, 0.0, 0, 0, 0))
     return out
 
 
@@ -1392,12 +1399,8 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
         _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
         return False
     sk = f"quik_wgmma_ws_sk_w{8 if '_w8' in name else 4}"  # the same weights as the plan's entry point
-    part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
-    block, smem = _wgmma_block(sk)
-    _launch(dev, sk, _wgmma_tiles(M, N, dev)[0] * splits, block, _SIG_SK, (ptrs[0], w_ptr, part.data_ptr(), M, N, kp,
-                                                                          splits), smem)
-    _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
-            (part.data_ptr(), ptrs[1], M, N, splits, *epi))
+    _split_run(dev, (sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk)), (ptrs[0], w_ptr, ptrs[1]), M, N, kp,
+               splits, ep, epi)
     return True
 
 

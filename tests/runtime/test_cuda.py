@@ -507,6 +507,19 @@ def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch
     assert _bits_equal(got, ref), f"{int((got != ref).sum())} outputs differ from the reference"
 
 
+def test_prepared_linear_with_the_outlier_product_outside_the_decode_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs): decode-sized calls with outliers take F.linear for the outlier
+    product and the small-M kernel after the quantizer; the reference's bits under the same setting."""
+    monkeypatch.setattr(reference, "FUSED_OUTLIER_MAX_M", 0)
+    K, N, dtype = 1104, 512, torch.float16
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("unfused-decode"), K, N, 100, dtype)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    for M in (1, 5, 16):
+        x = _activations(_gen("unfused-decode-x", M), M, K, dtype, outl)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+        assert _bits_equal(layer(x), ref), f"M={M}"
+
+
 def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     """QuikLinear keeps one PreparedLinear and builds a new one when a buffer was replaced, so the kernels
     never read a tensor the module no longer holds."""
