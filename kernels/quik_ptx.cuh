@@ -45,9 +45,9 @@ QDEV uint4 ldg_stream_l2(const void* p) {
     return v;
 }
 
-// Grouped raster of a 1-D grid over BM x BN output tiles: consecutive tiles (pid, usually blockIdx.x) walk GROUP_M M-tiles of the same
-// weight rows first, so that a weight tile is still in L2 when the next block needs it. -> the tile's first
-// row m0 and first column n0.
+// Grouped raster of a 1-D grid over BM x BN output tiles: consecutive tiles (pid, usually blockIdx.x) walk
+// GROUP_M M-tiles of the same weight rows first, so that a weight tile is still in L2 when the next block needs
+// it. -> the tile's first row m0 and first column n0.
 template <int BM, int BN, int GROUP_M>
 QDEV void grouped_tile(int M, int N, int pid, int& m0, int& n0) {  // pid: the tile's index in the raster
     const int m_tiles = (M + BM - 1) / BM, n_tiles = (N + BN - 1) / BN;

@@ -34,6 +34,9 @@
 //   quik_wgmma_ws_EP_wB[_blk] (warp-specialized; after wgmma_gemm): the same arguments and semantics,
 //   block WS_THREADS = 384 (a producer and two consumer warpgroups), the same grid, dynamic smem
 //   ws_smem_bytes() + 1024.
+//   quik_wgmma_ws_sk_wB(A, W, part, M, N, Kp, splits) (split-K, wgmma_gemm_ws with SPLIT): int32 partial sums
+//   part [splits, M, N], block and smem as quik_wgmma_ws_*, grid = splits * ceil(M/128) * ceil(N/256),
+//   1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue.
 //   quik_wgmma_rs_EP_w4[_blk] (register-operand, 4-bit weights only; at the end of this file): the same arguments
 //   and semantics, block RS_THREADS = 384, grid = ceil(M/256) * ceil(N/128) (256 tokens x 128 weight rows per
 //   block), dynamic smem rs_smem_bytes() + 1024.
