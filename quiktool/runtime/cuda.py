@@ -853,14 +853,17 @@ def _quant_split(x: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | No
 # threads per row (at most 512). H100, in one process (docs/PERF_LOG.md, ninth session): the quantizer alone
 # x0.68-0.90 of the gather kernel's time at M = 2048 / 8192; the layer x0.97-1.00 there, but with 256 outliers
 # x0.96-1.03 at M = 512 / 1024 (four shapes 1.2-2.6% slower: the wgmma GEMM after it runs 2-3 us longer, not
-# understood), hence the bound. Where the layer's GEMM is not the wgmma kernel (mma.sync, split-K, the library
-# paths), the rows kernel runs from ACT_ROWS_MIN_M_NOWG = 17 tokens (PreparedLinear.run): H100, layer A/B in one
-# process (nineteenth session, s19c), M = 128 / 512: x0.90-0.98 without outliers, x0.95-1.01 with 256, while the
-# wgmma layers took x0.94-1.03.
+# understood), hence the bound. Where the layer's GEMM is not the unsplit wgmma kernel (mma.sync with or without
+# split-K, the split-K wgmma kernel, the library paths), the rows kernel runs from ACT_ROWS_MIN_M_NOWG = 17 tokens
+# (PreparedLinear.run): H100, layer A/B in one process (nineteenth session), M = 128 / 512: x0.90-0.98 without
+# outliers, x0.95-1.01 with 256 (s19c, s19d), while the unsplit wgmma layers took x0.94-1.03 (s19c); in front of the
+# split-K wgmma kernel at M = 128 / 256 / 512 x0.93-0.97 without outliers, x0.96-0.99 with 256 (s19k).
 # QUIKTOOL_ACT_ROWS=0 turns it off (A/B runs; the kernels give the same bits).
 ACT_ROWS = os.environ.get("QUIKTOOL_ACT_ROWS", "1") != "0"
 ACT_ROWS_MIN_M: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M", 2048)
 ACT_ROWS_MIN_M_NOWG: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M_NOWG", 17)
+# QUIKTOOL_ACT_ROWS_WG_SPLIT=0: the split-K wgmma layers keep the gather kernel below ACT_ROWS_MIN_M (A/B runs).
+ACT_ROWS_WG_SPLIT = os.environ.get("QUIKTOOL_ACT_ROWS_WG_SPLIT", "1") != "0"
 ACT_ROWS_THREADS: int = _env_int("QUIKTOOL_ACT_ROWS_THREADS", 256)
 _ROWS_NC = (1, 2, 4, 8)  # the entry points
 _ROWS_MAX_T = 512  # kernels/quik_act_quant.cu, ROWS_MAX_T (the entry points' launch bounds)
@@ -1002,8 +1005,10 @@ class PreparedLinear:
             if WIDEN_SIDE and _widen_planned(M, self.w_bits, path):
                 main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
                 side.wait_stream(main)           # fork: what main queued before (and may free) comes first
-            # the rows quantizer slows the wgmma kernel after it (see ACT_ROWS_MIN_M), not the other GEMMs
-            a = _quant_layer(x, self.keep, self.outl, self.act_bits, None if path == "wgmma" else ACT_ROWS_MIN_M_NOWG)
+            # the rows quantizer slows the unsplit wgmma kernel after it (see ACT_ROWS_MIN_M), not the other GEMMs
+            wg = path == "wgmma" and not (ACT_ROWS_WG_SPLIT and wgmma_splits(M, self.N, self.kp, self.w_bits,
+                                                                             self.dev) > 1)
+            a = _quant_layer(x, self.keep, self.outl, self.act_bits, None if wg else ACT_ROWS_MIN_M_NOWG)
             if side is not None:
                 with torch.cuda.stream(side):
                     wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]

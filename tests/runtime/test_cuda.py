@@ -486,21 +486,27 @@ def test_widening_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytes
         assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
 
 
-@pytest.mark.parametrize("wgmma", [False, True], ids=["mma", "wgmma"])
+@pytest.mark.parametrize("gemm", ["mma", "wgmma", "wgmma-split"])
 def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch: pytest.MonkeyPatch,
-                                                                     wgmma: bool) -> None:
-    """PreparedLinear takes the rows quantizer from ACT_ROWS_MIN_M_NOWG tokens where its GEMM is not the wgmma
-    kernel, and from ACT_ROWS_MIN_M where it is; the reference's bits either way."""
-    if wgmma:
-        _wgmma_or_skip(monkeypatch)
-    K, N, dtype, M = 1104, 512, torch.float16, 130
-    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("rows-min", wgmma), K, N, 100, dtype)
+                                                                     gemm: str) -> None:
+    """PreparedLinear takes the rows quantizer from ACT_ROWS_MIN_M_NOWG tokens where its GEMM is not the unsplit
+    wgmma kernel (mma.sync, the split-K wgmma kernel), and from ACT_ROWS_MIN_M where it is; the reference's bits."""
+    wgmma = gemm == "wgmma"
+    if gemm != "mma":
+        dev = _wgmma_or_skip(monkeypatch)
+    if gemm == "wgmma-split":
+        monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)
+        monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
+    K, N, dtype, M = 2200, 512, torch.float16, 130
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("rows-min", gemm), K, N, 100, dtype)
     layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
-    assert (cuda.gemm_path(M, N, cuda.padded_k(K - 100), 4, 8, torch.cuda.current_device()) == "wgmma") == wgmma
+    kp = cuda.padded_k(K - 100)
+    assert (cuda.gemm_path(M, N, kp, 4, 8, torch.cuda.current_device()) == "wgmma") == (gemm != "mma")
+    assert gemm != "wgmma-split" or cuda.wgmma_splits(M, N, kp, 4, dev) > 1
     rows_plans = []
     real = cuda._rows_plan
     monkeypatch.setattr(cuda, "_rows_plan", lambda *args: rows_plans.append(real(*args)) or rows_plans[-1])
-    x = _activations(_gen("rows-min-x"), M, K, dtype, outl)
+    x = _activations(_gen("rows-min-x", K), M, K, dtype, outl)
     got = layer(x)
     assert rows_plans and all((p is None) == wgmma for p in rows_plans), rows_plans
     ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
