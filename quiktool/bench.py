@@ -481,19 +481,27 @@ def time_stages(layer, backend_mod, xs: Sequence[Tensor], timer: Timer, fused: b
     fused (CUDA backend): quantize, gemm_epilogue (quik_gemm: int GEMM + epilogue in one kernel), outlier_gemm.
     otherwise: quantize, int_gemm, epilogue (= quik_gemm - int_gemm), outlier_gemm. ms; None = no such stage.
     At decode sizes (M <= reference.FUSED_OUTLIER_MAX_M) the outlier product is part of the GEMM call
-    (quik_gemm_outliers), so outlier_gemm is None and the GEMM / epilogue stage includes it."""
+    (quik_gemm_outliers), so outlier_gemm is None and the GEMM / epilogue stage includes it.
+    The quantize stage runs the quantizer the layer itself runs: on the CUDA backend the layer's
+    cuda.PreparedLinear.quantize, whose kernel choice depends on the GEMM that follows (below 2048 tokens the
+    plain launcher, backend.quantize_layer, picks another kernel than the layer does)."""
     from quiktool.algo.quant import act_shift
+    from quiktool.runtime import quik_linear as ql
     from quiktool.runtime import reference as ref
 
     be, L = backend_mod, layer
     shift = act_shift(L.act_bits)
-    acts = [be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits) for x in xs]
+    if fused and ql.PREPARED and xs[0].is_cuda:
+        prepared = L._prepared_cuda()
+        quantize = lambda x: prepared.quantize(x.contiguous())  # noqa: E731
+    else:
+        quantize = lambda x: be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits)  # noqa: E731
+    acts = [quantize(x) for x in xs]
     has_out = L.outlier_idx.numel() > 0
     in_gemm = ref.outliers_in_gemm(xs[0].shape[0], L.outlier_idx.numel())
     ybs = [F.linear(a.x_outlier, L.outlier_weight, L.bias) if has_out and not in_gemm else None for a in acts]
     st: dict[str, float | None] = {}
-    st["quantize"] = timer(lambda x: be.quantize_layer(x.contiguous(), L.keep_idx, L.outlier_idx, L.act_bits),
-                           [(x,) for x in xs]).ms
+    st["quantize"] = timer(quantize, [(x,) for x in xs]).ms
     st["outlier_gemm"] = (timer(lambda a: F.linear(a.x_outlier, L.outlier_weight, L.bias), [(a,) for a in acts]).ms
                           if has_out and not in_gemm else None)
     if in_gemm:

@@ -978,6 +978,23 @@ class PreparedLinear:
     def __call__(self, x: Tensor) -> Tensor:
         return self.run(x)[0]
 
+    def _rows_min(self, M: int, path: str | None) -> int | None:
+        """The rows quantizer's token minimum for a call of M tokens whose GEMM takes ``path`` (None: the default,
+        ACT_ROWS_MIN_M): the rows quantizer slows the unsplit wgmma kernel after it (see ACT_ROWS_MIN_M), not
+        the other GEMMs, which get it from ACT_ROWS_MIN_M_NOWG tokens."""
+        wg = path == "wgmma" and not (ACT_ROWS_WG_SPLIT and wgmma_splits(M, self.N, self.kp, self.w_bits,
+                                                                         self.dev) > 1)
+        return None if path is None or wg else ACT_ROWS_MIN_M_NOWG
+
+    def quantize(self, x: Tensor) -> ActCodes:
+        """The activation quantizer exactly as ``run`` calls it for x (the same kernel choice; bench layer times
+        this as the layer's quantize stage). x as ``run`` takes it."""
+        M = x.shape[0]
+        if M <= 16 or _ref.outliers_in_gemm(M, self.n_out):
+            return _quant_layer(x, self.keep, self.outl, self.act_bits)
+        path = gemm_path(M, self.N, self.kp, self.w_bits, self.a_shift, self.dev)
+        return _quant_layer(x, self.keep, self.outl, self.act_bits, self._rows_min(M, path))
+
     def run(self, x: Tensor, seg: int = 0) -> tuple[Tensor, bool]:
         """-> (y, segmented). seg > 0 (even, dividing N) asks for N / seg blocks of [M, seg] in y's memory
         instead of [M, N] (the members of a fused group, each contiguous); only the wgmma path writes that
@@ -1005,10 +1022,7 @@ class PreparedLinear:
             if WIDEN_SIDE and _widen_planned(M, self.w_bits, path):
                 main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
                 side.wait_stream(main)           # fork: what main queued before (and may free) comes first
-            # the rows quantizer slows the unsplit wgmma kernel after it (see ACT_ROWS_MIN_M), not the other GEMMs
-            wg = path == "wgmma" and not (ACT_ROWS_WG_SPLIT and wgmma_splits(M, self.N, self.kp, self.w_bits,
-                                                                             self.dev) > 1)
-            a = _quant_layer(x, self.keep, self.outl, self.act_bits, None if wg else ACT_ROWS_MIN_M_NOWG)
+            a = _quant_layer(x, self.keep, self.outl, self.act_bits, self._rows_min(M, path))
             if side is not None:
                 with torch.cuda.stream(side):
                     wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]

@@ -475,22 +475,17 @@ def test_widening_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytes
     x = _activations(g, M, K, dtype, outl)
     layer(x)                                         # kernels loaded outside the capture
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = layer(x)
-    for trial in range(3):
-        x.copy_(_activations(g, M, K, dtype, outl))
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
-        assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
+    _assert_replays_match(lambda: layer(x), x, lambda: _activations(g, M, K, dtype, outl),
+                          lambda: reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out,
+                                                        bias), 3)
 
 
 @pytest.mark.parametrize("gemm", ["mma", "wgmma", "wgmma-split"])
 def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch: pytest.MonkeyPatch,
                                                                      gemm: str) -> None:
     """PreparedLinear takes the rows quantizer from ACT_ROWS_MIN_M_NOWG tokens where its GEMM is not the unsplit
-    wgmma kernel (mma.sync, the split-K wgmma kernel), and from ACT_ROWS_MIN_M where it is; the reference's bits."""
+    wgmma kernel (mma.sync, the split-K wgmma kernel), and from ACT_ROWS_MIN_M where it is; the reference's bits.
+    PreparedLinear.quantize (bench layer's quantize stage) makes the same choice and gives the reference's codes."""
     wgmma = gemm == "wgmma"
     if gemm != "mma":
         dev = _wgmma_or_skip(monkeypatch)
@@ -511,6 +506,12 @@ def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch
     assert rows_plans and all((p is None) == wgmma for p in rows_plans), rows_plans
     ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
     assert _bits_equal(got, ref), f"{int((got != ref).sum())} outputs differ from the reference"
+    rows_plans.clear()
+    a = layer.quantize(x)
+    assert rows_plans and all((p is None) == wgmma for p in rows_plans), rows_plans
+    want = reference.quantize_layer(x, keep.long(), outl.long(), 4)
+    for field in reference.ActCodes._fields:
+        _assert_equal(field, getattr(a, field), getattr(want, field))
 
 
 def test_prepared_linear_with_the_outlier_product_outside_the_decode_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -692,6 +693,20 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _bits_equal(got: torch.Tensor, ref: torch.Tensor) -> bool:
     return got.dtype == ref.dtype and torch.equal(got.view(torch.int16), ref.view(torch.int16))
+
+
+def _assert_replays_match(run, inp: torch.Tensor, fresh, ref, trials: int) -> None:
+    """Capture run() into a CUDA graph, then per trial: fresh() values into inp, replay, and the captured output
+    must have ref()'s bits (the replay reads inp's memory, so it sees the new values)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    for trial in range(trials):
+        inp.copy_(fresh())
+        graph.replay()
+        torch.cuda.synchronize()
+        want = ref()
+        assert _bits_equal(out, want), f"replay {trial}: {int((out != want).sum())} outputs differ"
 
 
 def _check_fused(a, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum, y_base, dtype) -> None:
@@ -1048,15 +1063,9 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
     x = _activations(g, M, K, dtype, outl)
     cuda.quik_linear(x, *args)                      # kernels loaded outside the capture
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = cuda.quik_linear(x, *args)
-    for trial in range(3):
-        x.copy_(_activations(g, M, K, dtype, outl))
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
-        assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
+    _assert_replays_match(lambda: cuda.quik_linear(x, *args), x, lambda: _activations(g, M, K, dtype, outl),
+                          lambda: reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out,
+                                                        None), 3)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1262,15 +1271,8 @@ def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch, kernel:
     args = (a, w, 4, a_scale, a_zero, 8, w_scale, wsum, None, torch.float16)
     assert cuda.gemm_path(M, N, a.shape[1], 4, 8, dev) == "wgmma"
     assert kernel is None or _planned_family(M, N, a.shape[1], 4) == kernel
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = cuda.quik_gemm(*args)
-    for trial in range(2):
-        a.copy_(_act_codes(g, M, kq, 4))
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = reference.quik_gemm(*args)
-        assert _bits_equal(out, ref), f"replay {trial}: {int((out != ref).sum())} outputs differ"
+    _assert_replays_match(lambda: cuda.quik_gemm(*args), a, lambda: _act_codes(g, M, kq, 4),
+                          lambda: reference.quik_gemm(*args), 2)
 
 
 # ---------------------------------------------------------------------------------------------------
