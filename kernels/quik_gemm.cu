@@ -30,6 +30,8 @@
 //     all tensors contiguous; A, W, out and y_base 16-byte aligned (16-byte copies and loads, paired
 //     epilogue stores); offsets are 64-bit, so M * Kp and N * Kp may exceed 2^31.
 //   Launch geometry (the launcher must match these constants):
+//     (quik_gemm_*_big / _mid / quik_gemm_sk_*: on sm_90 the launcher starts them as programmatic dependent launches
+//      of the quantizer; they read nothing but W before griddepcontrol.wait, see gemm_tiled's prologue)
 //     quik_gemm_*_big : block 256 threads, tile 128 x 256 (M x N), grid = ceil(M/128) * ceil(N/256),
 //                       dynamic smem 4 * (128*64 + 256*(WB==4 ? 32 : 64)) bytes = 64 KiB (w4) / 96 KiB (w8)
 //     quik_gemm_*_mid : block 128 threads, tile 64 x 128, grid = ceil(M/64) * ceil(N/128),
@@ -185,12 +187,14 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
     const size_t w_row_bytes = WBITS == 4 ? (size_t)(Kp >> 1) : (size_t)Kp;
 
     // Per-thread global source rows of its cp.async chunks (fixed over k).
-    auto load_stage = [&](int stage, int kt_rel) {  // K tile kt0 + kt_rel into shared stage `stage`
+    // a_part / w_part: the activation and the weight halves (the prologue issues the weights' before
+    // griddepcontrol.wait: they do not depend on the quantizer).
+    auto load_stage = [&](int stage, int kt_rel, bool a_part = true, bool w_part = true) {  // K tile kt0 + kt_rel
         const int kt = kt0 + kt_rel;
         const unsigned sa = s_base + stage * STAGE_BYTES;
         const unsigned sb = sa + A_BYTES;
 #pragma unroll
-        for (int it = 0; it < A_ITERS; ++it) {
+        for (int it = 0; it < A_ITERS && a_part; ++it) {
             const int q = tid + it * THREADS;
             const int row = q >> 2, c = q & 3;
             const int gm = m0 + row;
@@ -199,7 +203,7 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
             cp_async16(sa + swz64(row, c), src, ok);
         }
 #pragma unroll
-        for (int it = 0; it < B_ITERS; ++it) {
+        for (int it = 0; it < B_ITERS && w_part; ++it) {
             const int q = tid + it * THREADS;
             if constexpr (WBITS == 4) {
                 const int row = q >> 1, c = q & 1;
@@ -301,9 +305,19 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
 
     // Pipeline invariant: before iteration kt, tiles kt .. kt+STAGES-2 are committed (one group each,
     // empty groups past the end), tile kt is visible to the block, and fa/fb[0] hold its first k32 step.
+    // The prologue's weight halves go first, into group 0 (so waiting for group 0 waits for them too), then
+    // griddepcontrol.wait: launched as a programmatic dependent launch of the quantizer (the launcher, on sm_90),
+    // the block starts and fetches its weights while the quantizer runs; launched plainly, the wait returns at
+    // once. Nothing the quantizer writes (A, a_scale, a_zero) is read before it.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s)
+        if (s < KT) load_stage(s, s, false, true);
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < KT) load_stage(s, s);
+        if (s < KT) load_stage(s, s, true, false);
         cp_async_commit();
     }
     cp_async_wait<STAGES - 2>();

@@ -577,6 +577,10 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig (cuda.h, CUDA >= 12.0)
 _PDL_ATTR_ID = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 # Programmatic dependent launch of the small-M GEMM after the quantizer (sm_90+): QUIKTOOL_PDL=0 turns it off.
 PDL = os.environ.get("QUIKTOOL_PDL", "1") != "0"
+# The same for the tiled mma.sync kernels (quik_gemm_*_big / _mid / quik_gemm_sk_*; twentieth session): their blocks
+# start while the quantizer runs and fetch the prologue's weight tiles before griddepcontrol.wait.
+# QUIKTOOL_PDL_TILED=0 launches them plainly (A/B runs; same kernels, same bits).
+PDL_TILED = os.environ.get("QUIKTOOL_PDL_TILED", "1") != "0"
 
 
 @functools.lru_cache(maxsize=None)
@@ -1178,19 +1182,23 @@ def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, in
     name, grid, block, smem = plan
     splits = _split_k(name, grid, kp, dev)
     if splits == 1:
-        # the small-M kernel starts early and prefetches its weights while the quantizer runs
-        _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem, pdl=name.startswith("quik_gemv_"))
+        # the kernel starts early and prefetches its weights while the quantizer runs
+        _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem,
+                pdl=name.startswith("quik_gemv_") or PDL_TILED)
     else:
-        _split_run(dev, (f"quik_gemm_sk_w{w_bits}_mid", grid * splits, block, smem), ptrs, M, N, kp, splits, ep, epi)
+        _split_run(dev, (f"quik_gemm_sk_w{w_bits}_mid", grid * splits, block, smem), ptrs, M, N, kp, splits, ep, epi,
+                   pdl=PDL_TILED)
 
 
 def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
-               splits: int, ep: str, epi: tuple) -> None:
+               splits: int, ep: str, epi: tuple, pdl: bool = False) -> None:
     """A split-K product: the slicing kernel sk = (name, grid, block, smem) of quik_gemm_sk_* / quik_wgmma_ws_sk_*
-    on (A, W, out) pointers writes int32 sums to a temporary [splits, M, N], quik_splitk_<ep> adds them into out."""
+    on (A, W, out) pointers writes int32 sums to a temporary [splits, M, N], quik_splitk_<ep> adds them into out.
+    pdl: launch the slicing kernel as a programmatic dependent launch (only a kernel that waits with
+    griddepcontrol.wait before reading A: quik_gemm_sk_*, not the wgmma one)."""
     name, grid, block, smem = sk
     part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
-    _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem)
+    _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem, pdl=pdl)
     _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
             (part.data_ptr(), ptrs[2], M, N, splits, *epi))
 

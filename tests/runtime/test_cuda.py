@@ -514,6 +514,34 @@ def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch
         _assert_equal(field, getattr(a, field), getattr(want, field))
 
 
+@pytest.mark.parametrize("M,K,N,split", [(130, 1104, 512, False), (64, 8448, 4096, True), (300, 1104, 37000, False)],
+                         ids=["mid", "split-k", "big"])
+def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.MonkeyPatch, M: int, K: int, N: int,
+                                                       split: bool) -> None:
+    """The tiled mma.sync kernels (mid, split-K, big tiles) start as programmatic dependent launches of what
+    precedes them (PDL_TILED) and wait before reading the quantizer's output: a layer call right after the
+    quantizer, with and without the outlier product in between, has the reference's bits."""
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
+    monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
+    monkeypatch.setattr(cuda, "PDL_TILED", True)
+    launches = []
+    real = cuda._launch
+    monkeypatch.setattr(cuda, "_launch", lambda *a, **k: launches.append((a[1], k.get("pdl", False))) or real(*a, **k))
+    dtype = torch.float16
+    for n_out in (0, 100):
+        keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("pdl-tiled", M, N, n_out), K, N, n_out, dtype)
+        layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, None, dtype)
+        assert (cuda.mma_splits(M, N, layer.kp, 4, torch.cuda.current_device()) > 1) == split
+        for trial in range(3):
+            launches.clear()
+            x = _activations(_gen("pdl-tiled-x", M, N, n_out, trial), M, K, dtype, outl)
+            got = layer(x)
+            ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
+            assert _bits_equal(got, ref), f"n_out={n_out} trial {trial}: {int((got != ref).sum())} outputs differ"
+            gemm = [pdl for name, pdl in launches if name.startswith("quik_gemm_")]
+            assert gemm == [True], launches
+
+
 def test_prepared_linear_with_the_outlier_product_outside_the_decode_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs): decode-sized calls with outliers take F.linear for the outlier
     product and the small-M kernel after the quantizer; the reference's bits under the same setting."""
