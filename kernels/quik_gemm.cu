@@ -30,8 +30,8 @@
 //     all tensors contiguous; A, W, out and y_base 16-byte aligned (16-byte copies and loads, paired
 //     epilogue stores); offsets are 64-bit, so M * Kp and N * Kp may exceed 2^31.
 //   Launch geometry (the launcher must match these constants):
-//     (quik_gemm_*_big / _mid / quik_gemm_sk_*: on sm_90 the launcher starts them as programmatic dependent launches
-//      of the quantizer; they read nothing but W before griddepcontrol.wait, see gemm_tiled's prologue)
+//     (quik_gemm_*_big / _mid / quik_gemm_sk_*: they read nothing but W before griddepcontrol.wait, see gemm_tiled's
+//      prologue; on sm_90 the launcher starts quik_gemm_sk_* as a programmatic dependent launch of the quantizer)
 //     quik_gemm_*_big : block 256 threads, tile 128 x 256 (M x N), grid = ceil(M/128) * ceil(N/256),
 //                       dynamic smem 4 * (128*64 + 256*(WB==4 ? 32 : 64)) bytes = 64 KiB (w4) / 96 KiB (w8)
 //     quik_gemm_*_mid : block 128 threads, tile 64 x 128, grid = ceil(M/64) * ceil(N/128),
@@ -306,9 +306,10 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
     // Pipeline invariant: before iteration kt, tiles kt .. kt+STAGES-2 are committed (one group each,
     // empty groups past the end), tile kt is visible to the block, and fa/fb[0] hold its first k32 step.
     // The prologue's weight halves go first, into group 0 (so waiting for group 0 waits for them too), then
-    // griddepcontrol.wait: launched as a programmatic dependent launch of the quantizer (the launcher, on sm_90),
-    // the block starts and fetches its weights while the quantizer runs; launched plainly, the wait returns at
-    // once. Nothing the quantizer writes (A, a_scale, a_zero) is read before it.
+    // griddepcontrol.wait: launched as a programmatic dependent launch of the quantizer (the launcher does that
+    // for the split-K grids on sm_90), the block starts and fetches its weights while the quantizer runs;
+    // launched plainly, the wait returns at once. Nothing the quantizer writes (A, a_scale, a_zero) is read
+    // before it.
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s)
         if (s < KT) load_stage(s, s, false, true);

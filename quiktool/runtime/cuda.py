@@ -577,9 +577,12 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig (cuda.h, CUDA >= 12.0)
 _PDL_ATTR_ID = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 # Programmatic dependent launch of the small-M GEMM after the quantizer (sm_90+): QUIKTOOL_PDL=0 turns it off.
 PDL = os.environ.get("QUIKTOOL_PDL", "1") != "0"
-# The same for the tiled mma.sync kernels (quik_gemm_*_big / _mid / quik_gemm_sk_*; twentieth session): their blocks
-# start while the quantizer runs and fetch the prologue's weight tiles before griddepcontrol.wait.
-# QUIKTOOL_PDL_TILED=0 launches them plainly (A/B runs; same kernels, same bits).
+# The same for the split-K tiled mma.sync kernel (quik_gemm_sk_*; twentieth session): its blocks start while the
+# quantizer runs and fetch the prologue's weight tiles before griddepcontrol.wait. H100 layer A/B in one process
+# (docs/PERF_LOG.md, twentieth session, s20f) at M = 128: x0.92-0.97 on the split shapes (W4A4 4096 x 4096 x1.02),
+# but the unsplit mid-tile grids (>= the SM count of blocks, crowding the quantizer's) x1.09 / x1.11 (W8A8 4096 x
+# 11008, 5120 x 13824): those keep plain launches (their kernels wait too, a no-op then).
+# QUIKTOOL_PDL_TILED=0 launches the split-K kernel plainly as well (A/B runs; same kernels, same bits).
 PDL_TILED = os.environ.get("QUIKTOOL_PDL_TILED", "1") != "0"
 
 
@@ -1182,9 +1185,8 @@ def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, in
     name, grid, block, smem = plan
     splits = _split_k(name, grid, kp, dev)
     if splits == 1:
-        # the kernel starts early and prefetches its weights while the quantizer runs
-        _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem,
-                pdl=name.startswith("quik_gemv_") or PDL_TILED)
+        # the small-M kernel starts early and prefetches its weights while the quantizer runs
+        _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem, pdl=name.startswith("quik_gemv_"))
     else:
         _split_run(dev, (f"quik_gemm_sk_w{w_bits}_mid", grid * splits, block, smem), ptrs, M, N, kp, splits, ep, epi,
                    pdl=PDL_TILED)

@@ -518,9 +518,9 @@ def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch
                          ids=["mid", "split-k", "big"])
 def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.MonkeyPatch, M: int, K: int, N: int,
                                                        split: bool) -> None:
-    """The tiled mma.sync kernels (mid, split-K, big tiles) start as programmatic dependent launches of what
-    precedes them (PDL_TILED) and wait before reading the quantizer's output: a layer call right after the
-    quantizer, with and without the outlier product in between, has the reference's bits."""
+    """The split-K tiled mma.sync kernel starts as a programmatic dependent launch of what precedes it (PDL_TILED)
+    and waits before reading the quantizer's output; the unsplit tiled kernels (mid, big) launch plainly. A layer
+    call right after the quantizer, with and without the outlier product in between, has the reference's bits."""
     monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
     monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
     monkeypatch.setattr(cuda, "PDL_TILED", True)
@@ -539,7 +539,7 @@ def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.Monke
             ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
             assert _bits_equal(got, ref), f"n_out={n_out} trial {trial}: {int((got != ref).sum())} outputs differ"
             gemm = [pdl for name, pdl in launches if name.startswith("quik_gemm_")]
-            assert gemm == [True], launches
+            assert gemm == [split], launches
 
 
 def test_prepared_linear_with_the_outlier_product_outside_the_decode_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
