@@ -36,7 +36,9 @@
 //   ws_smem_bytes() + 1024.
 //   quik_wgmma_ws_sk_wB(A, W, part, M, N, Kp, splits) (split-K, wgmma_gemm_ws with SPLIT): int32 partial sums
 //   part [splits, M, N], block and smem as quik_wgmma_ws_*, grid = splits * ceil(M/128) * ceil(N/256),
-//   1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue.
+//   1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue. On sm_90
+//   the launcher starts it as a programmatic dependent launch of the quantizer: its producer copies A only after
+//   griddepcontrol.wait (it reads nothing else the quantizer writes).
 //   quik_wgmma_rs_EP_w4[_blk] (register-operand, 4-bit weights only; at the end of this file): the same arguments
 //   and semantics, block RS_THREADS = 384, grid = ceil(M/256) * ceil(N/128) (256 tokens x 128 weight rows per
 //   block), dynamic smem rs_smem_bytes() + 1024.
@@ -638,6 +640,10 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         const unsigned va = copy_plan(A, m0, M, Kp, p, pa);
         const unsigned vb = RB_ > 0 ? copy_plan(W, n0, N, Kp, p, pb) : 0u;
         const bool all_rows = va == (1u << RA) - 1 && (RB_ == 0 || vb == (1u << RB_) - 1);
+        // SPLIT: launched as a programmatic dependent launch of the quantizer (on sm_90), the block starts while the
+        // quantizer runs; the activations only after this wait. (Only there: the unsplit entry points launch
+        // plainly, and their code stays as it was, s20h.)
+        if constexpr (SPLIT) asm volatile("griddepcontrol.wait;\n" ::: "memory");
         for (int kt = 0; kt < KT; ++kt) {
             if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
             const unsigned sa = base + (kt % S) * WS_SLOT + dst, sb = sa + WG_A_TILE;

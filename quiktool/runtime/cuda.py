@@ -584,6 +584,12 @@ PDL = os.environ.get("QUIKTOOL_PDL", "1") != "0"
 # 11008, 5120 x 13824): those keep plain launches (their kernels wait too, a no-op then).
 # QUIKTOOL_PDL_TILED=0 launches the split-K kernel plainly as well (A/B runs; same kernels, same bits).
 PDL_TILED = os.environ.get("QUIKTOOL_PDL_TILED", "1") != "0"
+# The same for the split-K wgmma kernel (quik_wgmma_ws_sk_*: its producer waits before copying the activations),
+# unless its weights were widened just before it (the widening pass, not the quantizer, then precedes it). H100
+# layer A/B in one process against the kernel without the wait, launched plainly (s20h): W4A4 x0.93-0.97 on the 13
+# split points at M = 128 / 256 / 512 (4096 x 4096 at M = 512 0.74x -> 0.79x FP16), W8A8 x0.97-0.99.
+# QUIKTOOL_PDL_WGMMA_SPLIT=0 launches it plainly (A/B runs).
+PDL_WGMMA_SPLIT = os.environ.get("QUIKTOOL_PDL_WGMMA_SPLIT", "1") != "0"
 
 
 @functools.lru_cache(maxsize=None)
@@ -1196,8 +1202,8 @@ def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, in
                splits: int, ep: str, epi: tuple, pdl: bool = False) -> None:
     """A split-K product: the slicing kernel sk = (name, grid, block, smem) of quik_gemm_sk_* / quik_wgmma_ws_sk_*
     on (A, W, out) pointers writes int32 sums to a temporary [splits, M, N], quik_splitk_<ep> adds them into out.
-    pdl: launch the slicing kernel as a programmatic dependent launch (only a kernel that waits with
-    griddepcontrol.wait before reading A: quik_gemm_sk_*, not the wgmma one)."""
+    pdl: launch the slicing kernel as a programmatic dependent launch (both slicing kernels wait with
+    griddepcontrol.wait before reading A)."""
     name, grid, block, smem = sk
     part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
     _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem, pdl=pdl)
@@ -1429,7 +1435,7 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
         return False
     sk = f"quik_wgmma_ws_sk_w{8 if '_w8' in name else 4}"  # the same weights as the plan's entry point
     _split_run(dev, (sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk)), (ptrs[0], w_ptr, ptrs[1]), M, N, kp,
-               splits, ep, epi)
+               splits, ep, epi, pdl=PDL_WGMMA_SPLIT and wide is None and _w is w)
     return True
 
 

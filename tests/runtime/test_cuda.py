@@ -514,16 +514,25 @@ def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch
         _assert_equal(field, getattr(a, field), getattr(want, field))
 
 
-@pytest.mark.parametrize("M,K,N,split", [(130, 1104, 512, False), (64, 8448, 4096, True), (300, 1104, 37000, False)],
-                         ids=["mid", "split-k", "big"])
+@pytest.mark.parametrize("M,K,N,split", [(130, 1104, 512, False), (64, 8448, 4096, True), (300, 1104, 37000, False),
+                                         (200, 2200, 512, True)],
+                         ids=["mid", "split-k", "big", "wgmma-split-k"])
 def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.MonkeyPatch, M: int, K: int, N: int,
-                                                       split: bool) -> None:
-    """The split-K tiled mma.sync kernel starts as a programmatic dependent launch of what precedes it (PDL_TILED)
-    and waits before reading the quantizer's output; the unsplit tiled kernels (mid, big) launch plainly. A layer
-    call right after the quantizer, with and without the outlier product in between, has the reference's bits."""
-    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
+                                                       split: bool, request: pytest.FixtureRequest) -> None:
+    """The split-K kernels (mma.sync, wgmma) start as programmatic dependent launches of what precedes them
+    (PDL_TILED, PDL_WGMMA_SPLIT) and wait before reading the quantizer's output; the unsplit tiled mma.sync
+    kernels (mid, big) launch plainly. A layer call right after the quantizer, with and without the outlier
+    product in between, has the reference's bits."""
+    wgmma = "wgmma" in request.node.callspec.id
+    if wgmma:
+        _wgmma_or_skip(monkeypatch)
+        monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)           # every shape below the unsplit rule
+        monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
+    else:
+        monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
     monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
     monkeypatch.setattr(cuda, "PDL_TILED", True)
+    monkeypatch.setattr(cuda, "PDL_WGMMA_SPLIT", True)
     launches = []
     real = cuda._launch
     monkeypatch.setattr(cuda, "_launch", lambda *a, **k: launches.append((a[1], k.get("pdl", False))) or real(*a, **k))
@@ -531,15 +540,19 @@ def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.Monke
     for n_out in (0, 100):
         keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("pdl-tiled", M, N, n_out), K, N, n_out, dtype)
         layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, None, dtype)
-        assert (cuda.mma_splits(M, N, layer.kp, 4, torch.cuda.current_device()) > 1) == split
+        dev = torch.cuda.current_device()
+        splits = cuda.wgmma_splits if wgmma else cuda.mma_splits
+        assert (splits(M, N, layer.kp, 4, dev) > 1) == split
+        assert (cuda.gemm_path(M, N, layer.kp, 4, 8, dev) == "wgmma") == wgmma
         for trial in range(3):
             launches.clear()
             x = _activations(_gen("pdl-tiled-x", M, N, n_out, trial), M, K, dtype, outl)
             got = layer(x)
             ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
             assert _bits_equal(got, ref), f"n_out={n_out} trial {trial}: {int((got != ref).sum())} outputs differ"
-            gemm = [pdl for name, pdl in launches if name.startswith("quik_gemm_")]
+            gemm = [pdl for name, pdl in launches if name.startswith(("quik_gemm_", "quik_wgmma_"))]
             assert gemm == [split], launches
+            assert all(not pdl for name, pdl in launches if name.startswith("quik_splitk_")), launches
 
 
 def test_prepared_linear_with_the_outlier_product_outside_the_decode_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
