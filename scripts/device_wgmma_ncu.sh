@@ -5,8 +5,8 @@
 # 60-90 s on a fresh machine and must not fall inside ncu's run), then one ncu run per point profiles the first
 # matching launch of `quiktool bench layer` with: throughput (and its breakdown), compute pipes, scheduler and warp
 # states, instruction statistics, shared-memory tables and the source counters (stall samples per SASS instruction).
-# Outputs: $OUT/ncu_<kernel>.txt (sections, every detail), $OUT/sass_<kernel>.csv (the source page: one line per
-# SASS instruction with its samples), when this ncu can print it.
+# Outputs: $OUT/ncu_<kernel>_<scheme>_<shape>_m<M>.txt (sections, every detail), $OUT/sass_<same>.csv (the source
+# page: one line per SASS instruction with its samples), when this ncu can print it.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/wgmma_ncu}; mkdir -p "$OUT"
@@ -24,13 +24,14 @@ for p in $POINTS; do  # build (and cache) every cubin the points need, outside n
 done
 for p in $POINTS; do
   IFS=: read -r s k shape <<< "$p"
-  rep=/tmp/ncu_$k
+  k_file=${k}_${s}_${shape}_m$M  # a kernel may appear at several points: one file each
+  rep=/tmp/ncu_$k_file
   timeout 150 ncu --clock-control none --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters \
     --section MemoryWorkloadAnalysis_Tables --kernel-name "regex:$k" --launch-count 1 -f -o "$rep" \
-    $(bench "$s" "$shape") > "/tmp/run_$k.log" 2>&1
-  rc=$?; echo "ncu $k exit $rc"; [ $rc = 0 ] || tail -5 "/tmp/run_$k.log"
-  ncu -i "$rep.ncu-rep" --print-details all > "$OUT/ncu_$k.txt" 2>&1
-  ncu -i "$rep.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_$k.csv" 2>&1 || echo "no source page"
-  wc -l "$OUT/sass_$k.csv"
+    $(bench "$s" "$shape") > "/tmp/run_$k_file.log" 2>&1
+  rc=$?; echo "ncu $k_file exit $rc"; [ $rc = 0 ] || tail -5 "/tmp/run_$k_file.log"
+  ncu -i "$rep.ncu-rep" --print-details all > "$OUT/ncu_$k_file.txt" 2>&1
+  ncu -i "$rep.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_$k_file.csv" 2>&1 || echo "no source page"
+  wc -l "$OUT/sass_$k_file.csv"
 done
