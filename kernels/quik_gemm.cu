@@ -176,13 +176,8 @@ QDEV void gemm_tiled(const signed char* __restrict__ A, const unsigned char* __r
     const int mbase = wm * WM, nbase = wn * WN;
 
     int m0, n0, pid = blockIdx.x, kt0 = 0, KT = Kp >> 6;
-    if constexpr (SPLIT) {
-        const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN), sp = pid / tiles;  // sp: the K slice
-        pid -= sp * tiles;
-        kt0 = (int)((long long)KT * sp / splits);
-        KT = (int)((long long)KT * (sp + 1) / splits) - kt0;
-        out = static_cast<int*>(out) + (size_t)sp * M * N;
-    }
+    if constexpr (SPLIT)  // the slice's K tiles; its partial sums to plane sp of the temporary
+        out = static_cast<int*>(out) + (size_t)split_slice<BM, BN>(M, N, splits, pid, kt0, KT) * M * N;
     grouped_tile<BM, BN, GROUP_M>(M, N, pid, m0, n0);
     const size_t w_row_bytes = WBITS == 4 ? (size_t)(Kp >> 1) : (size_t)Kp;
 
@@ -1094,49 +1089,29 @@ QDEV void load_acc_pair(const int* a, int& v0, int& v1) {
     v1 = p.y;
 }
 
+// One pair (m, n), (m, n + 1) per thread: the sum of `slices` [M, N] planes of acc (one: the library paths'
+// accumulators, quik_epilogue_*acc_*; `splits`: split-K's int32 partial sums, quik_splitk_*, exact in any order, and
+// every partial sum is bounded by the whole product's bound), then quik_gemm's epilogue (EP = f16 / bf16) or the
+// sum itself (EP = i32).
 template <int EP, typename ACC>
-QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& ep) {
-    const int half = (N + 1) >> 1;
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)M * half) return;
-    const int m = (int)(i / half), n = 2 * (int)(i % half);
-    const size_t base = (size_t)m * N + n;
-    int v0, v1 = 0;
-    float ws1 = 0.f, su1 = 0.f;
-    if ((N & 1) == 0) {
-        load_acc_pair(acc + base, v0, v1);
-    } else {
-        v0 = acc_int(acc[base]);
-        if (n + 1 < N) v1 = acc_int(acc[base + 1]);
-    }
-    if (n + 1 < N) {
-        ws1 = ep.w_scale[n + 1];
-        su1 = ep.wsum[n + 1];
-    }
-    store_pair<EP>(out, ep, N, m, n, v0, v1, ep.a_scale[m], row_zero(ep, m), ep.w_scale[n], ws1, ep.wsum[n], su1);
-}
-
-// quik_splitk_*: the sum of the split-K slices part[s, m, n] (s < splits, int32: exact in any order, and every
-// partial sum is bounded by the whole product's bound) for the pair (m, n), (m, n + 1), then quik_gemm's epilogue
-// (EP = f16 / bf16) or the sum itself (EP = i32). One pair per thread, as epilogue_acc.
-template <int EP>
-QDEV void splitk_sum(const int* part, void* out, int M, int N, int splits, const EpiArgs& ep) {
+QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& ep, int slices = 1) {
     const int half = (N + 1) >> 1;
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)M * half) return;
     const int m = (int)(i / half), n = 2 * (int)(i % half);
     const size_t plane = (size_t)M * N;
-    const int* p = part + (size_t)m * N + n;
+    const ACC* p = acc + (size_t)m * N + n;
     int v0 = 0, v1 = 0;
-    for (int s = 0; s < splits; ++s, p += plane) {
+    for (int s = 0; s < slices; ++s, p += plane) {
+        int u0, u1 = 0;
         if ((N & 1) == 0) {  // then n + 1 < N and p is 8-byte aligned (plane and n even)
-            const int2 q = *reinterpret_cast<const int2*>(p);
-            v0 += q.x;
-            v1 += q.y;
+            load_acc_pair(p, u0, u1);
         } else {
-            v0 += p[0];
-            if (n + 1 < N) v1 += p[1];
+            u0 = acc_int(p[0]);
+            if (n + 1 < N) u1 = acc_int(p[1]);
         }
+        v0 += u0;
+        v1 += u1;
     }
     float sa = 0.f, za = 0.f, ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
     if constexpr (EP != 0) {
@@ -1205,7 +1180,7 @@ QUIK_EPI_ACC(quik_epilogue_i32acc_bf16, int, 2)
     NAME(const int* part, void* out, int M, int N, int splits, const float* a_scale, const float* a_zero,          \
          float a_shift, const float* w_scale, const float* wsum, const void* y_base) {                              \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        splitk_sum<EP>(part, out, M, N, splits, ep);                                                               \
+        epilogue_acc<EP, int>(part, out, M, N, ep, splits);                                                        \
     }
 QUIK_SPLITK(quik_splitk_i32, 0)
 QUIK_SPLITK(quik_splitk_f16, 1)

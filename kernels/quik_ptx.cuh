@@ -59,6 +59,19 @@ QDEV void grouped_tile(int M, int N, int pid, int& m0, int& n0) {  // pid: the t
     n0 = (inner / gsize) * BN;
 }
 
+// Split-K (quik_gemm_sk_*, quik_wgmma_ws_sk_*): block pid of a grid of `splits` copies of the raster of BM x BN
+// tiles -> pid becomes the tile's index in the raster, kt0 / KT (in: 0 / the whole K's tiles) the slice's first K
+// tile and K tile count (slice s holds K tiles [KT s / splits, KT (s + 1) / splits)); returns s, whose int32
+// partial sums go to plane s of [splits, M, N].
+template <int BM, int BN>
+QDEV int split_slice(int M, int N, int splits, int& pid, int& kt0, int& KT) {
+    const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN), sp = pid / tiles;
+    pid -= sp * tiles;
+    kt0 = (int)((long long)KT * sp / splits);
+    KT = (int)((long long)KT * (sp + 1) / splits) - kt0;
+    return sp;
+}
+
 // The runtime layout of 4-bit weights (quiktool.runtime.reference.tile_w4): uint8 [N, RB], RB = Kp / 2 packed
 // bytes per output feature, stored by groups of 8 rows (the last group has N % 8 rows when that is not 0), each
 // group step-major: for 64-byte step s of the row (the last step has 32 bytes when RB % 64 == 32), the group's

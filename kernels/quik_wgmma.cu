@@ -617,13 +617,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     int m0, n0, pid = blockIdx.x, kt0 = 0;                    // kt0: the slice's first K tile (SPLIT)
     int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
-    if constexpr (SPLIT) {
-        const int tiles = ((M + WG_BM - 1) / WG_BM) * ((N + WG_BN - 1) / WG_BN), sp = pid / tiles;
-        pid -= sp * tiles;
-        kt0 = (int)((long long)KT * sp / splits);
-        KT = (int)((long long)KT * (sp + 1) / splits) - kt0;  // the slice's K tiles, counted from 0 below
-        out = static_cast<int*>(out) + (size_t)sp * M * N;
-    }
+    if constexpr (SPLIT)  // the slice's K tiles, counted from 0 below
+        out = static_cast<int*>(out) + (size_t)split_slice<WG_BM, WG_BN>(M, N, splits, pid, kt0, KT) * M * N;
     grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, pid, m0, n0);
 
     init_stage_barriers(s_full, s_empty, S, WB == 8 ? 128 : 384);  // full: every thread that writes the slot
