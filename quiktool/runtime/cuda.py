@@ -1435,7 +1435,7 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
         return False
     sk = f"quik_wgmma_ws_sk_w{8 if '_w8' in name else 4}"  # the same weights as the plan's entry point
     _split_run(dev, (sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk)), (ptrs[0], w_ptr, ptrs[1]), M, N, kp,
-               splits, ep, epi, pdl=PDL_WGMMA_SPLIT and wide is None and _w is w)
+               splits, ep, epi, pdl=PDL_WGMMA_SPLIT and _w is w)  # not after a widening pass (_w: its output)
     return True
 
 
