@@ -129,9 +129,9 @@ QDEV void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" :::
 template <int N> QDEV void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 // Pins the accumulators: the compiler may not move, copy or read them across this point (an empty asm
 // that "writes" each register). Without it ptxas serializes the wgmmas (warning C7514).
-QDEV void fence_acc(int (&d)[128]) {
+template <int R> QDEV void fence_acc(int (&d)[R]) {
 #pragma unroll
-    for (int i = 0; i < 128; ++i) asm volatile("" : "+r"(d[i])::"memory");
+    for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
 
 // 16-byte chunk c of row r in a [rows][128 B] tile with the 128-byte swizzle (tile base 1024-aligned).
@@ -161,12 +161,17 @@ QDEV void unpack8(unsigned x, unsigned& lo, unsigned& hi) {
 }
 
 // 4-bit weight tile into the B slot at sl: thread t (of 256) holds, in wq[i], the packed 16 bytes t % 4 (codes
-// 32 (t % 4) .. + 31 of the K tile) of tile row t / 4 + 64 i; unpacked to 2 x 16 int8 codes per row.
-QDEV void store_w4_rows(unsigned sl, const uint4 (&wq)[4], int t) {
+// 32 (t % 4) .. + 31 of the K tile) of tile row t / 4 + 64 i; unpacked to 2 x 16 int8 codes per row. A tile of BN
+// rows takes RP = ceil(BN / 64) passes; in a last partial pass (BN = 160, 176, 224) only the threads whose row lies
+// in the tile store.
+template <int RP = 4, int BN = 256>
+QDEV void store_w4_rows(unsigned sl, const uint4 (&wq)[RP], int t) {
+    static_assert(RP == (BN + 63) / 64, "one pass per 64 rows");
     const int q = t & 3;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < RP; ++i) {
         const int r = (t >> 2) + 64 * i;
+        if (64 * i + 64 > BN && r >= BN) continue;  // compile-time true for the whole passes
         unsigned w[8];
         unpack8(wq[i].x, w[0], w[1]);
         unpack8(wq[i].y, w[2], w[3]);
@@ -208,16 +213,62 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
         : "l"(da), "l"(db), "n"(1));
 }
 
+// The narrower tiles' wgmmas, m64nNk32 for N = BN (wgmma_gemm_ws's BN, twenty-first session): N / 2 int32
+// accumulators per thread. WG_S<i> names operands 8i .. 8i+7 in the asm text, WG_O8(d, i) binds d[i .. i+7] to them;
+// the two descriptors and the scale-d immediate follow the accumulators.
+#define WG_S0 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define WG_S1 "%8, %9, %10, %11, %12, %13, %14, %15"
+#define WG_S2 "%16, %17, %18, %19, %20, %21, %22, %23"
+#define WG_S3 "%24, %25, %26, %27, %28, %29, %30, %31"
+#define WG_S4 "%32, %33, %34, %35, %36, %37, %38, %39"
+#define WG_S5 "%40, %41, %42, %43, %44, %45, %46, %47"
+#define WG_S6 "%48, %49, %50, %51, %52, %53, %54, %55"
+#define WG_S7 "%56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_S8 "%64, %65, %66, %67, %68, %69, %70, %71"
+#define WG_S9 "%72, %73, %74, %75, %76, %77, %78, %79"
+#define WG_S10 "%80, %81, %82, %83, %84, %85, %86, %87"
+#define WG_S11 "%88, %89, %90, %91, %92, %93, %94, %95"
+#define WG_S12 "%96, %97, %98, %99, %100, %101, %102, %103"
+#define WG_S13 "%104, %105, %106, %107, %108, %109, %110, %111"
+#define WG_O8(d, i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), \
+    "+r"(d[i + 6]), "+r"(d[i + 7])
+#define WG_R64 WG_S0 ", " WG_S1 ", " WG_S2 ", " WG_S3 ", " WG_S4 ", " WG_S5 ", " WG_S6 ", " WG_S7
+#define WG_R80 WG_R64 ", " WG_S8 ", " WG_S9
+#define WG_R88 WG_R80 ", " WG_S10
+#define WG_R112 WG_R88 ", " WG_S11 ", " WG_S12 ", " WG_S13
+#define WG_OUT64(d) \
+    WG_O8(d, 0), WG_O8(d, 8), WG_O8(d, 16), WG_O8(d, 24), WG_O8(d, 32), WG_O8(d, 40), WG_O8(d, 48), WG_O8(d, 56)
+#define WG_OUT80(d) WG_OUT64(d), WG_O8(d, 64), WG_O8(d, 72)
+#define WG_OUT88(d) WG_OUT80(d), WG_O8(d, 80)
+#define WG_OUT112(d) WG_OUT88(d), WG_O8(d, 88), WG_O8(d, 96), WG_O8(d, 104)
+template <int BN> QDEV void wgmma_s8_n(int (&d)[BN / 2], unsigned long long da, unsigned long long db);
+template <> QDEV void wgmma_s8_n<256>(int (&d)[128], unsigned long long da, unsigned long long db) {
+    wgmma_s8_m64n256k32(d, da, db);
+}
+#define WG_NARROW(BN, REGS, OUT, DA, DB, SC)                                                                       \
+    template <> QDEV void wgmma_s8_n<BN>(int (&d)[BN / 2], unsigned long long da, unsigned long long db) {         \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #SC ", 0;\n"                                            \
+                     "wgmma.mma_async.sync.aligned.m64n" #BN "k32.s32.s8.s8 {" REGS "}, %" #DA ", %" #DB ", p;\n}\n" \
+                     : OUT(d)                                                                                      \
+                     : "l"(da), "l"(db), "n"(1));                                                                  \
+    }
+WG_NARROW(128, WG_R64, WG_OUT64, 64, 65, 66)
+WG_NARROW(160, WG_R80, WG_OUT80, 80, 81, 82)
+WG_NARROW(176, WG_R88, WG_OUT88, 88, 89, 90)
+WG_NARROW(224, WG_R112, WG_OUT112, 112, 113, 114)
+
 // y_base of the tile at m0, n0 into L2 two K tiles before the epilogue reads it (in K tile KT - 3, or the
-// first when KT < 3): 128 rows x 512 B, two 128-byte lines for each of 256 threads t (row t / 2, lines
-// 2 (t % 2) and 2 (t % 2) + 1).
+// first when KT < 3): 128 rows x 2 BN bytes, up to two 128-byte lines for each of 256 threads t (row t / 2, lines
+// 2 (t % 2) and 2 (t % 2) + 1 of the row, those that start inside the tile).
+template <int BN = 256>
 QDEV void prefetch_y_tile(const EpiArgs& ep, int M, int N, int m0, int n0, int t, int kt, int KT) {
     if (kt == KT - 3 || (KT < 3 && kt == 0)) {
-        const int m = m0 + (t >> 1), nl = n0 + 128 * (t & 1);
+        const int m = m0 + (t >> 1), c = 128 * (t & 1), nl = n0 + c;
         if (ep.y_base && m < M) {
             const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base) + (size_t)m * N;
-            if (nl < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl));
-            if (nl + 64 < N) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl + 64));
+            if (nl < N && (BN == WG_BN || c < BN)) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl));
+            if (nl + 64 < N && (BN == WG_BN || c + 64 < BN))
+                asm volatile("prefetch.global.L2 [%0];\n" ::"l"(y + nl + 64));
         }
     }
 }
@@ -254,9 +305,9 @@ QDEV void* tile_output(void* out, int M, int N, int n0, int seg, int& ldo, int& 
 }
 
 // The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
-// m0, n0) to global memory; s_ws / s_su: the tile's 256 w_scale / wsum values in shared memory (0 past N).
-template <int EP, int SHIFT, bool BLK>
-QDEV void wg_epilogue(const int (&d)[128], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
+// m0, n0; BN columns) to global memory; s_ws / s_su: the tile's BN w_scale / wsum values in shared memory (0 past N).
+template <int EP, int SHIFT, bool BLK, int BN = WG_BN>
+QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
                       int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
     // Row of d[4j + 2h + e]: 64 g + 16 warp + lane/4 + 8h; column 8j + 2 (lane % 4) + e. In batches of 8
     // column pairs: the batch's y_base loads (16 per thread) are issued together before its stores
@@ -277,21 +328,22 @@ QDEV void wg_epilogue(const int (&d)[128], void* __restrict__ out, int M, int N,
             }
         }
     }
-    constexpr int JB = 8;
+    constexpr int JB = 8, J = BN / 8;  // J column groups of 8; the last batch may be partial (BN = 160, 176, 224)
 #pragma unroll
-    for (int j0 = 0; j0 < 32; j0 += JB) {
+    for (int j0 = 0; j0 < J; j0 += JB) {
         unsigned yy[JB][2];
 #pragma unroll
         for (int j = 0; j < JB; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
+                if (J % JB != 0 && j0 + j >= J) continue;  // (false at compile time for whole batches)
                 const int m = mr + 8 * h;
                 yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n0 + 8 * (j0 + j) + 2 * (lane & 3)) : 0u;
             }
 #pragma unroll
         for (int j = 0; j < JB; ++j) {
             const int c = 8 * (j0 + j) + 2 * (lane & 3), n = n0 + c;  // c: column within the tile
-            if (n >= N) continue;
+            if ((J % JB != 0 && j0 + j >= J) || n >= N) continue;
             float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
             if constexpr (EP != 0) {  // staged: 0 past N
                 ws0 = s_ws[c];
@@ -602,10 +654,11 @@ template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.
 // the tile raster, copy s multiplies the K tiles [KT * s / splits, KT * (s + 1) / splits) and stores its int32 sums
 // to out + s * M * N (quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue). Only the K tiles'
 // addresses move: the stage ring and its barrier phases count the slice's own tiles from 0.
-template <int EP, int WB, bool BLK, bool SPLIT = false>
+template <int EP, int WB, bool BLK, bool SPLIT = false, int BN = WG_BN>
 QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
                         void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg, int splits = 1) {
     static_assert(!SPLIT || (EP == 0 && !BLK), "split-K blocks store int32 partial sums [M, N]");
+    static_assert(BN % 16 == 0 && BN >= 128 && BN <= WG_BN, "BN: 128 .. 256 weight rows, a multiple of 16");
     constexpr int S = WS_STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
@@ -618,8 +671,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     int m0, n0, pid = blockIdx.x, kt0 = 0;                    // kt0: the slice's first K tile (SPLIT)
     int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
     if constexpr (SPLIT)  // the slice's K tiles, counted from 0 below
-        out = static_cast<int*>(out) + (size_t)split_slice<WG_BM, WG_BN>(M, N, splits, pid, kt0, KT) * M * N;
-    grouped_tile<WG_BM, WG_BN, WG_GROUP_M>(M, N, pid, m0, n0);
+        out = static_cast<int*>(out) + (size_t)split_slice<WG_BM, BN>(M, N, splits, pid, kt0, KT) * M * N;
+    grouped_tile<WG_BM, BN, WG_GROUP_M>(M, N, pid, m0, n0);
 
     init_stage_barriers(s_full, s_empty, S, WB == 8 ? 128 : 384);  // full: every thread that writes the slot
 
@@ -627,7 +680,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         setmaxnreg_dec<WB == 8 ? WS_PREGS : WS_W4_PREGS>();
         // Thread -> 16-byte chunk c of rows p/8 + 16i (A: i < 8, w8 B: i < 16) of every K tile (copy_plan), one
         // swizzled offset, and a path without bounds for whole tiles.
-        constexpr int RA = WG_BM / 16, RB_ = WB == 8 ? WG_BN / 16 : 0;
+        constexpr int RA = WG_BM / 16, RB_ = WB == 8 ? BN / 16 : 0;
         const int p = tid, c = p & 7;
         const unsigned dst = swz128(p >> 3, c);
         const signed char* pa[RA];
@@ -663,9 +716,11 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     setmaxnreg_inc<WB == 8 ? WS_CREGS : WS_W4_CREGS>();
     const int ct = tid - 128, g = wg - 1, warp = (ct >> 5) & 3;
     if constexpr (EP != 0) {
-        const int n = n0 + ct;  // 256 consumer threads == WG_BN: one column each
-        s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
-        s_su[ct] = n < N ? ep.wsum[n] : 0.f;
+        const int n = n0 + ct;  // 256 consumer threads >= BN: one column each
+        if (BN == WG_BN || ct < BN) {  // (BN == 256: every thread; stated so that the code stays as before)
+            s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
+            s_su[ct] = n < N ? ep.wsum[n] : 0.f;
+        }
     }
     // w4: the consumers unpack the weight tile, WS_LEAD tiles ahead: thread -> rows ct/4 + 64i (i < 4),
     // packed chunk ct % 4 (codes 32 (ct % 4) .. + 31 of the K tile), one register buffer loaded one iteration
@@ -673,16 +728,17 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     // whole 64-byte steps lies ws[i] bytes further each step (w4_off with the step's width fixed): wb[i] walks
     // them; a 32-byte last step goes through w4_off. The loads are ordered (ldg_after_fence): issued after publish_b's
     // proxy fence, which would otherwise wait for them (s15a).
+    constexpr int RP = (BN + 63) / 64;  // passes of 64 rows (the last one partial for BN = 160, 176, 224)
     const int kp2 = Kp >> 1, q = ct & 3;
-    uint4 wq[4];
-    const unsigned char* wb[4];
-    int ws[4];
+    uint4 wq[RP];
+    const unsigned char* wb[RP];
+    int ws[RP];
     unsigned vn = 0;
     if constexpr (WB == 4) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < RP; ++i) {
             const int n = n0 + (ct >> 2) + 64 * i, g0 = n & ~7;
-            const bool ok = n < N;  // a row past N is never loaded: its pointer stays on W
+            const bool ok = n < N && (BN == WG_BN || (ct >> 2) + 64 * i < BN);  // a row past N or the tile: never loaded
             ws[i] = ok ? min(8, N - g0) << 6 : 0;
             wb[i] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16 + (size_t)kt0 * ws[i] : W;  // step kt0
             vn |= (ok ? 1u : 0u) << i;
@@ -692,13 +748,13 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         const int ta = kt0 + t;  // the K tile (= 64-byte step) in the whole row
         if (t < KT && (ta << 6) + 64 <= kp2) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
+            for (int i = 0; i < RP; ++i) {
                 wq[i] = ((vn >> i) & 1u) ? ldg_after_fence(wb[i]) : make_uint4(0, 0, 0, 0);
                 wb[i] += ws[i];
             }
         } else {  // past the last tile, or a 32-byte last step
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
+            for (int i = 0; i < RP; ++i) {
                 const bool in = t < KT && (ta << 6) + q * 16 < kp2 && ((vn >> i) & 1u);
                 wq[i] = in ? ldg_after_fence(W + w4_off(n0 + (ct >> 2) + 64 * i, ta, q * 16, N, kp2))
                            : make_uint4(0, 0, 0, 0);
@@ -708,7 +764,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     unsigned sink = 0;  // WS_DIAG == 2 only
     auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
 #if WS_DIAG == 0
-        store_w4_rows(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
+        store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
         fence_proxy_async();
         mbar_arrive(s_full + 8 * (t % S));
         load_b(t + 1);
@@ -716,7 +772,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         mbar_arrive(s_full + 8 * (t % S));
 #elif WS_DIAG == 2
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < RP; ++i) {
             const unsigned x[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -728,11 +784,11 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         mbar_arrive(s_full + 8 * (t % S));
         load_b(t + 1);
 #else
-        store_w4_rows(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
+        store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
         fence_proxy_async();
         mbar_arrive(s_full + 8 * (t % S));
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < RP; ++i) {
             const unsigned v = (unsigned)(t + 1) * 0x01010101u + (unsigned)(ct + 64 * i);
             wq[i] = make_uint4(v, v ^ 0x5A5A5A5Au, v + 0x33333333u, ~v);
         }
@@ -742,9 +798,9 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         load_b(0);
         for (int t = 0; t < WS_LEAD && t < KT; ++t) publish_b(t);
     }
-    int d[128];
+    int d[BN / 2];
 #pragma unroll
-    for (int i = 0; i < 128; ++i) d[i] = 0;
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0;
     // The descriptors' low words at slot 0 (wg_desc_lo); slot i and k32 step s add (i * WS_SLOT + 32 s) >> 4.
     const unsigned da0 = wg_desc_lo(base + g * (64 * 128)), db0 = wg_desc_lo(base + WG_A_TILE);
     for (int kt = 0; kt < KT; ++kt) {
@@ -754,7 +810,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         const unsigned so = (kt % S) * (WS_SLOT >> 4);
 #pragma unroll
         for (int s = 0; s < WG_BK / 32; ++s)
-            wgmma_s8_m64n256k32(d, wg_desc_from_lo(da0 + so + 2 * s), wg_desc_from_lo(db0 + so + 2 * s));
+            wgmma_s8_n<BN>(d, wg_desc_from_lo(da0 + so + 2 * s), wg_desc_from_lo(db0 + so + 2 * s));
         wgmma_commit();
         fence_acc(d);
         if constexpr (WB == 4) {  // while the wgmmas run: tile kt + WS_LEAD, whose slot tile kt + LEAD - S left
@@ -764,7 +820,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
                 publish_b(t);
             }
         }
-        if constexpr (EP != 0) prefetch_y_tile(ep, M, N, m0, n0, ct, kt, KT);
+        if constexpr (EP != 0) prefetch_y_tile<BN>(ep, M, N, m0, n0, ct, kt, KT);
         wgmma_wait<1>();
         fence_acc(d);
         if (kt > 0) {
@@ -777,7 +833,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     if (WS_DIAG == 2 && sink == 0x9E3779B9u) d[0] += 1;  // keeps the diagnostic unpack alive
     // the epilogue factors written by the other consumer threads (named barrier 1: consumers only)
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
-    wg_epilogue<EP, WB == 4 ? 4 : 0, BLK>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
+    wg_epilogue<EP, WB == 4 ? 4 : 0, BLK, BN>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
 }
 
 // ============================================================================================================
@@ -1129,6 +1185,45 @@ QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4, 1, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
+
+// quik_wgmma_ws_nBN_EP_wB[_blk] (BN = 128, 160, 176, 224; _blk for BN = 128 only, seg a multiple of 256 as above):
+// wgmma_gemm_ws on 128 x BN tiles, grid = ceil(M/128) * ceil(N/BN), block and smem as quik_wgmma_ws_*.
+#define QUIK_WGMMA_WS_N(NAME, EP, WB, BN, BLK)                                                                          \
+    extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
+    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
+         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
+         int seg) {                                                                                                 \
+        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
+        wgmma_gemm_ws<EP, WB, BLK, false, BN>(A, W, out, M, N, Kp, ep, seg);                                     \
+    }
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_i32_w4, 0, 4, 128, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w4, 1, 4, 128, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w4, 2, 4, 128, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_i32_w8, 0, 8, 128, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w8, 1, 8, 128, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w8, 2, 8, 128, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w4, 0, 4, 160, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w4, 1, 4, 160, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_bf16_w4, 2, 4, 160, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w8, 0, 8, 160, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w8, 1, 8, 160, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_bf16_w8, 2, 8, 160, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_i32_w4, 0, 4, 176, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_f16_w4, 1, 4, 176, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_bf16_w4, 2, 4, 176, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_i32_w8, 0, 8, 176, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_f16_w8, 1, 8, 176, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_bf16_w8, 2, 8, 176, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_i32_w4, 0, 4, 224, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_f16_w4, 1, 4, 224, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w4, 2, 4, 224, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_i32_w8, 0, 8, 224, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_f16_w8, 1, 8, 224, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w8, 2, 8, 224, false)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w4_blk, 1, 4, 128, true)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w4_blk, 2, 4, 128, true)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w8_blk, 1, 8, 128, true)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w8_blk, 2, 8, 128, true)
 
 // quik_wgmma_ws_sk_w*: split-K (wgmma_gemm_ws, SPLIT): grid = splits * the tile count, part int32 [splits, M, N]
 // (every element written), 1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* finishes the product.

@@ -624,6 +624,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                         row["finite"] = bool(torch.isfinite(y).all())
                         row["gemm_path"] = _gemm_path(L, M) if fused else None
                         row["split_k"] = _split_k(L, M, row["gemm_path"])
+                        row["tile_n"] = _tile_n(L, M, row["gemm_path"])
                         if check and fused:
                             # against the exact reference on up to 256 rows (the same kernel family as M)
                             xc = xs[0][:256]
@@ -774,6 +775,17 @@ def _split_k(layer, M: int, path: str | None) -> int:
     return cuda.wgmma_splits(*args, layer.weight_bits, layer.w_rt.get_device()) if path == "wgmma" else 1
 
 
+def _tile_n(layer, M: int, path: str | None) -> int | None:
+    """The wgmma kernel's tile width (weight rows per block: 256, or a narrower one) for this layer at M tokens; None
+    off the wgmma path."""
+    from quiktool.runtime import cuda
+
+    if path != "wgmma":
+        return None
+    return cuda._wgmma_shape(M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()), layer.weight_bits,
+                             layer.w_rt.get_device())[0]
+
+
 def _unsteady(row: dict) -> bool:
     ms, best = row.get("quik_ms"), row.get("quik_min_ms")
     return bool(ms and best and ms > UNSTEADY * best)
@@ -834,6 +846,7 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
     for r in result["rows"]:
         scheme = r["scheme"] + (f"+{r['gemm_path']}" if r.get("gemm_path") in ("fp8", "int8", "wgmma") else "")
         scheme += f"+sk{r['split_k']}" if r.get("split_k", 1) > 1 else ""
+        scheme += f"+n{r['tile_n']}" if r.get("tile_n") not in (None, 256) else ""
         base = [r["shape"], str(r["M"]), scheme, str(r["outliers"])]
         if r.get("error"):
             body.append(base + ["error"] + [""] * (len(head) - 5))

@@ -101,8 +101,8 @@ def kernel_name(layer, M: int) -> str:
     kp = layer.w_rt.shape[1] * (8 // layer.weight_bits)
     path = cuda.gemm_path(M, layer.out_features, kp, layer.weight_bits, 1 << (layer.act_bits - 1), d)
     if path == "wgmma":
-        splits = cuda.wgmma_splits(M, layer.out_features, kp, layer.weight_bits, d)
-        return (cuda._wgmma_plan(M, layer.out_features, "f16", layer.weight_bits, kp=kp)[0].replace("_f16", "")
+        bn, splits = cuda._wgmma_shape(M, layer.out_features, kp, layer.weight_bits, d)
+        return (cuda._wgmma_plan(M, layer.out_features, "f16", layer.weight_bits, kp=kp, bn=bn)[0].replace("_f16", "")
                 + (f"/sk{splits}" if splits > 1 else ""))
     if path != "mma":
         return path

@@ -279,7 +279,10 @@ WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws 
                                         for blk in ("", "_blk") for ep in (_EPS[1:] if blk else _EPS))
                                   + tuple(f"quik_wgmma_rs_{ep}_w4{blk}" for blk in ("", "_blk")
                                           for ep in (_EPS[1:] if blk else _EPS))
-                                  + ("quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8"))
+                                  + ("quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8")
+                                  + tuple(f"quik_wgmma_ws_n{bn}_{ep}_w{b}" for bn in (128, 160, 176, 224) for b in (4, 8)
+                                          for ep in _EPS)
+                                  + tuple(f"quik_wgmma_ws_n128_{ep}_w{b}_blk" for b in (4, 8) for ep in _EPS[1:]))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -1408,17 +1411,22 @@ def _min_m(path: str) -> int:
     return _PATH_MIN_M[path] if LIB_MIN_M is None else LIB_MIN_M
 
 
-def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp: int = 0) -> tuple[str, int, int, int]:
-    """quik_wgmma_[ws_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D grid, the
-    kernel rasters it. 4-bit weights from WGMMA_W4_WIDE_MIN_M tokens get an 8-bit entry point (the caller widens
-    them first, _wgmma_weights)."""
+def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp: int = 0,
+                bn: int = _WG_BN) -> tuple[str, int, int, int]:
+    """quik_wgmma_[ws_|ws_n<bn>_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D
+    grid, the kernel rasters it. 4-bit weights from WGMMA_W4_WIDE_MIN_M tokens get an 8-bit entry point (the caller
+    widens them first, _wgmma_weights). bn: the warp-specialized kernel's tile width (wgmma_bn), 256 or one of
+    WGMMA_NARROW_BNS; it applies only where that kernel runs (the register-operand and the earlier kernels have
+    one tile)."""
     if w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M:
         w_bits = 8  # the codes widened to int8 first (_wgmma_weights), then the 8-bit kernel
     if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M and kp >= WGMMA_RS_MIN_KP:
         family, grid = "rs_", -(-M // _RS_BT) * -(-N // _RS_BW)
+    elif WGMMA_WS if w_bits == 8 else WGMMA_WS_W4:
+        family = "ws_" if bn == _WG_BN else f"ws_n{bn}_"
+        grid = -(-M // _WG_BM) * -(-N // bn)
     else:
-        family = "ws_" if (WGMMA_WS if w_bits == 8 else WGMMA_WS_W4) else ""
-        grid = -(-M // _WG_BM) * -(-N // _WG_BN)
+        family, grid = "", -(-M // _WG_BM) * -(-N // _WG_BN)
     name = f"quik_wgmma_{family}{ep}_w{w_bits}{'_blk' if blk else ''}"
     return (name, grid, *_wgmma_block(name))
 
@@ -1427,8 +1435,8 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
                epi: tuple, seg: int = 0, wide: Tensor | None = None) -> bool:
     """Launch the wgmma plan for M x N x kp (A and out pointers in ptrs; seg as _gemm_run's), split along K where
     wgmma_splits says so (then out is [M, N] whatever seg asked). -> whether it was split."""
-    splits = wgmma_splits(M, N, kp, w_bits, dev)
-    name, grid, block, smem = _wgmma_plan(M, N, ep, w_bits, blk=seg > 0 and splits == 1, kp=kp)
+    bn, splits = _wgmma_shape(M, N, kp, w_bits, dev, seg)
+    name, grid, block, smem = _wgmma_plan(M, N, ep, w_bits, blk=seg > 0 and splits == 1, kp=kp, bn=bn)
     w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)  # _w: keeps widened weights alive until launched
     if splits == 1:
         _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
@@ -1490,14 +1498,59 @@ def _wgmma_tiles(M: int, N: int, dev: int) -> tuple[int, int]:
     return -(-M // _WG_BM) * -(-N // _WG_BN), min_tiles
 
 
-def wgmma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
+def wgmma_splits(M: int, N: int, kp: int, w_bits: int, dev: int, seg: int = 0) -> int:
     """Slices of K the wgmma kernel runs in for M x N x kp where gemm_path says 'wgmma' (1: not split)."""
+    return _wgmma_shape(M, N, kp, w_bits, dev, seg)[1]
+
+
+def _split_rule(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
+    """The split-K rule on 128 x 256 tiles (above): slices of K, 1 where it does not split."""
     tiles, min_tiles = _wgmma_tiles(M, N, dev)
     if (tiles >= min_tiles or WGMMA_SPLIT_MIN_TILES <= 0 or tiles < WGMMA_SPLIT_MIN_TILES
             or (w_bits == 8 and M < WGMMA_SPLIT_W8_MIN_M)):
         return 1
     splits = min(_device_info(dev)[1] // tiles, _WGMMA_SPLIT_MAX, -(-kp // 128) // _WGMMA_SPLIT_MIN_KT)
     return splits if splits >= 2 else 1
+
+
+# Narrower tiles (quik_wgmma_ws_n<BN>_*, twenty-first session): the warp-specialized kernel on 128 x BN tiles,
+# BN in WGMMA_NARROW_BNS, where they take fewer waves x tile width than 128 x 256 tiles, i.e. where one tile per SM
+# leaves SMs idle in the last wave (80 tiles of 5120-wide outputs at 512 tokens take one wave of 80 of 132 SMs; 128
+# tiles of 160 rows one wave of 128). Why this model: on the H100 the kernel's wave time hardly depends on its block
+# count at M = 512 (4-bit weights: 47.1 / 49.5 / 51.7 us for 40 / 80 / 132 blocks of 128 x 256 x 5120; 8-bit 34.7 /
+# 39.7 / 47.0; scripts/device_sm_scaling.py, docs/PERF_LOG.md twenty-first session), and a block's work is
+# proportional to its width. The narrow tile replaces the 256-wide one when waves x BN falls to WGMMA_NARROW_GAIN of
+# its cost or less, and a split-K plan (_split_rule) when it beats that plan's 256 / splits per wave with the slices'
+# extra pass counted as _WGMMA_SPLIT_PASS of it. Fused groups' blocked outputs (seg) only take widths dividing seg
+# (an entry point with the blocked layout exists for 128 only). QUIKTOOL_WGMMA_BN: 256 = never narrow (A/B runs), a
+# width of WGMMA_NARROW_BNS = that one wherever it is allowed (tests).
+WGMMA_NARROW_BNS: tuple[int, ...] = (224, 176, 160, 128)
+WGMMA_BN: int | None = _env_int("QUIKTOOL_WGMMA_BN")
+WGMMA_NARROW_GAIN = 0.9
+_WGMMA_SPLIT_PASS = 0.25
+_WGMMA_BLK_BNS = (128,)
+
+
+def _wgmma_shape(M: int, N: int, kp: int, w_bits: int, dev: int, seg: int = 0) -> tuple[int, int]:
+    """(tile width, slices of K) of the wgmma kernel for M x N x kp where gemm_path says 'wgmma': narrow tiles
+    (width < 256) never split; seg > 0: the caller asks for blocked outputs of seg columns."""
+    splits = _split_rule(M, N, kp, w_bits, dev)
+    if WGMMA_BN not in (None, *WGMMA_NARROW_BNS):
+        return _WG_BN, splits
+    sms, min_tiles = _device_info(dev)[1], _wgmma_tiles(M, N, dev)[1]
+    m_tiles = -(-M // _WG_BM)
+
+    def cost(bn: int) -> float:  # waves x width: the time of the plan's blocks, in units of 256-wide K tiles
+        return -(-m_tiles * -(-N // bn) // sms) * bn
+
+    base = _WG_BN / splits * (1 + _WGMMA_SPLIT_PASS) if splits > 1 else WGMMA_NARROW_GAIN * cost(_WG_BN)
+    best = (_WG_BN, splits)
+    for bn in WGMMA_NARROW_BNS if WGMMA_BN is None else (WGMMA_BN,):
+        if m_tiles * -(-N // bn) < min_tiles or (seg > 0 and (bn not in _WGMMA_BLK_BNS or seg % bn)):
+            continue
+        if WGMMA_BN is not None or cost(bn) <= base:
+            best, base = (bn, 1), cost(bn) * (1 - 1e-9)  # ties keep the wider tile (fewer per-tile costs)
+    return best
 
 
 def _wgmma_ok(M: int, N: int, kp: int, w_bits: int, dev: int) -> bool:
@@ -1507,7 +1560,7 @@ def _wgmma_ok(M: int, N: int, kp: int, w_bits: int, dev: int) -> bool:
     if (w_bits != 4 and not (w_bits == 8 and WGMMA_W8)) or WGMMA_MIN_M <= 0 or M < max(WGMMA_MIN_M, 17):
         return False
     tiles, min_tiles = _wgmma_tiles(M, N, dev)
-    if tiles < min_tiles and wgmma_splits(M, N, kp, w_bits, dev) == 1:
+    if tiles < min_tiles and _split_rule(M, N, kp, w_bits, dev) == 1:
         return False
     if dev not in _WGMMA and torch.cuda.is_current_stream_capturing():
         return False

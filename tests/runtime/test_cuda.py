@@ -591,8 +591,9 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
 
 
-@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"), (8, "wg")],
-                         ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8"])
+@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"), (8, "wg"),
+                                         (4, "n128"), (8, "n128")],
+                         ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8", "w4-n128", "w8-n128"])
 def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, bits: int,
                                                                kernel: str) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
@@ -612,6 +613,8 @@ def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pyte
                           dtype=torch.float16, device=DEV, backend="cuda") for _ in range(3)]
     fused = fuse.FusedQuikLinear(members)
     assert fused.block == N
+    if kernel == "n128":  # the blocked layout on 128-row tiles (quik_wgmma_ws_n128_f16_wB_blk)
+        assert cuda._wgmma_shape(300, 3 * N, K, bits, torch.cuda.current_device(), N) == (128, 1)
     x = torch.randn(2, 150, K, generator=g).to(DEV, torch.float16)            # M = 300: the wgmma path
     with torch.no_grad():
         blocks = fused._compute(x)
@@ -1113,9 +1116,10 @@ def test_quik_linear_under_cuda_graph_at_decode_sizes(M: int) -> None:
 # (e) the sm_90a wgmma kernel (kernels/quik_wgmma.cu): 4- or 8-bit weights, 4- or 8-bit activations, large M
 # ---------------------------------------------------------------------------------------------------
 def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -> int:
-    """The wgmma path on for every shape; kernel: "ws" (the warp-specialized quik_wgmma_ws_*), "wg" (the earlier
-    quik_wgmma_*), "rs" (the register-operand quik_wgmma_rs_*, 4-bit weights; 8-bit ones then take ws), "wide" (4-bit
-    weights widened to int8 onto quik_wgmma_ws_*_w8), None (the launcher's default)."""
+    """The wgmma path on for every shape; kernel: "ws" (the warp-specialized quik_wgmma_ws_* on 128 x 256 tiles), "wg"
+    (the earlier quik_wgmma_*), "rs" (the register-operand quik_wgmma_rs_*, 4-bit weights; 8-bit ones then take ws),
+    "wide" (4-bit weights widened to int8 onto quik_wgmma_ws_*_w8), "n<BN>" (the warp-specialized kernel on 128 x BN
+    tiles, quik_wgmma_ws_n<BN>_*, 4-bit weights not widened), None (the launcher's default, narrow tiles by its rule)."""
     dev = torch.cuda.current_device()
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("the wgmma kernel is sm_90 only")
@@ -1130,13 +1134,17 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -
         monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 1 if kernel == "rs" else 0)
         monkeypatch.setattr(cuda, "WGMMA_RS_MIN_KP", 0)
         monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1 if kernel == "wide" else 0)
+        monkeypatch.setattr(cuda, "WGMMA_BN", int(kernel[1:]) if kernel.startswith("n") else 256)
     return dev
 
 
 def _planned_family(M: int, N: int, kp: int, w_bits: int) -> str:
     """The kernel family _wgmma_plan picks now: "rs", "ws", "wg", or "wide" for 4-bit weights widened onto the 8-bit
     warp-specialized kernel (the tests check that the one asked for runs)."""
-    name = cuda._wgmma_plan(M, N, "i32", w_bits, kp=kp)[0]
+    bn = cuda._wgmma_shape(M, N, kp, w_bits, torch.cuda.current_device())[0]
+    name = cuda._wgmma_plan(M, N, "i32", w_bits, kp=kp, bn=bn)[0]
+    if "_ws_n" in name:
+        return ("wide-" if w_bits == 4 and "_w8" in name else "") + name.split("_")[3]   # quik_wgmma_ws_n<BN>_...
     if w_bits == 4 and "_w8" in name:
         return "wide" if "_ws_" in name else "wide-wg"
     return "rs" if "_rs_" in name else "ws" if "_ws_" in name else "wg"
@@ -1150,10 +1158,12 @@ WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096
 # weight bits and kernel: each width on the warp-specialized quik_wgmma_ws_*_wB (ws, the default) and on the
 # earlier quik_wgmma_*_wB (QUIKTOOL_WGMMA_WS=0 / QUIKTOOL_WGMMA_WS_W4=0); 4-bit weights also on the
 # register-operand quik_wgmma_rs_*_w4 (QUIKTOOL_WGMMA_RS_MIN_M) and widened to int8 onto quik_wgmma_ws_*_w8
-# (QUIKTOOL_WGMMA_W4_WIDE_MIN_M)
+# (QUIKTOOL_WGMMA_W4_WIDE_MIN_M); both widths on the narrower tiles quik_wgmma_ws_n<BN>_wB (QUIKTOOL_WGMMA_BN)
 WG_KERNELS = pytest.mark.parametrize("w_bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"),
-                                                       (8, "wg")],
-                                     ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8"])
+                                                       (8, "wg"), (4, "n128"), (4, "n160"), (4, "n176"), (4, "n224"),
+                                                       (8, "n128"), (8, "n160"), (8, "n176"), (8, "n224")],
+                                     ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8", "w4-n128", "w4-n160",
+                                          "w4-n176", "w4-n224", "w8-n128", "w8-n160", "w8-n176", "w8-n224"])
 
 
 @WG_KERNELS
@@ -1202,9 +1212,12 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("with_y", [True, False], ids=["y_base", "no_y"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("w_bits,a_bits,kernel", [(4, 4, "wg"), (4, 4, "ws"), (4, 4, "rs"), (4, 4, "wide"), (4, 8, "wg"),
-                                                  (4, 8, "ws"), (4, 8, "rs"), (4, 8, "wide"), (8, 8, "ws"), (8, 8, "wg")],
+                                                  (4, 8, "ws"), (4, 8, "rs"), (4, 8, "wide"), (8, 8, "ws"), (8, 8, "wg"),
+                                                  (4, 4, "n128"), (4, 4, "n160"), (4, 8, "n176"), (4, 4, "n224"),
+                                                  (8, 8, "n128"), (8, 8, "n176")],
                          ids=["w4a4", "w4a4-ws", "w4a4-rs", "w4a4-wide", "w4a8", "w4a8-ws", "w4a8-rs", "w4a8-wide",
-                              "w8a8-ws", "w8a8"])
+                              "w8a8-ws", "w8a8", "w4a4-n128", "w4a4-n160", "w4a8-n176", "w4a4-n224", "w8a8-n128",
+                              "w8a8-n176"])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,

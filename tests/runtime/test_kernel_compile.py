@@ -453,18 +453,65 @@ def test_wgmma_split_rule(monkeypatch) -> None:
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)
     assert cuda._wgmma_tiles(512, 4096, 0) == (64, 80)
-    assert cuda.wgmma_splits(512, 4096, 4096, 4, 0) == 2       # 64 tiles: 128 blocks
-    assert cuda.wgmma_splits(256, 5120, 5120, 4, 0) == 3       # 40 tiles: 120
-    assert cuda.wgmma_splits(128, 8192, 8192, 4, 0) == 4       # 32 tiles, at most 4
-    assert cuda.wgmma_splits(128, 7936, 8192, 4, 0) == 1       # 31 tiles: below WGMMA_SPLIT_MIN_TILES
-    assert cuda.wgmma_splits(512, 5120, 5120, 4, 0) == 1       # 80 tiles: the unsplit rule
-    assert cuda.wgmma_splits(512, 4096, 1024, 4, 0) == 1       # 8 K tiles: one slice
-    assert cuda.wgmma_splits(512, 4096, 2048, 4, 0) == 2
-    assert cuda.wgmma_splits(128, 8192, 8192, 8, 0) == 1    # 8-bit weights from 256 tokens
-    assert cuda.wgmma_splits(256, 5120, 5120, 8, 0) == 3
+    assert cuda._split_rule(512, 4096, 4096, 4, 0) == 2       # 64 tiles: 128 blocks
+    assert cuda._split_rule(256, 5120, 5120, 4, 0) == 3       # 40 tiles: 120
+    assert cuda._split_rule(128, 8192, 8192, 4, 0) == 4       # 32 tiles, at most 4
+    assert cuda._split_rule(128, 7936, 8192, 4, 0) == 1       # 31 tiles: below WGMMA_SPLIT_MIN_TILES
+    assert cuda._split_rule(512, 5120, 5120, 4, 0) == 1       # 80 tiles: the unsplit rule
+    assert cuda._split_rule(512, 4096, 1024, 4, 0) == 1       # 8 K tiles: one slice
+    assert cuda._split_rule(512, 4096, 2048, 4, 0) == 2
+    assert cuda._split_rule(128, 8192, 8192, 8, 0) == 1    # 8-bit weights from 256 tokens
+    assert cuda._split_rule(256, 5120, 5120, 8, 0) == 3
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 0)
-    assert cuda.wgmma_splits(512, 4096, 4096, 4, 0) == 1
+    assert cuda._split_rule(512, 4096, 4096, 4, 0) == 1
     assert {"quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8"} <= set(cuda.WGMMA_KERNELS)
+
+
+def test_wgmma_narrow_tile_rule(monkeypatch) -> None:
+    """Tile widths of the warp-specialized wgmma kernel (132 SMs, the rule's 80 tiles): a narrower one where it takes
+    <= 0.9 of the 128 x 256 tiles' waves x width (ties: the wider), or beats a split-K plan's 256 / slices per wave with
+    its extra pass counted as a quarter; blocked outputs only on widths that have the layout and divide seg."""
+    monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)
+    monkeypatch.setattr(cuda, "WGMMA_BN", None)
+    shape = cuda._wgmma_shape
+    assert shape(512, 5120, 5120, 4, 0) == (160, 1)      # 80 tiles of 256 in one wave -> 128 of 160
+    assert shape(512, 11008, 4096, 4, 0) == (176, 1)     # 172 tiles, two waves of 256 -> two of 176 (252 tiles)
+    assert shape(512, 4096, 4096, 4, 0) == (128, 1)      # split in two (160) -> 128 tiles of 128
+    assert cuda.wgmma_splits(512, 4096, 4096, 4, 0) == 1
+    assert shape(256, 5120, 5120, 4, 0) == (256, 3)      # three slices (~107) beat 80 tiles of 128
+    assert shape(2048, 8192, 8192, 8, 0) == (256, 1)     # whole waves already
+    assert shape(128, 28672, 8192, 4, 0) == (224, 1)     # 112 tiles -> 128
+    assert shape(512, 10240, 5120, 4, 0) == (160, 1)
+    assert shape(512, 10240, 5120, 4, 0, 5120) == (128, 1)   # blocked outputs: 128 only
+    assert shape(512, 10240, 5120, 4, 0, 2560) == (128, 1)
+    monkeypatch.setattr(cuda, "_WGMMA_BLK_BNS", ())
+    assert shape(512, 10240, 5120, 4, 0, 5120) == (256, 1)
+    monkeypatch.setattr(cuda, "WGMMA_BN", 256)               # off
+    assert shape(512, 5120, 5120, 4, 0) == (256, 1) and shape(512, 4096, 4096, 4, 0) == (256, 2)
+    monkeypatch.setattr(cuda, "WGMMA_BN", 176)               # forced wherever it has enough tiles
+    assert shape(512, 4096, 4096, 4, 0) == (176, 1) and shape(2048, 8192, 8192, 8, 0) == (176, 1)
+    assert shape(256, 4096, 4096, 4, 0) == (256, 4)          # 48 tiles of 176: below the rule's 80
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
+    assert shape(256, 4096, 4096, 4, 0) == (176, 1)
+
+
+@pytest.mark.parametrize("bn", [128, 160, 176, 224])
+def test_wgmma_plan_narrow_tiles(monkeypatch, bn: int) -> None:
+    """_wgmma_plan with a narrow width: quik_wgmma_ws_n<bn>_*, one block per 128 x bn tile, the ws block and smem;
+    every such entry point (the blocked layout for 128 only) is in WGMMA_KERNELS."""
+    monkeypatch.setattr(cuda, "WGMMA_WS", True)
+    monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
+    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1024)
+    for bits in (4, 8):
+        assert cuda._wgmma_plan(300, 1000, "f16", bits, bn=bn) == (
+            f"quik_wgmma_ws_n{bn}_f16_w{bits}", 3 * -(-1000 // bn), cuda._WS_THREADS, cuda._WS_SMEM)
+    assert cuda._wgmma_plan(1024, 1000, "bf16", 4, bn=bn)[0] == f"quik_wgmma_ws_n{bn}_bf16_w8"   # widened
+    names = {cuda._wgmma_plan(130, 260, ep, b, bn=bn)[0] for ep in ("i32", "f16", "bf16") for b in (4, 8)}
+    if bn == 128:
+        names |= {cuda._wgmma_plan(130, 260, ep, b, True, bn=bn)[0] for ep in ("f16", "bf16") for b in (4, 8)}
+    assert len(names) == (10 if bn == 128 else 6) and names <= set(cuda.WGMMA_KERNELS)
 
 
 def test_gemv_lines_rule(monkeypatch) -> None:
