@@ -39,6 +39,10 @@
 //   1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue. On sm_90
 //   the launcher starts it as a programmatic dependent launch of the quantizer: its producer copies A only after
 //   griddepcontrol.wait (it reads nothing else the quantizer writes).
+//   quik_wgmma_ws_nBN_EP_wB (BN = 160, 176, 224; twenty-first session): wgmma_gemm_ws on tiles of 128 tokens x BN
+//   weight rows (the same arguments and semantics, the plain [M, N] output only), grid = ceil(M/128) * ceil(N/BN),
+//   block and smem as quik_wgmma_ws_*. The launcher takes them where 256-row tiles would leave SMs idle in the last
+//   wave (quiktool.runtime.cuda._wgmma_shape).
 //   quik_wgmma_rs_EP_w4[_blk] (register-operand, 4-bit weights only; at the end of this file): the same arguments
 //   and semantics, block RS_THREADS = 384, grid = ceil(M/256) * ceil(N/128) (256 tokens x 128 weight rows per
 //   block), dynamic smem rs_smem_bytes() + 1024.
@@ -213,7 +217,7 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
         : "l"(da), "l"(db), "n"(1));
 }
 
-// The narrower tiles' wgmmas, m64nNk32 for N = BN (wgmma_gemm_ws's BN, twenty-first session): N / 2 int32
+// The narrower tiles' wgmmas, m64nNk32 for N = BN = 160, 176, 224 (wgmma_gemm_ws's BN, twenty-first session): N / 2 int32
 // accumulators per thread. WG_S<i> names operands 8i .. 8i+7 in the asm text, WG_O8(d, i) binds d[i .. i+7] to them;
 // the two descriptors and the scale-d immediate follow the accumulators.
 #define WG_S0 "%0, %1, %2, %3, %4, %5, %6, %7"
@@ -252,7 +256,6 @@ template <> QDEV void wgmma_s8_n<256>(int (&d)[128], unsigned long long da, unsi
                      : OUT(d)                                                                                      \
                      : "l"(da), "l"(db), "n"(1));                                                                  \
     }
-WG_NARROW(128, WG_R64, WG_OUT64, 64, 65, 66)
 WG_NARROW(160, WG_R80, WG_OUT80, 80, 81, 82)
 WG_NARROW(176, WG_R88, WG_OUT88, 88, 89, 90)
 WG_NARROW(224, WG_R112, WG_OUT112, 112, 113, 114)
@@ -658,7 +661,7 @@ template <int EP, int WB, bool BLK, bool SPLIT = false, int BN = WG_BN>
 QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
                         void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg, int splits = 1) {
     static_assert(!SPLIT || (EP == 0 && !BLK), "split-K blocks store int32 partial sums [M, N]");
-    static_assert(BN % 16 == 0 && BN >= 128 && BN <= WG_BN, "BN: 128 .. 256 weight rows, a multiple of 16");
+    static_assert(BN == 160 || BN == 176 || BN == 224 || BN == WG_BN, "BN: a width with a wgmma_s8_n wrapper");
     constexpr int S = WS_STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
@@ -1186,44 +1189,34 @@ QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
 
-// quik_wgmma_ws_nBN_EP_wB[_blk] (BN = 128, 160, 176, 224; _blk for BN = 128 only, seg a multiple of 256 as above):
-// wgmma_gemm_ws on 128 x BN tiles, grid = ceil(M/128) * ceil(N/BN), block and smem as quik_wgmma_ws_*.
-#define QUIK_WGMMA_WS_N(NAME, EP, WB, BN, BLK)                                                                          \
+// quik_wgmma_ws_nBN_EP_wB (BN = 160, 176, 224): wgmma_gemm_ws on 128 x BN tiles, grid = ceil(M/128) * ceil(N/BN),
+// block and smem as quik_wgmma_ws_*; the plain [M, N] output only (a fused group's segment need not divide by BN).
+#define QUIK_WGMMA_WS_N(NAME, EP, WB, BN)                                                                          \
     extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
          const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
          int seg) {                                                                                                 \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_gemm_ws<EP, WB, BLK, false, BN>(A, W, out, M, N, Kp, ep, seg);                                     \
+        wgmma_gemm_ws<EP, WB, false, false, BN>(A, W, out, M, N, Kp, ep, seg);                                     \
     }
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_i32_w4, 0, 4, 128, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w4, 1, 4, 128, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w4, 2, 4, 128, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_i32_w8, 0, 8, 128, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w8, 1, 8, 128, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w8, 2, 8, 128, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w4, 0, 4, 160, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w4, 1, 4, 160, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_bf16_w4, 2, 4, 160, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w8, 0, 8, 160, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w8, 1, 8, 160, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_bf16_w8, 2, 8, 160, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_i32_w4, 0, 4, 176, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_f16_w4, 1, 4, 176, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_bf16_w4, 2, 4, 176, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_i32_w8, 0, 8, 176, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_f16_w8, 1, 8, 176, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_bf16_w8, 2, 8, 176, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_i32_w4, 0, 4, 224, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_f16_w4, 1, 4, 224, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w4, 2, 4, 224, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_i32_w8, 0, 8, 224, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_f16_w8, 1, 8, 224, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w8, 2, 8, 224, false)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w4_blk, 1, 4, 128, true)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w4_blk, 2, 4, 128, true)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_f16_w8_blk, 1, 8, 128, true)
-QUIK_WGMMA_WS_N(quik_wgmma_ws_n128_bf16_w8_blk, 2, 8, 128, true)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w4, 0, 4, 160)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w4, 1, 4, 160)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_bf16_w4, 2, 4, 160)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w8, 0, 8, 160)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w8, 1, 8, 160)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_bf16_w8, 2, 8, 160)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_i32_w4, 0, 4, 176)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_f16_w4, 1, 4, 176)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_bf16_w4, 2, 4, 176)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_i32_w8, 0, 8, 176)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_f16_w8, 1, 8, 176)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n176_bf16_w8, 2, 8, 176)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_i32_w4, 0, 4, 224)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_f16_w4, 1, 4, 224)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w4, 2, 4, 224)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_i32_w8, 0, 8, 224)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_f16_w8, 1, 8, 224)
+QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w8, 2, 8, 224)
 
 // quik_wgmma_ws_sk_w*: split-K (wgmma_gemm_ws, SPLIT): grid = splits * the tile count, part int32 [splits, M, N]
 // (every element written), 1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* finishes the product.

@@ -280,9 +280,8 @@ WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws 
                                   + tuple(f"quik_wgmma_rs_{ep}_w4{blk}" for blk in ("", "_blk")
                                           for ep in (_EPS[1:] if blk else _EPS))
                                   + ("quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8")
-                                  + tuple(f"quik_wgmma_ws_n{bn}_{ep}_w{b}" for bn in (128, 160, 176, 224) for b in (4, 8)
-                                          for ep in _EPS)
-                                  + tuple(f"quik_wgmma_ws_n128_{ep}_w{b}_blk" for b in (4, 8) for ep in _EPS[1:]))
+                                  + tuple(f"quik_wgmma_ws_n{bn}_{ep}_w{b}" for bn in (160, 176, 224) for b in (4, 8)
+                                          for ep in _EPS))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -1513,43 +1512,41 @@ def _split_rule(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
     return splits if splits >= 2 else 1
 
 
-# Narrower tiles (quik_wgmma_ws_n<BN>_*, twenty-first session): the warp-specialized kernel on 128 x BN tiles,
-# BN in WGMMA_NARROW_BNS, where they take fewer waves x tile width than 128 x 256 tiles, i.e. where one tile per SM
-# leaves SMs idle in the last wave (80 tiles of 5120-wide outputs at 512 tokens take one wave of 80 of 132 SMs; 128
-# tiles of 160 rows one wave of 128). Why this model: on the H100 the kernel's wave time hardly depends on its block
-# count at M = 512 (4-bit weights: 47.1 / 49.5 / 51.7 us for 40 / 80 / 132 blocks of 128 x 256 x 5120; 8-bit 34.7 /
-# 39.7 / 47.0; scripts/device_sm_scaling.py, docs/PERF_LOG.md twenty-first session), and a block's work is
-# proportional to its width. The narrow tile replaces the 256-wide one when waves x BN falls to WGMMA_NARROW_GAIN of
-# its cost or less, and a split-K plan (_split_rule) when it beats that plan's 256 / splits per wave with the slices'
-# extra pass counted as _WGMMA_SPLIT_PASS of it. Fused groups' blocked outputs (seg) only take widths dividing seg
-# (an entry point with the blocked layout exists for 128 only). QUIKTOOL_WGMMA_BN: 256 = never narrow (A/B runs), a
-# width of WGMMA_NARROW_BNS = that one wherever it is allowed (tests).
-WGMMA_NARROW_BNS: tuple[int, ...] = (224, 176, 160, 128)
+# Narrower tiles (quik_wgmma_ws_n<BN>_*, twenty-first session): the warp-specialized kernel on 128 x BN tiles, BN in
+# WGMMA_NARROW_BNS, where 128 x 256 tiles leave SMs idle in their last wave (80 tiles of a 5120-wide output at 512
+# tokens: one wave on 80 of 132 SMs; 128 tiles of 160 rows: one wave on 128). The model: a wave takes about the same
+# time whatever its block count (at M = 512 on the H100, 4-bit weights: 47.1 / 49.5 / 51.7 us for 40 / 80 / 132
+# blocks of 128 x 256 x 5120; 8-bit 34.7 / 39.7 / 47.0 us; scripts/device_sm_scaling.py, s21a), and a block's K tile
+# costs BN + WGMMA_TILE_FIXED weight rows' worth of time (the activation tile's copy, the barriers, the wgmma issue
+# do not shrink with BN): fitted to s21b, where 128-row tiles took x1.02-1.35 of a two- or four-slice split-K plan's
+# time at M = 256 / 512 (4-bit weights), a 128 x 176 grid x1.04-1.06 of 256-wide tiles on 8192 x 28672 at M = 512,
+# and the predicted wins came out smaller than waves x BN said (x0.84-0.98). A narrow width replaces 256 when its
+# waves x (BN + fixed) is at most WGMMA_NARROW_GAIN of 256's; never a split-K plan (128 x 128 tiles against two
+# slices: x1.02-1.35, s21b; that width was removed), nor a fused group's blocked output (seg: no such entry point).
+# QUIKTOOL_WGMMA_BN: 256 = never narrow (A/B runs); a width of WGMMA_NARROW_BNS = that one wherever the rule's tile
+# count allows, split plans and blocked outputs aside (tests).
+WGMMA_NARROW_BNS: tuple[int, ...] = (224, 176, 160)
 WGMMA_BN: int | None = _env_int("QUIKTOOL_WGMMA_BN")
-WGMMA_NARROW_GAIN = 0.9
-_WGMMA_SPLIT_PASS = 0.25
-_WGMMA_BLK_BNS = (128,)
+WGMMA_NARROW_GAIN = 0.95
+WGMMA_TILE_FIXED = 200
 
 
 def _wgmma_shape(M: int, N: int, kp: int, w_bits: int, dev: int, seg: int = 0) -> tuple[int, int]:
-    """(tile width, slices of K) of the wgmma kernel for M x N x kp where gemm_path says 'wgmma': narrow tiles
-    (width < 256) never split; seg > 0: the caller asks for blocked outputs of seg columns."""
+    """(tile width, slices of K) of the wgmma kernel for M x N x kp where gemm_path says 'wgmma': 256 with the
+    split-K rule's slices, or a narrower width unsplit. seg > 0: the caller asks for blocked outputs (256 only)."""
     splits = _split_rule(M, N, kp, w_bits, dev)
-    if WGMMA_BN not in (None, *WGMMA_NARROW_BNS):
+    if seg > 0 or WGMMA_BN not in (None, *WGMMA_NARROW_BNS) or (splits > 1 and WGMMA_BN is None):
         return _WG_BN, splits
     sms, min_tiles = _device_info(dev)[1], _wgmma_tiles(M, N, dev)[1]
     m_tiles = -(-M // _WG_BM)
 
-    def cost(bn: int) -> float:  # waves x width: the time of the plan's blocks, in units of 256-wide K tiles
-        return -(-m_tiles * -(-N // bn) // sms) * bn
+    def cost(bn: int) -> int:  # waves x the time of a block's K tile, in weight rows
+        return -(-m_tiles * -(-N // bn) // sms) * (bn + WGMMA_TILE_FIXED)
 
-    base = _WG_BN / splits * (1 + _WGMMA_SPLIT_PASS) if splits > 1 else WGMMA_NARROW_GAIN * cost(_WG_BN)
-    best = (_WG_BN, splits)
+    best, base = (_WG_BN, splits), WGMMA_NARROW_GAIN * cost(_WG_BN)
     for bn in WGMMA_NARROW_BNS if WGMMA_BN is None else (WGMMA_BN,):
-        if m_tiles * -(-N // bn) < min_tiles or (seg > 0 and (bn not in _WGMMA_BLK_BNS or seg % bn)):
-            continue
-        if WGMMA_BN is not None or cost(bn) <= base:
-            best, base = (bn, 1), cost(bn) * (1 - 1e-9)  # ties keep the wider tile (fewer per-tile costs)
+        if m_tiles * -(-N // bn) >= min_tiles and (WGMMA_BN is not None or cost(bn) <= base):
+            best, base = (bn, 1), cost(bn) - 1  # a later (narrower) width must be strictly cheaper
     return best
 
 

@@ -591,9 +591,8 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
 
 
-@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"), (8, "wg"),
-                                         (4, "n128"), (8, "n128")],
-                         ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8", "w4-n128", "w8-n128"])
+@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"), (8, "wg")],
+                         ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8"])
 def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, bits: int,
                                                                kernel: str) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
@@ -613,8 +612,6 @@ def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pyte
                           dtype=torch.float16, device=DEV, backend="cuda") for _ in range(3)]
     fused = fuse.FusedQuikLinear(members)
     assert fused.block == N
-    if kernel == "n128":  # the blocked layout on 128-row tiles (quik_wgmma_ws_n128_f16_wB_blk)
-        assert cuda._wgmma_shape(300, 3 * N, K, bits, torch.cuda.current_device(), N) == (128, 1)
     x = torch.randn(2, 150, K, generator=g).to(DEV, torch.float16)            # M = 300: the wgmma path
     with torch.no_grad():
         blocks = fused._compute(x)
@@ -1160,10 +1157,10 @@ WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096
 # register-operand quik_wgmma_rs_*_w4 (QUIKTOOL_WGMMA_RS_MIN_M) and widened to int8 onto quik_wgmma_ws_*_w8
 # (QUIKTOOL_WGMMA_W4_WIDE_MIN_M); both widths on the narrower tiles quik_wgmma_ws_n<BN>_wB (QUIKTOOL_WGMMA_BN)
 WG_KERNELS = pytest.mark.parametrize("w_bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"),
-                                                       (8, "wg"), (4, "n128"), (4, "n160"), (4, "n176"), (4, "n224"),
-                                                       (8, "n128"), (8, "n160"), (8, "n176"), (8, "n224")],
-                                     ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8", "w4-n128", "w4-n160",
-                                          "w4-n176", "w4-n224", "w8-n128", "w8-n160", "w8-n176", "w8-n224"])
+                                                       (8, "wg"), (4, "n160"), (4, "n176"), (4, "n224"), (8, "n160"),
+                                                       (8, "n176"), (8, "n224")],
+                                     ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8", "w4-n160", "w4-n176",
+                                          "w4-n224", "w8-n160", "w8-n176", "w8-n224"])
 
 
 @WG_KERNELS
@@ -1213,11 +1210,10 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("w_bits,a_bits,kernel", [(4, 4, "wg"), (4, 4, "ws"), (4, 4, "rs"), (4, 4, "wide"), (4, 8, "wg"),
                                                   (4, 8, "ws"), (4, 8, "rs"), (4, 8, "wide"), (8, 8, "ws"), (8, 8, "wg"),
-                                                  (4, 4, "n128"), (4, 4, "n160"), (4, 8, "n176"), (4, 4, "n224"),
-                                                  (8, 8, "n128"), (8, 8, "n176")],
+                                                  (4, 4, "n160"), (4, 8, "n176"), (4, 4, "n224"), (8, 8, "n160"),
+                                                  (8, 8, "n176")],
                          ids=["w4a4", "w4a4-ws", "w4a4-rs", "w4a4-wide", "w4a8", "w4a8-ws", "w4a8-rs", "w4a8-wide",
-                              "w8a8-ws", "w8a8", "w4a4-n128", "w4a4-n160", "w4a8-n176", "w4a4-n224", "w8a8-n128",
-                              "w8a8-n176"])
+                              "w8a8-ws", "w8a8", "w4a4-n160", "w4a8-n176", "w4a4-n224", "w8a8-n160", "w8a8-n176"])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,

@@ -468,39 +468,41 @@ def test_wgmma_split_rule(monkeypatch) -> None:
 
 
 def test_wgmma_narrow_tile_rule(monkeypatch) -> None:
-    """Tile widths of the warp-specialized wgmma kernel (132 SMs, the rule's 80 tiles): a narrower one where it takes
-    <= 0.9 of the 128 x 256 tiles' waves x width (ties: the wider), or beats a split-K plan's 256 / slices per wave with
-    its extra pass counted as a quarter; blocked outputs only on widths that have the layout and divide seg."""
+    """Tile widths of the warp-specialized wgmma kernel (132 SMs, the rule's 80 tiles): a narrower one where its
+    waves x (width + 200) is at most 0.95 of the 256-wide tiles' (ties: the wider), never instead of a split-K plan or
+    with blocked outputs."""
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)
     monkeypatch.setattr(cuda, "WGMMA_BN", None)
     shape = cuda._wgmma_shape
     assert shape(512, 5120, 5120, 4, 0) == (160, 1)      # 80 tiles of 256 in one wave -> 128 of 160
+    assert shape(1024, 5120, 5120, 8, 0) == (160, 1)     # 160 tiles -> 256: two waves either way, 360 / 456 each
     assert shape(512, 11008, 4096, 4, 0) == (176, 1)     # 172 tiles, two waves of 256 -> two of 176 (252 tiles)
-    assert shape(512, 4096, 4096, 4, 0) == (128, 1)      # split in two (160) -> 128 tiles of 128
-    assert cuda.wgmma_splits(512, 4096, 4096, 4, 0) == 1
-    assert shape(256, 5120, 5120, 4, 0) == (256, 3)      # three slices (~107) beat 80 tiles of 128
+    assert shape(512, 13824, 5120, 4, 0) == (224, 1)     # 216 -> 248 tiles (176: 316, three waves)
+    assert shape(512, 28672, 8192, 4, 0) == (224, 1)     # 448 -> 512 tiles: 3.9 waves of 224 (176: 4.9)
+    assert shape(128, 28672, 8192, 4, 0) == (224, 1)     # 112 -> 128 tiles
+    assert shape(512, 4096, 4096, 4, 0) == (256, 2)      # split-K stays
+    assert shape(256, 5120, 5120, 4, 0) == (256, 3)
     assert shape(2048, 8192, 8192, 8, 0) == (256, 1)     # whole waves already
-    assert shape(128, 28672, 8192, 4, 0) == (224, 1)     # 112 tiles -> 128
-    assert shape(512, 10240, 5120, 4, 0) == (160, 1)
-    assert shape(512, 10240, 5120, 4, 0, 5120) == (128, 1)   # blocked outputs: 128 only
-    assert shape(512, 10240, 5120, 4, 0, 2560) == (128, 1)
-    monkeypatch.setattr(cuda, "_WGMMA_BLK_BNS", ())
-    assert shape(512, 10240, 5120, 4, 0, 5120) == (256, 1)
+    assert shape(512, 8192, 8192, 4, 0) == (256, 1)
+    assert shape(2048, 11008, 4096, 8, 0) == (256, 1)    # 688 tiles: 5.2 waves; 224: 6.1, 176: 7.6
+    assert shape(512, 5120, 5120, 4, 0, 2560) == (256, 1)    # blocked outputs
+    assert cuda.wgmma_splits(512, 5120, 5120, 4, 0) == 1 and cuda.wgmma_splits(512, 4096, 4096, 4, 0) == 2
     monkeypatch.setattr(cuda, "WGMMA_BN", 256)               # off
     assert shape(512, 5120, 5120, 4, 0) == (256, 1) and shape(512, 4096, 4096, 4, 0) == (256, 2)
     monkeypatch.setattr(cuda, "WGMMA_BN", 176)               # forced wherever it has enough tiles
     assert shape(512, 4096, 4096, 4, 0) == (176, 1) and shape(2048, 8192, 8192, 8, 0) == (176, 1)
     assert shape(256, 4096, 4096, 4, 0) == (256, 4)          # 48 tiles of 176: below the rule's 80
+    assert shape(512, 5120, 5120, 4, 0, 2560) == (256, 1)
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
     assert shape(256, 4096, 4096, 4, 0) == (176, 1)
 
 
-@pytest.mark.parametrize("bn", [128, 160, 176, 224])
+@pytest.mark.parametrize("bn", [160, 176, 224])
 def test_wgmma_plan_narrow_tiles(monkeypatch, bn: int) -> None:
     """_wgmma_plan with a narrow width: quik_wgmma_ws_n<bn>_*, one block per 128 x bn tile, the ws block and smem;
-    every such entry point (the blocked layout for 128 only) is in WGMMA_KERNELS."""
+    every such entry point is in WGMMA_KERNELS."""
     monkeypatch.setattr(cuda, "WGMMA_WS", True)
     monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
     monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1024)
@@ -509,9 +511,7 @@ def test_wgmma_plan_narrow_tiles(monkeypatch, bn: int) -> None:
             f"quik_wgmma_ws_n{bn}_f16_w{bits}", 3 * -(-1000 // bn), cuda._WS_THREADS, cuda._WS_SMEM)
     assert cuda._wgmma_plan(1024, 1000, "bf16", 4, bn=bn)[0] == f"quik_wgmma_ws_n{bn}_bf16_w8"   # widened
     names = {cuda._wgmma_plan(130, 260, ep, b, bn=bn)[0] for ep in ("i32", "f16", "bf16") for b in (4, 8)}
-    if bn == 128:
-        names |= {cuda._wgmma_plan(130, 260, ep, b, True, bn=bn)[0] for ep in ("f16", "bf16") for b in (4, 8)}
-    assert len(names) == (10 if bn == 128 else 6) and names <= set(cuda.WGMMA_KERNELS)
+    assert len(names) == 6 and names <= set(cuda.WGMMA_KERNELS)
 
 
 def test_gemv_lines_rule(monkeypatch) -> None:
