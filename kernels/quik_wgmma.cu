@@ -559,19 +559,6 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 #define WS_DIAG 0
 #endif
 static_assert(WS_LEAD >= 1 && WS_LEAD <= WS_STAGES - 2, "WS_LEAD: the slot of tile s + LEAD must be free of s - 1");
-//   WS_W4_STAGE (twenty-first session): 1 = each 4-bit consumer thread copies its packed weight chunks by cp.async into
-//   its own places of a staging ring of WS_W4_PACKED tiles (16 KiB each, behind the stage ring), WS_W4_PACKED tiles
-//   before their unpack, and reads them back with ld.shared: the proxy fence after the unpack does not wait for
-//   cp.async, so the copies stay in flight across it (register loads issued earlier would be waited for there, v16d).
-//   Why: at M = 512 the consumers stalled on their weight loads, issued one tile ahead (s20k: tensor pipe 25%, long
-//   scoreboard 4.2 of 9.8 cycles per instruction), and a wave of the 4-bit kernel took as long with 40 blocks as with
-//   132 (s21a): latency, not bandwidth. The epilogue factors then wait in registers until the ring is free (after the
-//   K loop). 0 = register loads one tile ahead (the kernel before).
-#ifndef WS_W4_STAGE
-#define WS_W4_STAGE 1
-#endif
-constexpr int WS_W4_PACKED = 2, WS_PACKED_TILE = WG_BN * WG_BK / 2;  // staged tiles; 16 KiB of packed codes each
-static_assert(WS_DIAG == 0 || !WS_W4_STAGE, "the WS_DIAG builds take the register loads (WS_W4_STAGE=0)");
 // The block's registers at launch: 65536 / 384 per thread, rounded down to a multiple of 8 (168).
 constexpr int WS_BLOCK_REGS = 384 * ((65536 / 384) & ~7);
 static_assert(128 * WS_W4_PREGS + 256 * WS_W4_CREGS <= WS_BLOCK_REGS, "setmaxnreg: the block's launch registers");
@@ -579,13 +566,7 @@ static_assert(WS_STAGES >= 2, "WS_STAGES: at least 2");
 static_assert(128 * WS_PREGS + 256 * WS_CREGS <= WS_BLOCK_REGS, "setmaxnreg: the block's launch registers");
 constexpr int WS_THREADS = 384;
 constexpr int WS_SLOT = WG_A_TILE + WG_B_TILE;  // 48 KiB
-// Behind the stage ring: the epilogue factors, or (4-bit weights, WS_W4_STAGE) the packed staging ring, which holds
-// the factors after the K loop; then the barriers.
-template <int WB> __host__ __device__ constexpr int ws_aux_bytes() {
-    return WB == 4 && WS_W4_STAGE ? WS_W4_PACKED * WS_PACKED_TILE : WG_EPI_BYTES;
-}
-static_assert(ws_aux_bytes<4>() >= WG_EPI_BYTES, "the staging ring holds the epilogue factors after the K loop");
-__host__ __device__ constexpr int ws_smem_bytes() { return WS_STAGES * WS_SLOT + ws_aux_bytes<4>() + 2 * WS_STAGES * 8; }
+__host__ __device__ constexpr int ws_smem_bytes() { return WS_STAGES * WS_SLOT + WG_EPI_BYTES + 2 * WS_STAGES * 8; }
 static_assert(ws_smem_bytes() + 1024 <= 227 * 1024, "the launcher asks for ws_smem_bytes + 1024 bytes");
 
 QDEV void mbar_init(unsigned bar, unsigned count) {
@@ -624,14 +605,6 @@ QDEV uint4 ldg_after_fence(const void* p) {
     asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p)
-                 : "memory");
-    return v;
-}
-QDEV uint4 lds16(unsigned addr) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"(addr)
                  : "memory");
     return v;
 }
@@ -692,10 +665,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     constexpr int S = WS_STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
-    // slot i: A at base + i * WS_SLOT, B 16 KiB later; then the epilogue factors (4-bit weights with WS_W4_STAGE:
-    // the packed staging ring, the factors there after the K loop), then the barriers
-    constexpr bool STAGE = WB == 4 && WS_W4_STAGE;
-    const unsigned s_epi = base + S * WS_SLOT, s_full = s_epi + ws_aux_bytes<WB>(), s_empty = s_full + 8 * S;
+    // slot i: A at base + i * WS_SLOT, B 16 KiB later; then the epilogue factors, then the barriers
+    const unsigned s_epi = base + S * WS_SLOT, s_full = s_epi + WG_EPI_BYTES, s_empty = s_full + 8 * S;
     float* s_ws = reinterpret_cast<float*>(wg_smem + (s_epi - smem_addr(wg_smem)));
     float* s_su = s_ws + WG_BN;
 
@@ -747,26 +718,19 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     // ---- consumers ----
     setmaxnreg_inc<WB == 8 ? WS_CREGS : WS_W4_CREGS>();
     const int ct = tid - 128, g = wg - 1, warp = (ct >> 5) & 3;
-    float f_ws = 0.f, f_su = 0.f;  // STAGE: this thread's epilogue factors, into shared memory after the K loop
     if constexpr (EP != 0) {
         const int n = n0 + ct;  // 256 consumer threads >= BN: one column each
         if (BN == WG_BN || ct < BN) {  // (BN == 256: every thread; stated so that the code stays as before)
-            if constexpr (STAGE) {
-                f_ws = n < N ? ep.w_scale[n] : 0.f;
-                f_su = n < N ? ep.wsum[n] : 0.f;
-            } else {
-                s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
-                s_su[ct] = n < N ? ep.wsum[n] : 0.f;
-            }
+            s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
+            s_su[ct] = n < N ? ep.wsum[n] : 0.f;
         }
     }
-    // w4: the consumers unpack the weight tile, WS_LEAD tiles ahead: thread -> rows ct/4 + 64i (i < RP),
-    // packed chunk ct % 4 (codes 32 (ct % 4) .. + 31 of the K tile); a warp's load (or copy) instruction reads one
-    // 512-byte block of the tiled layout. Row i's chunk of whole 64-byte steps lies ws[i] bytes further each step
-    // (w4_off with the step's width fixed): wb[i] walks them; a 32-byte last step goes through w4_off. WS_W4_STAGE: the
-    // chunks copied by cp.async into the staging ring WS_W4_PACKED tiles before their unpack, read back with ld.shared
-    // into wq. Otherwise: one register buffer wq loaded one iteration before its unpack, by ordered loads
-    // (ldg_after_fence), issued after publish_b's proxy fence, which would otherwise wait for them (s15a).
+    // w4: the consumers unpack the weight tile, WS_LEAD tiles ahead: thread -> rows ct/4 + 64i (i < 4),
+    // packed chunk ct % 4 (codes 32 (ct % 4) .. + 31 of the K tile), one register buffer loaded one iteration
+    // before its unpack; a warp's load instruction reads one 512-byte block of the tiled layout. Row i's chunk of
+    // whole 64-byte steps lies ws[i] bytes further each step (w4_off with the step's width fixed): wb[i] walks
+    // them; a 32-byte last step goes through w4_off. The loads are ordered (ldg_after_fence): issued after publish_b's
+    // proxy fence, which would otherwise wait for them (s15a).
     constexpr int RP = (BN + 63) / 64;  // passes of 64 rows (the last one partial for BN = 160, 176, 224)
     const int kp2 = Kp >> 1, q = ct & 3;
     uint4 wq[RP];
@@ -783,26 +747,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
             vn |= (ok ? 1u : 0u) << i;
         }
     }
-    // STAGE: chunk i of tile t at stg(t) + 4096 i + 16 ct (each thread reads back only what it copied itself)
-    auto stg = [&](int t) { return s_epi + (t % WS_W4_PACKED) * WS_PACKED_TILE + 16 * ct; };
     auto load_b = [&](int t) {  // called for t = 0, 1, 2, ... in order: wb[i] walks the whole steps
         const int ta = kt0 + t;  // the K tile (= 64-byte step) in the whole row
-        if constexpr (STAGE) {  // one commit group per tile (empty past the last one), copies zero-filled where out
-            if (t < KT) {
-                const bool whole = (ta << 6) + 64 <= kp2;
-#pragma unroll
-                for (int i = 0; i < RP; ++i) {
-                    if (64 * i + 64 > BN && (ct >> 2) + 64 * i >= BN) continue;  // past the tile (narrow BN)
-                    const bool in = ((vn >> i) & 1u) && (whole || (ta << 6) + q * 16 < kp2);
-                    const unsigned char* src =
-                        !in ? W : whole ? wb[i] : W + w4_off(n0 + (ct >> 2) + 64 * i, ta, q * 16, N, kp2);
-                    cp_async16(stg(t) + 4096 * i, src, in);
-                    wb[i] += ws[i];
-                }
-            }
-            cp_async_commit();
-            return;
-        }
         if (t < KT && (ta << 6) + 64 <= kp2) {
 #pragma unroll
             for (int i = 0; i < RP; ++i) {
@@ -821,15 +767,10 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     unsigned sink = 0;  // WS_DIAG == 2 only
     auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
 #if WS_DIAG == 0
-        if constexpr (STAGE) {  // tile t's copies landed (the WS_W4_PACKED - 1 later tiles' groups may be in flight)
-            cp_async_wait<WS_W4_PACKED - 1>();
-#pragma unroll
-            for (int i = 0; i < RP; ++i) wq[i] = lds16(stg(t) + 4096 * i);
-        }
         store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
         fence_proxy_async();
         mbar_arrive(s_full + 8 * (t % S));
-        load_b(t + (STAGE ? WS_W4_PACKED : 1));
+        load_b(t + 1);
 #elif WS_DIAG == 1
         mbar_arrive(s_full + 8 * (t % S));
 #elif WS_DIAG == 2
@@ -857,7 +798,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 #endif
     };
     if constexpr (WB == 4) {
-        for (int t = 0; t < (STAGE ? WS_W4_PACKED : 1); ++t) load_b(t);
+        load_b(0);
         for (int t = 0; t < WS_LEAD && t < KT; ++t) publish_b(t);
     }
     int d[BN / 2];
@@ -893,14 +834,6 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     wgmma_wait<0>();
     fence_acc(d);
     if (WS_DIAG == 2 && sink == 0x9E3779B9u) d[0] += 1;  // keeps the diagnostic unpack alive
-    if constexpr (STAGE && EP != 0) {  // the staging ring is free once every consumer has read its last tile
-        cp_async_wait<0>();
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");
-        if (ct < BN) {
-            s_ws[ct] = f_ws;
-            s_su[ct] = f_su;
-        }
-    }
     // the epilogue factors written by the other consumer threads (named barrier 1: consumers only)
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
     wg_epilogue<EP, WB == 4 ? 4 : 0, BLK, BN>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);

@@ -310,15 +310,12 @@ _WG_SMEM_W8 = wgmma_smem_bytes(w_bits=8)
 WGMMA_WS = os.environ.get("QUIKTOOL_WGMMA_WS", "1") != "0"
 WGMMA_WS_W4 = os.environ.get("QUIKTOOL_WGMMA_WS_W4", "1") != "0"
 _WS_THREADS, _WS_STAGES = 384, 4  # quik_wgmma.cu's WS_THREADS and WS_STAGES default (a CPU test reads it)
-_WS_W4_PACKED = 2  # quik_wgmma.cu's WS_W4_PACKED: 4-bit weight tiles staged by the consumers' cp.async (WS_W4_STAGE)
 
 
-def wgmma_ws_smem_bytes(stages: int = _WS_STAGES, packed: int = _WS_W4_PACKED) -> int:
+def wgmma_ws_smem_bytes(stages: int = _WS_STAGES) -> int:
     """quik_wgmma.cu's dynamic shared memory for the warp-specialized kernels: stages x (128 x 128 B +
-    256 x 128 B), then the larger of the epilogue's 2 x 256 fp32 factors and the 4-bit weights' staging ring of
-    ``packed`` tiles of 256 x 64 B (which holds the factors after the K loop), two 8-byte mbarriers per stage, 1 KiB
-    alignment slack."""
-    return stages * (_WG_BM + _WG_BN) * 128 + max(2 * _WG_BN * 4, packed * _WG_BN * 64) + 16 * stages + 1024
+    256 x 128 B), the epilogue's 2 x 256 fp32 factors, two 8-byte mbarriers per stage, 1 KiB alignment slack."""
+    return stages * (_WG_BM + _WG_BN) * 128 + 2 * _WG_BN * 4 + 16 * stages + 1024
 
 
 _WS_SMEM = wgmma_ws_smem_bytes()

@@ -115,10 +115,7 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
     for name, value in (("WS_STAGES", cuda._WS_STAGES), ("WS_THREADS", cuda._WS_THREADS)):
         m = re.search(rf"#ifndef {name}\s*\n\s*#define {name} (\d+)", src) or re.search(rf"constexpr int {name} = (\d+);", src)
         assert m and int(m.group(1)) == value, f"{name}: kernel {m and m.group(1)}, launcher {value}"
-    m = re.search(r"\bWS_W4_PACKED = (\d+)", src)
-    assert m and int(m.group(1)) == cuda._WS_W4_PACKED, f"WS_W4_PACKED: kernel {m and m.group(1)}"
-    assert cuda.wgmma_ws_smem_bytes(4) == 4 * (16384 + 32768) + 2 * 16384 + 4 * 16 + 1024   # + the staging ring
-    assert cuda.wgmma_ws_smem_bytes(4, 0) == 4 * (16384 + 32768) + 2048 + 4 * 16 + 1024      # factors only
+    assert cuda.wgmma_ws_smem_bytes(4) == 4 * (16384 + 32768) + 2048 + 4 * 16 + 1024
     assert cuda._WS_SMEM == cuda.wgmma_ws_smem_bytes(cuda._WS_STAGES) <= 227 * 1024
     # the register-operand kernels: RS_STAGES activation stages of 32 KiB, 384 threads, 256 x 128 tiles
     for name, value in (("RS_STAGES", cuda._RS_STAGES), ("RS_THREADS", cuda._RS_THREADS), ("RS_BT", cuda._RS_BT),
