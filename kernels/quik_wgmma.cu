@@ -175,7 +175,7 @@ QDEV void store_w4_rows(unsigned sl, const uint4 (&wq)[RP], int t) {
 #pragma unroll
     for (int i = 0; i < RP; ++i) {
         const int r = (t >> 2) + 64 * i;
-        if (64 * i + 64 > BN && r >= BN) continue;  // compile-time true for the whole passes
+        if (64 * i + 64 > BN && r >= BN) continue;  // (the first test is false at compile time for whole passes)
         unsigned w[8];
         unpack8(wq[i].x, w[0], w[1]);
         unpack8(wq[i].y, w[2], w[3]);
@@ -217,9 +217,9 @@ QDEV void wgmma_s8_m64n256k32(int (&d)[128], unsigned long long da, unsigned lon
         : "l"(da), "l"(db), "n"(1));
 }
 
-// The narrower tiles' wgmmas, m64nNk32 for N = BN = 160, 176, 224 (wgmma_gemm_ws's BN, twenty-first session): N / 2 int32
-// accumulators per thread. WG_S<i> names operands 8i .. 8i+7 in the asm text, WG_O8(d, i) binds d[i .. i+7] to them;
-// the two descriptors and the scale-d immediate follow the accumulators.
+// The narrower tiles' wgmmas, m64nNk32 for N = BN = 160, 176, 224 (wgmma_gemm_ws's BN, twenty-first session): N / 2
+// int32 accumulators per thread. WG_S<i> names operands 8i .. 8i+7 in the asm text, WG_O8(d, i) binds d[i .. i+7]
+// to them; the two descriptors and the scale-d immediate follow the accumulators.
 #define WG_S0 "%0, %1, %2, %3, %4, %5, %6, %7"
 #define WG_S1 "%8, %9, %10, %11, %12, %13, %14, %15"
 #define WG_S2 "%16, %17, %18, %19, %20, %21, %22, %23"
@@ -741,7 +741,8 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
 #pragma unroll
         for (int i = 0; i < RP; ++i) {
             const int n = n0 + (ct >> 2) + 64 * i, g0 = n & ~7;
-            const bool ok = n < N && (BN == WG_BN || (ct >> 2) + 64 * i < BN);  // a row past N or the tile: never loaded
+            // a row past N or past the tile is never loaded (its pointer stays on W)
+            const bool ok = n < N && (BN == WG_BN || (ct >> 2) + 64 * i < BN);
             ws[i] = ok ? min(8, N - g0) << 6 : 0;
             wb[i] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16 + (size_t)kt0 * ws[i] : W;  // step kt0
             vn |= (ok ? 1u : 0u) << i;

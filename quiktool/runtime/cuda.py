@@ -1414,7 +1414,7 @@ def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp:
                 bn: int = _WG_BN) -> tuple[str, int, int, int]:
     """quik_wgmma_[ws_|ws_n<bn>_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D
     grid, the kernel rasters it. 4-bit weights from WGMMA_W4_WIDE_MIN_M tokens get an 8-bit entry point (the caller
-    widens them first, _wgmma_weights). bn: the warp-specialized kernel's tile width (wgmma_bn), 256 or one of
+    widens them first, _wgmma_weights). bn: the warp-specialized kernel's tile width (_wgmma_shape), 256 or one of
     WGMMA_NARROW_BNS; it applies only where that kernel runs (the register-operand and the earlier kernels have
     one tile)."""
     if w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M:
