@@ -824,6 +824,9 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         lines.append("+skN: the integer GEMM (mma.sync, or wgmma where +wgmma) split along K into N slices (its "
                      "tiles alone would leave SMs idle), their int32 sums added by a second kernel that applies the "
                      "epilogue")
+    if any(r.get("tile_n") not in (None, 256) for r in result["rows"]):
+        lines.append("+nBN: the wgmma kernel on tiles of 128 tokens x BN weight rows instead of 256 (where 256-row "
+                     "tiles would leave SMs idle in their last wave)")
     if not compact:
         lines.append("stage columns: share of the QUIK layer time; "
                      + ("with the cuda backend the epilogue is fused into the GEMM (gemm+epi); "

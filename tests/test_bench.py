@@ -101,6 +101,10 @@ def test_layer_table_names_the_gemm_paths(tmp_path):
             "8-bit kernel, the pass included in the GEMM's time") in bench.format_layer_table(r)
     r["library_gemm"]["wgmma_min_m"] = 0  # QUIKTOOL_WGMMA=0: no wgmma line
     assert "scheme+wgmma" not in bench.format_layer_table(r)
+    assert "+nBN" not in text and "+n160" not in text  # the CPU run's rows have no wgmma tile width
+    r["rows"][0].update({"gemm_path": "wgmma", "tile_n": 160})  # as a CUDA run records a narrow-tile row
+    text = bench.format_layer_table(r)
+    assert "+wgmma+n160" in text and "+nBN: the wgmma kernel on tiles of 128 tokens x BN weight rows" in text
 
 
 def test_bench_layer_default_outliers_skip_counts_not_below_k(tmp_path):
