@@ -1192,14 +1192,15 @@ QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
 
 // quik_wgmma_ws_nBN_EP_wB (BN = 160, 176, 224): wgmma_gemm_ws on 128 x BN tiles, grid = ceil(M/128) * ceil(N/BN),
 // block and smem as quik_wgmma_ws_*; the plain [M, N] output only (a fused group's segment need not divide by BN).
-#define QUIK_WGMMA_WS_N(NAME, EP, WB, BN)                                                                          \
-    extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
-    NAME(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp, const float* a_scale,      \
-         const float* a_zero, float a_shift, const float* w_scale, const float* wsum, const void* y_base,          \
-         int seg) {                                                                                                 \
-        const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        wgmma_gemm_ws<EP, WB, false, false, BN>(A, W, out, M, N, Kp, ep, seg);                                     \
+// WsNarrow<BN>::gemm is wgmma_gemm_ws with the width bound, in the form QUIK_WGMMA_ENTRY calls.
+template <int BN> struct WsNarrow {
+    template <int EP, int WB, bool BLK>
+    static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
+                          const EpiArgs& ep, int seg) {
+        wgmma_gemm_ws<EP, WB, BLK, false, BN>(A, W, out, M, N, Kp, ep, seg);
     }
+};
+#define QUIK_WGMMA_WS_N(NAME, EP, WB, BN) QUIK_WGMMA_ENTRY(NAME, WsNarrow<BN>::gemm, WS_THREADS, EP, WB, false)
 QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w4, 0, 4, 160)
 QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w4, 1, 4, 160)
 QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_bf16_w4, 2, 4, 160)

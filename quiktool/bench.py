@@ -623,8 +623,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                         y = L(xs[0])
                         row["finite"] = bool(torch.isfinite(y).all())
                         row["gemm_path"] = _gemm_path(L, M) if fused else None
-                        row["split_k"] = _split_k(L, M, row["gemm_path"])
-                        row["tile_n"] = _tile_n(L, M, row["gemm_path"])
+                        row["split_k"], row["tile_n"] = _gemm_tiling(L, M, row["gemm_path"])
                         if check and fused:
                             # against the exact reference on up to 256 rows (the same kernel family as M)
                             xc = xs[0][:256]
@@ -765,25 +764,18 @@ def _gemm_path(layer, M: int) -> str:
                           layer.w_rt.get_device())
 
 
-def _split_k(layer, M: int, path: str | None) -> int:
-    """Slices of K of the integer GEMM (mma.sync or wgmma) for this layer at M tokens (1: not split)."""
+def _gemm_tiling(layer, M: int, path: str | None) -> tuple[int, int | None]:
+    """(slices of K of the integer GEMM (mma.sync or wgmma; 1: not split), the wgmma kernel's tile width (weight rows
+    per block: 256, or a narrower one; None off the wgmma path)) for this layer at M tokens."""
     from quiktool.runtime import cuda
 
-    args = (M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()))
+    args = (M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()), layer.weight_bits, layer.w_rt.get_device())
     if path == "mma":
-        return cuda.mma_splits(*args, layer.weight_bits, layer.w_rt.get_device())
-    return cuda.wgmma_splits(*args, layer.weight_bits, layer.w_rt.get_device()) if path == "wgmma" else 1
-
-
-def _tile_n(layer, M: int, path: str | None) -> int | None:
-    """The wgmma kernel's tile width (weight rows per block: 256, or a narrower one) for this layer at M tokens; None
-    off the wgmma path."""
-    from quiktool.runtime import cuda
-
+        return cuda.mma_splits(*args), None
     if path != "wgmma":
-        return None
-    return cuda._wgmma_shape(M, layer.out_features, cuda.padded_k(layer.keep_idx.numel()), layer.weight_bits,
-                             layer.w_rt.get_device())[0]
+        return 1, None
+    bn, splits = cuda._wgmma_shape(*args)
+    return splits, bn
 
 
 def _unsteady(row: dict) -> bool:

@@ -1497,9 +1497,9 @@ def _wgmma_tiles(M: int, N: int, dev: int) -> tuple[int, int]:
     return -(-M // _WG_BM) * -(-N // _WG_BN), min_tiles
 
 
-def wgmma_splits(M: int, N: int, kp: int, w_bits: int, dev: int, seg: int = 0) -> int:
+def wgmma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
     """Slices of K the wgmma kernel runs in for M x N x kp where gemm_path says 'wgmma' (1: not split)."""
-    return _wgmma_shape(M, N, kp, w_bits, dev, seg)[1]
+    return _wgmma_shape(M, N, kp, w_bits, dev)[1]
 
 
 def _split_rule(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
