@@ -1534,8 +1534,11 @@ WGMMA_TILE_FIXED = 200
 def _wgmma_shape(M: int, N: int, kp: int, w_bits: int, dev: int, seg: int = 0) -> tuple[int, int]:
     """(tile width, slices of K) of the wgmma kernel for M x N x kp where gemm_path says 'wgmma': 256 with the
     split-K rule's slices, or a narrower width unsplit. seg > 0: the caller asks for blocked outputs (256 only)."""
+    if WGMMA_BN not in (None, _WG_BN, *WGMMA_NARROW_BNS):
+        raise KernelError(f"QUIKTOOL_WGMMA_BN={WGMMA_BN} is not accepted; use 256 (never narrow), one of "
+                          f"{', '.join(map(str, sorted(WGMMA_NARROW_BNS)))} (that width) or leave it unset (the rule)")
     splits = _split_rule(M, N, kp, w_bits, dev)
-    if seg > 0 or WGMMA_BN not in (None, *WGMMA_NARROW_BNS) or (splits > 1 and WGMMA_BN is None):
+    if seg > 0 or WGMMA_BN == _WG_BN or (splits > 1 and WGMMA_BN is None):
         return _WG_BN, splits
     sms, min_tiles = _device_info(dev)[1], _wgmma_tiles(M, N, dev)[1]
     m_tiles = -(-M // _WG_BM)

@@ -497,6 +497,10 @@ def test_wgmma_narrow_tile_rule(monkeypatch) -> None:
     assert shape(512, 5120, 5120, 4, 0, 2560) == (256, 1)
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 0)
     assert shape(256, 4096, 4096, 4, 0) == (176, 1)
+    monkeypatch.setattr(cuda, "WGMMA_BN", 128)               # no such entry point: refused, not ignored
+    with pytest.raises(KernelError, match="QUIKTOOL_WGMMA_BN=128 is not accepted; use 256 .never narrow., one of "
+                                          "160, 176, 224"):
+        shape(512, 5120, 5120, 4, 0)
 
 
 @pytest.mark.parametrize("bn", [160, 176, 224])
