@@ -43,6 +43,9 @@
 //   weight rows (the same arguments and semantics, the plain [M, N] output only), grid = ceil(M/128) * ceil(N/BN),
 //   block and smem as quik_wgmma_ws_*. The launcher takes them where 256-row tiles would leave SMs idle in the last
 //   wave (quiktool.runtime.cuda._wgmma_shape).
+//   quik_wgmma_ws_c3_[nBN_]EP_w8[_blk] and quik_wgmma_ws_c3_sk_w8 (twenty-second session): the 8-bit ws, ws_nBN and
+//   ws_sk kernels with three K tiles of copies in flight instead of two (wgmma_gemm_ws's CD); the same arguments,
+//   semantics and geometry as their twins. The launcher takes them below 1024 tokens (WGMMA_W8_DEEP_MAX_M).
 //   quik_wgmma_rs_EP_w4[_blk] (register-operand, 4-bit weights only; at the end of this file): the same arguments
 //   and semantics, block RS_THREADS = 384, grid = ceil(M/256) * ceil(N/128) (256 tokens x 128 weight rows per
 //   block), dynamic smem rs_smem_bytes() + 1024.
@@ -521,7 +524,12 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 //   wait empty[s % S] (s >= S: the consumers' wgmmas of tile s - S are done); cp.async A(s) (w8: and B(s)),
 //   commit; then, one iteration behind: cp.async.wait_group 1 (my copies of tile s - 1 have landed),
 //   fence.proxy.async (my generic-proxy shared writes -> the async proxy that wgmma reads through), arrive
-//   full[(s - 1) % S].
+//   full[(s - 1) % S]. The deep-copy entry points (quik_wgmma_ws_c3_*, 8-bit weights, template CD = 3) keep three
+//   tiles' copies in flight instead: cp.async.wait_group 2, arrive full[(s - 2) % S] (twenty-second session; why:
+//   at M = 512 the 8-bit consumers spent ~30% of their stall samples waiting for full stages and the producer 11%
+//   waiting for its copies to land, ncu s21k; measured W8A8 x0.92-0.99 at M = 256 / 512 but ~x1.00-1.03 at 2048,
+//   and x1.01-1.07 for the 4-bit kernel, s21l: so a separate set of entry points that the launcher picks below
+//   1024 tokens).
 // Consumer, iteration s: wait full[s % S]; 4 wgmmas (one commit group); w4: wait empty[t % S] for t = s +
 //   WS_LEAD (tile t - S <= s - 2 done), unpack my rows of B(t) from registers into its slot,
 //   fence.proxy.async, arrive full[t % S], load my rows of B(t + 1); wgmma.wait_group 1 (tile s - 1's
@@ -636,16 +644,26 @@ QDEV void copy_rows(unsigned s, const T* const (&ptr)[N], int koff, bool kin, un
 #pragma unroll
     for (int i = 0; i < R; ++i) cp_async16(s + 2048 * i, ptr[i] + koff, kin && ((v >> i) & 1u));
 }
-// After committing tile kt's copies: tile kt - 1's group (the older of the two in flight) has landed; it goes to
-// the async proxy and its stage is marked full. publish_last does the same for the last tile after the loop.
-template <int S> QDEV void publish_previous(unsigned s_full, int kt) {
-    if (kt > 0) {
-        cp_async_wait<1>();
+// After committing tile kt's copies, with D commit groups in flight (D = 2: the register-operand kernel and the
+// warp-specialized one's default; D = 3: its deep-copy entry points, wgmma_gemm_ws's CD): tile kt - D + 1's group
+// (the oldest in flight) has landed; it goes to the async proxy and its stage is marked full. publish_last does the
+// same for the last D - 1 tiles after the loop.
+template <int S, int D = 2> QDEV void publish_previous(unsigned s_full, int kt) {
+    static_assert(D == 2 || D == 3, "copy groups in flight: 2 or 3");
+    if (kt >= D - 1) {
+        cp_async_wait<D - 1>();
         fence_proxy_async();
-        mbar_arrive(s_full + 8 * ((kt - 1) % S));
+        mbar_arrive(s_full + 8 * ((kt - D + 1) % S));
     }
 }
-template <int S> QDEV void publish_last(unsigned s_full, int KT) {
+template <int S, int D = 2> QDEV void publish_last(unsigned s_full, int KT) {
+    if constexpr (D == 3) {
+        if (KT >= 2) {
+            cp_async_wait<1>();
+            fence_proxy_async();
+            mbar_arrive(s_full + 8 * ((KT - 2) % S));
+        }
+    }
     cp_async_wait<0>();
     fence_proxy_async();
     mbar_arrive(s_full + 8 * ((KT - 1) % S));
@@ -657,11 +675,12 @@ template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.
 // the tile raster, copy s multiplies the K tiles [KT * s / splits, KT * (s + 1) / splits) and stores its int32 sums
 // to out + s * M * N (quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue). Only the K tiles'
 // addresses move: the stage ring and its barrier phases count the slice's own tiles from 0.
-template <int EP, int WB, bool BLK, bool SPLIT = false, int BN = WG_BN>
+template <int EP, int WB, bool BLK, bool SPLIT = false, int BN = WG_BN, int CD = 2>
 QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
                         void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg, int splits = 1) {
     static_assert(!SPLIT || (EP == 0 && !BLK), "split-K blocks store int32 partial sums [M, N]");
     static_assert(BN == 160 || BN == 176 || BN == 224 || BN == WG_BN, "BN: a width with a wgmma_s8_n wrapper");
+    static_assert(CD == 2 || (CD == 3 && WB == 8 && CD <= WS_STAGES), "CD: 3 K tiles of copies in flight, 8-bit only");
     constexpr int S = WS_STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
@@ -709,9 +728,9 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
                 copy_rows<RB_>(sb, pb, ko, kin, vb);
             }
             cp_async_commit();
-            publish_previous<S>(s_full, kt);
+            publish_previous<S, CD>(s_full, kt);
         }
-        publish_last<S>(s_full, KT);
+        publish_last<S, CD>(s_full, KT);
         return;
     }
 
@@ -1220,16 +1239,43 @@ QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_i32_w8, 0, 8, 224)
 QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_f16_w8, 1, 8, 224)
 QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w8, 2, 8, 224)
 
+// quik_wgmma_ws_c3_[n<BN>_]EP_w8[_blk] (8-bit weights): the same kernels with three K tiles of copies in flight
+// (wgmma_gemm_ws's CD = 3; see the producer above). Same contract, grid, block and smem as their ws / ws_n<BN> twins.
+template <int BN> struct WsDeep {
+    template <int EP, int WB, bool BLK>
+    static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
+                          const EpiArgs& ep, int seg) {
+        wgmma_gemm_ws<EP, WB, BLK, false, BN, 3>(A, W, out, M, N, Kp, ep, seg);
+    }
+};
+#define QUIK_WGMMA_WS_C3(NAME, EP, BN, BLK) QUIK_WGMMA_ENTRY(NAME, WsDeep<BN>::gemm, WS_THREADS, EP, 8, BLK)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_i32_w8, 0, 256, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_f16_w8, 1, 256, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_bf16_w8, 2, 256, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_f16_w8_blk, 1, 256, true)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_bf16_w8_blk, 2, 256, true)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n160_i32_w8, 0, 160, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n160_f16_w8, 1, 160, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n160_bf16_w8, 2, 160, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n176_i32_w8, 0, 176, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n176_f16_w8, 1, 176, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n176_bf16_w8, 2, 176, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n224_i32_w8, 0, 224, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n224_f16_w8, 1, 224, false)
+QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n224_bf16_w8, 2, 224, false)
+
 // quik_wgmma_ws_sk_w*: split-K (wgmma_gemm_ws, SPLIT): grid = splits * the tile count, part int32 [splits, M, N]
 // (every element written), 1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* finishes the product.
-#define QUIK_WGMMA_WS_SK(NAME, WB)                                                                                 \
+// quik_wgmma_ws_c3_sk_w8: the same with three K tiles of copies in flight (CD = 3, above).
+#define QUIK_WGMMA_WS_SK(NAME, WB, CD)                                                                             \
     extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, int* part, int M, int N, int Kp, int splits) {             \
         const EpiArgs ep = {nullptr, nullptr, nullptr, nullptr, nullptr, 0.f};                                    \
-        wgmma_gemm_ws<0, WB, false, true>(A, W, part, M, N, Kp, ep, 0, splits);                                    \
+        wgmma_gemm_ws<0, WB, false, true, WG_BN, CD>(A, W, part, M, N, Kp, ep, 0, splits);                         \
     }
-QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w4, 4)
-QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w8, 8)
+QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w4, 4, 2)
+QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w8, 8, 2)
+QUIK_WGMMA_WS_SK(quik_wgmma_ws_c3_sk_w8, 8, 3)
 
 #define QUIK_WGMMA_RS(NAME, EP, BLK) QUIK_WGMMA_ENTRY(NAME, wgmma_gemm_rs, RS_THREADS, EP, 4, BLK)
 QUIK_WGMMA_RS(quik_wgmma_rs_i32_w4, 0, false)

@@ -281,7 +281,11 @@ WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws 
                                           for ep in (_EPS[1:] if blk else _EPS))
                                   + ("quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8")
                                   + tuple(f"quik_wgmma_ws_n{bn}_{ep}_w{b}" for bn in (160, 176, 224) for b in (4, 8)
-                                          for ep in _EPS))
+                                          for ep in _EPS)
+                                  + tuple(f"quik_wgmma_ws_c3_{ep}_w8{blk}" for blk in ("", "_blk")
+                                          for ep in (_EPS[1:] if blk else _EPS))
+                                  + tuple(f"quik_wgmma_ws_c3_n{bn}_{ep}_w8" for bn in (160, 176, 224) for ep in _EPS)
+                                  + ("quik_wgmma_ws_c3_sk_w8",))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -357,6 +361,14 @@ _RS_SMEM = wgmma_rs_smem_bytes()
 # x1.10 with 256 outliers, x0.996 without; x0.96 in s18f), at 1536 x0.87-0.95 everywhere. W4A4 without outliers
 # was not measured there (the run timed out). At 512 it is mixed (x0.97-1.18, s18f): not lowered further.
 WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 1024)
+# 8-bit weights below WGMMA_W8_DEEP_MAX_M tokens take the deep-copy entry points (quik_wgmma_ws_c3_*: the producer
+# keeps three K tiles of copies in flight instead of two; twenty-second session). Why: at M = 512 the 8-bit
+# consumers spent ~30% of their stall samples waiting for full stages (ncu, s21k); the twenty-first session's
+# s21l, with depth 3 for every kernel, measured W8A8 x0.92-0.99 of the layer time at M = 256 / 512 on the nine
+# LLaMA-2 shapes but x0.99-1.03 at 2048 (and the 4-bit kernel x1.01-1.07), so only 8-bit weights and only below
+# 1024 tokens (4-bit weights widened to int8 start at WGMMA_W4_WIDE_MIN_M = 1024, so they keep depth 2).
+# QUIKTOOL_WGMMA_W8_DEEP_MAX_M (0: never; the tests force it up). Same sums, so the same bits.
+WGMMA_W8_DEEP_MAX_M: int = _env_int("QUIKTOOL_WGMMA_W8_DEEP_MAX_M", 1024)
 # The widening needs neither x nor the quantizer: in a layer call (PreparedLinear.run) it runs on a side stream
 # while the quantizer and the outlier product run on the caller's stream, and the GEMM waits for both. Why: the
 # quantizer is bound by its per-row steps, not by memory (s17b), so the memory-speed pass (at 1.03-1.05x the time of
@@ -1412,22 +1424,28 @@ def _min_m(path: str) -> int:
 
 def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp: int = 0,
                 bn: int = _WG_BN) -> tuple[str, int, int, int]:
-    """quik_wgmma_[ws_|ws_n<bn>_|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D
+    """quik_wgmma_[ws_[c3_][n<bn>_]|rs_]<ep>_w<bits>[_blk] for M x N x kp -> (name, grid, block, dynamic smem); 1-D
     grid, the kernel rasters it. 4-bit weights from WGMMA_W4_WIDE_MIN_M tokens get an 8-bit entry point (the caller
     widens them first, _wgmma_weights). bn: the warp-specialized kernel's tile width (_wgmma_shape), 256 or one of
     WGMMA_NARROW_BNS; it applies only where that kernel runs (the register-operand and the earlier kernels have
-    one tile)."""
+    one tile). c3_: 8-bit weights below WGMMA_W8_DEEP_MAX_M tokens (_w8_deep)."""
     if w_bits == 4 and 0 < WGMMA_W4_WIDE_MIN_M <= M:
         w_bits = 8  # the codes widened to int8 first (_wgmma_weights), then the 8-bit kernel
     if w_bits == 4 and 0 < WGMMA_RS_MIN_M <= M and kp >= WGMMA_RS_MIN_KP:
         family, grid = "rs_", -(-M // _RS_BT) * -(-N // _RS_BW)
     elif WGMMA_WS if w_bits == 8 else WGMMA_WS_W4:
-        family = "ws_" if bn == _WG_BN else f"ws_n{bn}_"
+        family = ("ws_c3_" if _w8_deep(M, w_bits) else "ws_") + ("" if bn == _WG_BN else f"n{bn}_")
         grid = -(-M // _WG_BM) * -(-N // bn)
     else:
         family, grid = "", -(-M // _WG_BM) * -(-N // _WG_BN)
     name = f"quik_wgmma_{family}{ep}_w{w_bits}{'_blk' if blk else ''}"
     return (name, grid, *_wgmma_block(name))
+
+
+def _w8_deep(M: int, w_bits: int) -> bool:
+    """Whether the warp-specialized kernel for M tokens of w_bits weights (8 after any widening) is a deep-copy
+    entry point (quik_wgmma_ws_c3_*, WGMMA_W8_DEEP_MAX_M)."""
+    return w_bits == 8 and M < WGMMA_W8_DEEP_MAX_M
 
 
 def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, N: int, kp: int, ep: str,
@@ -1440,10 +1458,15 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
     if splits == 1:
         _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
         return False
-    sk = f"quik_wgmma_ws_sk_w{8 if '_w8' in name else 4}"  # the same weights as the plan's entry point
+    sk = _wgmma_split_kernel(name)
     _split_run(dev, (sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk)), (ptrs[0], w_ptr, ptrs[1]), M, N, kp,
                splits, ep, epi, pdl=PDL_WGMMA_SPLIT and _w is w)  # not after a widening pass (_w: its output)
     return True
+
+
+def _wgmma_split_kernel(name: str) -> str:
+    """The split-K entry point for a plan's entry point ``name``: the same weight width and copy depth."""
+    return "quik_wgmma_ws_c3_sk_w8" if "_c3_" in name else f"quik_wgmma_ws_sk_w{8 if '_w8' in name else 4}"
 
 
 def _wgmma_weights(name: str, w: Tensor, w_bits: int, N: int, kp: int, dev: int,

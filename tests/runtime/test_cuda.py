@@ -591,8 +591,9 @@ def test_quik_linear_module_rebuilds_its_prepared_layer() -> None:
     assert _bits_equal(lin(x), y)                    # the reference on the same buffers: the same bits
 
 
-@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"), (8, "wg")],
-                         ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8"])
+@pytest.mark.parametrize("bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"), (8, "wg"),
+                                         (8, "c3")],
+                         ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8", "w8-c3"])
 def test_fused_members_get_contiguous_blocks_on_the_wgmma_path(monkeypatch: pytest.MonkeyPatch, bits: int,
                                                                kernel: str) -> None:
     """runtime.fuse with members of one width: the wgmma kernel writes one [M, width] block per member
@@ -1116,7 +1117,9 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -
     """The wgmma path on for every shape; kernel: "ws" (the warp-specialized quik_wgmma_ws_* on 128 x 256 tiles), "wg"
     (the earlier quik_wgmma_*), "rs" (the register-operand quik_wgmma_rs_*, 4-bit weights; 8-bit ones then take ws),
     "wide" (4-bit weights widened to int8 onto quik_wgmma_ws_*_w8), "n<BN>" (the warp-specialized kernel on 128 x BN
-    tiles, quik_wgmma_ws_n<BN>_*, 4-bit weights not widened), None (the launcher's default, narrow tiles by its rule)."""
+    tiles, quik_wgmma_ws_n<BN>_*, 4-bit weights not widened), "c3" / "c3-n<BN>" (8-bit weights on the deep-copy
+    entry points quik_wgmma_ws_c3_[n<BN>_]* at every M; the other kinds keep 8-bit weights off them), None (the
+    launcher's defaults: narrow tiles by its rule, deep copies below WGMMA_W8_DEEP_MAX_M tokens)."""
     dev = torch.cuda.current_device()
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("the wgmma kernel is sm_90 only")
@@ -1131,15 +1134,21 @@ def _wgmma_or_skip(monkeypatch: pytest.MonkeyPatch, kernel: str | None = None) -
         monkeypatch.setattr(cuda, "WGMMA_RS_MIN_M", 1 if kernel == "rs" else 0)
         monkeypatch.setattr(cuda, "WGMMA_RS_MIN_KP", 0)
         monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1 if kernel == "wide" else 0)
-        monkeypatch.setattr(cuda, "WGMMA_BN", int(kernel[1:]) if kernel.startswith("n") else 256)
+        width = kernel.removeprefix("c3").removeprefix("-")
+        monkeypatch.setattr(cuda, "WGMMA_BN", int(width[1:]) if width.startswith("n") else 256)
+        monkeypatch.setattr(cuda, "WGMMA_W8_DEEP_MAX_M", 1 << 30 if kernel.startswith("c3") else 0)
     return dev
 
 
 def _planned_family(M: int, N: int, kp: int, w_bits: int) -> str:
-    """The kernel family _wgmma_plan picks now: "rs", "ws", "wg", or "wide" for 4-bit weights widened onto the 8-bit
-    warp-specialized kernel (the tests check that the one asked for runs)."""
+    """The kernel family _wgmma_plan picks now: "rs", "ws", "wg", "n<BN>", "c3" / "c3-n<BN>" (the deep-copy 8-bit
+    entry points), or "wide" for 4-bit weights widened onto the 8-bit warp-specialized kernel (the tests check that
+    the one asked for runs)."""
     bn = cuda._wgmma_shape(M, N, kp, w_bits, torch.cuda.current_device())[0]
     name = cuda._wgmma_plan(M, N, "i32", w_bits, kp=kp, bn=bn)[0]
+    if "_ws_c3_" in name:
+        assert w_bits == 8, name
+        return "c3" + (f"-n{bn}" if "_ws_c3_n" in name else "")
     if "_ws_n" in name:
         return ("wide-" if w_bits == 4 and "_w8" in name else "") + name.split("_")[3]   # quik_wgmma_ws_n<BN>_...
     if w_bits == 4 and "_w8" in name:
@@ -1155,12 +1164,15 @@ WG_SHAPES = [(64, 301), (172, 64), (1000, 304), (1536, 576), (4160, 1000), (4096
 # weight bits and kernel: each width on the warp-specialized quik_wgmma_ws_*_wB (ws, the default) and on the
 # earlier quik_wgmma_*_wB (QUIKTOOL_WGMMA_WS=0 / QUIKTOOL_WGMMA_WS_W4=0); 4-bit weights also on the
 # register-operand quik_wgmma_rs_*_w4 (QUIKTOOL_WGMMA_RS_MIN_M) and widened to int8 onto quik_wgmma_ws_*_w8
-# (QUIKTOOL_WGMMA_W4_WIDE_MIN_M); both widths on the narrower tiles quik_wgmma_ws_n<BN>_wB (QUIKTOOL_WGMMA_BN)
+# (QUIKTOOL_WGMMA_W4_WIDE_MIN_M); both widths on the narrower tiles quik_wgmma_ws_n<BN>_wB (QUIKTOOL_WGMMA_BN); 8-bit
+# weights on the deep-copy entry points quik_wgmma_ws_c3_[n<BN>_]*_w8 (QUIKTOOL_WGMMA_W8_DEEP_MAX_M)
 WG_KERNELS = pytest.mark.parametrize("w_bits,kernel", [(4, "wg"), (4, "ws"), (4, "rs"), (4, "wide"), (8, "ws"),
                                                        (8, "wg"), (4, "n160"), (4, "n176"), (4, "n224"), (8, "n160"),
-                                                       (8, "n176"), (8, "n224")],
+                                                       (8, "n176"), (8, "n224"), (8, "c3"), (8, "c3-n160"),
+                                                       (8, "c3-n176"), (8, "c3-n224")],
                                      ids=["w4", "w4-ws", "w4-rs", "w4-wide", "w8-ws", "w8", "w4-n160", "w4-n176",
-                                          "w4-n224", "w8-n160", "w8-n176", "w8-n224"])
+                                          "w4-n224", "w8-n160", "w8-n176", "w8-n224", "w8-c3", "w8-c3-n160",
+                                          "w8-c3-n176", "w8-c3-n224"])
 
 
 @WG_KERNELS
@@ -1211,9 +1223,10 @@ def test_wgmma_int_gemm_exact_at_the_largest_sums(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("w_bits,a_bits,kernel", [(4, 4, "wg"), (4, 4, "ws"), (4, 4, "rs"), (4, 4, "wide"), (4, 8, "wg"),
                                                   (4, 8, "ws"), (4, 8, "rs"), (4, 8, "wide"), (8, 8, "ws"), (8, 8, "wg"),
                                                   (4, 4, "n160"), (4, 8, "n176"), (4, 4, "n224"), (8, 8, "n160"),
-                                                  (8, 8, "n176")],
+                                                  (8, 8, "n176"), (8, 8, "c3"), (8, 8, "c3-n160"), (8, 8, "c3-n224")],
                          ids=["w4a4", "w4a4-ws", "w4a4-rs", "w4a4-wide", "w4a8", "w4a8-ws", "w4a8-rs", "w4a8-wide",
-                              "w8a8-ws", "w8a8", "w4a4-n160", "w4a8-n176", "w4a4-n224", "w8a8-n160", "w8a8-n176"])
+                              "w8a8-ws", "w8a8", "w4a4-n160", "w4a8-n176", "w4a4-n224", "w8a8-n160", "w8a8-n176",
+                              "w8a8-c3", "w8a8-c3-n160", "w8a8-c3-n224"])
 @pytest.mark.parametrize("kq,N", WG_SHAPES)
 @pytest.mark.parametrize("M", [17, 300, 2048])
 def test_wgmma_quik_gemm_bit_identical(monkeypatch: pytest.MonkeyPatch, M: int, kq: int, N: int, w_bits: int,
@@ -1279,18 +1292,23 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
 
 
+@pytest.mark.parametrize("deep", [False, True], ids=["copies2", "copies3"])
 @pytest.mark.parametrize("w_bits", [4, 8])
-def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int) -> None:
+def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, deep: bool) -> None:
     """Split-K on the wgmma kernel (quik_wgmma_ws_sk_w*), forced on small grids: int32 sums and the fused epilogue
     with y_base bit-exact; slices of unequal length, a half last K tile in the last slice (kq 4160), 4-bit weights
-    widened to the 8-bit kernel (M = 1030); a fused group's blocked layout falls back to [M, N]."""
+    widened to the 8-bit kernel (M = 1030); a fused group's blocked layout falls back to [M, N]. copies3: 8-bit
+    weights (widened ones too) on the deep-copy split kernel quik_wgmma_ws_c3_sk_w8 at every M."""
     dev = _wgmma_or_skip(monkeypatch)
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)               # every shape below the unsplit rule
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_W8_MIN_M", 1)
+    monkeypatch.setattr(cuda, "WGMMA_W8_DEEP_MAX_M", 1 << 30 if deep else 0)
     for M, kq, N in ((17, 2048, 1000), (130, 4160, 300), (300, 8192, 520), (1030, 2100, 256)):
         kp = reference.padded_k(kq)
         assert cuda.wgmma_splits(M, N, kp, w_bits, dev) > 1 and cuda.gemm_path(M, N, kp, w_bits, 128, dev) == "wgmma"
+        planned = cuda._wgmma_plan(M, N, "i32", w_bits, kp=kp)[0]
+        assert ("_c3_" in planned) == (deep and "_w8" in planned), planned
         g = _gen("wgmma-sk", w_bits, M, kq, N)
         a = _act_codes(g, M, kq, 8)
         w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)

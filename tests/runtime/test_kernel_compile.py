@@ -129,9 +129,11 @@ def test_wgmma_launch_constants_match_the_kernel_defaults() -> None:
 @pytest.mark.parametrize("ws", [True, False])
 def test_wgmma_plan_per_kernel_family(monkeypatch, ws: bool) -> None:
     """_wgmma_plan: the warp-specialized kernels (WGMMA_WS: 8-bit weights, WGMMA_WS_W4: 4-bit) with their block
-    and shared memory, else the earlier ones; the grid is one block per 128 x 256 output tile either way."""
+    and shared memory, else the earlier ones; the grid is one block per 128 x 256 output tile either way. (The
+    deep-copy 8-bit entry points off here: test_wgmma_plan_deep_copies.)"""
     monkeypatch.setattr(cuda, "WGMMA_WS", ws)
     monkeypatch.setattr(cuda, "WGMMA_WS_W4", ws)
+    monkeypatch.setattr(cuda, "WGMMA_W8_DEEP_MAX_M", 0)
     for bits, smem in ((4, cuda._WG_SMEM), (8, cuda._WG_SMEM_W8)):
         assert cuda._wgmma_plan(300, 1000, "f16", bits) == (
             (f"quik_wgmma_ws_f16_w{bits}", 3 * 4, cuda._WS_THREADS, cuda._WS_SMEM) if ws
@@ -185,8 +187,8 @@ def test_wgmma_plan_widens_4bit_weights_from_the_rule(monkeypatch) -> None:
     monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 0)
     assert cuda._wgmma_plan(8192, 8192, "f16", 4, kp=4096)[0] == "quik_wgmma_ws_f16_w4"
     assert cuda._wgmma_plan(8192, 8192, "f16", 4, kp=28416)[0] == "quik_wgmma_rs_f16_w4"
-    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 17)
-    assert cuda._wgmma_plan(17, 301, "f16", 4, kp=64)[0] == "quik_wgmma_ws_f16_w8"
+    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 17)   # widened below 1024 tokens: the deep-copy 8-bit kernel
+    assert cuda._wgmma_plan(17, 301, "f16", 4, kp=64)[0] == "quik_wgmma_ws_c3_f16_w8"
 
 
 def _find_nvdisasm() -> str | None:
@@ -506,16 +508,46 @@ def test_wgmma_narrow_tile_rule(monkeypatch) -> None:
 @pytest.mark.parametrize("bn", [160, 176, 224])
 def test_wgmma_plan_narrow_tiles(monkeypatch, bn: int) -> None:
     """_wgmma_plan with a narrow width: quik_wgmma_ws_n<bn>_*, one block per 128 x bn tile, the ws block and smem;
-    every such entry point is in WGMMA_KERNELS."""
+    every such entry point is in WGMMA_KERNELS. (The deep-copy 8-bit entry points off here.)"""
     monkeypatch.setattr(cuda, "WGMMA_WS", True)
     monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
     monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1024)
+    monkeypatch.setattr(cuda, "WGMMA_W8_DEEP_MAX_M", 0)
     for bits in (4, 8):
         assert cuda._wgmma_plan(300, 1000, "f16", bits, bn=bn) == (
             f"quik_wgmma_ws_n{bn}_f16_w{bits}", 3 * -(-1000 // bn), cuda._WS_THREADS, cuda._WS_SMEM)
     assert cuda._wgmma_plan(1024, 1000, "bf16", 4, bn=bn)[0] == f"quik_wgmma_ws_n{bn}_bf16_w8"   # widened
     names = {cuda._wgmma_plan(130, 260, ep, b, bn=bn)[0] for ep in ("i32", "f16", "bf16") for b in (4, 8)}
     assert len(names) == 6 and names <= set(cuda.WGMMA_KERNELS)
+
+
+def test_wgmma_plan_deep_copies(monkeypatch) -> None:
+    """8-bit weights below WGMMA_W8_DEEP_MAX_M tokens (default 1024; 0: never) take the deep-copy entry points
+    quik_wgmma_ws_c3_* with their twins' grid, block and smem, for every width, the blocked output and split-K;
+    4-bit weights never, widened ones (from 1024 tokens) neither; all of them are in WGMMA_KERNELS."""
+    assert cuda.WGMMA_W8_DEEP_MAX_M == 1024
+    monkeypatch.setattr(cuda, "WGMMA_WS", True)
+    monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
+    monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1024)
+    plan = cuda._wgmma_plan
+    assert plan(300, 1000, "f16", 8) == ("quik_wgmma_ws_c3_f16_w8", 3 * 4, cuda._WS_THREADS, cuda._WS_SMEM)
+    assert plan(1023, 1000, "f16", 8)[0] == "quik_wgmma_ws_c3_f16_w8"
+    assert plan(1024, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
+    assert plan(300, 1024, "bf16", 8, blk=True)[0] == "quik_wgmma_ws_c3_bf16_w8_blk"
+    for bn in cuda.WGMMA_NARROW_BNS:
+        assert plan(300, 1000, "i32", 8, bn=bn) == (f"quik_wgmma_ws_c3_n{bn}_i32_w8", 3 * -(-1000 // bn),
+                                                    cuda._WS_THREADS, cuda._WS_SMEM)
+    assert plan(300, 1000, "f16", 4)[0] == "quik_wgmma_ws_f16_w4"          # 4-bit weights keep two tiles
+    assert plan(1024, 1000, "f16", 4)[0] == "quik_wgmma_ws_f16_w8"         # widened: from 1024 tokens, two
+    assert cuda._wgmma_split_kernel(plan(300, 1000, "i32", 8)[0]) == "quik_wgmma_ws_c3_sk_w8"
+    assert cuda._wgmma_split_kernel(plan(1030, 1000, "i32", 8)[0]) == "quik_wgmma_ws_sk_w8"
+    assert cuda._wgmma_split_kernel(plan(300, 1000, "i32", 4)[0]) == "quik_wgmma_ws_sk_w4"
+    deep = {plan(m, 260, ep, 8, blk, bn=bn)[0] for m in (17, 300) for ep in ("i32", "f16", "bf16")
+            for blk in (False, True) for bn in (256, *cuda.WGMMA_NARROW_BNS) if not (blk and (ep == "i32" or bn != 256))}
+    deep.add("quik_wgmma_ws_c3_sk_w8")
+    assert deep == {n for n in cuda.WGMMA_KERNELS if "_c3_" in n} and len(deep) == 15
+    monkeypatch.setattr(cuda, "WGMMA_W8_DEEP_MAX_M", 0)
+    assert plan(300, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
 
 
 def test_gemv_lines_rule(monkeypatch) -> None:
