@@ -45,7 +45,7 @@
 //   wave (quiktool.runtime.cuda._wgmma_shape).
 //   quik_wgmma_ws_c3_[nBN_]EP_w8[_blk] and quik_wgmma_ws_c3_sk_w8 (twenty-second session): the 8-bit ws, ws_nBN and
 //   ws_sk kernels with three K tiles of copies in flight instead of two (wgmma_gemm_ws's CD); the same arguments,
-//   semantics and geometry as their twins. The launcher takes them below 1024 tokens (WGMMA_W8_DEEP_MAX_M).
+//   semantics and geometry as their twins. The launcher takes them at few tokens (WGMMA_W8_DEEP_MAX_M).
 //   quik_wgmma_rs_EP_w4[_blk] (register-operand, 4-bit weights only; at the end of this file): the same arguments
 //   and semantics, block RS_THREADS = 384, grid = ceil(M/256) * ceil(N/128) (256 tokens x 128 weight rows per
 //   block), dynamic smem rs_smem_bytes() + 1024.
@@ -528,8 +528,8 @@ QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __r
 //   tiles' copies in flight instead: cp.async.wait_group 2, arrive full[(s - 2) % S] (twenty-second session; why:
 //   at M = 512 the 8-bit consumers spent ~30% of their stall samples waiting for full stages and the producer 11%
 //   waiting for its copies to land, ncu s21k; measured W8A8 x0.92-0.99 at M = 256 / 512 but ~x1.00-1.03 at 2048,
-//   and x1.01-1.07 for the 4-bit kernel, s21l: so a separate set of entry points that the launcher picks below
-//   1024 tokens).
+//   and x1.01-1.07 for the 4-bit kernel, s21l: so a separate set of entry points that the launcher picks for 8-bit
+//   weights at few tokens, quiktool.runtime.cuda.WGMMA_W8_DEEP_MAX_M).
 // Consumer, iteration s: wait full[s % S]; 4 wgmmas (one commit group); w4: wait empty[t % S] for t = s +
 //   WS_LEAD (tile t - S <= s - 2 done), unpack my rows of B(t) from registers into its slot,
 //   fence.proxy.async, arrive full[t % S], load my rows of B(t + 1); wgmma.wait_group 1 (tile s - 1's

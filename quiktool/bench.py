@@ -22,6 +22,12 @@ before each run an L2-sized buffer is overwritten (the weights of a real model a
 layer starts) and the GPU is given a short head start so the measured span is device time, not the
 host's launch latency (the model benchmark includes that latency, as a user sees it). Inputs are
 random normal (never zeros) and rotate among a few buffers. On CPU: ``time.perf_counter``.
+``bench_layer`` times FP16 and the QUIK layers of one shape and M in ``rounds`` alternating rounds (FP16 first in
+even rounds, last in odd ones; each round one Timer point per layer) and reports the median over rounds: the
+H100 runs at its power cap under these loads, and its SM clock, hence FP16's time, depends on what ran just
+before (docs/RESULTS.md, twenty-second session: FP16 1.26 ms right after an idle pause, 1.37-1.57 ms in later
+rounds on 8192 x 28672 at M = 2048, QUIK 0.72-0.95 ms throughout). With ``rounds=1`` FP16 is timed once, first,
+as before that session.
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ DEFAULT_OUTLIERS = (0, 256)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 MIN_REPS = 5              # never fewer timed runs than this (unless --reps is smaller)
+DEFAULT_ROUNDS = 4        # bench_layer: alternating rounds of FP16 and the QUIK layers (see the module doc)
 L2_FALLBACK = 50 << 20    # H100 L2, when the device does not report its own
 HEAD_START_CYCLES = 300_000  # ~0.15 ms of GPU spin before each timed call (see Timer)
 UNSTEADY = 2.0  # a row whose median is above this many times its fastest run is marked '~' in the table
@@ -529,11 +536,13 @@ def _inputs(M: int, K: int, dtype: torch.dtype, device: torch.device, gen: torch
 def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 100, warmup: int = 10,
                 device: str = "cpu", backend: str = "auto", dtype: str = "fp16", max_point_s: float = 1.0,
                 seed: int = 0, peers: bool = True, check: bool = True,
-                on_progress: Callable[[dict], None] | None = None) -> dict:
+                on_progress: Callable[[dict], None] | None = None, rounds: int = DEFAULT_ROUNDS) -> dict:
     """Time QuikLinear.forward against F.linear (and the peers on CUDA) for every shape x M x scheme x outliers.
 
     shapes: 'KxN,...' / model names / [(K, N)]; m, outliers: '1,16' or ints; schemes: 'w4a4,w4a8,w8a8'.
     ``outliers`` left at None means (0, 256), dropping counts >= K for small shapes; given counts must be < K.
+    ``rounds``: FP16 and the QUIK layers of a shape and M are timed in that many alternating rounds (see the
+    module doc); each reported time is the median over its rounds (the rows keep every round's time).
     ``on_progress(result_so_far)`` is called after each shape (e.g. to write partial JSON).
     -> {"rows": [one dict per configuration], device, versions, timing method, ...}; see format_layer_table.
     """
@@ -549,7 +558,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
         if bad and explicit_out:
             raise ConfigError(f"outliers={bad[0]} is not below in_features K={k} of shape {k}x{n}; "
                               f"use outlier counts below {k}")
-    for name, v in (("reps", reps), ("warmup", warmup)):
+    for name, v in (("reps", reps), ("warmup", warmup), ("rounds", rounds)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name}={v!r} is not accepted; use a positive integer")
     if not (isinstance(max_point_s, (int, float)) and max_point_s > 0):
@@ -569,7 +578,8 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
         "library_gemm": _library_gemm_rule() if fused else None,
         "timing": {"method": ("CUDA events around each call; L2 overwritten and a GPU head start before each run"
                               if on_cuda else "time.perf_counter around each call"),
-                   "max_reps": reps, "max_warmup": warmup, "max_point_s": max_point_s, "statistic": "median",
+                   "max_reps": reps, "max_warmup": warmup, "max_point_s": max_point_s, "rounds": rounds,
+                   "statistic": "median" if rounds == 1 else f"median over {rounds} alternating rounds of medians",
                    "l2_flush_bytes": int(timer.flush_buf.numel() * 4) if timer.flush_buf is not None else 0,
                    "head_start_cycles": HEAD_START_CYCLES if timer.head_start else 0},
         "peers": {"fp8": "torch._scaled_mm, e4m3 activations and weights, fp32 scales per token and per output "
@@ -600,7 +610,8 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
             for M in m_list:
                 try:
                     xs = _inputs(M, K, tdtype, dev, gen_dev)
-                    t_fp = timer(lambda x: F.linear(x, w_fp), [(x,) for x in xs])
+                    fp_fn = lambda x: F.linear(x, w_fp)  # noqa: E731
+                    fp_times = [timer(fp_fn, [(x,) for x in xs])]  # round 0: FP16 first, as with rounds=1
                 except Exception as e:  # e.g. out of memory at the largest M: record, go on
                     for b in built:
                         s, n = (b.scheme, b.n_out) if isinstance(b, _Built) else b[:2]
@@ -608,16 +619,17 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                     done += len(built)
                     _free(dev)
                     continue
-                peer_res = _time_peers(peer_objs, xs, timer, t_fp.ms) if peer_objs else \
+                peer_res = _time_peers(peer_objs, xs, timer, fp_times[0].ms) if peer_objs else \
                     {p: {"ms": None, "speedup": None, "error": "CUDA only" if not on_cuda else "disabled"}
                      for p in ("fp8", "w4a16")}
+                m_rows = []  # this M's rows, in the order of `built`
+                ready = []   # (row, built layer, its rounds' timings) of the layers that ran and checked out
                 for b in built:
-                    done += 1
                     if not isinstance(b, _Built):
-                        rows.append(_row_error(shape, K, N, M, b[0], b[1], f"build: {b[2]}"))
+                        m_rows.append((_row_error(shape, K, N, M, b[0], b[1], f"build: {b[2]}"), None))
                         continue
                     row = _row_base(shape, K, N, M, b.scheme, b.n_out)
-                    row.update({"fp_ms": t_fp.ms, "fp_reps": t_fp.reps, "peers": peer_res})
+                    m_rows.append((row, b))
                     try:
                         L = b.layer
                         y = L(xs[0])
@@ -632,23 +644,55 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                                 log.warning("%s M=%d %s outliers=%d: CUDA output differs from the reference "
                                             "(relative error %.3g)", shape, M, b.scheme, b.n_out, row["check_rel_err"])
                         del y
-                        t_q = timer(L, [(x,) for x in xs])
-                        stages = time_stages(L, be, xs, timer, fused)
-                        flops = 2.0 * M * K * N
-                        row.update({
-                            "quik_ms": t_q.ms, "quik_min_ms": t_q.min_ms, "quik_reps": t_q.reps,
-                            "speedup": t_fp.ms / t_q.ms, "tops": flops / (t_q.ms * 1e-3) / 1e12,
-                            "fp_tflops": flops / (t_fp.ms * 1e-3) / 1e12,
-                            "stages_ms": stages,
-                            "stage_share": {k: (None if v is None else v / t_q.ms) for k, v in stages.items()},
-                            "build_s": b.build_s,
-                        })
-                        if not row["finite"]:
-                            log.warning("%s M=%d %s outliers=%d: output holds NaN/Inf", shape, M, b.scheme, b.n_out)
+                        ready.append((row, b, [timer(L, [(x,) for x in xs])]))  # round 0
                     except Exception as e:
-                        row["error"] = _err_text(e)
-                        log.warning("%s M=%d %s outliers=%d failed: %s", shape, M, b.scheme, b.n_out, row["error"])
-                        _free(dev)
+                        _failed(row, e, dev)
+                # rounds 1..: FP16 and the layers alternate, FP16 last in odd rounds and first in even ones
+                for r in range(1, rounds):
+                    order = ["fp", *range(len(ready))]
+                    for which in order[::-1] if r % 2 else order:
+                        if which == "fp":
+                            fp_times.append(timer(fp_fn, [(x,) for x in xs]))
+                            continue
+                        row, b, times = ready[which]
+                        if row.get("error"):
+                            continue
+                        try:
+                            times.append(timer(b.layer, [(x,) for x in xs]))
+                        except Exception as e:
+                            _failed(row, e, dev)
+                fp_ms = statistics.median(t.ms for t in fp_times)
+                for p in peer_res.values():
+                    p["speedup"] = fp_ms / p["ms"] if p.get("ms") else None
+                timings = {id(row): times for row, _, times in ready}
+                for row, b in m_rows:
+                    done += 1
+                    if b is None:  # not built
+                        rows.append(row)
+                        continue
+                    row.update({"fp_ms": fp_ms, "fp_reps": sum(t.reps for t in fp_times), "peers": peer_res,
+                                "fp_ms_rounds": [t.ms for t in fp_times]})
+                    times = timings.get(id(row))
+                    if times is not None and not row.get("error"):
+                        try:
+                            L = b.layer
+                            q_ms = statistics.median(t.ms for t in times)
+                            stages = time_stages(L, be, xs, timer, fused)
+                            flops = 2.0 * M * K * N
+                            row.update({
+                                "quik_ms": q_ms, "quik_min_ms": min(t.min_ms for t in times),
+                                "quik_reps": sum(t.reps for t in times), "quik_ms_rounds": [t.ms for t in times],
+                                "speedup": fp_ms / q_ms, "tops": flops / (q_ms * 1e-3) / 1e12,
+                                "fp_tflops": flops / (fp_ms * 1e-3) / 1e12,
+                                "stages_ms": stages,
+                                "stage_share": {k: (None if v is None else v / q_ms) for k, v in stages.items()},
+                                "build_s": b.build_s,
+                            })
+                            if not row["finite"]:
+                                log.warning("%s M=%d %s outliers=%d: output holds NaN/Inf", shape, M, b.scheme,
+                                            b.n_out)
+                        except Exception as e:
+                            _failed(row, e, dev)
                     rows.append(row)
                     log.info("[%d/%d] %s M=%d %s outliers=%d: %s", done, n_total, shape, M, b.scheme, b.n_out,
                              _progress_text(row))
@@ -661,6 +705,14 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
     result["seconds"] = time.perf_counter() - t_start
     result["errors"] = sum(1 for r in rows if r.get("error"))
     return result
+
+
+def _failed(row: dict, e: Exception, dev: torch.device) -> None:
+    """Record a layer's failure in its row (the rest of the table still runs)."""
+    row["error"] = _err_text(e)
+    log.warning("%s M=%d %s outliers=%d failed: %s", row["shape"], row["M"], row["scheme"], row["outliers"],
+                row["error"])
+    _free(dev)
 
 
 def _time_peers(peer_objs: dict, xs: Sequence[Tensor], timer: Timer, fp_ms: float) -> dict:
@@ -792,8 +844,10 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         f"QUIK layer (QuikLinear.forward, backend {result['backend']}) vs {fp} F.linear "
         f"({'cuBLAS' if result['device_type'] == 'cuda' else 'CPU'}) on {result['device']}; "
         f"torch {result['versions'].get('torch')}, {result['date']}",
-        f"median of up to {t['max_reps']} runs per point ({t['method']}); x = {fp} ms / ms; "
-        f"TOP/s = 2*M*K*N / QUIK time; shapes are K x N (in x out features)",
+        f"median of up to {t['max_reps']} runs per point ({t['method']})"
+        + (f"; {fp} and QUIK timed in {t['rounds']} alternating rounds, the median over rounds"
+           if t.get("rounds", 1) > 1 else "")
+        + f"; x = {fp} ms / ms; TOP/s = 2*M*K*N / QUIK time; shapes are K x N (in x out features)",
     ]
     if result.get("peers_enabled"):
         lines.append(f"peers (GEMM alone, activations pre-quantized: favours them): FP8 = {result['peers']['fp8']}; "

@@ -173,6 +173,9 @@ def bench():
 @click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True, help="Most untimed runs first.")
 @click.option("--max-point-s", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Time budget of one measurement; caps the runs of slow points (at least 5 stay).")
+@click.option("--rounds", type=click.IntRange(min=1), default=4, show_default=True,
+              help="FP16 and the QUIK layers of a shape and M are timed in this many alternating rounds; each time "
+                   "reported is the median over its rounds (1: FP16 once, first).")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16"]), default="fp16", show_default=True,
               help="Activation/output dtype of QUIK and of the cuBLAS baseline.")
 @click.option("--no-peers", is_flag=True, help="Skip the FP8 and W4A16 peers (CUDA only anyway).")
@@ -180,8 +183,8 @@ def bench():
 @BACKEND
 @DEVICE
 @JSON_OUT
-def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, dtype, no_peers, compact, backend,
-                device, json_out):
+def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, rounds, dtype, no_peers, compact,
+                backend, device, json_out):
     """QUIK linear layer (quantize + int GEMM + outlier GEMM + epilogue) vs FP16 F.linear and peers.
 
     Example on a GPU: quiktool bench layer --device cuda --shapes 8192x28672 --m 1,16,2048"""
@@ -190,7 +193,7 @@ def bench_layer(shapes, m_values, schemes, outliers, reps, warmup, max_point_s, 
 
     progress = (lambda r: api.write_json(json_out, r)) if json_out else None
     r = api.bench_layer(shapes, m_values, schemes, outliers, reps, warmup, device, backend, dtype, max_point_s,
-                        peers=not no_peers, on_progress=progress)
+                        peers=not no_peers, on_progress=progress, rounds=rounds)
     if json_out:
         api.write_json(json_out, r)
     click.echo(format_layer_table(r, compact=compact))

@@ -8,6 +8,7 @@
 #        prefill: full's layers at M = 2048 / 8192 only | medium: full's layers at M = 128 / 512 only |
 #        quick: one shape, few M, short model run;
 #        smoke: tiny CPU run that checks this script), REPS (100), MAXPT (0.25 s per measurement),
+#        ROUNDS (4: bench layer's alternating rounds of FP16 and QUIK; 1 = FP16 once, first, as before),
 #        STEPS (which steps, default "layers models"; full mode's two halves each fit one 600 s device call)
 # Budget (full): layer sweep ~2-4 min, W8A8 sweep < 1 min, model ~1-2 min; each step has a timeout so a
 # hang cannot eat the whole call. Partial layer JSON is written after every shape, so a step that
@@ -24,7 +25,7 @@ LOG="$OUT/bench.log"
 : > "$LOG"
 
 DEV=(--device cuda --backend cuda)
-T=(--reps "$REPS" --warmup 10 --max-point-s "$MAXPT")
+T=(--reps "$REPS" --warmup 10 --max-point-s "$MAXPT" --rounds "${ROUNDS:-4}")  # the layer steps' options
 case "$MODE" in
   full)
     W4=(--schemes w4a4,w4a8 --outliers 0,256)                                   # 9 shapes x 6 M
@@ -53,7 +54,7 @@ case "$MODE" in
     MODEL=(--arch llama2-7b --batch 1 --seqlen 512 --decode-tokens 16 --reps 3 --warmup 1)
     LIMITS=(150 60 150) ;;
   smoke)
-    DEV=(--device cpu --backend torch); T=(--reps 3 --warmup 1)
+    DEV=(--device cpu --backend torch); T=(--reps 3 --warmup 1 --rounds "${ROUNDS:-2}")
     W4=(--schemes w4a4,w4a8 --outliers 0,8 --shapes 64x172 --m 1,3)
     W8=(--schemes w8a8 --outliers 8 --shapes 64x172 --m 1)
     MODEL=(--arch tiny --seqlen 16 --decode-tokens 3 --reps 1 --warmup 1)

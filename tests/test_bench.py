@@ -1,5 +1,6 @@
 """`quiktool bench` end to end on the CPU at tiny sizes (the GPU numbers come from scripts/device_bench.sh)."""
 import json
+import statistics
 import struct
 import time
 
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from quiktool import bench
 from quiktool.cli import cli
+from quiktool.errors import ConfigError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,12 +57,48 @@ def test_bench_layer_table_and_json(tmp_path):
         assert st["outlier_gemm"] is None  # none, or inside the GEMM call at M <= 16 (the decode order)
         assert x["peers"]["fp8"]["error"] == "CUDA only" and x["peers"]["w4a16"]["ms"] is None
     assert r["backend"] == "torch" and r["device_type"] == "cpu" and r["versions"]["torch"] and r["date"]
-    assert r["timing"]["statistic"] == "median" and r["errors"] == 0
+    assert r["timing"]["rounds"] == 4 and r["timing"]["statistic"] == "median over 4 alternating rounds of medians"
+    assert r["errors"] == 0
+    for x in rows:  # every round's time is kept; the reported ones are their medians
+        assert len(x["fp_ms_rounds"]) == len(x["quik_ms_rounds"]) == 4
+        assert x["fp_ms"] == statistics.median(x["fp_ms_rounds"])
+        assert x["quik_ms"] == statistics.median(x["quik_ms_rounds"])
     # the table: a header, a rule, one line per row
     lines = out.splitlines()
     hdr = next(i for i, l in enumerate(lines) if l.startswith("shape"))
     assert "QUIK ms" in lines[hdr] and "FP16 ms" in lines[hdr] and "int gemm" in lines[hdr]
     assert sum(1 for l in lines[hdr + 2:] if l.startswith("64x172")) == 12
+
+
+def test_bench_layer_rounds_alternate_fp16_and_the_layers(monkeypatch):
+    """FP16 and the QUIK layers of a shape and M are timed in alternating rounds: FP16 first in even rounds, last
+    in odd ones, each layer once per round; the stage split after all rounds. rounds=1: FP16 once, first."""
+    from quiktool.runtime.quik_linear import QuikLinear
+
+    calls = []
+    real = bench.Timer.__call__
+
+    def spy(self, fn, args):
+        kind = ("fp" if getattr(fn, "__qualname__", "").startswith("bench_layer.") else
+                f"L{id(fn)}" if isinstance(fn, QuikLinear)
+                else "stage")
+        calls.append(kind)
+        return real(self, fn, args)
+
+    monkeypatch.setattr(bench.Timer, "__call__", spy)
+    r = bench.bench_layer("64x172", "3", "w4a4,w8a8", "0", reps=2, warmup=1, rounds=3)
+    layers = [c for c in dict.fromkeys(calls) if c.startswith("L")]
+    a, b = layers
+    timed = [c for c in calls if c != "stage"]
+    assert timed == ["fp", a, b, b, a, "fp", "fp", a, b]
+    assert calls[len(timed):] and set(calls[len(timed):]) == {"stage"}  # the stages after the rounds
+    assert [len(x["quik_ms_rounds"]) for x in r["rows"]] == [3, 3]
+    calls.clear()
+    r = bench.bench_layer("64x172", "3", "w4a4", "0", reps=2, warmup=1, rounds=1)
+    assert [c for c in calls if c != "stage"][0] == "fp" and calls.count("fp") == 1
+    assert r["timing"]["statistic"] == "median" and len(r["rows"][0]["fp_ms_rounds"]) == 1
+    with pytest.raises(ConfigError, match="rounds=0 is not accepted; use a positive integer"):
+        bench.bench_layer("64x172", "3", "w4a4", "0", rounds=0)
 
 
 def test_layer_table_marks_unsteady_rows(tmp_path):

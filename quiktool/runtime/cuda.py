@@ -363,12 +363,15 @@ _RS_SMEM = wgmma_rs_smem_bytes()
 WGMMA_W4_WIDE_MIN_M: int = _env_int("QUIKTOOL_WGMMA_W4_WIDE_MIN_M", 1024)
 # 8-bit weights below WGMMA_W8_DEEP_MAX_M tokens take the deep-copy entry points (quik_wgmma_ws_c3_*: the producer
 # keeps three K tiles of copies in flight instead of two; twenty-second session). Why: at M = 512 the 8-bit
-# consumers spent ~30% of their stall samples waiting for full stages (ncu, s21k); the twenty-first session's
-# s21l, with depth 3 for every kernel, measured W8A8 x0.92-0.99 of the layer time at M = 256 / 512 on the nine
-# LLaMA-2 shapes but x0.99-1.03 at 2048 (and the 4-bit kernel x1.01-1.07), so only 8-bit weights and only below
-# 1024 tokens (4-bit weights widened to int8 start at WGMMA_W4_WIDE_MIN_M = 1024, so they keep depth 2).
-# QUIKTOOL_WGMMA_W8_DEEP_MAX_M (0: never; the tests force it up). Same sums, so the same bits.
-WGMMA_W8_DEEP_MAX_M: int = _env_int("QUIKTOOL_WGMMA_W8_DEEP_MAX_M", 1024)
+# consumers spent ~30% of their stall samples waiting for full stages (ncu, s21k); the twenty-first session's s21l,
+# with depth 3 for every kernel, measured W8A8 x0.92-0.99 of the layer time at M = 256 / 512 on the nine LLaMA-2
+# shapes but x0.99-1.03 at 2048 and the 4-bit kernel x1.01-1.07, so only 8-bit weights, and only at few tokens. H100
+# layer A/B in one process (docs/PERF_LOG.md, twenty-second session, s22a, W8A8 with 0 / 256 outliers): x0.917-0.993
+# at M = 256 / 512 on all nine shapes; at 768 mixed, x0.969-0.999 on 6 shapes but x1.006-1.066 on three whose
+# 128 x 224 tiles run (11008 x 4096, 8192 x 8192, 28672 x 8192); hence below 768. (4-bit weights widened to int8 start
+# at WGMMA_W4_WIDE_MIN_M = 1024, so they keep depth 2.) QUIKTOOL_WGMMA_W8_DEEP_MAX_M (0: never; the tests force it
+# up). Same sums, so the same bits.
+WGMMA_W8_DEEP_MAX_M: int = _env_int("QUIKTOOL_WGMMA_W8_DEEP_MAX_M", 768)
 # The widening needs neither x nor the quantizer: in a layer call (PreparedLinear.run) it runs on a side stream
 # while the quantizer and the outlier product run on the caller's stream, and the GEMM waits for both. Why: the
 # quantizer is bound by its per-row steps, not by memory (s17b), so the memory-speed pass (at 1.03-1.05x the time of

@@ -522,23 +522,25 @@ def test_wgmma_plan_narrow_tiles(monkeypatch, bn: int) -> None:
 
 
 def test_wgmma_plan_deep_copies(monkeypatch) -> None:
-    """8-bit weights below WGMMA_W8_DEEP_MAX_M tokens (default 1024; 0: never) take the deep-copy entry points
+    """8-bit weights below WGMMA_W8_DEEP_MAX_M tokens (default 768; 0: never) take the deep-copy entry points
     quik_wgmma_ws_c3_* with their twins' grid, block and smem, for every width, the blocked output and split-K;
     4-bit weights never, widened ones (from 1024 tokens) neither; all of them are in WGMMA_KERNELS."""
-    assert cuda.WGMMA_W8_DEEP_MAX_M == 1024
+    assert cuda.WGMMA_W8_DEEP_MAX_M == 768
     monkeypatch.setattr(cuda, "WGMMA_WS", True)
     monkeypatch.setattr(cuda, "WGMMA_WS_W4", True)
     monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1024)
     plan = cuda._wgmma_plan
     assert plan(300, 1000, "f16", 8) == ("quik_wgmma_ws_c3_f16_w8", 3 * 4, cuda._WS_THREADS, cuda._WS_SMEM)
-    assert plan(1023, 1000, "f16", 8)[0] == "quik_wgmma_ws_c3_f16_w8"
-    assert plan(1024, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
+    assert plan(767, 1000, "f16", 8)[0] == "quik_wgmma_ws_c3_f16_w8"
+    assert plan(768, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
     assert plan(300, 1024, "bf16", 8, blk=True)[0] == "quik_wgmma_ws_c3_bf16_w8_blk"
     for bn in cuda.WGMMA_NARROW_BNS:
         assert plan(300, 1000, "i32", 8, bn=bn) == (f"quik_wgmma_ws_c3_n{bn}_i32_w8", 3 * -(-1000 // bn),
                                                     cuda._WS_THREADS, cuda._WS_SMEM)
     assert plan(300, 1000, "f16", 4)[0] == "quik_wgmma_ws_f16_w4"          # 4-bit weights keep two tiles
     assert plan(1024, 1000, "f16", 4)[0] == "quik_wgmma_ws_f16_w8"         # widened: from 1024 tokens, two
+    monkeypatch.setattr(cuda, "WGMMA_W8_DEEP_MAX_M", 1024)
+    assert plan(1023, 1000, "f16", 8)[0] == "quik_wgmma_ws_c3_f16_w8"
     assert cuda._wgmma_split_kernel(plan(300, 1000, "i32", 8)[0]) == "quik_wgmma_ws_c3_sk_w8"
     assert cuda._wgmma_split_kernel(plan(1030, 1000, "i32", 8)[0]) == "quik_wgmma_ws_sk_w8"
     assert cuda._wgmma_split_kernel(plan(300, 1000, "i32", 4)[0]) == "quik_wgmma_ws_sk_w4"
