@@ -887,10 +887,15 @@ def _quant_split(x: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | No
 # split-K, the split-K wgmma kernel, the library paths), the rows kernel runs from ACT_ROWS_MIN_M_NOWG = 17 tokens
 # (PreparedLinear.run): H100, layer A/B in one process (nineteenth session), M = 128 / 512: x0.90-0.98 without
 # outliers, x0.95-1.01 with 256 (s19c, s19d), while the unsplit wgmma layers took x0.94-1.03 (s19c); in front of the
-# split-K wgmma kernel at M = 128 / 256 / 512 x0.93-0.97 without outliers, x0.96-0.99 with 256 (s19k).
+# split-K wgmma kernel at M = 128 / 256 / 512 x0.93-0.97 without outliers, x0.96-0.99 with 256 (s19k). Since the
+# twenty-second session also in front of the unsplit wgmma kernel from ACT_ROWS_MIN_M = 256 tokens (was 2048): with the
+# narrower tiles and deep copies in place, H100 layer A/B in one process (s22e, M = 256 .. 1024): W4A4 without
+# outliers x0.939-0.989 on every unsplit point (5120 x 5120 at M = 512 x0.944, 28672 x 8192 x0.949), with 256
+# outliers x0.960-1.004 except three points at M = 768 (x1.007-1.016); the quantizer alone x0.65-0.81 at M = 512
+# without outliers, x0.71-0.94 with 256 (s22e). Below 256 tokens not measured there: the bound.
 # QUIKTOOL_ACT_ROWS=0 turns it off (A/B runs; the kernels give the same bits).
 ACT_ROWS = os.environ.get("QUIKTOOL_ACT_ROWS", "1") != "0"
-ACT_ROWS_MIN_M: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M", 2048)
+ACT_ROWS_MIN_M: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M", 256)
 ACT_ROWS_MIN_M_NOWG: int = _env_int("QUIKTOOL_ACT_ROWS_MIN_M_NOWG", 17)
 # QUIKTOOL_ACT_ROWS_WG_SPLIT=0: the split-K wgmma layers keep the gather kernel below ACT_ROWS_MIN_M (A/B runs).
 ACT_ROWS_WG_SPLIT = os.environ.get("QUIKTOOL_ACT_ROWS_WG_SPLIT", "1") != "0"
@@ -1010,8 +1015,8 @@ class PreparedLinear:
 
     def _rows_min(self, M: int, path: str | None) -> int | None:
         """The rows quantizer's token minimum for a call of M tokens whose GEMM takes ``path`` (None: the default,
-        ACT_ROWS_MIN_M): the rows quantizer slows the unsplit wgmma kernel after it (see ACT_ROWS_MIN_M), not
-        the other GEMMs, which get it from ACT_ROWS_MIN_M_NOWG tokens."""
+        ACT_ROWS_MIN_M): in front of the unsplit wgmma kernel from ACT_ROWS_MIN_M tokens (measured from 256 there,
+        see ACT_ROWS_MIN_M), in front of the other GEMMs from ACT_ROWS_MIN_M_NOWG."""
         wg = path == "wgmma" and not (ACT_ROWS_WG_SPLIT and wgmma_splits(M, self.N, self.kp, self.w_bits,
                                                                          self.dev) > 1)
         return None if path is None or wg else ACT_ROWS_MIN_M_NOWG

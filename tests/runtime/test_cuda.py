@@ -481,8 +481,8 @@ def test_widening_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytes
 
 
 @pytest.mark.parametrize("gemm", ["mma", "wgmma", "wgmma-split"])
-def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch: pytest.MonkeyPatch,
-                                                                     gemm: str) -> None:
+def test_layers_quantize_in_rows_mode_below_act_rows_min_m_unless_wgmma(monkeypatch: pytest.MonkeyPatch,
+                                                                          gemm: str) -> None:
     """PreparedLinear takes the rows quantizer from ACT_ROWS_MIN_M_NOWG tokens where its GEMM is not the unsplit
     wgmma kernel (mma.sync, the split-K wgmma kernel), and from ACT_ROWS_MIN_M where it is; the reference's bits.
     PreparedLinear.quantize (bench layer's quantize stage) makes the same choice and gives the reference's codes."""
@@ -493,6 +493,7 @@ def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch
         monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)
         monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
     K, N, dtype, M = 2200, 512, torch.float16, 130
+    assert M < cuda.ACT_ROWS_MIN_M
     keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("rows-min", gemm), K, N, 100, dtype)
     layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
     kp = cuda.padded_k(K - 100)
@@ -512,6 +513,15 @@ def test_layers_quantize_in_rows_mode_below_2048_tokens_unless_wgmma(monkeypatch
     want = reference.quantize_layer(x, keep.long(), outl.long(), 4)
     for field in reference.ActCodes._fields:
         _assert_equal(field, getattr(a, field), getattr(want, field))
+    if wgmma:  # from ACT_ROWS_MIN_M tokens the unsplit wgmma layers take the rows quantizer too
+        M = cuda.ACT_ROWS_MIN_M + 44
+        assert cuda.gemm_path(M, N, kp, 4, 8, dev) == "wgmma" and cuda.wgmma_splits(M, N, kp, 4, dev) == 1
+        rows_plans.clear()
+        x = _activations(_gen("rows-min-x2", K), M, K, dtype, outl)
+        got = layer(x)
+        assert rows_plans and all(p is not None for p in rows_plans), rows_plans
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+        assert _bits_equal(got, ref), f"{int((got != ref).sum())} outputs differ from the reference"
 
 
 @pytest.mark.parametrize("M,K,N,split", [(130, 1104, 512, False), (64, 8448, 4096, True), (300, 1104, 37000, False),
