@@ -272,14 +272,16 @@ def write_json(path: str, obj: dict) -> None:
 # --------------------------------------------------------------------------------------------- bench
 def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 100, warmup: int = 10,
                 device: str = "cpu", backend: str = "auto", dtype: str = "fp16", max_point_s: float = 1.0,
-                seed: int = 0, peers: bool = True, check: bool = True, on_progress=None, rounds: int = 4) -> dict:
+                seed: int = 0, peers: bool = True, check: bool = True, on_progress=None,
+                rounds: int | None = None) -> dict:
     """QuikLinear.forward vs FP16 F.linear (and, on CUDA, FP8 / W4A16 peers) per shape x M x scheme x outliers.
 
-    See quiktool.bench.bench_layer; quiktool.bench.format_layer_table renders the result."""
+    See quiktool.bench.bench_layer; quiktool.bench.format_layer_table renders the result. rounds None: its
+    default (bench.DEFAULT_ROUNDS)."""
     from quiktool import bench
 
     return bench.bench_layer(shapes, m, schemes, outliers, reps, warmup, device, backend, dtype, max_point_s,
-                             seed, peers, check, on_progress, rounds)
+                             seed, peers, check, on_progress, bench.DEFAULT_ROUNDS if rounds is None else rounds)
 
 
 def bench_model(arch: str = "llama2-7b", configs="quik-4b,w4a8", batch: int = 1, seqlen: int = 2048,

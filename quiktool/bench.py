@@ -619,17 +619,17 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                     done += len(built)
                     _free(dev)
                     continue
-                peer_res = _time_peers(peer_objs, xs, timer, fp_times[0].ms) if peer_objs else \
+                peer_res = _time_peers(peer_objs, xs, timer) if peer_objs else \
                     {p: {"ms": None, "speedup": None, "error": "CUDA only" if not on_cuda else "disabled"}
                      for p in ("fp8", "w4a16")}
-                m_rows = []  # this M's rows, in the order of `built`
-                ready = []   # (row, built layer, its rounds' timings) of the layers that ran and checked out
+                # this M's rows in the order of `built`: [row, built layer or None, its rounds' timings or None]
+                m_rows = []
                 for b in built:
                     if not isinstance(b, _Built):
-                        m_rows.append((_row_error(shape, K, N, M, b[0], b[1], f"build: {b[2]}"), None))
+                        m_rows.append([_row_error(shape, K, N, M, b[0], b[1], f"build: {b[2]}"), None, None])
                         continue
                     row = _row_base(shape, K, N, M, b.scheme, b.n_out)
-                    m_rows.append((row, b))
+                    m_rows.append([row, b, None])
                     try:
                         L = b.layer
                         y = L(xs[0])
@@ -644,35 +644,30 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                                 log.warning("%s M=%d %s outliers=%d: CUDA output differs from the reference "
                                             "(relative error %.3g)", shape, M, b.scheme, b.n_out, row["check_rel_err"])
                         del y
-                        ready.append((row, b, [timer(L, [(x,) for x in xs])]))  # round 0
+                        m_rows[-1][2] = [timer(L, [(x,) for x in xs])]  # round 0
                     except Exception as e:
                         _failed(row, e, dev)
                 # rounds 1..: FP16 and the layers alternate, FP16 last in odd rounds and first in even ones
                 for r in range(1, rounds):
-                    order = ["fp", *range(len(ready))]
-                    for which in order[::-1] if r % 2 else order:
-                        if which == "fp":
+                    order = ["fp", *(e for e in m_rows if e[2] is not None)]
+                    for e in order[::-1] if r % 2 else order:
+                        if e == "fp":
                             fp_times.append(timer(fp_fn, [(x,) for x in xs]))
-                            continue
-                        row, b, times = ready[which]
-                        if row.get("error"):
-                            continue
-                        try:
-                            times.append(timer(b.layer, [(x,) for x in xs]))
-                        except Exception as e:
-                            _failed(row, e, dev)
+                        elif not e[0].get("error"):
+                            try:
+                                e[2].append(timer(e[1].layer, [(x,) for x in xs]))
+                            except Exception as err:
+                                _failed(e[0], err, dev)
                 fp_ms = statistics.median(t.ms for t in fp_times)
                 for p in peer_res.values():
                     p["speedup"] = fp_ms / p["ms"] if p.get("ms") else None
-                timings = {id(row): times for row, _, times in ready}
-                for row, b in m_rows:
+                for row, b, times in m_rows:
                     done += 1
                     if b is None:  # not built
                         rows.append(row)
                         continue
                     row.update({"fp_ms": fp_ms, "fp_reps": sum(t.reps for t in fp_times), "peers": peer_res,
                                 "fp_ms_rounds": [t.ms for t in fp_times]})
-                    times = timings.get(id(row))
                     if times is not None and not row.get("error"):
                         try:
                             L = b.layer
@@ -715,7 +710,8 @@ def _failed(row: dict, e: Exception, dev: torch.device) -> None:
     _free(dev)
 
 
-def _time_peers(peer_objs: dict, xs: Sequence[Tensor], timer: Timer, fp_ms: float) -> dict:
+def _time_peers(peer_objs: dict, xs: Sequence[Tensor], timer: Timer) -> dict:
+    """Each peer's time on xs (its "speedup" over FP16 is filled in by the caller, after FP16's rounds)."""
     res = {}
     for name, p in peer_objs.items():
         if isinstance(p, str):
@@ -724,7 +720,7 @@ def _time_peers(peer_objs: dict, xs: Sequence[Tensor], timer: Timer, fp_ms: floa
         try:
             args = [p.prepare(x) for x in xs]
             t = timer(p.run, args)
-            res[name] = {"ms": t.ms, "speedup": fp_ms / t.ms, "reps": t.reps, "error": None,
+            res[name] = {"ms": t.ms, "speedup": None, "reps": t.reps, "error": None,
                          "check_rel_err": getattr(p, "check_rel_err", None)}
         except Exception as e:  # a peer may refuse some M (alignment): n/a for this row only
             res[name] = {"ms": None, "speedup": None, "error": _err_text(e)}

@@ -101,6 +101,27 @@ def test_bench_layer_rounds_alternate_fp16_and_the_layers(monkeypatch):
         bench.bench_layer("64x172", "3", "w4a4", "0", rounds=0)
 
 
+def test_time_peers_records_times_and_refusals():
+    """_time_peers times each peer on the inputs (its speedup is left for bench_layer to fill in after FP16's
+    rounds); a peer that could not be built (a string) or that raises is n/a with the reason."""
+    class Peer:
+        def prepare(self, x):
+            return (x,)
+
+        def run(self, x):
+            return x * 2
+
+    class Refuses(Peer):
+        def run(self, x):
+            raise RuntimeError("no such M")
+
+    timer = bench.Timer(torch.device("cpu"), reps=2, warmup=1, max_point_s=1.0)
+    res = bench._time_peers({"ok": Peer(), "bad": Refuses(), "none": "not built"}, [torch.ones(3)], timer)
+    assert res["ok"]["ms"] > 0 and res["ok"]["speedup"] is None and res["ok"]["error"] is None
+    assert res["bad"]["ms"] is None and "no such M" in res["bad"]["error"]
+    assert res["none"] == {"ms": None, "speedup": None, "error": "not built"}
+
+
 def test_layer_table_marks_unsteady_rows(tmp_path):
     """A row whose median is far above its fastest run (a host stall inside the timed span) is marked '~' and
     counted below the table; steady rows are not."""
