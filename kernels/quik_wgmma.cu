@@ -1209,16 +1209,20 @@ QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
 
-// quik_wgmma_ws_nBN_EP_wB (BN = 160, 176, 224): wgmma_gemm_ws on 128 x BN tiles, grid = ceil(M/128) * ceil(N/BN),
-// block and smem as quik_wgmma_ws_*; the plain [M, N] output only (a fused group's segment need not divide by BN).
-// WsNarrow<BN>::gemm is wgmma_gemm_ws with the width bound, in the form QUIK_WGMMA_ENTRY calls.
-template <int BN> struct WsNarrow {
+// WsTile<BN, CD>::gemm is wgmma_gemm_ws with the tile width and copy depth bound, in the form QUIK_WGMMA_ENTRY
+// calls; WsNarrow<BN> / WsDeep<BN> name its two uses below (a macro argument cannot hold the comma).
+template <int BN, int CD> struct WsTile {
     template <int EP, int WB, bool BLK>
     static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
                           const EpiArgs& ep, int seg) {
-        wgmma_gemm_ws<EP, WB, BLK, false, BN>(A, W, out, M, N, Kp, ep, seg);
+        wgmma_gemm_ws<EP, WB, BLK, false, BN, CD>(A, W, out, M, N, Kp, ep, seg);
     }
 };
+template <int BN> using WsNarrow = WsTile<BN, 2>;
+template <int BN> using WsDeep = WsTile<BN, 3>;
+
+// quik_wgmma_ws_nBN_EP_wB (BN = 160, 176, 224): wgmma_gemm_ws on 128 x BN tiles, grid = ceil(M/128) * ceil(N/BN),
+// block and smem as quik_wgmma_ws_*; the plain [M, N] output only (a fused group's segment need not divide by BN).
 #define QUIK_WGMMA_WS_N(NAME, EP, WB, BN) QUIK_WGMMA_ENTRY(NAME, WsNarrow<BN>::gemm, WS_THREADS, EP, WB, false)
 QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_i32_w4, 0, 4, 160)
 QUIK_WGMMA_WS_N(quik_wgmma_ws_n160_f16_w4, 1, 4, 160)
@@ -1241,13 +1245,6 @@ QUIK_WGMMA_WS_N(quik_wgmma_ws_n224_bf16_w8, 2, 8, 224)
 
 // quik_wgmma_ws_c3_[n<BN>_]EP_w8[_blk] (8-bit weights): the same kernels with three K tiles of copies in flight
 // (wgmma_gemm_ws's CD = 3; see the producer above). Same contract, grid, block and smem as their ws / ws_n<BN> twins.
-template <int BN> struct WsDeep {
-    template <int EP, int WB, bool BLK>
-    static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
-                          const EpiArgs& ep, int seg) {
-        wgmma_gemm_ws<EP, WB, BLK, false, BN, 3>(A, W, out, M, N, Kp, ep, seg);
-    }
-};
 #define QUIK_WGMMA_WS_C3(NAME, EP, BN, BLK) QUIK_WGMMA_ENTRY(NAME, WsDeep<BN>::gemm, WS_THREADS, EP, 8, BLK)
 QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_i32_w8, 0, 256, false)
 QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_f16_w8, 1, 256, false)
