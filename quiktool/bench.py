@@ -66,7 +66,9 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MIN_REPS = 5              # never fewer timed runs than this (unless --reps is smaller)
 DEFAULT_ROUNDS = 4        # bench_layer: alternating rounds of FP16 and the QUIK layers (see the module doc)
 L2_FALLBACK = 50 << 20    # H100 L2, when the device does not report its own
-HEAD_START_CYCLES = 300_000  # ~0.15 ms of GPU spin before each timed call (see Timer)
+HEAD_START_CYCLES = 300_000  # ~0.15 ms of GPU spin before each timed call, at least (see Timer)
+HEAD_START_HOST_MARGIN = 2.0  # Timer(cover_host=True): the spin also lasts this many times the host's time of a call
+SPIN_CYCLES_PER_S = 2.0e9     # torch.cuda._sleep counts SM clock cycles: ~2 GHz on the H100 / H200 (1.98 GHz max)
 UNSTEADY = 2.0  # a row whose median is above this many times its fastest run is marked '~' in the table
 W4A16_GROUP = 128
 W4A16_INNER_K_TILES = 8
@@ -215,11 +217,18 @@ class Timer:
                  also capped at a quarter of ``max_point_s``
     flush_l2:    on CUDA, overwrite 4 x L2 bytes before every timed run (layer benchmark); off for
                  whole-model timings, whose weights exceed L2 many times anyway
+    cover_host:  on CUDA, make the head start at least HEAD_START_HOST_MARGIN x the host's time of one call
+                 (the median over the warm-up calls), so that the host's enqueue ends before the GPU reaches
+                 the call; off for whole-model timings, which include the host's latency as a user sees it.
+                 Why: eager QUIK layer calls took 56-340 us of host time on the device machine (s24b, s24c),
+                 more than the fixed spin plus the flush (~0.22 ms) at times; a median then measured the host
     """
 
-    def __init__(self, device: torch.device, reps: int, warmup: int, max_point_s: float, flush_l2: bool = True):
+    def __init__(self, device: torch.device, reps: int, warmup: int, max_point_s: float, flush_l2: bool = True,
+                 cover_host: bool = True):
         self.device, self.reps, self.warmup, self.max_point_s = device, reps, warmup, max_point_s
-        self.cuda = device.type == "cuda"
+        self.cuda, self.cover_host = device.type == "cuda", cover_host
+        self.head_cycles = HEAD_START_CYCLES
         self.flush_buf = None
         if self.cuda and flush_l2:
             self.flush_buf = torch.empty(4 * l2_bytes(device) // 4, dtype=torch.float32, device=device)
@@ -231,7 +240,7 @@ class Timer:
         if self.flush_buf is not None:
             self.flush_buf.zero_()
         if self.head_start:
-            torch.cuda._sleep(HEAD_START_CYCLES)
+            torch.cuda._sleep(self.head_cycles)
 
     def __call__(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Timing:
         if not args:
@@ -266,16 +275,25 @@ class Timer:
         t0 = time.perf_counter()
         fn(*args[0])
         torch.cuda.synchronize()
+        host = []  # the host's time of each warm-up call (enqueue only: nothing here waits for the GPU)
         for i in range(1, self.warmup):
             if time.perf_counter() - t0 > self.max_point_s / 4:
                 break
+            t = time.perf_counter()
             fn(*args[i % n])
+            host.append(time.perf_counter() - t)
         torch.cuda.synchronize()
+        self.head_cycles = HEAD_START_CYCLES
         t = time.perf_counter()  # one run as timed below, for the rep budget (host clock: includes the flush)
         self._prepare()
+        t1 = time.perf_counter()
         fn(*args[0])
+        host.append(time.perf_counter() - t1)
         torch.cuda.synchronize()
         reps = self._n_reps(time.perf_counter() - t)
+        if self.cover_host:
+            self.head_cycles = max(HEAD_START_CYCLES,
+                                   int(HEAD_START_HOST_MARGIN * statistics.median(host) * SPIN_CYCLES_PER_S))
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         for i in range(reps):
@@ -581,7 +599,8 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                    "max_reps": reps, "max_warmup": warmup, "max_point_s": max_point_s, "rounds": rounds,
                    "statistic": "median" if rounds == 1 else f"median over {rounds} alternating rounds of medians",
                    "l2_flush_bytes": int(timer.flush_buf.numel() * 4) if timer.flush_buf is not None else 0,
-                   "head_start_cycles": HEAD_START_CYCLES if timer.head_start else 0},
+                   "head_start_cycles": HEAD_START_CYCLES if timer.head_start else 0,
+                   "head_start_host_margin": HEAD_START_HOST_MARGIN if timer.head_start else 0},
         "peers": {"fp8": "torch._scaled_mm, e4m3 activations and weights, fp32 scales per token and per output "
                          "channel, GEMM only (activation quantization not timed)",
                   "w4a16": f"torch.ops.aten._weight_int4pack_mm (tinygemm), group {W4A16_GROUP}, bf16 activations"},
@@ -1187,7 +1206,7 @@ def bench_model(arch: str = "llama2-7b", configs=("quik-4b", "w4a8"), batch: int
                    "decode_tokens": decode_tokens, "reps": reps, "warmup": warmup,
                    "distinct_weights": distinct_weights, "fuse": fuse, "quantizer": "RTN (gptq_quantize with H=None)",
                    "outliers": MODEL_OUTLIER_NOTE, "variants": []})
-    timer = Timer(dev, reps, max(warmup, 1), max_point_s=1e9, flush_l2=False)
+    timer = Timer(dev, reps, max(warmup, 1), max_point_s=1e9, flush_l2=False, cover_host=False)
     g = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(0, ARCHS[arch]["vocab_size"], (batch, seqlen), generator=g).to(dev)
     for vname, qcfg in [(dtype, None)] + qcfgs:

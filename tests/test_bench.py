@@ -296,6 +296,27 @@ def test_timer_median_and_time_budget():
     assert t.reps == 4 and t.ms >= 0
 
 
+@pytest.mark.gpu
+def test_timer_head_start_covers_the_host_time():
+    """A call whose host part (1 ms of sleep before a tiny kernel) outlasts the fixed spin and the flush: with
+    cover_host the spin grows past the host's time and the span is device time (well below 1 ms); without it the
+    GPU waits for the host and the span holds the host's millisecond."""
+    dev = torch.device("cuda")
+    x = torch.randn(64, device=dev)
+
+    def host_heavy(v):
+        time.sleep(0.001)
+        return v + 1
+
+    covered = bench.Timer(dev, reps=8, warmup=4, max_point_s=10.0)
+    t_cov = covered(host_heavy, [(x,)])
+    assert covered.head_cycles >= bench.HEAD_START_HOST_MARGIN * 0.001 * bench.SPIN_CYCLES_PER_S
+    plain = bench.Timer(dev, reps=8, warmup=4, max_point_s=10.0, cover_host=False)
+    t_plain = plain(host_heavy, [(x,)])
+    assert plain.head_cycles == bench.HEAD_START_CYCLES
+    assert t_cov.ms < 0.5 <= t_plain.ms, (t_cov, t_plain)
+
+
 def test_stage_split_and_reference_oracle_match_the_layer():
     """The stage timings call the backend as QuikLinear.forward does; reference_forward (the CUDA
     check) computes the layer's output from its codes alone."""
