@@ -19,8 +19,9 @@ memory, peak memory and checkpoint size, for FP16 and QUIK variants (RTN + rando
 
 Timing (``Timer``): CUDA events around every single call, a warm-up first, the median of many runs;
 before each run an L2-sized buffer is overwritten (the weights of a real model are not in L2 when a
-layer starts) and the GPU is given a short head start so the measured span is device time, not the
-host's launch latency (the model benchmark includes that latency, as a user sees it). Inputs are
+layer starts) and the GPU is given a head start (a spin of at least twice the host's time of one call) so the
+measured span is device time, not the host's launch latency (the model benchmark includes that latency, as a
+user sees it). Inputs are
 random normal (never zeros) and rotate among a few buffers. On CPU: ``time.perf_counter``.
 ``bench_layer`` times FP16 and the QUIK layers of one shape and M in ``rounds`` alternating rounds (FP16 first in
 even rounds, last in odd ones; each round one Timer point per layer) and reports the median over rounds: the
@@ -220,8 +221,9 @@ class Timer:
     cover_host:  on CUDA, make the head start at least HEAD_START_HOST_MARGIN x the host's time of one call
                  (the median over the warm-up calls), so that the host's enqueue ends before the GPU reaches
                  the call; off for whole-model timings, which include the host's latency as a user sees it.
-                 Why: eager QUIK layer calls took 56-340 us of host time on the device machine (s24b, s24c),
-                 more than the fixed spin plus the flush (~0.22 ms) at times; a median then measured the host
+                 Why: eager QUIK layer calls took 56-341 us of host time on the H100 machine (docs/RESULTS.md,
+                 twenty-fourth session), at times more than the fixed spin plus the flush (~0.22 ms); a median
+                 then measured the host
     """
 
     def __init__(self, device: torch.device, reps: int, warmup: int, max_point_s: float, flush_l2: bool = True,
@@ -594,7 +596,8 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
         "shapes": [f"{k}x{n}" for k, n in shape_list], "m": m_list, "schemes": scheme_list, "outliers": out_list,
         "fused_epilogue": fused, "peers_enabled": bool(peers and on_cuda),
         "library_gemm": _library_gemm_rule() if fused else None,
-        "timing": {"method": ("CUDA events around each call; L2 overwritten and a GPU head start before each run"
+        "timing": {"method": ("CUDA events around each call; L2 overwritten and a GPU head start (at least "
+                              "head_start_host_margin x the host's time of a call) before each run"
                               if on_cuda else "time.perf_counter around each call"),
                    "max_reps": reps, "max_warmup": warmup, "max_point_s": max_point_s, "rounds": rounds,
                    "statistic": "median" if rounds == 1 else f"median over {rounds} alternating rounds of medians",
