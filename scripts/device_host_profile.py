@@ -1,8 +1,8 @@
 """Where the host time of an eager QUIK layer call goes (issue 5): cProfile over many calls of one layer while the
 GPU is kept busy by a long spin (so that no launch waits for the GPU and the profile is the host's own work).
 
-For each shape, scheme, outlier count and M: the median host time per call (perf_counter, as
-scripts/device_host_time.py measures it), then the cProfile table of --calls calls, sorted by own time (top --top).
+For each shape, scheme, outlier count and M: the median host time per call (device_host_time.host_us), then the
+cProfile table of --calls calls, sorted by own time (top --top).
 
     PYTHONPATH=$PWD python3 scripts/device_host_profile.py [--shapes 4096x4096] [--m 128,512,2048]
       [--schemes w4a4] [--outliers 256] [--calls 150] [--top 25]
@@ -12,9 +12,9 @@ import cProfile
 import io
 import pstats
 import statistics
-import time
 
 import torch
+from device_host_time import host_us  # this folder: python3 puts a script's own folder on sys.path
 
 from quiktool.bench import _inputs, build_layers
 
@@ -43,16 +43,7 @@ for sh in args.shapes.split(","):
                 print(sh, M, b)
                 continue
             layer = b.layer
-            for x in xs:
-                layer(x)
-            torch.cuda.synchronize()
-            torch.cuda._sleep(200_000_000)  # ~0.1 s of spin: every call below only enqueues
-            times = []
-            for i in range(args.calls):
-                t = time.perf_counter()
-                layer(xs[i % len(xs)])
-                times.append((time.perf_counter() - t) * 1e6)
-            torch.cuda.synchronize()
+            times = host_us(layer, xs, args.calls, 200_000_000)  # ~0.1 s of spin: every call only enqueues
             torch.cuda._sleep(200_000_000)
             prof = cProfile.Profile()
             prof.enable()

@@ -24,70 +24,76 @@ import torch.nn.functional as F
 from quiktool import bench
 from quiktool.bench import Timer, _inputs, build_layers
 
-p = argparse.ArgumentParser()
-p.add_argument("--shapes", default="5120x5120,4096x4096,11008x4096,8192x8192")
-p.add_argument("--m", default="128,512")
-p.add_argument("--schemes", default="w4a4,w4a8")
-p.add_argument("--outliers", default="0,256")
-p.add_argument("--head-starts", default="300000,auto")
-p.add_argument("--rounds", type=int, default=4)
-p.add_argument("--reps", type=int, default=100)
-args = p.parse_args()
-
-dev = torch.device("cuda")
-gen_dev, gen_cpu = torch.Generator(device=dev).manual_seed(0), torch.Generator().manual_seed(0)
-timer = Timer(dev, args.reps, 10, 0.5)  # cover_host: the head start follows the host's time
-fixed = Timer(dev, args.reps, 10, 0.5, cover_host=False)  # the spin is bench.HEAD_START_CYCLES
-head_starts = args.head_starts.split(",")
-BASE = bench.HEAD_START_CYCLES
-schemes, outliers = args.schemes.split(","), [int(o) for o in args.outliers.split(",")]
-
-
-def host_us(fn, xs, n: int = 60) -> float:
-    """Median host time of one call while the GPU is kept busy (no launch waits for the GPU)."""
+def host_us(fn, xs, n: int = 60, spin_cycles: int = 40_000_000) -> list[float]:
+    """Host time (us) of each of n calls fn(xs[i % len(xs)]) while the GPU is kept busy by a spin of spin_cycles
+    (~20 ms by default; it must outlast the n calls), so that no launch waits for the GPU. Also used by
+    scripts/device_host_profile.py."""
     fn(xs[0])
     torch.cuda.synchronize()
-    torch.cuda._sleep(40_000_000)  # ~20 ms of spin: the calls below only enqueue
+    torch.cuda._sleep(spin_cycles)  # the calls below only enqueue
     times = []
     for i in range(n):
         t = time.perf_counter()
         fn(xs[i % len(xs)])
         times.append((time.perf_counter() - t) * 1e6)
     torch.cuda.synchronize()
-    return statistics.median(times)
+    return times
 
 
-print(torch.cuda.get_device_name(0), torch.__version__, "head starts (cycles):", head_starts)
-hs_cols = " ".join(f"{'med/min @' + str(h):>22s}" for h in head_starts)
-print(f"{'K x N':11s} {'M':>4s} {'scheme':6s} {'out':>3s} {'host us':>7s} {'FP16 host':>9s} {'FP16 ms':>8s} {hs_cols}")
-for sh in args.shapes.split(","):
-    K, N = (int(v) for v in sh.split("x"))
-    W = torch.randn(N, K, generator=gen_dev, device=dev, dtype=torch.float32)
-    built = build_layers(W, schemes, outliers, torch.float16, dev, "cuda", gen_cpu)
-    w16 = W.to(torch.float16)
-    del W
-    for M in (int(m) for m in args.m.split(",")):
-        xs = _inputs(M, K, torch.float16, dev, gen_dev)
-        fp16 = lambda x: F.linear(x, w16)  # noqa: E731
-        fp_host = host_us(fp16, xs)
-        fp_ms = timer(fp16, [(x,) for x in xs]).ms
-        for b in built:
-            if isinstance(b, tuple):
-                print(f"{sh:11s} {M:4d} {b[0]:6s} {b[1]:3d} failed: {b[2]}")
-                continue
-            layer = b.layer
-            h = host_us(layer, xs)
-            meds, mins = {hs: [] for hs in head_starts}, {hs: [] for hs in head_starts}
-            for r in range(args.rounds):  # the head starts alternate, in reversed order every other round
-                for hs in head_starts if r % 2 == 0 else head_starts[::-1]:
-                    if hs == "auto":
-                        t = timer(layer, [(x,) for x in xs])
-                    else:
-                        bench.HEAD_START_CYCLES = int(hs)
-                        t = fixed(layer, [(x,) for x in xs])
-                        bench.HEAD_START_CYCLES = BASE  # "auto" starts from the shipped floor
-                    meds[hs].append(t.ms)
-                    mins[hs].append(t.min_ms)
-            cols = [f"{statistics.median(meds[hs]):.4f}/{min(mins[hs]):.4f}" for hs in head_starts]
-            print(f"{sh:11s} {M:4d} {b.scheme:6s} {b.n_out:3d} {h:7.1f} {fp_host:9.1f} {fp_ms:8.4f} "
-                  + " ".join(f"{c:>22s}" for c in cols), flush=True)
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shapes", default="5120x5120,4096x4096,11008x4096,8192x8192")
+    p.add_argument("--m", default="128,512")
+    p.add_argument("--schemes", default="w4a4,w4a8")
+    p.add_argument("--outliers", default="0,256")
+    p.add_argument("--head-starts", default="300000,auto")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--reps", type=int, default=100)
+    args = p.parse_args()
+
+    dev = torch.device("cuda")
+    gen_dev, gen_cpu = torch.Generator(device=dev).manual_seed(0), torch.Generator().manual_seed(0)
+    timer = Timer(dev, args.reps, 10, 0.5)  # cover_host: the head start follows the host's time
+    fixed = Timer(dev, args.reps, 10, 0.5, cover_host=False)  # the spin is bench.HEAD_START_CYCLES
+    head_starts = args.head_starts.split(",")
+    base = bench.HEAD_START_CYCLES
+    schemes, outliers = args.schemes.split(","), [int(o) for o in args.outliers.split(",")]
+
+    print(torch.cuda.get_device_name(0), torch.__version__, "head starts (cycles):", head_starts)
+    hs_cols = " ".join(f"{'med/min @' + str(h):>22s}" for h in head_starts)
+    print(f"{'K x N':11s} {'M':>4s} {'scheme':6s} {'out':>3s} {'host us':>7s} {'FP16 host':>9s} {'FP16 ms':>8s} {hs_cols}")
+    for sh in args.shapes.split(","):
+        K, N = (int(v) for v in sh.split("x"))
+        W = torch.randn(N, K, generator=gen_dev, device=dev, dtype=torch.float32)
+        built = build_layers(W, schemes, outliers, torch.float16, dev, "cuda", gen_cpu)
+        w16 = W.to(torch.float16)
+        del W
+        for M in (int(m) for m in args.m.split(",")):
+            xs = _inputs(M, K, torch.float16, dev, gen_dev)
+            fp16 = lambda x: F.linear(x, w16)  # noqa: E731
+            fp_host = statistics.median(host_us(fp16, xs))
+            fp_ms = timer(fp16, [(x,) for x in xs]).ms
+            for b in built:
+                if isinstance(b, tuple):
+                    print(f"{sh:11s} {M:4d} {b[0]:6s} {b[1]:3d} failed: {b[2]}")
+                    continue
+                layer = b.layer
+                h = statistics.median(host_us(layer, xs))
+                meds, mins = {hs: [] for hs in head_starts}, {hs: [] for hs in head_starts}
+                for r in range(args.rounds):  # the head starts alternate, in reversed order every other round
+                    for hs in head_starts if r % 2 == 0 else head_starts[::-1]:
+                        if hs == "auto":
+                            t = timer(layer, [(x,) for x in xs])
+                        else:
+                            bench.HEAD_START_CYCLES = int(hs)
+                            t = fixed(layer, [(x,) for x in xs])
+                            bench.HEAD_START_CYCLES = base  # "auto" starts from the shipped floor
+                        meds[hs].append(t.ms)
+                        mins[hs].append(t.min_ms)
+                cols = [f"{statistics.median(meds[hs]):.4f}/{min(mins[hs]):.4f}" for hs in head_starts]
+                print(f"{sh:11s} {M:4d} {b.scheme:6s} {b.n_out:3d} {h:7.1f} {fp_host:9.1f} {fp_ms:8.4f} "
+                      + " ".join(f"{c:>22s}" for c in cols), flush=True)
+
+
+if __name__ == "__main__":
+    main()
