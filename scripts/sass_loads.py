@@ -1,12 +1,11 @@
 """What ptxas made of one kernel in kernels/quik_gemm.cu, without a GPU (issue 5 diagnostics).
 
-Compiles a copy of quik_gemm.cu with nvcc for sm_90 (--resource-usage) and disassembles one kernel with cuobjdump,
-then prints its registers and spills and, for each kind of global load, how many there are and into how many distinct
-registers they load: loads that reuse a few registers cannot all be in flight at once (each reuse waits for the last
-load into that register to land). nvcc is on this machine; cuobjdump is not part of it but installs from PyPI:
-    pip download --no-deps -d /tmp/nvd nvidia-cuda-cuobjdump && (cd /tmp/nvd && unzip -oq nvidia_cuda_cuobjdump-*.whl)
-    python3 scripts/sass_loads.py --src kernels --kernel quik_gemm_sk_w4_mid \
-        --cuobjdump /tmp/nvd/nvidia/cu13/bin/cuobjdump
+Compiles a copy of quik_gemm.cu with nvcc for sm_90 (--resource-usage) and disassembles it with nvdisasm (both found
+as the runtime and the kernel tests find them: cuda.find_nvcc / cuda.find_nvdisasm; `make install` brings nvdisasm
+with the test extra), then prints one kernel's registers and spills and, for each kind of global load, how many
+there are and into how many distinct registers they load: loads that reuse a few registers cannot all be in flight
+at once (each reuse waits for the last load into that register to land).
+    python3 scripts/sass_loads.py --src kernels --kernel quik_gemm_sk_w4_mid
 Numbers come from nvcc (same front end as NVRTC, not the same driver): compare builds with each other, not with the
 device's NVRTC build, and treat a register count as the compiler's choice, not a measurement of speed.
 """
@@ -21,20 +20,24 @@ import sys
 import tempfile
 from pathlib import Path
 
+from quiktool.runtime import cuda
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default="kernels", help="folder holding quik_gemm.cu and its headers")
     ap.add_argument("--kernel", required=True, help="extern \"C\" kernel name, e.g. quik_gemm_sk_w4_mid")
-    ap.add_argument("--cuobjdump", default="cuobjdump", help="path of cuobjdump")
     ap.add_argument("--arch", default="sm_90")
     args = ap.parse_args()
     src = Path(args.src) / "quik_gemm.cu"
     if not src.is_file():
         sys.exit(f"--src {args.src!r} has no quik_gemm.cu")
+    nvcc, nvdisasm = cuda.find_nvcc(), cuda.find_nvdisasm()
+    if nvcc is None or nvdisasm is None:
+        sys.exit("needs nvcc and nvdisasm (set QUIKTOOL_NVCC / QUIKTOOL_NVDISASM, or `make install` for the wheel)")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
-        r = subprocess.run(["nvcc", f"-arch={args.arch}", "-cubin", "-O3", "-std=c++17", "--resource-usage",
+        r = subprocess.run([nvcc, f"-arch={args.arch}", "-cubin", "-O3", "-std=c++17", "--resource-usage",
                             "-o", str(cubin), str(src)], capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"nvcc failed:\n{r.stderr[-3000:]}")
@@ -43,8 +46,11 @@ def main() -> int:
         if not m:
             sys.exit(f"no kernel {args.kernel!r} in {src}")
         print(f"{args.kernel}: {m.group(1).strip()}; {m.group(2).split(':', 1)[1].strip()}")
-        sass = subprocess.run([args.cuobjdump, "-sass", "-fun", args.kernel, str(cubin)], capture_output=True,
-                              text=True, check=True).stdout
+        sass = subprocess.run([nvdisasm, str(cubin)], capture_output=True, text=True, check=True).stdout
+    # the kernel's code: from its label to the next section
+    sass = sass[sass.index(f"\n.text.{args.kernel}:"):]
+    end = sass.find("\n\t.section")
+    sass = sass if end < 0 else sass[:end]
     dests: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for op, dst in re.findall(r"\b(LDG\.[A-Z0-9.]*)\s+(R\d+)", sass):
         dests[op][dst] += 1

@@ -48,7 +48,7 @@ __all__ = [
     "int_gemm", "quik_gemm", "quik_gemm_outliers", "compile_all", "nvrtc_version", "KERNELS", "NVRTC_OPTIONS", "LIB_MIN_M",
     "LIB_MIN_MACS", "gemm_path", "mma_splits", "wgmma_splits", "fp8_exact_on", "quantize_split", "quantize_layer", "quik_linear",
     "PreparedLinear",
-    "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "compile_wgmma",
+    "WGMMA_FILE", "WGMMA_KERNELS", "NVCC_WGMMA_OPTIONS", "WGMMA_MIN_M", "find_nvcc", "find_nvdisasm", "compile_wgmma",
 ]
 
 log = logging.getLogger(__name__)
@@ -433,6 +433,25 @@ def find_nvcc() -> str | None:
     for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if root and (Path(root) / "bin" / "nvcc").is_file():
             return str(Path(root) / "bin" / "nvcc")
+    return None
+
+
+def find_nvdisasm() -> str | None:
+    """nvdisasm (to read a cubin's SASS; the kernel tests and scripts/sass_loads.py use it, the runtime does not):
+    $QUIKTOOL_NVDISASM, beside nvcc, on PATH, or from the nvidia-cuda-nvdisasm wheel (test extra); None if absent."""
+    import importlib.util  # noqa: PLC0415
+
+    if os.environ.get("QUIKTOOL_NVDISASM"):
+        return os.environ["QUIKTOOL_NVDISASM"]
+    nvcc = find_nvcc()
+    if nvcc and (Path(nvcc).resolve().parent / "nvdisasm").is_file():
+        return str(Path(nvcc).resolve().parent / "nvdisasm")
+    if shutil.which("nvdisasm"):
+        return shutil.which("nvdisasm")
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for exe in sorted(Path(root).glob("cu*/bin/nvdisasm")):
+            return str(exe)
     return None
 
 

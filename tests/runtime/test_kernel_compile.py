@@ -191,25 +191,6 @@ def test_wgmma_plan_widens_4bit_weights_from_the_rule(monkeypatch) -> None:
     assert cuda._wgmma_plan(17, 301, "f16", 4, kp=64)[0] == "quik_wgmma_ws_c3_f16_w8"
 
 
-def _find_nvdisasm() -> str | None:
-    """nvdisasm: $QUIKTOOL_NVDISASM, beside nvcc, on PATH, or from the nvidia-cuda-nvdisasm wheel (test extra)."""
-    import importlib.util
-    import shutil
-
-    if os.environ.get("QUIKTOOL_NVDISASM"):
-        return os.environ["QUIKTOOL_NVDISASM"]
-    nvcc = cuda.find_nvcc()
-    if nvcc and (Path(nvcc).resolve().parent / "nvdisasm").is_file():
-        return str(Path(nvcc).resolve().parent / "nvdisasm")
-    if shutil.which("nvdisasm"):
-        return shutil.which("nvdisasm")
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        for exe in sorted(Path(root).glob("cu*/bin/nvdisasm")):
-            return str(exe)
-    return None
-
-
 _SASS_LINE = re.compile(r"/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")
 
 
@@ -339,7 +320,7 @@ def test_register_operand_wgmma_kernels_keep_their_fragments_until_retired(tmp_p
     such a race only when its timing corrupts a sum; this reads the SASS that ptxas produced."""
     if cuda.find_nvcc() is None:
         pytest.skip("no nvcc on this machine (it builds the sm_90a wgmma kernel)")
-    nvdisasm = _find_nvdisasm()
+    nvdisasm = cuda.find_nvdisasm()
     if nvdisasm is None:
         pytest.skip("no nvdisasm (the nvidia-cuda-nvdisasm wheel of the test extra, or QUIKTOOL_NVDISASM)")
     monkeypatch.setenv("QUIKTOOL_CACHE_DIR", str(tmp_path))
