@@ -26,7 +26,8 @@ def write(name: str, text: str) -> None:
 
 a = src.index("        // Exchange layout, in the pipeline's stages")
 b = src.index("#else\n        __trap();")
-shift = ("#pragma unroll\n        for (int i = 0; i < MT; ++i)\n#pragma unroll\n            for (int j = 0; j < NT; ++j)\n"
+shift = ("#pragma unroll\n        for (int i = 0; i < MT; ++i)\n"
+         "#pragma unroll\n            for (int j = 0; j < NT; ++j)\n"
          "#pragma unroll\n                for (int e = 0; e < 4; ++e) acc[i][j][e] >>= SHIFT;\n")
 write("nox", src[:a] + shift + src[b:])
 load = "v[i][j] = ld_cluster_v4(peer + (unsigned)(((i * NT + j) * THREADS + tid) * 16));"
