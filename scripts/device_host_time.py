@@ -11,8 +11,13 @@ For each shape, scheme, outlier count and M this prints:
             --rounds rounds (median of the rounds' medians, minimum of their minima), i.e. whether the head start
             changes the median.
 
+  with --settings "A|B" (cuda module attributes, e.g. "LAUNCH_PLANS=0|LAUNCH_PLANS=1"): the host time of the QUIK
+            layer under each setting instead, medians over --rounds alternating rounds (the head starts are then
+            timed under the last setting; --head-starts "" skips them), and whether both gave the same bits.
+
     PYTHONPATH=$PWD python3 scripts/device_host_time.py [--shapes 5120x5120,4096x4096] [--m 128,512]
       [--schemes w4a4,w4a8] [--outliers 0,256] [--head-starts 300000,auto] [--rounds 4] [--reps 100]
+      [--settings "LAUNCH_PLANS=0|LAUNCH_PLANS=1"]
 """
 import argparse
 import statistics
@@ -23,6 +28,12 @@ import torch.nn.functional as F
 
 from quiktool import bench
 from quiktool.bench import Timer, _inputs, build_layers
+from quiktool.runtime import cuda
+
+
+def parse_setting(text: str) -> dict:
+    """"NAME=value,NAME=value" -> {NAME: int value} (cuda module attributes)."""
+    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
 
 def host_us(fn, xs, n: int = 60, spin_cycles: int = 40_000_000) -> list[float]:
     """Host time (us) of each of n calls fn(xs[i % len(xs)]) while the GPU is kept busy by a spin of spin_cycles
@@ -49,19 +60,26 @@ def main() -> None:
     p.add_argument("--head-starts", default="300000,auto")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--reps", type=int, default=100)
+    p.add_argument("--settings", default="", help='"A|B": host time under each (cuda attributes, NAME=int,...)')
     args = p.parse_args()
+    settings = [parse_setting(t) for t in args.settings.split("|")] if args.settings else []
 
     dev = torch.device("cuda")
     gen_dev, gen_cpu = torch.Generator(device=dev).manual_seed(0), torch.Generator().manual_seed(0)
     timer = Timer(dev, args.reps, 10, 0.5)  # cover_host: the head start follows the host's time
     fixed = Timer(dev, args.reps, 10, 0.5, cover_host=False)  # the spin is bench.HEAD_START_CYCLES
-    head_starts = args.head_starts.split(",")
+    head_starts = [h for h in args.head_starts.split(",") if h]
     base = bench.HEAD_START_CYCLES
     schemes, outliers = args.schemes.split(","), [int(o) for o in args.outliers.split(",")]
 
     print(torch.cuda.get_device_name(0), torch.__version__, "head starts (cycles):", head_starts)
     hs_cols = " ".join(f"{'med/min @' + str(h):>22s}" for h in head_starts)
-    print(f"{'K x N':11s} {'M':>4s} {'scheme':6s} {'out':>3s} {'host us':>7s} {'FP16 host':>9s} {'FP16 ms':>8s} {hs_cols}")
+    if settings:
+        print("settings:", " | ".join(args.settings.split("|")))
+        host_cols = " ".join(f"{'host us ' + chr(ord('A') + i):>9s}" for i in range(len(settings))) + " same"
+    else:
+        host_cols = f"{'host us':>7s}"
+    print(f"{'K x N':11s} {'M':>4s} {'scheme':6s} {'out':>3s} {host_cols} {'FP16 host':>9s} {'FP16 ms':>8s} {hs_cols}")
     for sh in args.shapes.split(","):
         K, N = (int(v) for v in sh.split("x"))
         W = torch.randn(N, K, generator=gen_dev, device=dev, dtype=torch.float32)
@@ -78,7 +96,20 @@ def main() -> None:
                     print(f"{sh:11s} {M:4d} {b[0]:6s} {b[1]:3d} failed: {b[2]}")
                     continue
                 layer = b.layer
-                h = statistics.median(host_us(layer, xs))
+                if settings:
+                    per, outs = [[] for _ in settings], []
+                    for r in range(args.rounds):
+                        for i in (range(len(settings)) if r % 2 == 0 else reversed(range(len(settings)))):
+                            for k, v in settings[i].items():
+                                setattr(cuda, k, v)
+                            per[i].append(statistics.median(host_us(layer, xs)))
+                            if r == 0:
+                                outs.append((i, layer(xs[0]).clone()))
+                    outs.sort(key=lambda t: t[0])
+                    same = all(torch.equal(o.view(torch.int16), outs[0][1].view(torch.int16)) for _, o in outs)
+                    host = " ".join(f"{statistics.median(v):9.1f}" for v in per) + f" {str(same):>4s}"
+                else:
+                    host = f"{statistics.median(host_us(layer, xs)):7.1f}"
                 meds, mins = {hs: [] for hs in head_starts}, {hs: [] for hs in head_starts}
                 for r in range(args.rounds):  # the head starts alternate, in reversed order every other round
                     for hs in head_starts if r % 2 == 0 else head_starts[::-1]:
@@ -91,7 +122,7 @@ def main() -> None:
                         meds[hs].append(t.ms)
                         mins[hs].append(t.min_ms)
                 cols = [f"{statistics.median(meds[hs]):.4f}/{min(mins[hs]):.4f}" for hs in head_starts]
-                print(f"{sh:11s} {M:4d} {b.scheme:6s} {b.n_out:3d} {h:7.1f} {fp_host:9.1f} {fp_ms:8.4f} "
+                print(f"{sh:11s} {M:4d} {b.scheme:6s} {b.n_out:3d} {host} {fp_host:9.1f} {fp_ms:8.4f} "
                       + " ".join(f"{c:>22s}" for c in cols), flush=True)
 
 

@@ -31,8 +31,10 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
+import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -570,6 +572,55 @@ _SIG_SK = "pppiiii"         # quik_gemm_sk_*: A, W, part, M, N, Kp, splits
 _SIG_SKE = "ppiiippfppp"    # quik_splitk_*: part, out, M, N, splits, then _SIG_EPI's epilogue arguments
 
 
+class _Recorder(threading.local):
+    """What one PreparedLinear call launches and allocates while ``on`` (its own thread only): the raw launches
+    (_launch), the buffers made through _empty, the outlier product's tensors, and ``clean`` = False where the call
+    did GPU work that a launch plan cannot replay (a library GEMM, the widening on a side stream, torch ops)."""
+
+    def __init__(self) -> None:
+        self.on, self.clean = False, True
+        self.steps: list[tuple] = []
+        self.bufs: list[Tensor] = []
+
+
+_REC = _Recorder()
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: Any) -> Tensor:
+    """torch.empty for the launchers' per-call buffers; noted while a call is recorded (its launch plan allocates
+    the same buffers)."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    if _REC.on:
+        _REC.bufs.append(t)
+    return t
+
+
+def _unplannable() -> None:
+    """Called by launchers that do GPU work other than _launch (torch ops, library GEMMs, a side stream): the call
+    being recorded, if any, gets no launch plan."""
+    if _REC.on:
+        _REC.clean = False
+
+
+class _WatchedModule(types.ModuleType):
+    """The class of this module and of reference: any attribute assignment (an A/B knob such as PDL or
+    WGMMA_MIN_M, a test's monkeypatch, a script switching kernel builds) advances _GENERATION, and launch plans
+    recorded under an earlier generation are not replayed."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        _GENERATION[0] += 1
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        _GENERATION[0] += 1
+
+
+_GENERATION = [0]
+sys.modules[__name__].__class__ = _WatchedModule
+_ref.__class__ = _WatchedModule
+
+
 @functools.lru_cache(maxsize=None)
 def _device_info(device_index: int) -> tuple[str, int, int]:
     """(arch "sm_XY", multiprocessor count, 10 * major + minor), asked once per device (launchers use it)."""
@@ -645,8 +696,8 @@ def _launch_ex() -> Any:
 def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequence[Any], smem: int = 0,
             pdl: bool = False) -> None:
     """Launch ``name`` on torch's current stream of device ``index`` (asynchronous, no sync). ``pdl``: as a
-    programmatic dependent launch (the kernel waits for its predecessor with griddepcontrol.wait)."""
-    cupy = _cupy()
+    programmatic dependent launch (the kernel waits for its predecessor with griddepcontrol.wait). While a
+    PreparedLinear call is being recorded (_REC), the launch is noted for its launch plan."""
     if name.startswith("quik_wgmma_"):
         fn = (_wgmma_kernels(index) or {})[name]
     else:
@@ -654,16 +705,25 @@ def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequen
     if _current_device() != index:
         with torch.cuda.device(index):
             return _launch(index, name, grid, block, sig, args, smem, pdl)
-    params = _PARAMS.pack(sig, args)
-    stream = _raw_stream(index)
     ex = _launch_ex() if pdl and PDL and _device_info(index)[2] >= 90 else None
+    if _REC.on:
+        _REC.steps.append((fn, name, grid, block, smem, ex, sig, tuple(args)))
+    _launch_fn(index, fn, name, grid, block, smem, _raw_stream(index), _PARAMS.pack(sig, args), ex)
+    return None
+
+
+def _launch_fn(index: int, fn: int, name: str, grid: int, block: int, smem: int, stream: int, params: int,
+               ex: Any) -> None:
+    """The driver call of _launch (and of a launch plan's replay): kernel handle ``fn`` with packed ``params`` on
+    ``stream``; ex: _launch_ex()'s (cuLaunchKernelEx, the PDL attribute) for a programmatic dependent launch."""
     if ex is not None:
         launch, attr = ex
         cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, stream, ctypes.pointer(attr), 1)
         rc = launch(ctypes.byref(cfg), fn, params, None)
         if rc != 0:
             raise KernelError(f"launching {name} (programmatic dependent launch) failed: CUresult {rc}")
-        return None
+        return
+    cupy = _cupy()
     try:
         cupy.cuda.driver.launchKernel(fn, grid, 1, 1, block, 1, 1, smem, stream, params, 0)
     except cupy.cuda.driver.CUDADriverError as e:
@@ -779,10 +839,10 @@ def _act_out(out: ActCodes | None, x: Tensor, M: int, kp: int, n_out: int, dev: 
              codes_align: int) -> tuple[ActCodes, tuple[int, int, int, int]]:
     """The quantizers' result buffers: allocated (right by construction) or the caller's, checked."""
     if out is None:
-        out = ActCodes(torch.empty(M, kp, dtype=torch.int8, device=x.device),
-                       torch.empty(M, dtype=torch.float32, device=x.device),
-                       torch.empty(M, dtype=torch.float32, device=x.device),
-                       torch.empty(M, n_out, dtype=x.dtype, device=x.device))
+        out = ActCodes(_empty(M, kp, dtype=torch.int8, device=x.device),
+                       _empty(M, dtype=torch.float32, device=x.device),
+                       _empty(M, dtype=torch.float32, device=x.device),
+                       _empty(M, n_out, dtype=x.dtype, device=x.device))
         return out, (out.codes.data_ptr(), out.scale.data_ptr(), out.zero.data_ptr(), out.x_outlier.data_ptr())
     return out, (_check("out.codes", out.codes, (torch.int8,), (M, kp), dev, align=codes_align),
                  _check("out.scale", out.scale, (torch.float32,), (M,), dev),
@@ -886,6 +946,7 @@ def _quant_split(x: Tensor, outl: Tensor, bits: int, kp: int, out: ActCodes | No
         smem = _split_smem(K, kp)
         if smem > _ACT_SMEM_MAX:
             from quiktool.algo.outliers import keep_columns  # noqa: PLC0415
+            _unplannable()  # torch ops and a host sync
             keep = keep_columns(K, outl.long()).to(device=x.device, dtype=torch.int32)
             return _quant_gather(x, keep, outl, bits, kp, out)
         kernel, grid, threads = "quik_act_quant_split_", M, _act_threads(K, kp)
@@ -983,8 +1044,129 @@ def quik_linear(x: Tensor, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int,
     FUSED_OUTLIER_MAX_M tokens quik_gemm_outliers (the outlier product inside the small-M kernel), else the
     outlier product by F.linear (cuBLAS, as on the torch backend) and quik_gemm. A layer called many times
     should hold a PreparedLinear instead (QuikLinear does): the same launches, its operands checked once."""
-    return PreparedLinear(keep_idx, outlier_idx, act_bits, w, w_bits, w_scale, wsum, outlier_weight, bias,
-                          x.dtype if isinstance(x, Tensor) else None)(x)
+    layer = PreparedLinear(keep_idx, outlier_idx, act_bits, w, w_bits, w_scale, wsum, outlier_weight, bias,
+                           x.dtype if isinstance(x, Tensor) else None)
+    layer.plans = None  # called once: nothing to replay
+    return layer(x)
+
+
+# Launch plans (PreparedLinear.run): an eager layer call spent 56-341 us of host time at M = 128 / 512 against 14-31 us
+# for FP16 F.linear (H100, docs/RESULTS.md, twenty-fourth session, s24b), ~113 Python calls deciding the same plan
+# again on every call. QUIKTOOL_LAUNCH_PLANS=0 runs the launchers on every call (A/B runs; the same launches).
+LAUNCH_PLANS = os.environ.get("QUIKTOOL_LAUNCH_PLANS", "1") != "0"
+_PLANS_MAX = 64   # plans per layer (token counts x seg x alignment) before the layer's plans are dropped
+_WS_ALIGN = 512   # byte alignment of each buffer inside a replay's workspace (torch's allocator gives 512 too)
+
+
+def _symbolic_args(sig: str, args: Sequence[Any], ranges: Sequence[tuple[int, int, int]]
+                   ) -> tuple[tuple[Any, ...], tuple[tuple[int, int, int], ...]] | None:
+    """A recorded launch's arguments -> (template, fixups): the template holds every argument that is the same
+    on each call (numbers, null pointers, pointers into the layer's own tensors), 0 where a per-call pointer goes;
+    a fixup (argument position, buffer, byte offset) says which buffer's pointer, plus the offset, fills it.
+    ranges: (start pointer, bytes, buffer) of every tensor a pointer may point into, buffer -1 for the layer's
+    own (constant) tensors. None when a pointer lies in none of them (the plan cannot be replayed)."""
+    template, fixups = list(args), []
+    for pos, (kind, value) in enumerate(zip(sig, args)):
+        if kind != "p" or value == 0:
+            continue
+        hit = next(((start, buf) for start, size, buf in ranges if start <= value < start + size), None)
+        if hit is None:
+            return None
+        if hit[1] >= 0:
+            template[pos] = 0
+            fixups.append((pos, hit[1], value - hit[0]))
+    return tuple(template), tuple(fixups)
+
+
+class _LaunchPlan:
+    """One PreparedLinear call's work, recorded by _record and replayed by replay: the kernel launches (handle,
+    geometry, PDL, arguments as _symbolic_args templates) and the outlier product (torch's F.linear, which
+    allocates its own output), in the order they ran. Buffers: 0 is x; 1.. the launchers' per-call buffers
+    (_empty) in allocation order, then each outlier product's output. A replay allocates the buffers that a
+    launch points into (in one workspace) or that are tensors to the caller (the output, the outlier columns
+    F.linear reads), with the recorded shapes and dtypes. steps None: the call did work a plan cannot hold
+    (_unplannable); run then keeps calling the launchers for that key until a knob changes."""
+
+    __slots__ = ("generation", "steps", "ptrs", "workspace", "tensors", "out", "segmented")
+
+    @classmethod
+    def make(cls, generation: int, x: Tensor, steps: list[tuple] | None, bufs: list[Tensor], y: Tensor,
+             segmented: bool, consts: list[Tensor]) -> "_LaunchPlan":
+        plan = cls()
+        plan.generation, plan.steps, plan.segmented = generation, None, segmented
+        if steps is None:
+            return plan
+        tensors = [x, *bufs]
+        for step in steps:  # outlier products' outputs: buffers after the launchers' own
+            if step[0] is None and step[2] is not None:
+                tensors.append(step[2])
+        index = {id(t): i for i, t in enumerate(tensors)}
+        ranges = [(t.data_ptr(), t.numel() * t.element_size(), index[id(t)]) for t in tensors]
+        ranges += [(t.data_ptr(), t.numel() * t.element_size(), -1) for t in consts]
+        spans = sorted((start, start + size) for start, size, _ in ranges if size)
+        if any(b[0] < a[1] for a, b in zip(spans, spans[1:])):  # a pointer could belong to two tensors
+            return plan
+        out = index.get(id(y))
+        if out is None or out == 0:
+            return plan
+        plan_steps, pointed, as_tensor = [], set(), {out}
+        for step in steps:
+            if step[0] is None:  # (None, x_outlier, y_base)
+                xo = index.get(id(step[1])) if step[1] is not None and step[1].numel() else None
+                if step[1] is not None and step[1].numel() and xo is None:
+                    return plan
+                if xo is not None:
+                    as_tensor.add(xo)
+                plan_steps.append((None, xo, None if step[2] is None else index[id(step[2])]))
+                continue
+            fn, name, grid, block, smem, ex, sig, args = step
+            sym = _symbolic_args(sig, args, ranges)
+            if sym is None:
+                return plan
+            pointed.update(buf for _pos, buf, _off in sym[1])
+            plan_steps.append((fn, name, grid, block, smem, ex, sig, *sym))
+        y_bases = {s[2] for s in plan_steps if s[0] is None and s[2] is not None}
+        if out not in pointed or out in y_bases:  # the output must come from a launch
+            return plan
+        workspace, size = [], 0
+        for i in sorted(pointed - as_tensor - y_bases - {0}):  # pointer-only buffers of the launchers
+            workspace.append((i, size))
+            size += -(-(tensors[i].numel() * tensors[i].element_size()) // _WS_ALIGN) * _WS_ALIGN
+        plan.workspace = (size, tuple(workspace))
+        plan.tensors = tuple((i, tuple(tensors[i].shape), tensors[i].dtype) for i in sorted(as_tensor))
+        plan.ptrs, plan.out, plan.steps = [0] * len(tensors), out, tuple(plan_steps)
+        return plan
+
+    def replay(self, layer: "PreparedLinear", x: Tensor) -> tuple[Tensor, bool]:
+        """The recorded call on a new x (checked by run; same token count and alignment): fresh buffers, the same
+        launches on torch's current stream, the outlier product by the same torch call."""
+        dev, ptrs, made = layer.dev, list(self.ptrs), {}
+        ptrs[0] = x.data_ptr()
+        size, workspace = self.workspace
+        if size:
+            ws = torch.empty(size, dtype=torch.uint8, device=x.device)  # noqa: F841 - alive until the launches
+            base = ws.data_ptr()
+            for i, off in workspace:
+                ptrs[i] = base + off
+        for i, shape, dtype in self.tensors:
+            t = made[i] = torch.empty(shape, dtype=dtype, device=x.device)
+            ptrs[i] = t.data_ptr()
+        stream, y_bases = _raw_stream(dev), []
+        for step in self.steps:
+            if step[0] is None:
+                _, xo, yb = step
+                y_base = _ref.outlier_base(None if xo is None else made[xo], layer.outlier_weight, layer.bias,
+                                           x.shape[0])
+                if yb is not None:
+                    ptrs[yb] = y_base.data_ptr()
+                    y_bases.append(y_base)  # alive until the launches that read it are queued
+                continue
+            fn, name, grid, block, smem, ex, sig, template, fixups = step
+            args = list(template)
+            for pos, buf, off in fixups:
+                args[pos] = ptrs[buf] + off
+            _launch_fn(dev, fn, name, grid, block, smem, stream, _PARAMS.pack(sig, args), ex)
+        return made[self.out], self.segmented
 
 
 class PreparedLinear:
@@ -1003,7 +1185,7 @@ class PreparedLinear:
     """
 
     __slots__ = ("keep", "outl", "act_bits", "w", "w_bits", "w_scale", "wsum", "outlier_weight", "bias", "dtype",
-                 "dev", "K", "N", "kp", "n_out", "a_shift")
+                 "dev", "K", "N", "kp", "n_out", "a_shift", "plans")
 
     def __init__(self, keep_idx: Tensor, outlier_idx: Tensor, act_bits: int, w: Tensor, w_bits: int,
                  w_scale: Tensor, wsum: Tensor, outlier_weight: Tensor, bias: Tensor | None,
@@ -1028,6 +1210,8 @@ class PreparedLinear:
             _check("bias", bias, (dtype,), (N,), dev)
         self.w, self.w_scale, self.wsum, self.outlier_weight, self.bias = w, w_scale, wsum, outlier_weight, bias
         self.dtype, self.dev, self.a_shift = dtype, dev, 1 << (self.act_bits - 1)
+        # (M, seg, x 16-byte aligned) -> the launch plan of such a call (None: no plans, e.g. a one-off layer)
+        self.plans: dict[tuple[int, int, bool], _LaunchPlan] | None = {}
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.run(x)[0]
@@ -1052,12 +1236,46 @@ class PreparedLinear:
     def run(self, x: Tensor, seg: int = 0) -> tuple[Tensor, bool]:
         """-> (y, segmented). seg > 0 (even, dividing N) asks for N / seg blocks of [M, seg] in y's memory
         instead of [M, N] (the members of a fused group, each contiguous); only the wgmma path writes that
-        layout, for seg a multiple of its 256-column tile, and ``segmented`` says whether it did."""
+        layout, for seg a multiple of its 256-column tile, and ``segmented`` says whether it did.
+
+        The first call for a (token count, seg, x alignment) runs the launchers and records what they launched
+        (_LaunchPlan); later calls replay that plan: the same kernels with the same arguments, only the pointers
+        of x and of fresh buffers changed, without re-deciding the plan on the host (LAUNCH_PLANS)."""
         if seg and (seg < 0 or seg % 2 or self.N % seg):
             raise KernelError(f"seg={seg}: must be 0 or an even divisor of N={self.N}")
         if not (type(x) is Tensor and x.dtype is self.dtype and x.dim() == 2 and x.shape[1] == self.K
                 and x.is_cuda and x.get_device() == self.dev and x.is_contiguous()):
             _check("x", x, (self.dtype,), (None, self.K), self.dev)  # raises, naming what is wrong (or passes)
+        if not LAUNCH_PLANS or self.plans is None or _REC.on or _current_device() != self.dev:
+            return self._run(x, seg)
+        key = (x.shape[0], seg, x.data_ptr() % 16 == 0)  # the rows quantizer needs a 16-byte aligned x
+        plan = self.plans.get(key)
+        if plan is not None and plan.generation == _GENERATION[0]:
+            return plan.replay(self, x) if plan.steps is not None else self._run(x, seg)
+        if torch.cuda.is_current_stream_capturing():  # the launchers' choices differ there (one-time setups)
+            return self._run(x, seg)
+        return self._record(key, x, seg)
+
+    def _record(self, key: tuple[int, int, bool], x: Tensor, seg: int) -> tuple[Tensor, bool]:
+        """run's first call for ``key``: the launchers' call, recorded into the layer's plan for it."""
+        generation, rec = _GENERATION[0], _REC
+        rec.on, rec.clean, rec.steps, rec.bufs = True, True, [], []
+        try:
+            y, segmented = self._run(x, seg)
+        finally:
+            rec.on = False
+        steps, bufs, rec.steps, rec.bufs = rec.steps, rec.bufs, [], []
+        if generation == _GENERATION[0]:
+            if len(self.plans) >= _PLANS_MAX:  # many token counts (e.g. a sweep): start over
+                self.plans.clear()
+            consts = [t for t in (self.w, self.w_scale, self.wsum, self.keep, self.outl, self.outlier_weight, self.bias)
+                      if t is not None]
+            self.plans[key] = _LaunchPlan.make(generation, x, steps if rec.clean else None, bufs, y, segmented,
+                                               consts)
+        return y, segmented
+
+    def _run(self, x: Tensor, seg: int) -> tuple[Tensor, bool]:
+        """run through the launchers (x checked)."""
         M = x.shape[0]
         if _ref.outliers_in_gemm(M, self.n_out):
             # decode: the outlier product inside the small-M kernel, in reference.outlier_sum's order
@@ -1069,6 +1287,7 @@ class PreparedLinear:
         if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
             # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
             # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
+            _unplannable()  # the outlier columns gathered by torch
             y_base = _ref.outlier_base(x.index_select(1, self.outl), self.outlier_weight, self.bias, M)
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
         else:
@@ -1081,6 +1300,8 @@ class PreparedLinear:
                 with torch.cuda.stream(side):
                     wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
             y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
+            if _REC.on:
+                _REC.steps.append((None, a.x_outlier, y_base))  # the outlier product: torch, replayed as such
             if side is not None:
                 main.wait_stream(side)           # join: the GEMM queued next reads the widened weights
                 wide.record_stream(main)         # allocated on the side stream: not reused before main is done
@@ -1246,7 +1467,7 @@ def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, in
     pdl: launch the slicing kernel as a programmatic dependent launch (both slicing kernels wait with
     griddepcontrol.wait before reading A)."""
     name, grid, block, smem = sk
-    part = torch.empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
+    part = _empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
     _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem, pdl=pdl)
     _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
             (part.data_ptr(), ptrs[2], M, N, splits, *epi))
@@ -1322,7 +1543,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
     caller (where _widen_planned said so), for _wgmma_weights. path: gemm_path's answer when the caller has it."""
     M = a_codes.shape[0]
     if out is None:
-        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
+        out = _empty(M, N, dtype=out_dtype, device=a_codes.device)
     if not (M and N):
         return out, ""
     a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
@@ -1403,9 +1624,10 @@ def _gemmo_run(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero:
     """quik_gemm_outliers after its checks; out None (allocated here) or checked."""
     (M, kp), N, n_out = a_codes.shape, w.shape[0], x_outlier.shape[1]
     if out is None:
-        out = torch.empty(M, N, dtype=out_dtype, device=a_codes.device)
+        out = _empty(M, N, dtype=out_dtype, device=a_codes.device)
     ep = _OUT_EP[out_dtype]
     if _gemvo_chunk(64, _GEMVO_M, n_out) is None:  # > ~12000 outlier columns: torch ops, same bits
+        _unplannable()
         log.warning("quik_gemm_outliers: %d outlier columns exceed the fused kernel's shared memory; using the "
                     "torch reference ops (slow)", n_out)
         return out.copy_(_ref.quik_gemm_outliers(a_codes, w, w_bits, a_scale, a_zero, a_shift, w_scale, wsum,
@@ -1664,6 +1886,7 @@ def _luts(dev: int) -> tuple[Tensor, Tensor, Tensor]:
 def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
     """uint8 [N, Kp/2] packed codes (the tiled layout, reference.tile_w4) -> uint8 [N, Kp] row-major, one lut
     byte per code."""
+    _unplannable()  # its output is a per-call buffer, kept alive by the caller across streams
     out = torch.empty(N, kp, dtype=torch.uint8, device=w.device)
     blocks = -(-N // 8) * -(-(kp // 32) // 32)  # per 8-row group: its 8 x Kp / 32 16-byte vectors, 256 per block
     _launch(dev, "quik_unpack_w4_lut", blocks, 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(), lut.data_ptr(), N,
@@ -1673,6 +1896,7 @@ def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
 
 def _library_int_gemm(path: str, a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int) -> Tensor:
     """acc [M, N] = a_codes [M, Kp] x w [N, Kp]^T through cuBLASLt: fp32 (path 'fp8') or int32 ('int8')."""
+    _unplannable()  # torch / cuBLASLt ops
     e4m3_lut, int8_lut, one = _luts(dev)
     if path == "fp8":
         we = _unpack_w4(w, e4m3_lut, N, kp, dev).view(torch.float8_e4m3fn)   # [N, Kp]

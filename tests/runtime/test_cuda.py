@@ -544,8 +544,11 @@ def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.Monke
     monkeypatch.setattr(cuda, "PDL_TILED", True)
     monkeypatch.setattr(cuda, "PDL_WGMMA_SPLIT", True)
     launches = []
-    real = cuda._launch
-    monkeypatch.setattr(cuda, "_launch", lambda *a, **k: launches.append((a[1], k.get("pdl", False))) or real(*a, **k))
+    real = cuda._launch_fn  # the driver call: a launch plan's replays (trials 1, 2) go through it too
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, grid, block, smem, stream, params, ex:
+                        launches.append((name, ex is not None)) or real(index, fn, name, grid, block, smem, stream,
+                                                                        params, ex))
+    pdl_on = torch.cuda.get_device_capability() >= (9, 0)  # programmatic dependent launch needs sm_90
     dtype = torch.float16
     for n_out in (0, 100):
         keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("pdl-tiled", M, N, n_out), K, N, n_out, dtype)
@@ -561,8 +564,136 @@ def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.Monke
             ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
             assert _bits_equal(got, ref), f"n_out={n_out} trial {trial}: {int((got != ref).sum())} outputs differ"
             gemm = [pdl for name, pdl in launches if name.startswith(("quik_gemm_", "quik_wgmma_"))]
-            assert gemm == [split], launches
+            assert gemm == [split and pdl_on], launches
             assert all(not pdl for name, pdl in launches if name.startswith("quik_splitk_")), launches
+
+
+# Launch plans (cuda._LaunchPlan): the paths a layer takes by token count, each recorded on the first call and
+# replayed after: (M, K, N, bits (W and A), n_out, dtype, wgmma kernel for _wgmma_or_skip or None, knobs, a kernel
+# the call must launch). mma.sync decode (gemv, gemvo), the rows quantizer and tiled kernels, split-K (mma.sync,
+# wgmma), the unsplit wgmma kernel, bf16, 8-bit weights.
+_NO_WG = {"WGMMA_MIN_M": 1 << 20, "LIB_MIN_M": 1 << 20}
+PLAN_CASES = {
+    "gemvo-m1": (1, 1104, 304, 4, 100, torch.float16, None, {}, "quik_gemvo_f16_w4"),
+    "gemv-m3-w8-bf16": (3, 1104, 304, 8, 0, torch.bfloat16, None, {}, "quik_gemv_bf16_w8"),
+    "gemvo-m16-bf16": (16, 1104, 304, 4, 100, torch.bfloat16, None, {}, "quik_gemvo_bf16_w4_m16"),
+    "rows-tiled-m17-n172": (17, 1104, 172, 4, 100, torch.float16, None, _NO_WG, "quik_act_quant_rows_f16"),
+    "tiled-m118-w8": (118, 1104, 304, 8, 100, torch.float16, None, _NO_WG, "quik_gemm_f16_w8_mid"),
+    "split-k": (64, 8448, 4096, 4, 100, torch.float16, None, _NO_WG, "quik_gemm_sk_w4_mid"),
+    "wgmma-split-k": (200, 2200, 512, 4, 100, torch.float16, "ws",
+                      {"WGMMA_MIN_TILES": 1 << 20, "WGMMA_SPLIT_MIN_TILES": 1, "LIB_MIN_M": 1 << 20},
+                      "quik_wgmma_ws_sk_w4"),
+    "wgmma-w4": (300, 1104, 512, 4, 0, torch.float16, "ws", {"LIB_MIN_M": 1 << 20}, "quik_wgmma_ws_f16_w4"),
+    "wgmma-w8-bf16": (300, 1104, 512, 8, 100, torch.bfloat16, "ws", {"LIB_MIN_M": 1 << 20}, "quik_wgmma_ws_bf16_w8"),
+}
+
+
+@pytest.mark.parametrize("case", list(PLAN_CASES))
+def test_prepared_linear_replays_its_launch_plan_with_the_bits(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """The first call of a token count records its launches, later calls replay them: every call has the
+    reference's bits on fresh inputs, outputs of earlier calls stay as they were (no replay writes into a stale
+    buffer), and the replayed launches are the recorded ones (kernel, geometry, PDL), as a call without plans
+    (LAUNCH_PLANS off) makes them."""
+    M, K, N, bits, n_out, dtype, wg, knobs, kernel = PLAN_CASES[case]
+    if wg is not None:
+        _wgmma_or_skip(monkeypatch, wg)
+    for name, value in knobs.items():
+        monkeypatch.setattr(cuda, name, value)
+    g = _gen("plans", case)
+    keep, outl = _split_columns(g, K, n_out)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, bits), bits)
+    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
+    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
+    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype)
+    layer = cuda.PreparedLinear(keep, outl, bits, w, bits, w_scale, wsum, w_out, bias, dtype)
+    launches = []
+    real = cuda._launch_fn
+
+    def logged(index, fn, name, grid, block, smem, stream, params, ex):
+        launches.append((fn, name, grid, block, smem, ex is not None))
+        return real(index, fn, name, grid, block, smem, stream, params, ex)
+
+    monkeypatch.setattr(cuda, "_launch_fn", logged)
+    kept = []
+    for trial in range(4):
+        launches.clear()
+        x = _activations(g, M, K, dtype, outl)
+        got = layer(x)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), bits, w, bits, w_scale, wsum, w_out, bias)
+        assert _bits_equal(got, ref), f"trial {trial}: {int((got != ref).sum())} outputs differ from the reference"
+        if trial == 0:
+            recorded = list(launches)
+            assert any(name.startswith(kernel) for _, name, *_ in recorded), recorded
+            assert [p.steps is not None for p in layer.plans.values()] == [True], "this path should be replayable"
+        else:
+            assert launches == recorded, f"trial {trial} (a replay) launched {launches}, the recorded call {recorded}"
+        kept.append((got, got.clone()))
+    for i, (got, copy) in enumerate(kept):
+        assert _bits_equal(got, copy), f"the output of call {i} changed after later calls"
+    monkeypatch.setattr(cuda, "LAUNCH_PLANS", False)
+    launches.clear()
+    layer(_activations(g, M, K, dtype, outl))
+    assert launches == recorded, "the plan's launches differ from a call through the launchers"
+
+
+def test_launch_plans_are_recorded_again_when_a_knob_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replayed plan follows the settings it was recorded under: after GEMM_SPLIT_K changes, the next call runs the
+    launchers again (split-K -> unsplit here) and still has the reference's bits."""
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 1 << 20)
+    monkeypatch.setattr(cuda, "LIB_MIN_M", 1 << 20)
+    M, K, N, dtype = 64, 8448, 4096, torch.float16
+    g = _gen("plans-knob")
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, 100, dtype)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    names = []
+    real = cuda._launch_fn
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, *rest: names.append(name) or real(index, fn, name,
+                                                                                                      *rest))
+    for split_k, trials in ((None, 2), (1, 2)):
+        monkeypatch.setattr(cuda, "GEMM_SPLIT_K", split_k)
+        for _ in range(trials):
+            names.clear()
+            x = _activations(g, M, K, dtype, outl)
+            ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+            assert _bits_equal(layer(x), ref)
+            assert any(n.startswith("quik_splitk_") for n in names) == (split_k is None), names
+
+
+def test_calls_with_torch_work_between_launches_are_not_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls whose GEMM is a library one (cuBLASLt INT8 here) record no replayable plan: each call runs the launchers
+    again, with the reference's bits."""
+    monkeypatch.setattr(cuda, "WGMMA_MIN_M", 1 << 20)
+    monkeypatch.setattr(cuda, "LIB_MIN_M", 1)  # library paths from 17 tokens (0 would mean never)
+    monkeypatch.setattr(cuda, "LIB_MIN_MACS", 0)
+    M, K, N, dtype = 96, 1104, 512, torch.float16
+    g = _gen("plans-library")
+    keep, outl = _split_columns(g, K, 100)
+    w = cuda.prepare_weight(_codes(g, N, K - 100, 8), 8)
+    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
+    w_out = (torch.randn(N, 100, generator=g, device=DEV) * 0.02).to(dtype)
+    layer = cuda.PreparedLinear(keep, outl, 8, w, 8, w_scale, wsum, w_out, None, dtype)
+    assert cuda.gemm_path(M, N, layer.kp, 8, layer.a_shift, torch.cuda.current_device()) == "int8"
+    for _ in range(3):
+        x = _activations(g, M, K, dtype, outl)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 8, w, 8, w_scale, wsum, w_out, None)
+        assert _bits_equal(layer(x), ref)
+    assert [p.steps for p in layer.plans.values()] == [None]
+
+
+def test_a_replayed_plan_under_cuda_graph_capture() -> None:
+    """A layer whose plan exists is captured into a CUDA graph (the replay runs inside the capture); the graph's
+    replays on new values of the captured input have the reference's bits."""
+    K, N, n_out, M, dtype = 1104, 304, 100, 37, torch.float16
+    g = _gen("plans-graph")
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, n_out, dtype)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    x = _activations(g, M, K, dtype, outl)
+    layer(x)  # records the plan
+    torch.cuda.synchronize()
+    assert [p.steps is not None for p in layer.plans.values()] == [True]
+    fresh = lambda: _activations(g, M, K, dtype, outl)  # noqa: E731
+    ref = lambda: reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)  # noqa: E731
+    _assert_replays_match(lambda: layer(x), x, fresh, ref, trials=3)
 
 
 def test_prepared_linear_with_the_outlier_product_outside_the_decode_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
