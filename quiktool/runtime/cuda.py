@@ -550,13 +550,19 @@ class _Params(threading.local):
     def pack(self, sig: str, values: Sequence[Any]) -> int:
         entry = self.by_sig.get(sig)
         if entry is None:
-            slots = [self._CTYPE[c]() for c in sig]
-            array = (ctypes.c_void_p * len(sig))(*[ctypes.addressof(v) for v in slots])
-            entry = self.by_sig[sig] = (slots, ctypes.addressof(array), array)
+            entry = self.by_sig[sig] = self.slots(sig)
         slots = entry[0]
         for slot, value in zip(slots, values):
             slot.value = value
         return entry[1]
+
+    @classmethod
+    def slots(cls, sig: str, values: Sequence[Any] | None = None) -> tuple[list[Any], int, Any]:
+        """New parameter slots for ``sig`` (filled with ``values``) -> (slots, the address of the pointer array
+        cuLaunchKernel takes, that array): the array must stay alive as long as the address is used."""
+        slots = [cls._CTYPE[c]() if values is None else cls._CTYPE[c](v) for c, v in zip(sig, values or sig)]
+        array = (ctypes.c_void_p * len(sig))(*[ctypes.addressof(v) for v in slots])
+        return slots, ctypes.addressof(array), array
 
 
 _PARAMS = _Params()
@@ -681,7 +687,8 @@ PDL_WGMMA_SPLIT = os.environ.get("QUIKTOOL_PDL_WGMMA_SPLIT", "1") != "0"
 
 @functools.lru_cache(maxsize=None)
 def _launch_ex() -> Any:
-    """cuLaunchKernelEx from the driver library (CuPy does not wrap it), or None."""
+    """(cuLaunchKernelEx from the driver library (CuPy does not wrap it), a pointer to the PDL launch attribute),
+    or None."""
     try:
         fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
     except (OSError, AttributeError):
@@ -690,7 +697,7 @@ def _launch_ex() -> Any:
     fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     attr = _LaunchAttr(id=_PDL_ATTR_ID)
     attr.value[0] = 1  # programmaticStreamSerializationAllowed = 1 (an int at the union's start)
-    return fn, attr
+    return fn, ctypes.pointer(attr)
 
 
 def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequence[Any], smem: int = 0,
@@ -718,7 +725,7 @@ def _launch_fn(index: int, fn: int, name: str, grid: int, block: int, smem: int,
     ``stream``; ex: _launch_ex()'s (cuLaunchKernelEx, the PDL attribute) for a programmatic dependent launch."""
     if ex is not None:
         launch, attr = ex
-        cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, stream, ctypes.pointer(attr), 1)
+        cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, stream, attr, 1)
         rc = launch(ctypes.byref(cfg), fn, params, None)
         if rc != 0:
             raise KernelError(f"launching {name} (programmatic dependent launch) failed: CUresult {rc}")
@@ -1087,7 +1094,7 @@ class _LaunchPlan:
     F.linear reads), with the recorded shapes and dtypes. steps None: the call did work a plan cannot hold
     (_unplannable); run then keeps calling the launchers for that key until a knob changes."""
 
-    __slots__ = ("generation", "steps", "ptrs", "workspace", "tensors", "out", "segmented")
+    __slots__ = ("generation", "steps", "ptrs", "workspace", "tensors", "out", "segmented", "params")
 
     @classmethod
     def make(cls, generation: int, x: Tensor, steps: list[tuple] | None, bufs: list[Tensor], y: Tensor,
@@ -1135,6 +1142,7 @@ class _LaunchPlan:
         plan.workspace = (size, tuple(workspace))
         plan.tensors = tuple((i, tuple(tensors[i].shape), tensors[i].dtype) for i in sorted(as_tensor))
         plan.ptrs, plan.out, plan.steps = [0] * len(tensors), out, tuple(plan_steps)
+        plan.params = threading.local()  # per thread: each launch's parameter slots, the constants filled once
         return plan
 
     def replay(self, layer: "PreparedLinear", x: Tensor) -> tuple[Tensor, bool]:
@@ -1151,9 +1159,12 @@ class _LaunchPlan:
         for i, shape, dtype in self.tensors:
             t = made[i] = torch.empty(shape, dtype=dtype, device=x.device)
             ptrs[i] = t.data_ptr()
+        params = getattr(self.params, "slots", None)
+        if params is None:  # this thread's first replay of the plan
+            params = self.params.slots = [None if s[0] is None else _Params.slots(s[6], s[7]) for s in self.steps]
         stream, y_bases = _raw_stream(dev), []
-        for step in self.steps:
-            if step[0] is None:
+        for step, slots in zip(self.steps, params):
+            if slots is None:
                 _, xo, yb = step
                 y_base = _ref.outlier_base(None if xo is None else made[xo], layer.outlier_weight, layer.bias,
                                            x.shape[0])
@@ -1161,11 +1172,11 @@ class _LaunchPlan:
                     ptrs[yb] = y_base.data_ptr()
                     y_bases.append(y_base)  # alive until the launches that read it are queued
                 continue
-            fn, name, grid, block, smem, ex, sig, template, fixups = step
-            args = list(template)
+            fn, name, grid, block, smem, ex, _sig, _template, fixups = step
+            values = slots[0]
             for pos, buf, off in fixups:
-                args[pos] = ptrs[buf] + off
-            _launch_fn(dev, fn, name, grid, block, smem, stream, _PARAMS.pack(sig, args), ex)
+                values[pos].value = ptrs[buf] + off
+            _launch_fn(dev, fn, name, grid, block, smem, stream, slots[1], ex)
         return made[self.out], self.segmented
 
 

@@ -83,10 +83,10 @@ class QuikLinear(nn.Module):
 
     def _prepared_cuda(self):
         """The layer's operands checked once (cuda.PreparedLinear): per call only x is checked."""
-        p = self._prepared
-        if p is None or not (p.w is self.w_rt and p.outlier_weight is self.outlier_weight and p.bias is self.bias
-                             and p.w_scale is self.w_scale and p.wsum is self.wsum and p.keep is self.keep_idx
-                             and p.outl is self.outlier_idx):  # first call, or a buffer was replaced (.to())
+        p, b = self._prepared, self._buffers  # the dict itself: self.<buffer> costs a Module.__getattr__ call each
+        if p is None or not (p.w is b["w_rt"] and p.outlier_weight is b["outlier_weight"] and p.bias is b["bias"]
+                             and p.w_scale is b["w_scale"] and p.wsum is b["wsum"] and p.keep is b["keep_idx"]
+                             and p.outl is b["outlier_idx"]):  # first call, or a buffer was replaced (.to())
             from quiktool.runtime import cuda
 
             self._prepared = cuda.PreparedLinear(self.keep_idx, self.outlier_idx, self.act_bits, self.w_rt,

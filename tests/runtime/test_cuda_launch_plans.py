@@ -7,6 +7,9 @@ and check every argument of every replayed launch. The GPU tests (tests/runtime/
 """
 from __future__ import annotations
 
+import ctypes
+import threading
+
 import pytest
 import torch
 
@@ -26,10 +29,10 @@ def test_symbolic_args_keep_constants_and_name_per_call_pointers() -> None:
     assert cuda._symbolic_args("pi", (7, 3), ranges) is None        # a pointer into nothing recorded
 
 
-class _FakeParams:
-    def pack(self, sig: str, values) -> int:
-        self.last = (sig, list(values))
-        return 0
+def _unpack(params: int, sig: str) -> list:
+    """The values in the parameter array at ``params`` (what cuLaunchKernel would read), by signature letter."""
+    addresses = (ctypes.c_void_p * len(sig)).from_address(params)
+    return [cuda._Params._CTYPE[c].from_address(a).value for c, a in zip(sig, addresses)]
 
 
 def _recorded_call():
@@ -57,16 +60,15 @@ def test_a_replay_puts_new_pointers_where_the_recorded_call_had_per_call_buffers
     plan = cuda._LaunchPlan.make(7, x, steps, bufs, out, False, consts)
     assert plan.steps is not None and plan.generation == 7
     launches, products = [], []
+    sigs = {"quant": "ppppppii", "slice": "pppiii", "add": "pppfp"}
 
     def fake_launch(index, fn, name, grid, block, smem, stream, params, ex):
-        launches.append((fn, name, grid, block, smem, ex, *params_obj.last))
+        launches.append((fn, name, grid, block, smem, ex, sigs[name], _unpack(params, sigs[name])))
 
     def fake_outlier_base(x_outlier, outlier_weight, bias, M):
         products.append(x_outlier)
         return torch.full((M, 16), 1.0, dtype=torch.float16)
 
-    params_obj = _FakeParams()
-    monkeypatch.setattr(cuda, "_PARAMS", params_obj)
     monkeypatch.setattr(cuda, "_launch_fn", fake_launch)
     monkeypatch.setattr(cuda, "_raw_stream", lambda index: 0)
     monkeypatch.setattr(reference, "outlier_base", fake_outlier_base)
@@ -97,6 +99,14 @@ def test_a_replay_puts_new_pointers_where_the_recorded_call_had_per_call_buffers
     third_x = torch.randn(3, 8, dtype=torch.float16)
     y2, _ = plan.replay(Layer(), third_x)
     assert launches[0][7][0] == third_x.data_ptr() and launches[2][7][1] == y2.data_ptr()
+    # another thread: its own parameter slots, filled from its own call
+    launches.clear()
+    other_x, result = torch.randn(3, 8, dtype=torch.float16), []
+    worker = threading.Thread(target=lambda: result.append(plan.replay(Layer(), other_x)[0]))
+    worker.start()
+    worker.join()
+    assert launches[0][7][0] == other_x.data_ptr() and launches[2][7][1] == result[0].data_ptr()
+    assert launches[0][7][6:] == [8, 64] and launches[2][7][3] == 8.0
 
 
 def test_calls_a_plan_cannot_hold_are_not_replayed() -> None:
