@@ -195,11 +195,14 @@ def resolve_device_backend(device: str, backend: str) -> tuple[torch.device, str
 # ---------------------------------------------------------------------------------------------- timing
 @dataclass(frozen=True)
 class Timing:
-    """Result of timing one callable: median and minimum over ``reps`` runs, in milliseconds."""
+    """Result of timing one callable: median and minimum over ``reps`` runs, in milliseconds; on CUDA also
+    ``host_us``, the host's time to enqueue one call (median over the warm-up calls after the first, which
+    nothing makes wait for the GPU): what an eager caller pays per call when the GPU is not the bottleneck."""
 
     ms: float
     min_ms: float
     reps: int
+    host_us: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -305,7 +308,7 @@ class Timer:
             ends[i].record()
         torch.cuda.synchronize()
         times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-        return Timing(statistics.median(times), min(times), reps)
+        return Timing(statistics.median(times), min(times), reps, statistics.median(host) * 1e6)
 
 
 class _nullctx:
@@ -689,7 +692,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                         rows.append(row)
                         continue
                     row.update({"fp_ms": fp_ms, "fp_reps": sum(t.reps for t in fp_times), "peers": peer_res,
-                                "fp_ms_rounds": [t.ms for t in fp_times]})
+                                "fp_ms_rounds": [t.ms for t in fp_times], "fp_host_us": _host_us(fp_times)})
                     if times is not None and not row.get("error"):
                         try:
                             L = b.layer
@@ -699,6 +702,7 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
                             row.update({
                                 "quik_ms": q_ms, "quik_min_ms": min(t.min_ms for t in times),
                                 "quik_reps": sum(t.reps for t in times), "quik_ms_rounds": [t.ms for t in times],
+                                "quik_host_us": _host_us(times),
                                 "speedup": fp_ms / q_ms, "tops": flops / (q_ms * 1e-3) / 1e12,
                                 "fp_tflops": flops / (fp_ms * 1e-3) / 1e12,
                                 "stages_ms": stages,
@@ -722,6 +726,12 @@ def bench_layer(shapes=None, m=None, schemes=None, outliers=None, reps: int = 10
     result["seconds"] = time.perf_counter() - t_start
     result["errors"] = sum(1 for r in rows if r.get("error"))
     return result
+
+
+def _host_us(times: Sequence[Timing]) -> float | None:
+    """The median over rounds of the host's time of one call (CUDA only; None on the CPU)."""
+    hosts = [t.host_us for t in times if t.host_us is not None]
+    return statistics.median(hosts) if hosts else None
 
 
 def _failed(row: dict, e: Exception, dev: torch.device) -> None:
@@ -900,6 +910,11 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
                      + ("; the widening of 4-bit weights runs on a side stream while the quantizer runs, so the "
                         "shares of widened layers can add up to more than 100%"
                         if fused and rule.get("widen_side") and rule.get("wgmma_w4_wide_min_m") else ""))
+    host = not compact and any(r.get("quik_host_us") is not None for r in result["rows"])
+    if host:
+        lines.append(f"host us: the host's time to enqueue one eager call of the QUIK layer / of {fp} F.linear "
+                     "(median of the warm-up calls): per layer call, an eager model is host-bound where it exceeds "
+                     "the GPU time")
     head = ["shape", "M", "scheme", "out", "QUIK ms", f"{fp} ms", f"x {fp}", "TOP/s", "FP8 x", "W4A16 x"]
     stage_keys = (["quantize", "gemm_epilogue", "outlier_gemm"] if fused
                   else ["quantize", "int_gemm", "epilogue", "outlier_gemm"])
@@ -908,7 +923,7 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
     if compact:
         head = head[:4] + ["QUIK ms", f"x {fp}", "FP8 x", "W4A16 x"]
     else:
-        head += [stage_names[k] for k in stage_keys]
+        head += [stage_names[k] for k in stage_keys] + (["host us", f"{fp} host"] if host else [])
     body, errors = [], []
     for r in result["rows"]:
         scheme = r["scheme"] + (f"+{r['gemm_path']}" if r.get("gemm_path") in ("fp8", "int8", "wgmma") else "")
@@ -931,7 +946,8 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
         else:
             body.append(base + [quik, _f(r["fp_ms"], ".4f"), _f(r["speedup"], ".2f"),
                                 _f(r["tops"], ".1f"), peer("fp8"), peer("w4a16")]
-                        + [_pct(r["stage_share"].get(k)) for k in stage_keys])
+                        + [_pct(r["stage_share"].get(k)) for k in stage_keys]
+                        + ([_f(r.get("quik_host_us"), ".0f"), _f(r.get("fp_host_us"), ".0f")] if host else []))
     right = set(range(1, len(head))) - {2}
     lines += _render(head, body, right)
     na = {}

@@ -166,6 +166,25 @@ def test_layer_table_names_the_gemm_paths(tmp_path):
     assert "+wgmma+n160" in text and "+nBN: the wgmma kernel on tiles of 128 tokens x BN weight rows" in text
 
 
+def test_layer_table_shows_the_host_time_of_eager_calls_where_measured(tmp_path):
+    """On CUDA each row records the host's time of one eager call (QUIK and FP16) and the full table shows it in
+    two columns; a CPU run has none (its time is the host's) and its table has no such columns."""
+    js = tmp_path / "layer.json"
+    code, out = run(*LAYER, "--schemes", "w4a4", "--outliers", "0", "--json", js)
+    assert code == 0, out
+    r = json.loads(js.read_text())
+    assert all(x["quik_host_us"] is None and x["fp_host_us"] is None for x in r["rows"])
+    assert "host us" not in bench.format_layer_table(r)
+    r["rows"][0].update({"quik_host_us": 47.2, "fp_host_us": 18.6})  # as a CUDA run records them
+    text = bench.format_layer_table(r)
+    hdr = next(l for l in text.splitlines() if l.startswith("shape"))
+    assert hdr.split()[-4:] == ["host", "us", "FP16", "host"]
+    row = next(l for l in text.splitlines() if l.startswith("64x172"))
+    assert row.split()[-2:] == ["47", "19"]
+    assert "host us: the host's time to enqueue one eager call of the QUIK layer / of FP16 F.linear" in text
+    assert "host us" not in bench.format_layer_table(r, compact=True)
+
+
 def test_bench_layer_default_outliers_skip_counts_not_below_k(tmp_path):
     js = tmp_path / "l.json"
     code, out = run(*LAYER[:4], "--m", "2", "--schemes", "w4a8", "--reps", "2", "--warmup", "1", "--device", "cpu",
@@ -300,7 +319,7 @@ def test_timer_median_and_time_budget():
 def test_timer_head_start_covers_the_host_time():
     """A call whose host part (1 ms of sleep before a tiny kernel) outlasts the fixed spin and the flush: with
     cover_host the spin grows past the host's time and the span is device time (well below 1 ms); without it the
-    GPU waits for the host and the span holds the host's millisecond."""
+    GPU waits for the host and the span holds the host's millisecond. Both report it as the call's host time."""
     dev = torch.device("cuda")
     x = torch.randn(64, device=dev)
 
@@ -315,6 +334,7 @@ def test_timer_head_start_covers_the_host_time():
     t_plain = plain(host_heavy, [(x,)])
     assert plain.head_cycles == bench.HEAD_START_CYCLES
     assert t_cov.ms < 0.5 <= t_plain.ms, (t_cov, t_plain)
+    assert 1000 <= t_cov.host_us < 20000 and 1000 <= t_plain.host_us < 20000  # the host's ms is in host_us
 
 
 def test_stage_split_and_reference_oracle_match_the_layer():
