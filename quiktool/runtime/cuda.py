@@ -579,12 +579,14 @@ _SIG_SKE = "ppiiippfppp"    # quik_splitk_*: part, out, M, N, splits, then _SIG_
 
 
 class _Recorder(threading.local):
-    """What one PreparedLinear call launches and allocates while ``on`` (its own thread only): the raw launches
-    (_launch), the buffers made through _empty, the outlier product's tensors, and ``clean`` = False where the call
-    did GPU work that a launch plan cannot replay (a library GEMM, the widening on a side stream, torch ops)."""
+    """What one PreparedLinear call does while ``on`` (its own thread only), as steps: ("k", the raw arguments of a
+    _launch, on the side stream or not), ("ob", x_outlier, y_base) for the outlier product, ("fork",) / ("join",)
+    around the widening on the side stream; the buffers made through _empty; and ``clean`` = False where the call
+    did GPU work that a launch plan cannot replay (a library GEMM, torch ops). ``side``: launches now go to the
+    side stream."""
 
     def __init__(self) -> None:
-        self.on, self.clean = False, True
+        self.on, self.clean, self.side = False, True, False
         self.steps: list[tuple] = []
         self.bufs: list[Tensor] = []
 
@@ -714,7 +716,7 @@ def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequen
             return _launch(index, name, grid, block, sig, args, smem, pdl)
     ex = _launch_ex() if pdl and PDL and _device_info(index)[2] >= 90 else None
     if _REC.on:
-        _REC.steps.append((fn, name, grid, block, smem, ex, sig, tuple(args)))
+        _REC.steps.append(("k", fn, name, grid, block, smem, ex, sig, tuple(args), _REC.side))
     _launch_fn(index, fn, name, grid, block, smem, _raw_stream(index), _PARAMS.pack(sig, args), ex)
     return None
 
@@ -1086,13 +1088,16 @@ def _symbolic_args(sig: str, args: Sequence[Any], ranges: Sequence[tuple[int, in
 
 
 class _LaunchPlan:
-    """One PreparedLinear call's work, recorded by _record and replayed by replay: the kernel launches (handle,
-    geometry, PDL, arguments as _symbolic_args templates) and the outlier product (torch's F.linear, which
-    allocates its own output), in the order they ran. Buffers: 0 is x; 1.. the launchers' per-call buffers
-    (_empty) in allocation order, then each outlier product's output. A replay allocates the buffers that a
-    launch points into (in one workspace) or that are tensors to the caller (the output, the outlier columns
-    F.linear reads), with the recorded shapes and dtypes. steps None: the call did work a plan cannot hold
-    (_unplannable); run then keeps calling the launchers for that key until a knob changes."""
+    """One PreparedLinear call's work, recorded by _record and replayed by replay, as steps in the order they ran:
+    ("k", kernel handle, name, grid, block, dynamic smem, PDL, sig, template, fixups, on the side stream) for a
+    launch (its arguments as _symbolic_args made them), ("ob", x_outlier buffer or None, y_base buffer or None)
+    for the outlier product (torch's F.linear, which allocates its own output), ("fork",) / ("join",) for the
+    side stream of the widening. Buffers: 0 is x; 1.. the launchers' per-call buffers (_empty) in allocation
+    order, then each outlier product's output. A replay allocates the buffers that a launch points into (in one
+    workspace, on the caller's stream: the join orders the side stream's use before the workspace is freed) or
+    that are tensors to the caller (the output, the outlier columns F.linear reads), with the recorded shapes and
+    dtypes. steps None: the call did work a plan cannot hold (_unplannable); run then keeps calling the launchers
+    for that key until a knob changes."""
 
     __slots__ = ("generation", "steps", "ptrs", "workspace", "tensors", "out", "segmented", "params")
 
@@ -1105,7 +1110,7 @@ class _LaunchPlan:
             return plan
         tensors = [x, *bufs]
         for step in steps:  # outlier products' outputs: buffers after the launchers' own
-            if step[0] is None and step[2] is not None:
+            if step[0] == "ob" and step[2] is not None:
                 tensors.append(step[2])
         index = {id(t): i for i, t in enumerate(tensors)}
         ranges = [(t.data_ptr(), t.numel() * t.element_size(), index[id(t)]) for t in tensors]
@@ -1116,23 +1121,29 @@ class _LaunchPlan:
         out = index.get(id(y))
         if out is None or out == 0:
             return plan
-        plan_steps, pointed, as_tensor = [], set(), {out}
+        plan_steps, pointed, as_tensor, y_bases = [], set(), {out}, set()
         for step in steps:
-            if step[0] is None:  # (None, x_outlier, y_base)
-                xo = index.get(id(step[1])) if step[1] is not None and step[1].numel() else None
-                if step[1] is not None and step[1].numel() and xo is None:
-                    return plan
-                if xo is not None:
+            if step[0] == "ob":
+                _, x_outlier, y_base = step
+                xo = None
+                if x_outlier is not None and x_outlier.numel():
+                    xo = index.get(id(x_outlier))
+                    if xo is None:
+                        return plan
                     as_tensor.add(xo)
-                plan_steps.append((None, xo, None if step[2] is None else index[id(step[2])]))
-                continue
-            fn, name, grid, block, smem, ex, sig, args = step
-            sym = _symbolic_args(sig, args, ranges)
-            if sym is None:
-                return plan
-            pointed.update(buf for _pos, buf, _off in sym[1])
-            plan_steps.append((fn, name, grid, block, smem, ex, sig, *sym))
-        y_bases = {s[2] for s in plan_steps if s[0] is None and s[2] is not None}
+                yb = None if y_base is None else index[id(y_base)]
+                if yb is not None:
+                    y_bases.add(yb)
+                plan_steps.append(("ob", xo, yb))
+            elif step[0] == "k":
+                _, fn, name, grid, block, smem, ex, sig, args, side = step
+                sym = _symbolic_args(sig, args, ranges)
+                if sym is None:
+                    return plan
+                pointed.update(buf for _pos, buf, _off in sym[1])
+                plan_steps.append(("k", fn, name, grid, block, smem, ex, sig, *sym, side))
+            else:
+                plan_steps.append(step)  # ("fork",), ("join",)
         if out not in pointed or out in y_bases:  # the output must come from a launch
             return plan
         workspace, size = [], 0
@@ -1147,7 +1158,8 @@ class _LaunchPlan:
 
     def replay(self, layer: "PreparedLinear", x: Tensor) -> tuple[Tensor, bool]:
         """The recorded call on a new x (checked by run; same token count and alignment): fresh buffers, the same
-        launches on torch's current stream, the outlier product by the same torch call."""
+        launches on torch's current stream (and the side stream between fork and join), the outlier product by the
+        same torch call."""
         dev, ptrs, made = layer.dev, list(self.ptrs), {}
         ptrs[0] = x.data_ptr()
         size, workspace = self.workspace
@@ -1161,22 +1173,29 @@ class _LaunchPlan:
             ptrs[i] = t.data_ptr()
         params = getattr(self.params, "slots", None)
         if params is None:  # this thread's first replay of the plan
-            params = self.params.slots = [None if s[0] is None else _Params.slots(s[6], s[7]) for s in self.steps]
-        stream, y_bases = _raw_stream(dev), []
+            params = self.params.slots = [_Params.slots(s[7], s[8]) if s[0] == "k" else None for s in self.steps]
+        stream, side_stream, main, side, y_bases = _raw_stream(dev), 0, None, None, []
         for step, slots in zip(self.steps, params):
-            if slots is None:
+            kind = step[0]
+            if kind == "k":
+                _, fn, name, grid, block, smem, ex, _sig, _template, fixups, on_side = step
+                values = slots[0]
+                for pos, buf, off in fixups:
+                    values[pos].value = ptrs[buf] + off
+                _launch_fn(dev, fn, name, grid, block, smem, side_stream if on_side else stream, slots[1], ex)
+            elif kind == "ob":
                 _, xo, yb = step
                 y_base = _ref.outlier_base(None if xo is None else made[xo], layer.outlier_weight, layer.bias,
                                            x.shape[0])
                 if yb is not None:
                     ptrs[yb] = y_base.data_ptr()
                     y_bases.append(y_base)  # alive until the launches that read it are queued
-                continue
-            fn, name, grid, block, smem, ex, _sig, _template, fixups = step
-            values = slots[0]
-            for pos, buf, off in fixups:
-                values[pos].value = ptrs[buf] + off
-            _launch_fn(dev, fn, name, grid, block, smem, stream, slots[1], ex)
+            elif kind == "fork":  # as PreparedLinear._run: the side stream waits for what the caller queued
+                main, side = torch.cuda.current_stream(dev), _side_stream(dev)
+                side.wait_stream(main)
+                side_stream = side.cuda_stream
+            else:  # "join": the caller's stream waits for the widening before the GEMM
+                main.wait_stream(side)
         return made[self.out], self.segmented
 
 
@@ -1279,8 +1298,8 @@ class PreparedLinear:
         if generation == _GENERATION[0]:
             if len(self.plans) >= _PLANS_MAX:  # many token counts (e.g. a sweep): start over
                 self.plans.clear()
-            consts = [t for t in (self.w, self.w_scale, self.wsum, self.keep, self.outl, self.outlier_weight, self.bias)
-                      if t is not None]
+            consts = [t for t in (self.w, self.w_scale, self.wsum, self.keep, self.outl, self.outlier_weight, self.bias,
+                                  *_LUTS.get(self.dev, ())) if t is not None]  # _LUTS: the widening's tables
             self.plans[key] = _LaunchPlan.make(generation, x, steps if rec.clean else None, bufs, y, segmented,
                                                consts)
         return y, segmented
@@ -1303,19 +1322,30 @@ class PreparedLinear:
             a = _quant_layer(x, self.keep, self.outl, self.act_bits)
         else:
             path = gemm_path(M, self.N, self.kp, self.w_bits, self.a_shift, self.dev)
+            rec = _REC if _REC.on else None
             if WIDEN_SIDE and _widen_planned(M, self.w_bits, path):
                 main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
                 side.wait_stream(main)           # fork: what main queued before (and may free) comes first
+                if rec:
+                    rec.steps.append(("fork",))
             a = _quant_layer(x, self.keep, self.outl, self.act_bits, self._rows_min(M, path))
             if side is not None:
                 with torch.cuda.stream(side):
-                    wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
+                    if rec:
+                        rec.side = True
+                    try:
+                        wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
+                    finally:
+                        if rec:
+                            rec.side = False
             y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
-            if _REC.on:
-                _REC.steps.append((None, a.x_outlier, y_base))  # the outlier product: torch, replayed as such
+            if rec:
+                rec.steps.append(("ob", a.x_outlier, y_base))  # the outlier product: torch, replayed as such
             if side is not None:
                 main.wait_stream(side)           # join: the GEMM queued next reads the widened weights
                 wide.record_stream(main)         # allocated on the side stream: not reused before main is done
+                if rec:
+                    rec.steps.append(("join",))
         # y_base: a fresh contiguous [M, N] tensor of self.dtype (F.linear or the expanded bias) or None
         epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
                self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
@@ -1897,8 +1927,7 @@ def _luts(dev: int) -> tuple[Tensor, Tensor, Tensor]:
 def _unpack_w4(w: Tensor, lut: Tensor, N: int, kp: int, dev: int) -> Tensor:
     """uint8 [N, Kp/2] packed codes (the tiled layout, reference.tile_w4) -> uint8 [N, Kp] row-major, one lut
     byte per code."""
-    _unplannable()  # its output is a per-call buffer, kept alive by the caller across streams
-    out = torch.empty(N, kp, dtype=torch.uint8, device=w.device)
+    out = _empty(N, kp, dtype=torch.uint8, device=w.device)
     blocks = -(-N // 8) * -(-(kp // 32) // 32)  # per 8-row group: its 8 x Kp / 32 16-byte vectors, 256 per block
     _launch(dev, "quik_unpack_w4_lut", blocks, 256, _SIG_UNPACK, (w.data_ptr(), out.data_ptr(), lut.data_ptr(), N,
                                                                   kp // 2))

@@ -13,6 +13,7 @@ pass. Every test needs a CUDA GPU and CuPy.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import zlib
 
@@ -585,6 +586,10 @@ PLAN_CASES = {
                       "quik_wgmma_ws_sk_w4"),
     "wgmma-w4": (300, 1104, 512, 4, 0, torch.float16, "ws", {"LIB_MIN_M": 1 << 20}, "quik_wgmma_ws_f16_w4"),
     "wgmma-w8-bf16": (300, 1104, 512, 8, 100, torch.bfloat16, "ws", {"LIB_MIN_M": 1 << 20}, "quik_wgmma_ws_bf16_w8"),
+    "wgmma-widened-side": (300, 1104, 512, 4, 100, torch.float16, "wide", {"LIB_MIN_M": 1 << 20},
+                           "quik_unpack_w4_lut"),
+    "wgmma-widened-main": (300, 1104, 512, 4, 100, torch.float16, "wide", {"LIB_MIN_M": 1 << 20, "WIDEN_SIDE": False},
+                           "quik_unpack_w4_lut"),
 }
 
 
@@ -634,6 +639,43 @@ def test_prepared_linear_replays_its_launch_plan_with_the_bits(monkeypatch: pyte
     launches.clear()
     layer(_activations(g, M, K, dtype, outl))
     assert launches == recorded, "the plan's launches differ from a call through the launchers"
+
+
+def test_a_replayed_widening_waits_for_the_side_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a replay the GEMM waits for the widening on the side stream (the plan's join): each replay's widened
+    weights are poisoned on the side stream after ~10 ms of GPU work there, then written, so a GEMM that did not
+    wait reads poison (int8 -120) and misses the reference's bits."""
+    import cupy
+
+    _wgmma_or_skip(monkeypatch, "wide")
+    monkeypatch.setattr(cuda, "LIB_MIN_M", 1 << 20)
+    K, N, n_out, M, dtype = 1104, 512, 100, 300, torch.float16
+    g = _gen("plans-widen-join")
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, n_out, dtype)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    layer(_activations(g, M, K, dtype, outl))  # records the plan
+    assert [p.steps is not None and ("fork",) in p.steps for p in layer.plans.values()] == [True]
+    real, widened = cuda._launch_fn, []
+
+    def late_widening(index, fn, name, grid, block, smem, stream, params, ex):
+        if name == "quik_unpack_w4_lut":  # args W, Wb, lut, N, Kp / 2 (_SIG_UNPACK)
+            dst = ctypes.c_uint64.from_address(ctypes.c_void_p.from_address(params + 8).value).value
+            rows = ctypes.c_int32.from_address(ctypes.c_void_p.from_address(params + 24).value).value
+            half = ctypes.c_int32.from_address(ctypes.c_void_p.from_address(params + 32).value).value
+            with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+                torch.cuda._sleep(20_000_000)
+            cupy.cuda.runtime.memsetAsync(dst, 0x88, rows * 2 * half, stream)
+            widened.append(stream)
+        return real(index, fn, name, grid, block, smem, stream, params, ex)
+
+    monkeypatch.setattr(cuda, "_launch_fn", late_widening)
+    main = torch.cuda.current_stream().cuda_stream
+    for trial in range(3):
+        x = _activations(g, M, K, dtype, outl)
+        got = layer(x)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+        assert _bits_equal(got, ref), f"replay {trial}: {int((got != ref).sum())} outputs differ"
+    assert len(widened) == 3 and all(s != main for s in widened), "the widening did not run on the side stream"
 
 
 def test_launch_plans_are_recorded_again_when_a_knob_changes(monkeypatch: pytest.MonkeyPatch) -> None:

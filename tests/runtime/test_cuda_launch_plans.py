@@ -45,11 +45,11 @@ def _recorded_call():
     y_base = torch.empty(3, 16, dtype=torch.float16)
     w, outl = torch.empty(16, 32, dtype=torch.uint8), torch.tensor([1, 5], dtype=torch.int32)
     steps = [
-        (11, "quant", 3, 128, 0, None, "ppppppii", (_ptr(x), _ptr(outl), _ptr(codes), _ptr(scale), _ptr(zero),
-                                                    _ptr(x_out), 8, 64)),
-        (None, x_out, y_base),
-        (12, "slice", 4, 128, 4096, "pdl", "pppiii", (_ptr(codes), _ptr(w), _ptr(part), 3, 16, 2)),
-        (13, "add", 1, 256, 0, None, "pppfp", (_ptr(part), _ptr(out), _ptr(scale, 4), 8.0, _ptr(y_base))),
+        ("k", 11, "quant", 3, 128, 0, None, "ppppppii", (_ptr(x), _ptr(outl), _ptr(codes), _ptr(scale), _ptr(zero),
+                                                         _ptr(x_out), 8, 64), False),
+        ("ob", x_out, y_base),
+        ("k", 12, "slice", 4, 128, 4096, "pdl", "pppiii", (_ptr(codes), _ptr(w), _ptr(part), 3, 16, 2), False),
+        ("k", 13, "add", 1, 256, 0, None, "pppfp", (_ptr(part), _ptr(out), _ptr(scale, 4), 8.0, _ptr(y_base)), False),
     ]
     bufs = [codes, scale, zero, x_out, part, out]
     return x, steps, bufs, out, [w, outl]
@@ -63,7 +63,7 @@ def test_a_replay_puts_new_pointers_where_the_recorded_call_had_per_call_buffers
     sigs = {"quant": "ppppppii", "slice": "pppiii", "add": "pppfp"}
 
     def fake_launch(index, fn, name, grid, block, smem, stream, params, ex):
-        launches.append((fn, name, grid, block, smem, ex, sigs[name], _unpack(params, sigs[name])))
+        launches.append((fn, name, grid, block, smem, ex, sigs[name], _unpack(params, sigs[name]), stream))
 
     def fake_outlier_base(x_outlier, outlier_weight, bias, M):
         products.append(x_outlier)
@@ -79,8 +79,8 @@ def test_a_replay_puts_new_pointers_where_the_recorded_call_had_per_call_buffers
     new_x = torch.randn(3, 8, dtype=torch.float16)
     y, segmented = plan.replay(Layer(), new_x)
     assert not segmented and y.shape == (3, 16) and y.dtype == torch.float16
-    assert [(fn, name, grid, block, smem, ex) for fn, name, grid, block, smem, ex, *_ in launches] == [
-        (11, "quant", 3, 128, 0, None), (12, "slice", 4, 128, 4096, "pdl"), (13, "add", 1, 256, 0, None)]
+    assert [(fn, name, grid, block, smem, ex, stream) for fn, name, grid, block, smem, ex, _, _, stream in launches] \
+        == [(11, "quant", 3, 128, 0, None, 0), (12, "slice", 4, 128, 4096, "pdl", 0), (13, "add", 1, 256, 0, None, 0)]
     (q_args, s_args, a_args) = (entry[7] for entry in launches)
     x_out = products[0]
     assert x_out.shape == (3, 2) and x_out.dtype == torch.float16  # a tensor, since F.linear reads it
@@ -107,6 +107,51 @@ def test_a_replay_puts_new_pointers_where_the_recorded_call_had_per_call_buffers
     worker.join()
     assert launches[0][7][0] == other_x.data_ptr() and launches[2][7][1] == result[0].data_ptr()
     assert launches[0][7][6:] == [8, 64] and launches[2][7][3] == 8.0
+
+
+def test_a_replay_runs_the_widening_on_the_side_stream_between_fork_and_join(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A widened layer's call: the side stream waits for the caller's (fork) before the widening launch, which runs
+    on the side stream, and the caller's stream waits for it (join) before the GEMM; the widened weights are a
+    pointer-only buffer (in the workspace)."""
+    x = torch.randn(3, 8, dtype=torch.float16)
+    codes, wide, out = torch.empty(3, 64, dtype=torch.int8), torch.empty(16, 64), torch.empty(3, 16)
+    w, lut = torch.empty(16, 32, dtype=torch.uint8), torch.empty(16, dtype=torch.uint8)
+    steps = [("fork",),
+             ("k", 1, "quant", 3, 128, 0, None, "pp", (_ptr(x), _ptr(codes)), False),
+             ("k", 2, "widen", 8, 256, 0, None, "ppp", (_ptr(w), _ptr(wide), _ptr(lut)), True),
+             ("ob", None, None),
+             ("join",),
+             ("k", 3, "gemm", 2, 384, 0, None, "ppp", (_ptr(codes), _ptr(wide), _ptr(out)), False)]
+    plan = cuda._LaunchPlan.make(1, x, steps, [codes, wide, out], out, False, [w, lut])
+    assert plan.steps is not None and [i for i, _ in plan.workspace[1]] == [1, 2]
+    events = []
+
+    class Stream:
+        def __init__(self, name: str, raw: int):
+            self.name, self.cuda_stream = name, raw
+
+        def wait_stream(self, other) -> None:
+            events.append(f"{self.name} waits {other.name}")
+
+    main, side = Stream("main", 0), Stream("side", 77)
+    sigs = {"quant": "pp", "widen": "ppp", "gemm": "ppp"}
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, grid, block, smem, stream, params, ex:
+                        events.append((name, stream, _unpack(params, sigs[name]))))
+    monkeypatch.setattr(cuda, "_raw_stream", lambda index: 0)
+    monkeypatch.setattr(cuda, "_side_stream", lambda dev: side)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda dev=None: main)
+    monkeypatch.setattr(reference, "outlier_base", lambda *a: events.append("ob"))
+
+    class Layer:
+        dev, outlier_weight, bias = 0, None, None
+
+    new_x = torch.randn(3, 8, dtype=torch.float16)
+    y, _ = plan.replay(Layer(), new_x)
+    names = [e if isinstance(e, str) else e[:2] for e in events]
+    assert names == ["side waits main", ("quant", 0), ("widen", 77), "ob", "main waits side", ("gemm", 0)]
+    quant, widen, gemm = (e[2] for e in events if not isinstance(e, str))
+    assert quant[0] == new_x.data_ptr() and widen[0] == _ptr(w) and widen[2] == _ptr(lut)
+    assert gemm[0] == quant[1] and gemm[1] == widen[1] and gemm[2] == y.data_ptr()
 
 
 def test_calls_a_plan_cannot_hold_are_not_replayed() -> None:
