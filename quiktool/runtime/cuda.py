@@ -1289,7 +1289,7 @@ class PreparedLinear:
     def _record(self, key: tuple[int, int, bool], x: Tensor, seg: int) -> tuple[Tensor, bool]:
         """run's first call for ``key``: the launchers' call, recorded into the layer's plan for it."""
         generation, rec = _GENERATION[0], _REC
-        rec.on, rec.clean, rec.steps, rec.bufs = True, True, [], []
+        rec.on, rec.clean, rec.side, rec.steps, rec.bufs = True, True, False, [], []
         try:
             y, segmented = self._run(x, seg)
         finally:
@@ -1330,14 +1330,12 @@ class PreparedLinear:
                     rec.steps.append(("fork",))
             a = _quant_layer(x, self.keep, self.outl, self.act_bits, self._rows_min(M, path))
             if side is not None:
+                if rec:
+                    rec.side = True              # the widening's launch goes to the side stream
                 with torch.cuda.stream(side):
-                    if rec:
-                        rec.side = True
-                    try:
-                        wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
-                    finally:
-                        if rec:
-                            rec.side = False
+                    wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
+                if rec:
+                    rec.side = False
             y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
             if rec:
                 rec.steps.append(("ob", a.x_outlier, y_base))  # the outlier product: torch, replayed as such
