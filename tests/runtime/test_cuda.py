@@ -381,11 +381,11 @@ def test_quik_linear_backends_identical(M: int, n_out: int, has_bias: bool) -> N
 
 
 def _layer_operands(g: torch.Generator, K: int, N: int, n_out: int, dtype: torch.dtype,
-                    has_bias: bool = True) -> tuple[torch.Tensor | None, ...]:
-    """One QUIK layer's fixed operands with 4-bit weights, as PreparedLinear takes them: keep_idx, outlier_idx,
+                    has_bias: bool = True, w_bits: int = 4) -> tuple[torch.Tensor | None, ...]:
+    """One QUIK layer's fixed operands with w_bits weights, as PreparedLinear takes them: keep_idx, outlier_idx,
     w, w_scale, wsum, outlier_weight [N, n_out] and bias [N] (or None) in dtype."""
     keep, outl = _split_columns(g, K, n_out)
-    w = cuda.prepare_weight(_codes(g, N, K - n_out, 4), 4)
+    w = cuda.prepare_weight(_codes(g, N, K - n_out, w_bits), w_bits)
     _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
     w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
     bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if has_bias else None
@@ -605,11 +605,7 @@ def test_prepared_linear_replays_its_launch_plan_with_the_bits(monkeypatch: pyte
     for name, value in knobs.items():
         monkeypatch.setattr(cuda, name, value)
     g = _gen("plans", case)
-    keep, outl = _split_columns(g, K, n_out)
-    w = cuda.prepare_weight(_codes(g, N, K - n_out, bits), bits)
-    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
-    w_out = (torch.randn(N, n_out, generator=g, device=DEV) * 0.02).to(dtype)
-    bias = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype)
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, n_out, dtype, w_bits=bits)
     layer = cuda.PreparedLinear(keep, outl, bits, w, bits, w_scale, wsum, w_out, bias, dtype)
     launches = []
     real = cuda._launch_fn
@@ -709,10 +705,7 @@ def test_calls_with_torch_work_between_launches_are_not_replayed(monkeypatch: py
     monkeypatch.setattr(cuda, "LIB_MIN_MACS", 0)
     M, K, N, dtype = 96, 1104, 512, torch.float16
     g = _gen("plans-library")
-    keep, outl = _split_columns(g, K, 100)
-    w = cuda.prepare_weight(_codes(g, N, K - 100, 8), 8)
-    _, _, w_scale, wsum = _epilogue_inputs(g, 1, N)
-    w_out = (torch.randn(N, 100, generator=g, device=DEV) * 0.02).to(dtype)
+    keep, outl, w, w_scale, wsum, w_out, _ = _layer_operands(g, K, N, 100, dtype, has_bias=False, w_bits=8)
     layer = cuda.PreparedLinear(keep, outl, 8, w, 8, w_scale, wsum, w_out, None, dtype)
     assert cuda.gemm_path(M, N, layer.kp, 8, layer.a_shift, torch.cuda.current_device()) == "int8"
     for _ in range(3):
