@@ -23,6 +23,7 @@ import statistics
 
 import torch
 import torch.nn.functional as F
+from ab_settings import parse  # this folder: python3 puts a script's own folder on sys.path
 
 from quiktool.bench import DEFAULT_SHAPES, Timer, _inputs, build_layers
 from quiktool.runtime import cuda, reference
@@ -42,17 +43,6 @@ p.add_argument("--what", choices=("layer", "quant", "quant+outl"), default="laye
                help="time the whole layer (default), only its activation quantizer (cuda.quantize_layer), or the "
                     "quantizer and then the outlier product (reference.outlier_base, as quik_linear runs it)")
 args = p.parse_args()
-
-
-def parse(setting: str) -> dict:
-    out = {}
-    for item in setting.split():
-        k, v = item.split("=", 1)
-        if "," in v:  # a tuple of ints, e.g. WGMMA_FP8_FIRST=2048,4097,1073741824
-            out[k] = tuple(int(x) for x in v.split(","))
-        else:
-            out[k] = int(v) if v.lstrip("-").isdigit() else None if v == "None" else v
-    return out
 
 
 def target(name: str) -> tuple:

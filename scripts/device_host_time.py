@@ -11,9 +11,10 @@ For each shape, scheme, outlier count and M this prints:
             --rounds rounds (median of the rounds' medians, minimum of their minima), i.e. whether the head start
             changes the median.
 
-  with --settings "A|B" (cuda module attributes, e.g. "LAUNCH_PLANS=0|LAUNCH_PLANS=1"): the host time of the QUIK
-            layer under each setting instead, medians over --rounds alternating rounds (the head starts are then
-            timed under the last setting; --head-starts "" skips them), and whether both gave the same bits.
+  with --settings "A|B" (cuda module attributes in ab_settings.py's syntax, e.g. "LAUNCH_PLANS=0|LAUNCH_PLANS=1"):
+            the host time of the QUIK layer under each setting instead, medians over --rounds alternating rounds (the
+            head starts are then timed under the last setting; --head-starts "" skips them), and whether both gave
+            the same bits.
 
     PYTHONPATH=$PWD python3 scripts/device_host_time.py [--shapes 5120x5120,4096x4096] [--m 128,512]
       [--schemes w4a4,w4a8] [--outliers 0,256] [--head-starts 300000,auto] [--rounds 4] [--reps 100]
@@ -26,14 +27,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ab_settings import parse  # this folder: python3 puts a script's own folder on sys.path
+
 from quiktool import bench
 from quiktool.bench import Timer, _inputs, build_layers
 from quiktool.runtime import cuda
-
-
-def parse_setting(text: str) -> dict:
-    """"NAME=value,NAME=value" -> {NAME: int value} (cuda module attributes)."""
-    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
 
 def host_us(fn, xs, n: int = 60, spin_cycles: int = 40_000_000) -> list[float]:
     """Host time (us) of each of n calls fn(xs[i % len(xs)]) while the GPU is kept busy by a spin of spin_cycles
@@ -60,9 +58,10 @@ def main() -> None:
     p.add_argument("--head-starts", default="300000,auto")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--reps", type=int, default=100)
-    p.add_argument("--settings", default="", help='"A|B": host time under each (cuda attributes, NAME=int,...)')
+    p.add_argument("--settings", default="", help='"A|B": host time under each (cuda attributes, "NAME=VALUE ..." '
+                   "as in device_gemv_rule_ab.py)")
     args = p.parse_args()
-    settings = [parse_setting(t) for t in args.settings.split("|")] if args.settings else []
+    settings = [parse(t) for t in args.settings.split("|")] if args.settings else []
 
     dev = torch.device("cuda")
     gen_dev, gen_cpu = torch.Generator(device=dev).manual_seed(0), torch.Generator().manual_seed(0)

@@ -61,6 +61,7 @@ if args.child is None:
     sys.exit(0)
 
 import torch  # noqa: E402
+from ab_settings import parse  # noqa: E402 - this folder: python3 puts a script's own folder on sys.path
 
 from quiktool.bench import HEAD_START_CYCLES, _prefill_fn, build_llama, quantize_random  # noqa: E402
 from quiktool.config import load_config  # noqa: E402
@@ -69,13 +70,6 @@ from quiktool.runtime.fuse import fuse_shared_inputs  # noqa: E402
 
 
 
-def parse(setting: str) -> dict:  # the setting syntax of device_gemv_rule_ab.py
-    out = {}
-    for item in setting.split():
-        k, v = item.split("=", 1)
-        out[k] = (tuple(int(x) for x in v.split(",")) if "," in v else int(v) if v.lstrip("-").isdigit()
-                  else None if v == "None" else v)
-    return out
 
 
 dev = torch.device("cuda:0")
