@@ -383,6 +383,24 @@ WGMMA_W8_DEEP_MAX_M: int = _env_int("QUIKTOOL_WGMMA_W8_DEEP_MAX_M", 768)
 # side stream as well was slower (x1.00-1.05 at M >= 2048, up to x1.61 at 512, s18b): not done.
 # QUIKTOOL_WIDEN_SIDE=0: the widening on the caller's stream, inside the GEMM's launch (_wgmma_weights).
 WIDEN_SIDE: bool = os.environ.get("QUIKTOOL_WIDEN_SIDE", "1") != "0"
+# The outlier product of a split-K layer (mma.sync or wgmma slices, then quik_splitk_* with the epilogue) runs on the
+# side stream, forked after the quantizer (it reads the quantizer's outlier columns), so that it overlaps the slicing
+# GEMM: only the second kernel reads y_base, so the caller's stream waits for the side stream between the two kernels
+# (the join), not before the GEMM as s18b's version (fork before the quantizer, join before the GEMM) had to. Same
+# F.linear on the same values: same bits. H200 layer A/B in one process, 256 outliers, M = 128 / 256 / 512
+# (docs/PERF_LOG.md, twenty-seventh session, s27a / s27b): x0.906-0.971 (W4A4), x0.851-0.971 (W4A8), x0.872-0.965
+# (W8A8) on every split point of seven LLaMA-2 shapes, x0.996-1.005 where nothing changed; forking before the quantizer
+# and gathering the outlier columns from x on the side stream instead was x1.00-1.16 slower than this. But it costs
+# the host ~20-30 us per eager call (the stream switch, F.linear on a second stream, the events; s27e), on calls
+# that are already host-bound when eager (60-90 us of host time for 30-80 us of GPU time), and eager 7B prefills of
+# 128 tokens ran slower with it (s27d). Hence by default only while a CUDA graph is being captured, where the host's
+# time is not replayed. OUTLIER_SIDE (QUIKTOOL_OUTLIER_SIDE): 0 never (the outlier product on the caller's stream,
+# before the GEMM); 1 under graph capture (default); 2 in every call (A/B runs, tests).
+OUTLIER_SIDE: int = _env_int("QUIKTOOL_OUTLIER_SIDE", 1)
+# torch's current-stream getter and setter without torch.cuda.stream's Python (1.2 against 9.9 us for a switch and
+# back on the device's hosts, s27e); None in a torch without them (then torch.cuda.stream).
+_GET_STREAM = getattr(torch._C, "_cuda_getCurrentStream", None)
+_SET_STREAM = getattr(torch._C, "_cuda_setStream", None)
 _SIDE: dict[int, Any] = {}
 
 
@@ -392,6 +410,63 @@ def _side_stream(dev: int) -> Any:
     if dev not in _SIDE:
         _SIDE[dev] = torch.cuda.Stream(device=dev)
     return _SIDE[dev]
+
+
+class _Event:
+    """A CUDA event without timing (cudaEventDisableTiming), made on the current device, destroyed with the object."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self) -> None:
+        self.handle = _cupy().cuda.runtime.eventCreateWithFlags(2)
+
+    def __del__(self) -> None:
+        try:
+            _cupy().cuda.runtime.eventDestroy(self.handle)
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free
+            pass
+
+
+class _ThreadEvents(threading.local):
+    """Each thread's fork and join events per device: a thread records one and at once queues the wait on it, so
+    reusing them is safe, and another thread's records cannot get in between."""
+
+    def __init__(self) -> None:
+        self.events: dict[tuple[int, bool], _Event] = {}
+
+
+_TEV = _ThreadEvents()
+
+
+def _on_stream(dev: int, stream: Any, fn: Any, *args: Any) -> Any:
+    """fn(*args) with torch's current stream of ``dev`` set to ``stream`` (a torch.cuda.Stream), then set back."""
+    if _GET_STREAM is None or _SET_STREAM is None or _current_device() != dev:
+        with torch.cuda.stream(stream):
+            return fn(*args)
+    prev = _GET_STREAM(dev)  # (stream_id, device_index, device_type)
+    _SET_STREAM(stream_id=stream.stream_id, device_index=stream.device_index, device_type=stream.device_type)
+    try:
+        return fn(*args)
+    finally:
+        _SET_STREAM(stream_id=prev[0], device_index=prev[1], device_type=prev[2])
+
+
+def _fork_join(dev: int, side: Any, fork: bool) -> None:
+    """fork: the side stream waits for what was queued so far on torch's current stream of ``dev``; join (fork
+    False): that stream waits for the side stream. What torch's Stream.wait_stream does, with this thread's reused
+    events (wait_stream makes a new Event object each time: tens of us of host time per layer call on the device's
+    hosts, docs/PERF_LOG.md, twenty-seventh session); torch's own where ``dev`` is not the current device (the
+    events belong to the device they were made on)."""
+    if _current_device() != dev:
+        main = torch.cuda.current_stream(dev)
+        side.wait_stream(main) if fork else main.wait_stream(side)
+        return
+    ev = _TEV.events.get((dev, fork))
+    if ev is None:
+        ev = _TEV.events[(dev, fork)] = _Event()
+    rt, main_raw = _cupy().cuda.runtime, _raw_stream(dev)
+    rt.eventRecord(ev.handle, main_raw if fork else side.cuda_stream)
+    rt.streamWaitEvent(side.cuda_stream if fork else main_raw, ev.handle, 0)
 
 
 # QUIKTOOL_WGMMA=0 turns the path off (A/B runs); QUIKTOOL_WGMMA_MIN_M: fewest tokens that use it;
@@ -580,13 +655,14 @@ _SIG_SKE = "ppiiippfppp"    # quik_splitk_*: part, out, M, N, splits, then _SIG_
 
 class _Recorder(threading.local):
     """What one PreparedLinear call does while ``on`` (its own thread only), as steps: ("k", the raw arguments of a
-    _launch, on the side stream or not), ("ob", x_outlier, y_base) for the outlier product, ("fork",) / ("join",)
-    around the widening on the side stream; the buffers made through _empty; and ``clean`` = False where the call
-    did GPU work that a launch plan cannot replay (a library GEMM, torch ops). ``side``: launches now go to the
-    side stream."""
+    _launch, on the side stream or not), ("ob", x_outlier, y_base, on the side stream) for the outlier product,
+    ("fork",) / ("join",) around the side stream's work (the widening, OUTLIER_SIDE's outlier product); the buffers
+    made through _empty; and ``clean`` = False where the call did GPU work that a launch plan cannot replay (a
+    library GEMM, torch ops). ``side``: launches now go to the side stream. ``eager_only``: the call would have run
+    otherwise under graph capture (OUTLIER_SIDE = 1), so its plan must not be replayed into a graph."""
 
     def __init__(self) -> None:
-        self.on, self.clean, self.side = False, True, False
+        self.on, self.clean, self.side, self.eager_only = False, True, False, False
         self.steps: list[tuple] = []
         self.bufs: list[Tensor] = []
 
@@ -1090,22 +1166,22 @@ def _symbolic_args(sig: str, args: Sequence[Any], ranges: Sequence[tuple[int, in
 class _LaunchPlan:
     """One PreparedLinear call's work, recorded by _record and replayed by replay, as steps in the order they ran:
     ("k", kernel handle, name, grid, block, dynamic smem, PDL, sig, template, fixups, on the side stream) for a
-    launch (its arguments as _symbolic_args made them), ("ob", x_outlier buffer or None, y_base buffer or None)
-    for the outlier product (torch's F.linear, which allocates its own output), ("fork",) / ("join",) for the
-    side stream of the widening. Buffers: 0 is x; 1.. the launchers' per-call buffers (_empty) in allocation
-    order, then each outlier product's output. A replay allocates the buffers that a launch points into (in one
-    workspace, on the caller's stream: the join orders the side stream's use before the workspace is freed) or
-    that are tensors to the caller (the output, the outlier columns F.linear reads), with the recorded shapes and
-    dtypes. steps None: the call did work a plan cannot hold (_unplannable); run then keeps calling the launchers
-    for that key until a knob changes."""
+    launch (its arguments as _symbolic_args made them), ("ob", x_outlier buffer or None, y_base buffer or None, on
+    the side stream) for the outlier product (torch's F.linear, which allocates its own output), ("fork",) /
+    ("join",) for the side stream (the widening, OUTLIER_SIDE's outlier product). Buffers: 0 is x; 1.. the
+    launchers' per-call buffers (_empty) in allocation order, then each outlier product's output. A replay allocates
+    the buffers that a launch points into (in one workspace, on the caller's stream: the join orders the side
+    stream's use before the workspace is freed) or that are tensors to the caller (the output, the outlier columns
+    F.linear reads), with the recorded shapes and dtypes. steps None: the call did work a plan cannot hold
+    (_unplannable); run then keeps calling the launchers for that key until a knob changes."""
 
-    __slots__ = ("generation", "steps", "ptrs", "workspace", "tensors", "out", "segmented", "params")
+    __slots__ = ("generation", "steps", "ptrs", "workspace", "tensors", "out", "segmented", "params", "eager_only")
 
     @classmethod
     def make(cls, generation: int, x: Tensor, steps: list[tuple] | None, bufs: list[Tensor], y: Tensor,
              segmented: bool, consts: list[Tensor]) -> "_LaunchPlan":
         plan = cls()
-        plan.generation, plan.steps, plan.segmented = generation, None, segmented
+        plan.generation, plan.steps, plan.segmented, plan.eager_only = generation, None, segmented, False
         if steps is None:
             return plan
         tensors = [x, *bufs]
@@ -1124,7 +1200,7 @@ class _LaunchPlan:
         plan_steps, pointed, as_tensor, y_bases = [], set(), {out}, set()
         for step in steps:
             if step[0] == "ob":
-                _, x_outlier, y_base = step
+                _, x_outlier, y_base, on_side = step
                 xo = None
                 if x_outlier is not None and x_outlier.numel():
                     xo = index.get(id(x_outlier))
@@ -1134,7 +1210,7 @@ class _LaunchPlan:
                 yb = None if y_base is None else index[id(y_base)]
                 if yb is not None:
                     y_bases.add(yb)
-                plan_steps.append(("ob", xo, yb))
+                plan_steps.append(("ob", xo, yb, on_side))
             elif step[0] == "k":
                 _, fn, name, grid, block, smem, ex, sig, args, side = step
                 sym = _symbolic_args(sig, args, ranges)
@@ -1174,7 +1250,7 @@ class _LaunchPlan:
         params = getattr(self.params, "slots", None)
         if params is None:  # this thread's first replay of the plan
             params = self.params.slots = [_Params.slots(s[7], s[8]) if s[0] == "k" else None for s in self.steps]
-        stream, side_stream, main, side, y_bases = _raw_stream(dev), 0, None, None, []
+        stream, side_stream, side, y_bases = _raw_stream(dev), 0, None, []
         for step, slots in zip(self.steps, params):
             kind = step[0]
             if kind == "k":
@@ -1184,18 +1260,19 @@ class _LaunchPlan:
                     values[pos].value = ptrs[buf] + off
                 _launch_fn(dev, fn, name, grid, block, smem, side_stream if on_side else stream, slots[1], ex)
             elif kind == "ob":
-                _, xo, yb = step
-                y_base = _ref.outlier_base(None if xo is None else made[xo], layer.outlier_weight, layer.bias,
-                                           x.shape[0])
+                _, xo, yb, on_side = step
+                ob_args = (None if xo is None else made[xo], layer.outlier_weight, layer.bias, x.shape[0])
+                y_base = (_on_stream(dev, side, _ref.outlier_base, *ob_args) if on_side
+                          else _ref.outlier_base(*ob_args))
                 if yb is not None:
                     ptrs[yb] = y_base.data_ptr()
                     y_bases.append(y_base)  # alive until the launches that read it are queued
             elif kind == "fork":  # as PreparedLinear._run: the side stream waits for what the caller queued
-                main, side = torch.cuda.current_stream(dev), _side_stream(dev)
-                side.wait_stream(main)
+                side = _side_stream(dev)
+                _fork_join(dev, side, True)
                 side_stream = side.cuda_stream
-            else:  # "join": the caller's stream waits for the widening before the GEMM
-                main.wait_stream(side)
+            else:  # "join": the caller's stream waits for the side stream's work before the kernel that reads it
+                _fork_join(dev, side, False)
         return made[self.out], self.segmented
 
 
@@ -1281,7 +1358,9 @@ class PreparedLinear:
         key = (x.shape[0], seg, x.data_ptr() % 16 == 0)  # the rows quantizer needs a 16-byte aligned x
         plan = self.plans.get(key)
         if plan is not None and plan.generation == _GENERATION[0]:
-            return plan.replay(self, x) if plan.steps is not None else self._run(x, seg)
+            if plan.steps is None or (plan.eager_only and torch.cuda.is_current_stream_capturing()):
+                return self._run(x, seg)
+            return plan.replay(self, x)
         if torch.cuda.is_current_stream_capturing():  # the launchers' choices differ there (one-time setups)
             return self._run(x, seg)
         return self._record(key, x, seg)
@@ -1289,7 +1368,7 @@ class PreparedLinear:
     def _record(self, key: tuple[int, int, bool], x: Tensor, seg: int) -> tuple[Tensor, bool]:
         """run's first call for ``key``: the launchers' call, recorded into the layer's plan for it."""
         generation, rec = _GENERATION[0], _REC
-        rec.on, rec.clean, rec.side, rec.steps, rec.bufs = True, True, False, [], []
+        rec.on, rec.clean, rec.side, rec.eager_only, rec.steps, rec.bufs = True, True, False, False, [], []
         try:
             y, segmented = self._run(x, seg)
         finally:
@@ -1300,8 +1379,9 @@ class PreparedLinear:
                 self.plans.clear()
             consts = [t for t in (self.w, self.w_scale, self.wsum, self.keep, self.outl, self.outlier_weight, self.bias,
                                   *_LUTS.get(self.dev, ())) if t is not None]  # _LUTS: the widening's tables
-            self.plans[key] = _LaunchPlan.make(generation, x, steps if rec.clean else None, bufs, y, segmented,
-                                               consts)
+            plan = self.plans[key] = _LaunchPlan.make(generation, x, steps if rec.clean else None, bufs, y,
+                                                      segmented, consts)
+            plan.eager_only = rec.eager_only
         return y, segmented
 
     def _run(self, x: Tensor, seg: int) -> tuple[Tensor, bool]:
@@ -1313,7 +1393,7 @@ class PreparedLinear:
             return _gemmo_run(a.codes, self.w, self.w_bits, a.scale, a.zero, self.a_shift, self.w_scale, self.wsum,
                               a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev), False
         seg = seg if seg % _WG_BN == 0 else 0  # a tile must lie in one block (quik_wgmma.cu, seg)
-        main = side = wide = path = None
+        side = wide = path = join = None
         if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
             # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
             # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
@@ -1323,33 +1403,68 @@ class PreparedLinear:
         else:
             path = gemm_path(M, self.N, self.kp, self.w_bits, self.a_shift, self.dev)
             rec = _REC if _REC.on else None
-            if WIDEN_SIDE and _widen_planned(M, self.w_bits, path):
-                main, side = torch.cuda.current_stream(self.dev), _side_stream(self.dev)
-                side.wait_stream(main)           # fork: what main queued before (and may free) comes first
+            widen = WIDEN_SIDE and _widen_planned(M, self.w_bits, path)
+            eligible = not widen and self._outlier_side(M, path)
+            oside = eligible and (OUTLIER_SIDE >= 2 or torch.cuda.is_current_stream_capturing())
+            if rec and eligible and not oside:
+                rec.eager_only = True            # a capture would take the side stream: not this call's plan
+
+            def fork() -> None:  # the side stream waits for what main queued before (and may free)
+                nonlocal side
+                side = _side_stream(self.dev)
+                _fork_join(self.dev, side, True)
                 if rec:
                     rec.steps.append(("fork",))
+
+            if widen:
+                fork()
             a = _quant_layer(x, self.keep, self.outl, self.act_bits, self._rows_min(M, path))
-            if side is not None:
+            if oside:
+                fork()                           # after the quantizer, whose outlier columns F.linear reads
+                y_base = _on_stream(self.dev, side, _ref.outlier_base, a.x_outlier, self.outlier_weight, self.bias, M)
+                if rec:
+                    rec.steps.append(("ob", a.x_outlier, y_base, True))
+            if widen:
                 if rec:
                     rec.side = True              # the widening's launch goes to the side stream
                 with torch.cuda.stream(side):
                     wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
                 if rec:
                     rec.side = False
-            y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
-            if rec:
-                rec.steps.append(("ob", a.x_outlier, y_base))  # the outlier product: torch, replayed as such
-            if side is not None:
-                main.wait_stream(side)           # join: the GEMM queued next reads the widened weights
-                wide.record_stream(main)         # allocated on the side stream: not reused before main is done
+            if not oside:
+                y_base = _ref.outlier_base(a.x_outlier, self.outlier_weight, self.bias, M)
+                if rec:
+                    rec.steps.append(("ob", a.x_outlier, y_base, False))  # torch, replayed as such
+            if widen:
+                _fork_join(self.dev, side, False)  # join: the GEMM queued next reads the widened weights
+                wide.record_stream(torch.cuda.current_stream(self.dev))  # side's pool: kept until main is done
                 if rec:
                     rec.steps.append(("join",))
+            if oside:
+                # join, called by the launchers right before the kernel that reads y_base (the split-K add). y_base
+                # lives in the side stream's pool: its block is reused only by later side-stream work, which every
+                # layer call queues after a fork, i.e. after this call's reader; x_outlier (main's pool) is reused
+                # only by work main queues after the join.
+                def join() -> None:
+                    _fork_join(self.dev, side, False)
+                    if rec:
+                        rec.steps.append(("join",))
         # y_base: a fresh contiguous [M, N] tensor of self.dtype (F.linear or the expanded bias) or None
         epi = (a.scale.data_ptr(), a.zero.data_ptr(), float(self.a_shift), self.w_scale.data_ptr(),
                self.wsum.data_ptr(), 0 if y_base is None else y_base.data_ptr())
         y, path = _gemm_run(a.codes, self.w, self.w_bits, self.N, self.kp, self.dev, epi, self.dtype, None, seg,
-                            wide, path)
+                            wide, path, join)
         return y, bool(seg) and path == "wgmma"
+
+    def _outlier_side(self, M: int, path: str) -> bool:
+        """Whether a call of M tokens whose GEMM takes ``path`` may make its outlier product on the side stream
+        (OUTLIER_SIDE on; then always (2) or under graph capture (1)): with outliers, more than 16 tokens, and a
+        split-K plan (mma.sync or wgmma slices), whose second kernel is the only reader of the outlier product."""
+        if not OUTLIER_SIDE or not self.n_out or M <= 16:
+            return False
+        if path == "mma":
+            return mma_splits(M, self.N, self.kp, self.w_bits, self.dev) > 1
+        return path == "wgmma" and wgmma_splits(M, self.N, self.kp, self.w_bits, self.dev) > 1
 
 
 def _gemm_checks(a_codes: Tensor, w: Tensor, w_bits: int) -> tuple[int, int, int, int, int, int, int]:
@@ -1487,27 +1602,33 @@ def mma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
 
 
 def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
-             w_bits: int, ep: str, epi: tuple) -> None:
-    """Launch quiktool's mma.sync plan (from _plan) on A, W, out pointers, split along K where _split_k says so."""
+             w_bits: int, ep: str, epi: tuple, join: Any = None) -> None:
+    """Launch quiktool's mma.sync plan (from _plan) on A, W, out pointers, split along K where _split_k says so.
+    join: as _gemm_run's."""
     name, grid, block, smem = plan
     splits = _split_k(name, grid, kp, dev)
     if splits == 1:
+        if join is not None:
+            join()
         # the small-M kernel starts early and prefetches its weights while the quantizer runs
         _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem, pdl=name.startswith("quik_gemv_"))
     else:
         _split_run(dev, (f"quik_gemm_sk_w{w_bits}_mid", grid * splits, block, smem), ptrs, M, N, kp, splits, ep, epi,
-                   pdl=PDL_TILED)
+                   pdl=PDL_TILED, join=join)
 
 
 def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
-               splits: int, ep: str, epi: tuple, pdl: bool = False) -> None:
+               splits: int, ep: str, epi: tuple, pdl: bool = False, join: Any = None) -> None:
     """A split-K product: the slicing kernel sk = (name, grid, block, smem) of quik_gemm_sk_* / quik_wgmma_ws_sk_*
     on (A, W, out) pointers writes int32 sums to a temporary [splits, M, N], quik_splitk_<ep> adds them into out.
     pdl: launch the slicing kernel as a programmatic dependent launch (both slicing kernels wait with
-    griddepcontrol.wait before reading A)."""
+    griddepcontrol.wait before reading A). join: called between the two launches (the epilogue's y_base is being
+    made on a side stream, OUTLIER_SIDE)."""
     name, grid, block, smem = sk
     part = _empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
     _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem, pdl=pdl)
+    if join is not None:
+        join()
     _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
             (part.data_ptr(), ptrs[2], M, N, splits, *epi))
 
@@ -1574,30 +1695,35 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 
 def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int, epi: tuple, out_dtype: torch.dtype,
               out: Tensor | None, seg: int = 0, wide: Tensor | None = None,
-              path: str | None = None) -> tuple[Tensor, str]:
+              path: str | None = None, join: Any = None) -> tuple[Tensor, str]:
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
     wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
     an empty product). seg > 0 (a multiple of 256 dividing N): where the wgmma kernel runs, out holds N / seg
     blocks of [M, seg] instead of [M, N] (quik_wgmma.cu, seg). wide: w already widened to int8 [N, Kp] by the
-    caller (where _widen_planned said so), for _wgmma_weights. path: gemm_path's answer when the caller has it."""
+    caller (where _widen_planned said so), for _wgmma_weights. path: gemm_path's answer when the caller has it.
+    join: called once before the first kernel that reads epi's y_base (PreparedLinear.run, OUTLIER_SIDE)."""
     M = a_codes.shape[0]
     if out is None:
         out = _empty(M, N, dtype=out_dtype, device=a_codes.device)
     if not (M and N):
+        if join is not None:
+            join()
         return out, ""
     a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
     path = path or gemm_path(M, N, kp, w_bits, epi[2], dev)
     if path == "wgmma":
-        if _wgmma_run(dev, w, w_bits, (a_ptr, o_ptr), M, N, kp, _OUT_EP[out_dtype], epi, seg, wide):
+        if _wgmma_run(dev, w, w_bits, (a_ptr, o_ptr), M, N, kp, _OUT_EP[out_dtype], epi, seg, wide, join):
             path = "wgmma-sk"  # split along K: out is [M, N], not the blocked layout
     elif path != "mma":
         acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
         kind = "f32" if path == "fp8" else "i32"
+        if join is not None:
+            join()
         _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
                 _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
     else:
         ep = _OUT_EP[out_dtype]
-        _mma_run(dev, _plan(M, N, w_bits, ep, dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, ep, epi)
+        _mma_run(dev, _plan(M, N, w_bits, ep, dev), (a_ptr, w_ptr, o_ptr), M, N, kp, w_bits, ep, epi, join)
     return out, path
 
 
@@ -1737,18 +1863,20 @@ def _w8_deep(M: int, w_bits: int) -> bool:
 
 
 def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, N: int, kp: int, ep: str,
-               epi: tuple, seg: int = 0, wide: Tensor | None = None) -> bool:
-    """Launch the wgmma plan for M x N x kp (A and out pointers in ptrs; seg as _gemm_run's), split along K where
-    wgmma_splits says so (then out is [M, N] whatever seg asked). -> whether it was split."""
+               epi: tuple, seg: int = 0, wide: Tensor | None = None, join: Any = None) -> bool:
+    """Launch the wgmma plan for M x N x kp (A and out pointers in ptrs; seg and join as _gemm_run's), split along
+    K where wgmma_splits says so (then out is [M, N] whatever seg asked). -> whether it was split."""
     bn, splits = _wgmma_shape(M, N, kp, w_bits, dev, seg)
     name, grid, block, smem = _wgmma_plan(M, N, ep, w_bits, blk=seg > 0 and splits == 1, kp=kp, bn=bn)
     w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)  # _w: keeps widened weights alive until launched
     if splits == 1:
+        if join is not None:
+            join()
         _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
         return False
     sk = _wgmma_split_kernel(name)
     _split_run(dev, (sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk)), (ptrs[0], w_ptr, ptrs[1]), M, N, kp,
-               splits, ep, epi, pdl=PDL_WGMMA_SPLIT and _w is w)  # not after a widening pass (_w: its output)
+               splits, ep, epi, pdl=PDL_WGMMA_SPLIT and _w is w, join=join)  # no PDL after a widening pass (_w)
     return True
 
 

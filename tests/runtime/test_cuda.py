@@ -481,6 +481,100 @@ def test_widening_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytes
                                                         bias), 3)
 
 
+# OUTLIER_SIDE's layers: split-K plans on mma.sync (M = 64 on 8448 x 4096: 64 x 128 tiles in slices) and on wgmma
+# (forced by the knobs), fp16 / bf16, with and without bias. (gemm, M, K, N, dtype, knobs)
+_SIDE_SPLITS = {
+    "mma-split": ("mma", 64, 8448, 4096, torch.float16, {"WGMMA_MIN_M": 1 << 20, "LIB_MIN_M": 1 << 20}),
+    "mma-split-m118-bf16": ("mma", 118, 8448, 4096, torch.bfloat16, {"WGMMA_MIN_M": 1 << 20, "LIB_MIN_M": 1 << 20}),
+    "wgmma-split": ("wgmma", 200, 2200, 512, torch.float16,
+                    {"WGMMA_MIN_TILES": 1 << 20, "WGMMA_SPLIT_MIN_TILES": 1, "LIB_MIN_M": 1 << 20}),
+}
+
+
+def _side_split_layer(monkeypatch: pytest.MonkeyPatch, case: str, has_bias: bool = True):
+    gemm, M, K, N, dtype, knobs = _SIDE_SPLITS[case]
+    if gemm == "wgmma":
+        _wgmma_or_skip(monkeypatch, "ws")
+    for name, value in knobs.items():
+        monkeypatch.setattr(cuda, name, value)
+    n_out = 100
+    g = _gen("outlier-side", case, has_bias)
+    keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(g, K, N, n_out, dtype, has_bias)
+    layer = cuda.PreparedLinear(keep, outl, 4, w, 4, w_scale, wsum, w_out, bias, dtype)
+    kp = cuda.padded_k(K - n_out)
+    path = cuda.gemm_path(M, N, kp, 4, 8, torch.cuda.current_device())
+    assert path == gemm and layer._outlier_side(M, path), "OUTLIER_SIDE applies to split-K plans"
+    splits = (cuda.mma_splits if gemm == "mma" else cuda.wgmma_splits)(M, N, kp, 4, torch.cuda.current_device())
+    assert splits > 1, f"{case}: not a split-K plan"
+
+    def ref(x: torch.Tensor) -> torch.Tensor:
+        return reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
+
+    return layer, g, M, K, dtype, outl, path, ref
+
+
+@pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("case", list(_SIDE_SPLITS))
+def test_outlier_product_on_the_side_stream_keeps_the_bits_and_is_waited_for(monkeypatch: pytest.MonkeyPatch,
+                                                                              case: str, has_bias: bool) -> None:
+    """OUTLIER_SIDE: a split-K layer's outlier product on the side stream gives the reference's bits and those of the
+    layer without it, in the recorded call and in replays of its launch plan. The add kernel must wait for it: the
+    outlier product's result is poisoned (NaN) on the side stream until ~10 ms of GPU work there have passed, so a
+    missing join fails; x is written after slow work on the caller's stream, so that the quantizer's outlier columns
+    are late too and a fork that does not wait for the quantizer reads stale values. OUTLIER_SIDE = 2: every call."""
+    layer, g, M, K, dtype, outl, path, ref = _side_split_layer(monkeypatch, case, has_bias)
+    monkeypatch.setattr(cuda, "OUTLIER_SIDE", 2)
+    monkeypatch.setattr(cuda._ref, "outlier_base", _late(cuda._ref.outlier_base))
+    main = torch.cuda.current_stream()
+    streams = []
+    real_linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda *a: streams.append(torch.cuda.current_stream().cuda_stream) or real_linear(*a))
+    for trial in range(3):  # the recorded call, then two replays
+        x = torch.empty(M, K, dtype=dtype, device=DEV)
+        x_new = _activations(g, M, K, dtype, outl)
+        torch.cuda.synchronize()
+        torch.cuda._sleep(10_000_000)             # x is written after 10 ms of GPU work on the caller's stream
+        x.copy_(x_new)
+        got = layer(x)
+        want = ref(x)
+        assert _bits_equal(got, want), f"call {trial}: {int((got != want).sum())} outputs differ from the reference"
+    assert [p.steps is not None and ("join",) in p.steps for p in layer.plans.values()] == [True]
+    assert len(streams) == 3 + 3 and all(s != main.cuda_stream for s in streams[::2]), \
+        "the layer's outlier products did not run on the side stream"  # (every other one: the reference's)
+    monkeypatch.setattr(cuda, "OUTLIER_SIDE", 0)
+    assert not layer._outlier_side(M, path)
+    assert _bits_equal(layer(x), got), "the layer without the side stream gives other bits"
+
+
+@pytest.mark.parametrize("mode", [1, 2], ids=["default-capture-only", "every-call"])
+@pytest.mark.parametrize("case", ["mma-split", "wgmma-split"])
+def test_outlier_product_on_the_side_stream_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch,
+                                                                     case: str, mode: int) -> None:
+    """The side stream's fork, outlier product and join are captured with the rest: every replay of the graph gives
+    the reference's bits on fresh inputs. By default (OUTLIER_SIDE = 1) eager calls keep the outlier product on the
+    caller's stream, their launch plan is not replayed into the graph, and the capture takes the side stream."""
+    layer, g, M, K, dtype, outl, _, ref = _side_split_layer(monkeypatch, case)
+    assert cuda.OUTLIER_SIDE == 1, "the default"
+    monkeypatch.setattr(cuda, "OUTLIER_SIDE", mode)
+    streams = []
+    real_linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda *a: streams.append(torch.cuda.current_stream().cuda_stream) or real_linear(*a))
+    x = _activations(g, M, K, dtype, outl)
+    main = torch.cuda.current_stream().cuda_stream
+    for _ in range(2):                               # the recorded call and a replay of its plan
+        assert _bits_equal(layer(x), ref(x))
+    layer_streams = streams[::2]                     # every other F.linear is the reference's
+    assert all((s != main) == (mode == 2) for s in layer_streams), (mode, layer_streams, main)
+    assert [p.eager_only for p in layer.plans.values()] == [mode == 1]
+    torch.cuda.synchronize()
+    streams.clear()
+    _assert_replays_match(lambda: layer(x), x, lambda: _activations(g, M, K, dtype, outl), lambda: ref(x), 3)
+    side = cuda._side_stream(torch.cuda.current_device()).cuda_stream
+    assert streams[0] == side, "the capture did not take the side stream"  # the layer's F.linear, then ref's
+
+
 @pytest.mark.parametrize("gemm", ["mma", "wgmma", "wgmma-split"])
 def test_layers_quantize_in_rows_mode_below_act_rows_min_m_unless_wgmma(monkeypatch: pytest.MonkeyPatch,
                                                                           gemm: str) -> None:
@@ -590,6 +684,8 @@ PLAN_CASES = {
                            "quik_unpack_w4_lut"),
     "wgmma-widened-main": (300, 1104, 512, 4, 100, torch.float16, "wide", {"LIB_MIN_M": 1 << 20, "WIDEN_SIDE": False},
                            "quik_unpack_w4_lut"),
+    "split-k-outlier-side": (64, 8448, 4096, 4, 100, torch.float16, None, {**_NO_WG, "OUTLIER_SIDE": 2},
+                             "quik_gemm_sk_w4_mid"),
 }
 
 

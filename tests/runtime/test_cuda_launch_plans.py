@@ -47,7 +47,7 @@ def _recorded_call():
     steps = [
         ("k", 11, "quant", 3, 128, 0, None, "ppppppii", (_ptr(x), _ptr(outl), _ptr(codes), _ptr(scale), _ptr(zero),
                                                          _ptr(x_out), 8, 64), False),
-        ("ob", x_out, y_base),
+        ("ob", x_out, y_base, False),
         ("k", 12, "slice", 4, 128, 4096, "pdl", "pppiii", (_ptr(codes), _ptr(w), _ptr(part), 3, 16, 2), False),
         ("k", 13, "add", 1, 256, 0, None, "pppfp", (_ptr(part), _ptr(out), _ptr(scale, 4), 8.0, _ptr(y_base)), False),
     ]
@@ -119,7 +119,7 @@ def test_a_replay_runs_the_widening_on_the_side_stream_between_fork_and_join(mon
     steps = [("fork",),
              ("k", 1, "quant", 3, 128, 0, None, "pp", (_ptr(x), _ptr(codes)), False),
              ("k", 2, "widen", 8, 256, 0, None, "ppp", (_ptr(w), _ptr(wide), _ptr(lut)), True),
-             ("ob", None, None),
+             ("ob", None, None, False),
              ("join",),
              ("k", 3, "gemm", 2, 384, 0, None, "ppp", (_ptr(codes), _ptr(wide), _ptr(out)), False)]
     plan = cuda._LaunchPlan.make(1, x, steps, [codes, wide, out], out, False, [w, lut])
@@ -139,7 +139,8 @@ def test_a_replay_runs_the_widening_on_the_side_stream_between_fork_and_join(mon
                         events.append((name, stream, _unpack(params, sigs[name]))))
     monkeypatch.setattr(cuda, "_raw_stream", lambda index: 0)
     monkeypatch.setattr(cuda, "_side_stream", lambda dev: side)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda dev=None: main)
+    monkeypatch.setattr(cuda, "_fork_join", lambda dev, side_, fork: side_.wait_stream(main) if fork
+                        else main.wait_stream(side_))
     monkeypatch.setattr(reference, "outlier_base", lambda *a: events.append("ob"))
 
     class Layer:
@@ -152,6 +153,67 @@ def test_a_replay_runs_the_widening_on_the_side_stream_between_fork_and_join(mon
     quant, widen, gemm = (e[2] for e in events if not isinstance(e, str))
     assert quant[0] == new_x.data_ptr() and widen[0] == _ptr(w) and widen[2] == _ptr(lut)
     assert gemm[0] == quant[1] and gemm[1] == widen[1] and gemm[2] == y.data_ptr()
+
+
+def test_a_replay_runs_the_outlier_product_on_the_side_stream_until_the_join(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OUTLIER_SIDE's split-K call: the outlier product runs inside the side stream's context after the fork (which
+    follows the quantizer), on the quantizer's outlier columns (a fresh tensor each replay), and the caller's stream
+    waits for it (join) after the slicing kernel and before the add kernel that reads y_base."""
+    x, steps, bufs, out, consts = _recorded_call()
+    quant, ob, slice_, add = steps
+    steps = [quant, ("fork",), ("ob", ob[1], ob[2], True), slice_, ("join",), add]
+    plan = cuda._LaunchPlan.make(3, x, steps, bufs, out, False, consts)
+    assert plan.steps is not None
+    events, inputs, products = [], [], []
+
+    class Stream:
+        def __init__(self, name: str, raw: int):
+            self.name, self.cuda_stream = name, raw
+
+        def wait_stream(self, other) -> None:
+            events.append(f"{self.name} waits {other.name}")
+
+    class StreamContext:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            events.append(f"enter {self.stream.name}")
+
+        def __exit__(self, *exc):
+            events.append(f"exit {self.stream.name}")
+
+    def fake_outlier_base(x_outlier, outlier_weight, bias, M):
+        events.append("ob")
+        inputs.append(x_outlier)
+        products.append(torch.full((M, 16), 2.0, dtype=torch.float16))
+        return products[-1]
+
+    main, side = Stream("main", 0), Stream("side", 77)
+    sigs = {"quant": "ppppppii", "slice": "pppiii", "add": "pppfp"}
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, grid, block, smem, stream, params, ex:
+                        events.append((name, stream, _unpack(params, sigs[name]))))
+    monkeypatch.setattr(cuda, "_raw_stream", lambda index: 0)
+    monkeypatch.setattr(cuda, "_side_stream", lambda dev: side)
+    monkeypatch.setattr(cuda, "_fork_join", lambda dev, side_, fork: side_.wait_stream(main) if fork
+                        else main.wait_stream(side_))
+    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+    monkeypatch.setattr(reference, "outlier_base", fake_outlier_base)
+
+    class Layer:
+        dev, outlier_weight, bias = 0, None, None
+
+    for _ in range(2):
+        events.clear(), inputs.clear(), products.clear()
+        new_x = torch.randn(3, 8, dtype=torch.float16)
+        y, _ = plan.replay(Layer(), new_x)
+        names = [e if isinstance(e, str) else e[:2] for e in events]
+        assert names == [("quant", 0), "side waits main", "enter side", "ob", "exit side", ("slice", 0),
+                         "main waits side", ("add", 0)]
+        q_args = next(e[2] for e in events if not isinstance(e, str) and e[0] == "quant")
+        assert inputs[0].shape == (3, 2) and q_args[5] == inputs[0].data_ptr()  # the quantizer writes it
+        a_args = next(e[2] for e in events if not isinstance(e, str) and e[0] == "add")
+        assert a_args[1] == y.data_ptr() and a_args[4] == products[0].data_ptr()  # this replay's y_base
 
 
 def test_calls_a_plan_cannot_hold_are_not_replayed() -> None:
