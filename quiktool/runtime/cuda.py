@@ -387,10 +387,10 @@ WIDEN_SIDE: bool = os.environ.get("QUIKTOOL_WIDEN_SIDE", "1") != "0"
 # side stream, forked after the quantizer (it reads the quantizer's outlier columns), so that it overlaps the slicing
 # GEMM: only the second kernel reads y_base, so the caller's stream waits for the side stream between the two kernels
 # (the join), not before the GEMM as s18b's version (fork before the quantizer, join before the GEMM) had to. Same
-# F.linear on the same values: same bits. H200 layer A/B in one process, 256 outliers, M = 128 / 256 / 512
-# (docs/PERF_LOG.md, twenty-seventh session, s27a / s27b): x0.906-0.971 (W4A4), x0.851-0.971 (W4A8), x0.872-0.965
-# (W8A8) on every split point of seven LLaMA-2 shapes, x0.996-1.005 where nothing changed; forking before the quantizer
-# and gathering the outlier columns from x on the side stream instead was x1.00-1.16 slower than this. But it costs
+# F.linear on the same values: same bits. H200 layer A/B in one process, 256 outliers, on the split points of six or
+# seven LLaMA-2 shapes (docs/PERF_LOG.md, twenty-seventh session): W4A4 x0.906-0.940 (M = 128 / 512, s27a), W4A8
+# x0.851-0.971 and W8A8 x0.872-1.003 (M = 128 / 256 / 512, s27b), x0.996-1.005 where nothing changed; forking before
+# the quantizer and gathering the outlier columns from x on the side stream instead was x1.01-1.16 slower. But it costs
 # the host ~20-30 us per eager call (the stream switch, F.linear on a second stream, the events; s27e), on calls
 # that are already host-bound when eager (60-90 us of host time for 30-80 us of GPU time), and eager 7B prefills of
 # 128 tokens ran slower with it (s27d). Hence by default only while a CUDA graph is being captured, where the host's
