@@ -391,11 +391,11 @@ WIDEN_SIDE: bool = os.environ.get("QUIKTOOL_WIDEN_SIDE", "1") != "0"
 # seven LLaMA-2 shapes (docs/PERF_LOG.md, twenty-seventh session): W4A4 x0.906-0.940 (M = 128 / 512, s27a), W4A8
 # x0.851-0.971 and W8A8 x0.872-1.003 (M = 128 / 256 / 512, s27b), x0.996-1.005 where nothing changed; forking before
 # the quantizer and gathering the outlier columns from x on the side stream instead was x1.01-1.16 slower. But it costs
-# the host ~20-30 us per eager call (the stream switch, F.linear on a second stream, the events; s27e), on calls
-# that are already host-bound when eager (60-90 us of host time for 30-80 us of GPU time), and eager 7B prefills of
-# 128 tokens ran slower with it (s27d). Hence by default only while a CUDA graph is being captured, where the host's
-# time is not replayed. OUTLIER_SIDE (QUIKTOOL_OUTLIER_SIDE): 0 never (the outlier product on the caller's stream,
-# before the GEMM); 1 under graph capture (default); 2 in every call (A/B runs, tests).
+# the host 8-14 us per eager call (the events' fork and join, the stream switch; s27f, s27h), on calls whose host
+# time already matches or exceeds their GPU time when eager (55-96 us against 29-88 us at M = 128 / 512, s27c).
+# Hence by default only while a CUDA graph is being captured, where the host's time is not replayed. OUTLIER_SIDE
+# (QUIKTOOL_OUTLIER_SIDE): 0 never (the outlier product on the caller's stream, before the GEMM); 1 under graph
+# capture (default); 2 in every call (A/B runs, tests).
 OUTLIER_SIDE: int = _env_int("QUIKTOOL_OUTLIER_SIDE", 1)
 # torch's current-stream getter and setter without torch.cuda.stream's Python (1.2 against 9.9 us for a switch and
 # back on the device's hosts, s27e); None in a torch without them (then torch.cuda.stream).
@@ -454,9 +454,9 @@ def _on_stream(dev: int, stream: Any, fn: Any, *args: Any) -> Any:
 def _fork_join(dev: int, side: Any, fork: bool) -> None:
     """fork: the side stream waits for what was queued so far on torch's current stream of ``dev``; join (fork
     False): that stream waits for the side stream. What torch's Stream.wait_stream does, with this thread's reused
-    events (wait_stream makes a new Event object each time: tens of us of host time per layer call on the device's
-    hosts, docs/PERF_LOG.md, twenty-seventh session); torch's own where ``dev`` is not the current device (the
-    events belong to the device they were made on)."""
+    events (wait_stream makes a new Event object each time: 12.9 us for a fork and a join on the device's hosts
+    against 6.3 us, docs/PERF_LOG.md, twenty-seventh session, s27e); torch's own where ``dev`` is not the current
+    device (the events belong to the device they were made on)."""
     if _current_device() != dev:
         main = torch.cuda.current_stream(dev)
         side.wait_stream(main) if fork else main.wait_stream(side)
@@ -1927,6 +1927,17 @@ WGMMA_SPLIT_MIN_TILES: int = _env_int("QUIKTOOL_WGMMA_SPLIT_MIN_TILES", 32)
 WGMMA_SPLIT_W8_MIN_M = 256
 _WGMMA_SPLIT_MAX = 4
 _WGMMA_SPLIT_MIN_KT = 8  # K tiles of 128 bytes per slice at least
+# Fewer tiles still (one row of 128 x 256 tiles on an output narrower than 8192: 128 tokens on the 7B / 13B shapes,
+# 16-20 tiles), 4-bit weights: from WGMMA_FEW_SPLIT_MIN_TILES tiles (QUIKTOOL_WGMMA_FEW_SPLIT_MIN_TILES; 0: never,
+# they stay on the mma.sync split-K kernel, the rule before the twenty-seventh session) floor(SMs / tiles) slices, at
+# most 8, of >= 4 K tiles each. H200 layer A/B in one process at M = 128 against the mma.sync split-K kernel
+# (docs/PERF_LOG.md, twenty-seventh session, s27i): W4A4 x0.709-0.905 without outliers on 4096 x 4096, 5120 x 5120,
+# 11008 x 4096, 13824 x 5120 (11008 x 4096 0.88x -> 1.10x FP16, 13824 x 5120 0.91x -> 1.28x), x0.752-0.929 with 256
+# outliers and x1.011 on 4096 x 4096 (7 slices of 30 K tiles); at most 4 slices of >= 8 K tiles gained less
+# (x0.810-0.952). Not measured on an H100 (none lent): the same SMs, clocks and tensor cores, slower memory.
+WGMMA_FEW_SPLIT_MIN_TILES: int = _env_int("QUIKTOOL_WGMMA_FEW_SPLIT_MIN_TILES", 16)
+_WGMMA_FEW_SPLIT_MAX = 8
+_WGMMA_FEW_SPLIT_MIN_KT = 4
 
 
 def _wgmma_tiles(M: int, N: int, dev: int) -> tuple[int, int]:
@@ -1944,10 +1955,15 @@ def wgmma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
 def _split_rule(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
     """The split-K rule on 128 x 256 tiles (above): slices of K, 1 where it does not split."""
     tiles, min_tiles = _wgmma_tiles(M, N, dev)
-    if (tiles >= min_tiles or WGMMA_SPLIT_MIN_TILES <= 0 or tiles < WGMMA_SPLIT_MIN_TILES
-            or (w_bits == 8 and M < WGMMA_SPLIT_W8_MIN_M)):
+    if tiles >= min_tiles or WGMMA_SPLIT_MIN_TILES <= 0 or (w_bits == 8 and M < WGMMA_SPLIT_W8_MIN_M):
         return 1
-    splits = min(_device_info(dev)[1] // tiles, _WGMMA_SPLIT_MAX, -(-kp // 128) // _WGMMA_SPLIT_MIN_KT)
+    if tiles >= WGMMA_SPLIT_MIN_TILES:
+        most, min_kt = _WGMMA_SPLIT_MAX, _WGMMA_SPLIT_MIN_KT
+    elif w_bits == 4 and 0 < WGMMA_FEW_SPLIT_MIN_TILES <= tiles:
+        most, min_kt = _WGMMA_FEW_SPLIT_MAX, _WGMMA_FEW_SPLIT_MIN_KT
+    else:
+        return 1
+    splits = min(_device_info(dev)[1] // tiles, most, -(-kp // 128) // min_kt)
     return splits if splits >= 2 else 1
 
 

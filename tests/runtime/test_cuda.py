@@ -1554,7 +1554,11 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(128, 256 * (need - 1), 4096, 4, 128, dev) != "wgmma"  # ... in one wave: 2 x 79 > 132
     assert cuda.gemm_path(128, 256 * (sms // 2), 4096, 4, 128, dev) == "wgmma"
     assert cuda.wgmma_splits(128, 256 * (sms // 2), 4096, 4, dev) == 2
-    assert cuda.gemm_path(128, 256 * 31, 4096, 4, 128, dev) != "wgmma"   # too few tiles even split
+    assert cuda.gemm_path(128, 256 * 31, 4096, 4, 128, dev) == "wgmma"   # 31 tiles: the few-tile split (4-bit) ...
+    assert cuda.gemm_path(128, 256 * 15, 4096, 4, 128, dev) != "wgmma"   # ... from 16 tiles
+    assert cuda.gemm_path(128, 256 * 31, 4096, 8, 128, dev) != "wgmma"   # 8-bit weights: not below 32 tiles
+    monkeypatch.setattr(cuda, "WGMMA_FEW_SPLIT_MIN_TILES", 0)
+    assert cuda.gemm_path(128, 256 * 31, 4096, 4, 128, dev) != "wgmma"   # off: the mma.sync split-K kernel
     assert cuda.gemm_path(512, 256 * -(-need // 4), 4096, 4, 128, dev) == "wgmma"  # tiles count along M too
     assert cuda.gemm_path(127, 256 * sms, 4096, 4, 128, dev) != "wgmma"  # too few tokens
     assert cuda.gemm_path(2048, 4096, 4096, 8, 128, dev) == "wgmma"      # 8-bit weights too (quik_wgmma_*_w8)

@@ -430,16 +430,27 @@ def test_split_k_rule(monkeypatch) -> None:
 
 def test_wgmma_split_rule(monkeypatch) -> None:
     """Split-K on the wgmma kernel (132 SMs, the rule's 80 tiles): from WGMMA_SPLIT_MIN_TILES to 79 tiles,
-    floor(132 / tiles) slices, at most 4 and one per 8 K tiles of 128 bytes (8-bit weights from 256 tokens);
-    else none."""
+    floor(132 / tiles) slices, at most 4 and one per 8 K tiles of 128 bytes (8-bit weights from 256 tokens); from
+    WGMMA_FEW_SPLIT_MIN_TILES to WGMMA_SPLIT_MIN_TILES - 1 tiles, 4-bit weights only, at most 8 slices and one per 4
+    K tiles; else none."""
     monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)
+    assert cuda.WGMMA_FEW_SPLIT_MIN_TILES == 16, "the default"
     assert cuda._wgmma_tiles(512, 4096, 0) == (64, 80)
     assert cuda._split_rule(512, 4096, 4096, 4, 0) == 2       # 64 tiles: 128 blocks
     assert cuda._split_rule(256, 5120, 5120, 4, 0) == 3       # 40 tiles: 120
     assert cuda._split_rule(128, 8192, 8192, 4, 0) == 4       # 32 tiles, at most 4
-    assert cuda._split_rule(128, 7936, 8192, 4, 0) == 1       # 31 tiles: below WGMMA_SPLIT_MIN_TILES
+    assert cuda._split_rule(128, 7936, 8192, 4, 0) == 4       # 31 tiles: the few-tile rule, 132 // 31
+    assert cuda._split_rule(128, 4096, 4096, 4, 0) == 8       # 16 tiles: 128 blocks
+    assert cuda._split_rule(128, 4096, 3840, 4, 0) == 7       # 30 K tiles: slices of >= 4
+    assert cuda._split_rule(128, 5120, 5120, 4, 0) == 6       # 20 tiles: 120 blocks
+    assert cuda._split_rule(128, 4096, 1024, 4, 0) == 2       # 8 K tiles
+    assert cuda._split_rule(128, 3840, 4096, 4, 0) == 1       # 15 tiles: below WGMMA_FEW_SPLIT_MIN_TILES
+    assert cuda._split_rule(128, 4096, 4096, 8, 0) == 1       # 8-bit weights: not below WGMMA_SPLIT_MIN_TILES
+    monkeypatch.setattr(cuda, "WGMMA_FEW_SPLIT_MIN_TILES", 0)
+    assert cuda._split_rule(128, 4096, 4096, 4, 0) == 1 and cuda._split_rule(128, 7936, 8192, 4, 0) == 1
+    assert cuda._split_rule(128, 8192, 8192, 4, 0) == 4
     assert cuda._split_rule(512, 5120, 5120, 4, 0) == 1       # 80 tiles: the unsplit rule
     assert cuda._split_rule(512, 4096, 1024, 4, 0) == 1       # 8 K tiles: one slice
     assert cuda._split_rule(512, 4096, 2048, 4, 0) == 2
