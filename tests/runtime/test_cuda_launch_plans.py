@@ -109,6 +109,38 @@ def test_a_replay_puts_new_pointers_where_the_recorded_call_had_per_call_buffers
     assert launches[0][7][6:] == [8, 64] and launches[2][7][3] == 8.0
 
 
+class _Stream:
+    """A stand-in for torch.cuda.Stream: its raw handle, and the waits it is asked for, logged into ``events``."""
+
+    def __init__(self, name: str, raw: int, events: list):
+        self.name, self.cuda_stream, self.events = name, raw, events
+
+    def wait_stream(self, other) -> None:
+        self.events.append(f"{self.name} waits {other.name}")
+
+
+def _fake_streams(monkeypatch: pytest.MonkeyPatch, events: list, sigs: dict) -> None:
+    """Replays against fakes: launches logged into ``events`` as (kernel name, raw stream, arguments by ``sigs``),
+    the caller's stream raw 0, the side stream raw 77, fork / join logged as waits, the side stream's context logged
+    as "enter side" / "exit side" around what runs in it."""
+    main, side = _Stream("main", 0, events), _Stream("side", 77, events)
+
+    def on_stream(dev, stream, fn, *args):
+        events.append(f"enter {stream.name}")
+        try:
+            return fn(*args)
+        finally:
+            events.append(f"exit {stream.name}")
+
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, grid, block, smem, stream, params, ex:
+                        events.append((name, stream, _unpack(params, sigs[name]))))
+    monkeypatch.setattr(cuda, "_raw_stream", lambda index: 0)
+    monkeypatch.setattr(cuda, "_side_stream", lambda dev: side)
+    monkeypatch.setattr(cuda, "_fork_join", lambda dev, side_, fork: side_.wait_stream(main) if fork
+                        else main.wait_stream(side_))
+    monkeypatch.setattr(cuda, "_on_stream", on_stream)
+
+
 def test_a_replay_runs_the_widening_on_the_side_stream_between_fork_and_join(monkeypatch: pytest.MonkeyPatch) -> None:
     """A widened layer's call: the side stream waits for the caller's (fork) before the widening launch, which runs
     on the side stream, and the caller's stream waits for it (join) before the GEMM; the widened weights are a
@@ -125,22 +157,7 @@ def test_a_replay_runs_the_widening_on_the_side_stream_between_fork_and_join(mon
     plan = cuda._LaunchPlan.make(1, x, steps, [codes, wide, out], out, False, [w, lut])
     assert plan.steps is not None and [i for i, _ in plan.workspace[1]] == [1, 2]
     events = []
-
-    class Stream:
-        def __init__(self, name: str, raw: int):
-            self.name, self.cuda_stream = name, raw
-
-        def wait_stream(self, other) -> None:
-            events.append(f"{self.name} waits {other.name}")
-
-    main, side = Stream("main", 0), Stream("side", 77)
-    sigs = {"quant": "pp", "widen": "ppp", "gemm": "ppp"}
-    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, grid, block, smem, stream, params, ex:
-                        events.append((name, stream, _unpack(params, sigs[name]))))
-    monkeypatch.setattr(cuda, "_raw_stream", lambda index: 0)
-    monkeypatch.setattr(cuda, "_side_stream", lambda dev: side)
-    monkeypatch.setattr(cuda, "_fork_join", lambda dev, side_, fork: side_.wait_stream(main) if fork
-                        else main.wait_stream(side_))
+    _fake_streams(monkeypatch, events, {"quant": "pp", "widen": "ppp", "gemm": "ppp"})
     monkeypatch.setattr(reference, "outlier_base", lambda *a: events.append("ob"))
 
     class Layer:
@@ -166,38 +183,13 @@ def test_a_replay_runs_the_outlier_product_on_the_side_stream_until_the_join(mon
     assert plan.steps is not None
     events, inputs, products = [], [], []
 
-    class Stream:
-        def __init__(self, name: str, raw: int):
-            self.name, self.cuda_stream = name, raw
-
-        def wait_stream(self, other) -> None:
-            events.append(f"{self.name} waits {other.name}")
-
-    class StreamContext:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def __enter__(self):
-            events.append(f"enter {self.stream.name}")
-
-        def __exit__(self, *exc):
-            events.append(f"exit {self.stream.name}")
-
     def fake_outlier_base(x_outlier, outlier_weight, bias, M):
         events.append("ob")
         inputs.append(x_outlier)
         products.append(torch.full((M, 16), 2.0, dtype=torch.float16))
         return products[-1]
 
-    main, side = Stream("main", 0), Stream("side", 77)
-    sigs = {"quant": "ppppppii", "slice": "pppiii", "add": "pppfp"}
-    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, grid, block, smem, stream, params, ex:
-                        events.append((name, stream, _unpack(params, sigs[name]))))
-    monkeypatch.setattr(cuda, "_raw_stream", lambda index: 0)
-    monkeypatch.setattr(cuda, "_side_stream", lambda dev: side)
-    monkeypatch.setattr(cuda, "_fork_join", lambda dev, side_, fork: side_.wait_stream(main) if fork
-                        else main.wait_stream(side_))
-    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+    _fake_streams(monkeypatch, events, {"quant": "ppppppii", "slice": "pppiii", "add": "pppfp"})
     monkeypatch.setattr(reference, "outlier_base", fake_outlier_base)
 
     class Layer:
