@@ -451,6 +451,10 @@ def _on_stream(dev: int, stream: Any, fn: Any, *args: Any) -> Any:
         _SET_STREAM(stream_id=prev[0], device_index=prev[1], device_type=prev[2])
 
 
+def _no_join() -> None:
+    """The join of a layer call whose outlier product stays on the caller's stream: nothing to wait for."""
+
+
 def _fork_join(dev: int, side: Any, fork: bool) -> None:
     """fork: the side stream waits for what was queued so far on torch's current stream of ``dev``; join (fork
     False): that stream waits for the side stream. What torch's Stream.wait_stream does, with this thread's reused
@@ -1393,7 +1397,8 @@ class PreparedLinear:
             return _gemmo_run(a.codes, self.w, self.w_bits, a.scale, a.zero, self.a_shift, self.w_scale, self.wsum,
                               a.x_outlier, self.outlier_weight, self.bias, self.dtype, None, self.dev), False
         seg = seg if seg % _WG_BN == 0 else 0  # a tile must lie in one block (quik_wgmma.cu, seg)
-        side = wide = path = join = None
+        side = wide = path = None
+        join = _no_join
         if M <= 16 and self.n_out:  # only with QUIKTOOL_FUSED_OUTLIER_MAX_M below 16 (A/B runs)
             # the outlier product first, so that the quantizer immediately precedes the small-M GEMM, which then
             # overlaps it (programmatic dependent launch); the same F.linear on the same values: same bits
@@ -1427,8 +1432,8 @@ class PreparedLinear:
             if widen:
                 if rec:
                     rec.side = True              # the widening's launch goes to the side stream
-                with torch.cuda.stream(side):
-                    wide = _unpack_w4(self.w, _luts(self.dev)[1], self.N, self.kp, self.dev)   # int8 [N, Kp]
+                wide = _on_stream(self.dev, side, _unpack_w4, self.w, _luts(self.dev)[1], self.N, self.kp,
+                                  self.dev)      # int8 [N, Kp]
                 if rec:
                     rec.side = False
             if not oside:
@@ -1602,14 +1607,13 @@ def mma_splits(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
 
 
 def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
-             w_bits: int, ep: str, epi: tuple, join: Any = None) -> None:
+             w_bits: int, ep: str, epi: tuple, join: Any = _no_join) -> None:
     """Launch quiktool's mma.sync plan (from _plan) on A, W, out pointers, split along K where _split_k says so.
     join: as _gemm_run's."""
     name, grid, block, smem = plan
     splits = _split_k(name, grid, kp, dev)
     if splits == 1:
-        if join is not None:
-            join()
+        join()
         # the small-M kernel starts early and prefetches its weights while the quantizer runs
         _launch(dev, name, grid, block, _SIG_GEMM, (*ptrs, M, N, kp, *epi), smem, pdl=name.startswith("quik_gemv_"))
     else:
@@ -1618,7 +1622,7 @@ def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, in
 
 
 def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
-               splits: int, ep: str, epi: tuple, pdl: bool = False, join: Any = None) -> None:
+               splits: int, ep: str, epi: tuple, pdl: bool = False, join: Any = _no_join) -> None:
     """A split-K product: the slicing kernel sk = (name, grid, block, smem) of quik_gemm_sk_* / quik_wgmma_ws_sk_*
     on (A, W, out) pointers writes int32 sums to a temporary [splits, M, N], quik_splitk_<ep> adds them into out.
     pdl: launch the slicing kernel as a programmatic dependent launch (both slicing kernels wait with
@@ -1627,8 +1631,7 @@ def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, in
     name, grid, block, smem = sk
     part = _empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
     _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem, pdl=pdl)
-    if join is not None:
-        join()
+    join()
     _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
             (part.data_ptr(), ptrs[2], M, N, splits, *epi))
 
@@ -1695,7 +1698,7 @@ def quik_gemm(a_codes: Tensor, w: Tensor, w_bits: int, a_scale: Tensor, a_zero: 
 
 def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int, epi: tuple, out_dtype: torch.dtype,
               out: Tensor | None, seg: int = 0, wide: Tensor | None = None,
-              path: str | None = None, join: Any = None) -> tuple[Tensor, str]:
+              path: str | None = None, join: Any = _no_join) -> tuple[Tensor, str]:
     """quik_gemm after its checks: epi = the epilogue's (a_scale, a_zero pointers, a_shift as a float, w_scale,
     wsum, y_base pointers (0: none)); out None (allocated here) or checked. -> (out, the path that ran, "" for
     an empty product). seg > 0 (a multiple of 256 dividing N): where the wgmma kernel runs, out holds N / seg
@@ -1706,8 +1709,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
     if out is None:
         out = _empty(M, N, dtype=out_dtype, device=a_codes.device)
     if not (M and N):
-        if join is not None:
-            join()
+        join()
         return out, ""
     a_ptr, w_ptr, o_ptr = a_codes.data_ptr(), w.data_ptr(), out.data_ptr()
     path = path or gemm_path(M, N, kp, w_bits, epi[2], dev)
@@ -1717,8 +1719,7 @@ def _gemm_run(a_codes: Tensor, w: Tensor, w_bits: int, N: int, kp: int, dev: int
     elif path != "mma":
         acc = _library_int_gemm(path, a_codes, w, w_bits, N, kp, dev)     # [M, N] fp32 or int32, exact
         kind = "f32" if path == "fp8" else "i32"
-        if join is not None:
-            join()
+        join()
         _launch(dev, f"quik_epilogue_{kind}acc_{_OUT_EP[out_dtype]}", -(-(M * ((N + 1) // 2)) // 256), 256,
                 _SIG_EPI, (acc.data_ptr(), o_ptr, M, N, *epi))
     else:
@@ -1863,15 +1864,14 @@ def _w8_deep(M: int, w_bits: int) -> bool:
 
 
 def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, N: int, kp: int, ep: str,
-               epi: tuple, seg: int = 0, wide: Tensor | None = None, join: Any = None) -> bool:
+               epi: tuple, seg: int = 0, wide: Tensor | None = None, join: Any = _no_join) -> bool:
     """Launch the wgmma plan for M x N x kp (A and out pointers in ptrs; seg and join as _gemm_run's), split along
     K where wgmma_splits says so (then out is [M, N] whatever seg asked). -> whether it was split."""
     bn, splits = _wgmma_shape(M, N, kp, w_bits, dev, seg)
     name, grid, block, smem = _wgmma_plan(M, N, ep, w_bits, blk=seg > 0 and splits == 1, kp=kp, bn=bn)
     w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)  # _w: keeps widened weights alive until launched
     if splits == 1:
-        if join is not None:
-            join()
+        join()
         _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
         return False
     sk = _wgmma_split_kernel(name)

@@ -431,6 +431,16 @@ def _late(fn):
     return late
 
 
+def _late_x(g: torch.Generator, M: int, K: int, dtype: torch.dtype, outl: torch.Tensor) -> torch.Tensor:
+    """Fresh activations [M, K] written only after ~10 ms of GPU work on the caller's stream: a reader on another
+    stream that does not wait for that stream reads stale (uninitialised) values."""
+    x = torch.empty(M, K, dtype=dtype, device=DEV)
+    x_new = _activations(g, M, K, dtype, outl)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(10_000_000)
+    return x.copy_(x_new)
+
+
 @pytest.mark.parametrize("has_bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("n_out", [0, 100])
 @pytest.mark.parametrize("kernel", [None, "wide"], ids=["default", "w4-wide"])
@@ -452,11 +462,7 @@ def test_widening_on_the_side_stream_keeps_the_bits_and_waits(monkeypatch: pytes
         assert kernel is None or _planned_family(M, N, cuda.padded_k(K - n_out), 4) == "wide"
         path = cuda.gemm_path(M, N, cuda.padded_k(K - n_out), 4, 8, dev)
         assert cuda._widen_planned(M, 4, path) == (kernel == "wide")
-        x = torch.empty(M, K, dtype=dtype, device=DEV)
-        x_new = _activations(g, M, K, dtype, outl)
-        torch.cuda.synchronize()
-        torch.cuda._sleep(10_000_000)             # x is written after 10 ms of GPU work on the caller's stream
-        x.copy_(x_new)
+        x = _late_x(g, M, K, dtype, outl)
         got = layer(x)
         ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, bias)
         assert _bits_equal(got, ref), f"M={M}: {int((got != ref).sum())} outputs differ from the reference"
@@ -531,11 +537,7 @@ def test_outlier_product_on_the_side_stream_keeps_the_bits_and_is_waited_for(mon
     monkeypatch.setattr(torch.nn.functional, "linear",
                         lambda *a: streams.append(torch.cuda.current_stream().cuda_stream) or real_linear(*a))
     for trial in range(3):  # the recorded call, then two replays
-        x = torch.empty(M, K, dtype=dtype, device=DEV)
-        x_new = _activations(g, M, K, dtype, outl)
-        torch.cuda.synchronize()
-        torch.cuda._sleep(10_000_000)             # x is written after 10 ms of GPU work on the caller's stream
-        x.copy_(x_new)
+        x = _late_x(g, M, K, dtype, outl)
         got = layer(x)
         want = ref(x)
         assert _bits_equal(got, want), f"call {trial}: {int((got != want).sum())} outputs differ from the reference"
