@@ -62,6 +62,9 @@ def main() -> None:
                    "as in device_gemv_rule_ab.py)")
     args = p.parse_args()
     settings = [parse(t) for t in args.settings.split("|")] if args.settings else []
+    # every attribute a setting names, as the module had it: each setting starts from these (so that an empty
+    # setting, "", means the shipped values even after another setting changed them)
+    shipped = {k: getattr(cuda, k) for st in settings for k in st}
 
     dev = torch.device("cuda")
     gen_dev, gen_cpu = torch.Generator(device=dev).manual_seed(0), torch.Generator().manual_seed(0)
@@ -99,7 +102,7 @@ def main() -> None:
                     per, outs = [[] for _ in settings], []
                     for r in range(args.rounds):
                         for i in (range(len(settings)) if r % 2 == 0 else reversed(range(len(settings)))):
-                            for k, v in settings[i].items():
+                            for k, v in {**shipped, **settings[i]}.items():
                                 setattr(cuda, k, v)
                             per[i].append(statistics.median(host_us(layer, xs)))
                             if r == 0:
