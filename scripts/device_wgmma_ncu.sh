@@ -30,8 +30,9 @@ for p in $POINTS; do
   IFS=: read -r s k shape <<< "$p"
   k_file=${k}_${s}_${shape}_m$M  # a kernel may appear at several points: one file each
   rep=/tmp/ncu_$k_file
-  timeout 150 ncu --clock-control none --cache-control "$NCU_CACHE" --section SpeedOfLight --section ComputeWorkloadAnalysis \
-    --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters \
+  timeout 150 ncu --clock-control none --cache-control "$NCU_CACHE" \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats --section WarpStateStats \
+    --section InstructionStats --section SourceCounters \
     --section MemoryWorkloadAnalysis_Tables --kernel-name "regex:$k" --launch-count 1 -f -o "$rep" \
     $(bench "$s" "$shape") > "/tmp/run_$k_file.log" 2>&1
   rc=$?; echo "ncu $k_file exit $rc"; [ $rc = 0 ] || tail -5 "/tmp/run_$k_file.log"
