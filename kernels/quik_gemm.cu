@@ -15,7 +15,8 @@
 //     quik_gemvo_EP_WB_MT     the same (EP = f16 | bf16) with the outlier product fused:
 //                             y_base replaced by OutlierProduct (reference.outlier_sum's order)
 //     quik_gemm_sk_WB_mid     the mid tiles split along K: int32 partial sums [splits, M, N] (split-K)
-//     quik_splitk_EP          adds those slices, then the epilogue below (or, EP = i32, the sum itself)
+//     quik_splitk_EP          adds those slices, then the epilogue below (or, EP = i32, the sum itself);
+//                             quik_splitk_g1_EP the same with one slice's loads at a time (few slices)
 //     quik_unpack_w4_lut, quik_epilogue_{f32,i32}acc_{f16,bf16}: the library paths' helpers (end of file)
 //   EP = i32 : C int32 [M, N] = acc                                (the exactness/debug path)
 //   EP = f16 / bf16 : out[m, n] = acc * (a_scale[m] * w_scale[n])
@@ -1089,11 +1090,28 @@ QDEV void load_acc_pair(const int* a, int& v0, int& v1) {
     v1 = p.y;
 }
 
+// The pair of plane s at p (N even: one 8-byte load; odd: two, the second only where n + 1 < N).
+template <typename ACC>
+QDEV void load_slice_pair(const ACC* p, int N, int n, int& u0, int& u1) {
+    if ((N & 1) == 0) {  // then n + 1 < N and p is 8-byte aligned (plane and n even)
+        load_acc_pair(p, u0, u1);
+    } else {
+        u0 = acc_int(p[0]);
+        u1 = n + 1 < N ? acc_int(p[1]) : 0;
+    }
+}
+
 // One pair (m, n), (m, n + 1) per thread: the sum of `slices` [M, N] planes of acc (one: the library paths'
 // accumulators, quik_epilogue_*acc_*; `splits`: split-K's int32 partial sums, quik_splitk_*, exact in any order, and
 // every partial sum is bounded by the whole product's bound), then quik_gemm's epilogue (EP = f16 / bf16) or the
 // sum itself (EP = i32).
-template <int EP, typename ACC>
+// G > 1 (quik_splitk_*, twenty-eighth session): the planes in groups of G whose loads are all issued before their
+// adds, and the epilogue factors loaded first. Why: with one plane per loop step each step waited for its load
+// before the next was issued, a chain of `slices` L2 round trips per thread: ncu of 4096 x 4096 at M = 128 (8
+// slices, all in L2, 99% hit rate) had the add kernel at 27% of the memory throughput and 18.8 cycles per issued
+// instruction (docs/PERF_LOG.md, s28f). G = 1 is the earlier loop (quik_splitk_g1_*), which the launcher keeps below
+// cuda.SPLITK_GROUP_MIN slices (with 2 slices the grouped kernel was x1.01-1.03 slower, s28g).
+template <int EP, typename ACC, int G = 1>
 QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& ep, int slices = 1) {
     const int half = (N + 1) >> 1;
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1101,20 +1119,41 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
     const int m = (int)(i / half), n = 2 * (int)(i % half);
     const size_t plane = (size_t)M * N;
     const ACC* p = acc + (size_t)m * N + n;
-    int v0 = 0, v1 = 0;
-    for (int s = 0; s < slices; ++s, p += plane) {
-        int u0, u1 = 0;
-        if ((N & 1) == 0) {  // then n + 1 < N and p is 8-byte aligned (plane and n even)
-            load_acc_pair(p, u0, u1);
-        } else {
-            u0 = acc_int(p[0]);
-            if (n + 1 < N) u1 = acc_int(p[1]);
-        }
-        v0 += u0;
-        v1 += u1;
-    }
     float sa = 0.f, za = 0.f, ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
-    if constexpr (EP != 0) {
+    if constexpr (G > 1 && EP != 0) {  // independent of the sums: in flight with their loads
+        sa = ep.a_scale[m];
+        za = row_zero(ep, m);
+        ws0 = ep.w_scale[n];
+        su0 = ep.wsum[n];
+        if (n + 1 < N) {
+            ws1 = ep.w_scale[n + 1];
+            su1 = ep.wsum[n + 1];
+        }
+    }
+    int v0 = 0, v1 = 0;
+    if constexpr (G == 1) {
+        for (int s = 0; s < slices; ++s, p += plane) {
+            int u0, u1;
+            load_slice_pair(p, N, n, u0, u1);
+            v0 += u0;
+            v1 += u1;
+        }
+    } else {
+        for (int s0 = 0; s0 < slices; s0 += G, p += G * plane) {
+            int u0[G], u1[G];
+#pragma unroll
+            for (int j = 0; j < G; ++j) {  // every load of the group first
+                u0[j] = u1[j] = 0;
+                if (s0 + j < slices) load_slice_pair(p + j * plane, N, n, u0[j], u1[j]);
+            }
+#pragma unroll
+            for (int j = 0; j < G; ++j) {  // int32 sums: the same in any order
+                v0 += u0[j];
+                v1 += u1[j];
+            }
+        }
+    }
+    if constexpr (G == 1 && EP != 0) {
         sa = ep.a_scale[m];
         za = row_zero(ep, m);
         ws0 = ep.w_scale[n];
@@ -1174,14 +1213,18 @@ QUIK_EPI_ACC(quik_epilogue_f32acc_bf16, float, 2)
 QUIK_EPI_ACC(quik_epilogue_i32acc_f16, int, 1)
 QUIK_EPI_ACC(quik_epilogue_i32acc_bf16, int, 2)
 
-// quik_splitk_EP(part int32 [splits, M, N], out [M, N], ...): grid ceil(M * ceil(N/2) / 256) x 256 threads.
-#define QUIK_SPLITK(NAME, EP)                                                                                      \
+// quik_splitk_EP(part int32 [splits, M, N], out [M, N], ...): grid ceil(M * ceil(N/2) / 256) x 256 threads; the
+// slices in groups of 8 (epilogue_acc's G). quik_splitk_g1_EP: the same, one slice at a time.
+#define QUIK_SPLITK(NAME, EP, G)                                                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
     NAME(const int* part, void* out, int M, int N, int splits, const float* a_scale, const float* a_zero,          \
          float a_shift, const float* w_scale, const float* wsum, const void* y_base) {                              \
         const EpiArgs ep = {a_scale, a_zero, w_scale, wsum, y_base, a_shift};                                      \
-        epilogue_acc<EP, int>(part, out, M, N, ep, splits);                                                        \
+        epilogue_acc<EP, int, G>(part, out, M, N, ep, splits);                                                     \
     }
-QUIK_SPLITK(quik_splitk_i32, 0)
-QUIK_SPLITK(quik_splitk_f16, 1)
-QUIK_SPLITK(quik_splitk_bf16, 2)
+QUIK_SPLITK(quik_splitk_i32, 0, 8)
+QUIK_SPLITK(quik_splitk_f16, 1, 8)
+QUIK_SPLITK(quik_splitk_bf16, 2, 8)
+QUIK_SPLITK(quik_splitk_g1_i32, 0, 1)
+QUIK_SPLITK(quik_splitk_g1_f16, 1, 1)
+QUIK_SPLITK(quik_splitk_g1_bf16, 2, 1)

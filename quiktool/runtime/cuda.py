@@ -81,7 +81,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
         + [f"quik_gemv_{ep}_w{wb}_m16{r}_ln" for ep in _EPS for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + [f"quik_gemvo_{ep}_w{wb}_m16{r}_ln" for ep in ("f16", "bf16") for wb in (4, 8) for r in ("", "_r16", "_r64")]
         + ["quik_unpack_w4_lut"] + [f"quik_epilogue_{a}acc_{ep}" for a in ("f32", "i32") for ep in ("f16", "bf16")]
-        + [f"quik_gemm_sk_w{wb}_mid" for wb in (4, 8)] + [f"quik_splitk_{ep}" for ep in _EPS]
+        + [f"quik_gemm_sk_w{wb}_mid" for wb in (4, 8)] + [f"quik_splitk{g}_{ep}" for g in ("", "_g1") for ep in _EPS]
     ),
 }
 
@@ -1621,6 +1621,19 @@ def _mma_run(dev: int, plan: tuple[str, int, int, int], ptrs: tuple[int, int, in
                    pdl=PDL_TILED, join=join)
 
 
+# The add kernel of split-K: from SPLITK_GROUP_MIN slices (QUIKTOOL_SPLITK_GROUP_MIN; 0: never) quik_splitk_*, which
+# loads the slices in groups of 8 before adding them, else quik_splitk_g1_*, one slice at a time (the kernel before
+# the twenty-eighth session). The same int32 sums, so the same bits. H200 layer A/B in one process (W4A4 at M = 128 /
+# 512 on the 7B / 13B shapes, 0 and 256 outliers; docs/PERF_LOG.md, s28g): x0.971-0.992 of the layer time with 6-8
+# slices, x0.989-0.990 with 3, x1.002-1.003 with 4 and x1.012-1.029 with 2.
+SPLITK_GROUP_MIN: int = _env_int("QUIKTOOL_SPLITK_GROUP_MIN", 5)
+
+
+def _splitk_kernel(ep: str, splits: int) -> str:
+    """The add kernel of a split-K product in ``splits`` slices with epilogue ``ep`` (SPLITK_GROUP_MIN's rule)."""
+    return f"quik_splitk{'' if 0 < SPLITK_GROUP_MIN <= splits else '_g1'}_{ep}"
+
+
 def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, int], M: int, N: int, kp: int,
                splits: int, ep: str, epi: tuple, pdl: bool = False, join: Any = _no_join) -> None:
     """A split-K product: the slicing kernel sk = (name, grid, block, smem) of quik_gemm_sk_* / quik_wgmma_ws_sk_*
@@ -1632,7 +1645,7 @@ def _split_run(dev: int, sk: tuple[str, int, int, int], ptrs: tuple[int, int, in
     part = _empty(splits, M, N, dtype=torch.int32, device=f"cuda:{dev}")  # every element written
     _launch(dev, name, grid, block, _SIG_SK, (*ptrs[:2], part.data_ptr(), M, N, kp, splits), smem, pdl=pdl)
     join()
-    _launch(dev, f"quik_splitk_{ep}", -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
+    _launch(dev, _splitk_kernel(ep, splits), -(-(M * ((N + 1) // 2)) // 256), 256, _SIG_SKE,
             (part.data_ptr(), ptrs[2], M, N, splits, *epi))
 
 

@@ -1094,6 +1094,32 @@ def test_split_k_where_the_rule_splits(M: int, kq: int, N: int, w_bits: int, a_b
     _check_fused(a, w, w_bits, a_scale, a_zero, 1 << (a_bits - 1), w_scale, wsum, y, torch.float16)
 
 
+@pytest.mark.parametrize("group", [True, False], ids=["grouped", "one-by-one"])
+@pytest.mark.parametrize("splits", [2, 8, 11])
+def test_split_k_add_kernel_both_loops(monkeypatch: pytest.MonkeyPatch, splits: int, group: bool) -> None:
+    """The split-K add kernel loading its slices in groups of 8 (quik_splitk_*) and one at a time
+    (quik_splitk_g1_*), each forced through SPLITK_GROUP_MIN: the reference's bits, with y_base, on even and odd N,
+    for 2 slices (a partial group), 8 (one whole group) and 11 (a group and a remainder); kq = 1000 has 16 K tiles
+    of 64."""
+    monkeypatch.setattr(cuda, "SPLITK_GROUP_MIN", 1 if group else 0)
+    _force_tiled(monkeypatch, f"sk{splits}")
+    names = []
+    real = cuda._launch_fn
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, *rest:
+                        names.append(name) or real(index, fn, name, *rest))
+    for M, N in ((130, 300), (17, 11)):
+        for dtype in (torch.float16, torch.bfloat16):
+            names.clear()
+            g = _gen("split-k-add", splits, group, M, N, dtype)
+            a = _act_codes(g, M, 1000, 8)
+            w = cuda.prepare_weight(_codes(g, N, 1000, 8), 8)
+            a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+            y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype)
+            _check_fused(a, w, 8, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
+            ep = "f16" if dtype == torch.float16 else "bf16"
+            assert names == ["quik_gemm_sk_w8_mid", f"quik_splitk{'' if group else '_g1'}_{ep}"], names
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("M", [1, 16, 118])
 def test_quik_linear_chain(M: int, dtype: torch.dtype) -> None:

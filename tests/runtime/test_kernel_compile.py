@@ -428,6 +428,24 @@ def test_split_k_rule(monkeypatch) -> None:
     assert cuda._split_k(mid, 1000, 4096, 0) == 5 and cuda._split_k(mid, 64, 192, 0) == 3
 
 
+def test_split_k_add_kernel_rule(monkeypatch) -> None:
+    """The split-K add kernel: slices loaded in groups of 8 from SPLITK_GROUP_MIN slices (5), one at a time below;
+    0 = never grouped; every name the rule gives is one of quik_gemm.cu's entry points."""
+    assert cuda.SPLITK_GROUP_MIN == 5
+    assert [cuda._splitk_kernel("f16", s) for s in (2, 4, 5, 8)] == [
+        "quik_splitk_g1_f16", "quik_splitk_g1_f16", "quik_splitk_f16", "quik_splitk_f16"]
+    assert cuda._splitk_kernel("i32", 11) == "quik_splitk_i32"
+    assert cuda._splitk_kernel("bf16", 3) == "quik_splitk_g1_bf16"
+    monkeypatch.setattr(cuda, "SPLITK_GROUP_MIN", 0)
+    assert cuda._splitk_kernel("f16", 8) == "quik_splitk_g1_f16"
+    monkeypatch.setattr(cuda, "SPLITK_GROUP_MIN", 1)
+    assert cuda._splitk_kernel("bf16", 2) == "quik_splitk_bf16"
+    names = {cuda._splitk_kernel(ep, s) for ep in ("i32", "f16", "bf16") for s in (1, 8)}
+    monkeypatch.setattr(cuda, "SPLITK_GROUP_MIN", 0)
+    names |= {cuda._splitk_kernel(ep, 8) for ep in ("i32", "f16", "bf16")}
+    assert len(names) == 6 and names <= set(cuda.KERNELS["quik_gemm.cu"])
+
+
 def test_wgmma_split_rule(monkeypatch) -> None:
     """Split-K on the wgmma kernel (132 SMs, the rule's 80 tiles): from WGMMA_SPLIT_MIN_TILES to 79 tiles,
     floor(132 / tiles) slices, at most 4 and one per 8 K tiles of 128 bytes (8-bit weights from 256 tokens); from
