@@ -499,15 +499,10 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
 // ---------------------------------------------------------------------------------------------
 constexpr int QC = 8;
 
-QDEV unsigned cta_rank() { unsigned r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
 QDEV unsigned cluster_x() { unsigned r; asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r)); return r; }
-QDEV void cl_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
-QDEV void cl_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 QDEV float ld_cluster_f32(const void* p, unsigned rank) {
-    unsigned a = smem_addr(p), r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
     float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(cluster_addr(smem_addr(p), rank)) : "memory");
     return v;
 }
 

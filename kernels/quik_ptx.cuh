@@ -13,6 +13,20 @@ namespace {
 
 QDEV unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
+// Thread-block clusters (sm_90; quik_act_quant.cu's cluster split mode, quik_wgmma.cu's cluster split-K): this
+// CTA's rank in its cluster and the cluster's CTA count; the cluster barrier (every thread of every CTA arrives;
+// release / acquire order the shared-memory writes before it with the reads after it; .aligned: the whole warp
+// executes it together); the address of shared byte a of CTA `rank` in the cluster's shared window (mapa).
+QDEV unsigned cta_rank() { unsigned r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
+QDEV unsigned cluster_ncta() { unsigned r; asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r)); return r; }
+QDEV void cl_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+QDEV void cl_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+QDEV unsigned cluster_addr(unsigned a, unsigned rank) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+
 // 16-byte async copy global -> shared; when !pred, the 16 bytes are zero-filled and nothing is read
 // (src-size 0), src is still a valid address.
 QDEV void cp_async16(unsigned dst, const void* src, bool pred) {

@@ -39,6 +39,12 @@
 //   1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue. On sm_90
 //   the launcher starts it as a programmatic dependent launch of the quantizer: its producer copies A only after
 //   griddepcontrol.wait (it reads nothing else the quantizer writes).
+//   quik_wgmma_ws_[c3_]cl_EP_wB (cluster split-K, twenty-ninth session; c3_ with B = 8 only): the arguments and
+//   semantics of quik_wgmma_ws_EP_wB (seg unused, the plain [M, N] output), the K tiles split in `splits` slices whose
+//   CTAs form a thread-block cluster and add their int32 sums through distributed shared memory before the
+//   epilogue (wgmma_gemm_ws with WS_SPLIT_CLUSTER): grid = splits * ceil(M/128) * ceil(N/256), launched with cluster
+//   dims (splits, 1, 1), 2 <= splits <= min(8, ceil(Kp / 128)); block and smem as quik_wgmma_ws_*; launched as a
+//   programmatic dependent launch of the quantizer like quik_wgmma_ws_sk_wB.
 //   quik_wgmma_ws_nBN_EP_wB (BN = 160, 176, 224; twenty-first session): wgmma_gemm_ws on tiles of 128 tokens x BN
 //   weight rows (the same arguments and semantics, the plain [M, N] output only), grid = ceil(M/128) * ceil(N/BN),
 //   block and smem as quik_wgmma_ws_*. The launcher takes them where 256-row tiles would leave SMs idle in the last
@@ -369,6 +375,70 @@ QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int
     }
 }
 
+// Cluster split-K's end (wgmma_gemm_ws with WS_SPLIT_CLUSTER): every CTA of the cluster has stored its fragment
+// in its own shared memory, column group j (d[4j .. 4j+3]) of consumer thread ct at mine + 4096 j (mine = ring base
+// + 16 ct), and passed a cluster barrier. This CTA (rank of ncta) adds, for each of its column groups j in
+// [32 rank / ncta, 32 (rank + 1) / ncta), the ncta CTAs' values of the same fragment slot (its own included, read
+// through the same window) and stores them through quik_epilogue.cuh's store_pair_y: thread ct's slot j holds rows
+// 64 g + 16 warp + lane / 4 + 8 h and columns 8 j + 2 (lane % 4) + e of the tile, as in wg_epilogue. A runtime loop
+// over j: the first version, wg_epilogue unrolled over all 32 groups with a runtime test per group, made the kernel
+// ~8,500 SASS instructions that each warp ran once, and its warps stalled mostly on instruction fetch and branch
+// reconvergence (ncu s29c: x1.8 the time of the plane kernels' slicing + add kernels).
+template <int EP, int SHIFT>
+QDEV void cluster_epilogue(unsigned mine, unsigned rank, unsigned ncta, void* __restrict__ out, int M, int N,
+                           const EpiArgs& ep, int m0, int n0, int g, int warp, int lane, const float* s_ws,
+                           const float* s_su) {
+    constexpr int J = WG_BN / 8;
+    const int mr = m0 + g * 64 + warp * 16 + (lane >> 2);
+    float sa[2], za[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int m = mr + 8 * h;
+        sa[h] = 0.f;
+        za[h] = 0.f;
+        if constexpr (EP != 0) {
+            if (m < M) {
+                sa[h] = ep.a_scale[m];
+                za[h] = row_zero(ep, m);
+            }
+        }
+    }
+    const int jhi = (int)(J * (rank + 1) / ncta);
+#pragma unroll 1
+    for (int j = (int)(J * rank / ncta); j < jhi; ++j) {
+        const int c = 8 * j + 2 * (lane & 3), n = n0 + c;  // c: column within the tile
+        unsigned yy[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) yy[h] = mr + 8 * h < M ? load_y_pair<EP>(ep, N, mr + 8 * h, n) : 0u;
+        int v[4] = {0, 0, 0, 0};
+#pragma unroll 4
+        for (unsigned q = 0; q < ncta; ++q) {  // int32 sums: the same in any order
+            unsigned u0, u1, u2, u3;
+            asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(u0), "=r"(u1), "=r"(u2), "=r"(u3)
+                         : "r"(cluster_addr(mine + 4096 * j, q))
+                         : "memory");
+            v[0] += (int)u0;
+            v[1] += (int)u1;
+            v[2] += (int)u2;
+            v[3] += (int)u3;
+        }
+        if (n >= N) continue;
+        float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
+        if constexpr (EP != 0) {  // staged: 0 past N
+            ws0 = s_ws[c];
+            ws1 = s_ws[c + 1];
+            su0 = s_su[c];
+            su1 = s_su[c + 1];
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            if (mr + 8 * h < M)
+                store_pair_y<EP>(out, ep, N, mr + 8 * h, n, v[2 * h] >> SHIFT, v[2 * h + 1] >> SHIFT, sa[h], za[h], ws0,
+                                 ws1, su0, su1, yy[h]);
+    }
+}
+
 template <int EP, int WB, bool BLK>
 QDEV void wgmma_gemm(const signed char* __restrict__ A, const unsigned char* __restrict__ W, void* __restrict__ out,
                      int M, int N, int Kp, const EpiArgs& ep, int seg) {
@@ -671,14 +741,26 @@ template <int S, int D = 2> QDEV void publish_last(unsigned s_full, int KT) {
 template <int R> QDEV void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
-// SPLIT (quik_wgmma_ws_sk_w*, EP = i32 only): split-K, as quik_gemm.cu's gemm_tiled: the grid is `splits` copies of
-// the tile raster, copy s multiplies the K tiles [KT * s / splits, KT * (s + 1) / splits) and stores its int32 sums
-// to out + s * M * N (quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue). Only the K tiles'
-// addresses move: the stage ring and its barrier phases count the slice's own tiles from 0.
-template <int EP, int WB, bool BLK, bool SPLIT = false, int BN = WG_BN, int CD = 2>
+// SPLIT = WS_SPLIT_PLANES (quik_wgmma_ws_sk_w*, EP = i32 only): split-K, as quik_gemm.cu's gemm_tiled: the grid is
+// `splits` copies of the tile raster, copy s multiplies the K tiles [KT * s / splits, KT * (s + 1) / splits) and
+// stores its int32 sums to out + s * M * N (quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue).
+// Only the K tiles' addresses move: the stage ring and its barrier phases count the slice's own tiles from 0.
+// SPLIT = WS_SPLIT_CLUSTER (quik_wgmma_ws_[c3_]cl_*, twenty-ninth session): the same slices, but the `splits` CTAs of
+// a tile form one thread-block cluster (cluster dims (splits, 1, 1), set at launch: CTA rank r of cluster c is slice
+// r of tile c) and add their sums through distributed shared memory, then apply the epilogue themselves: after the
+// K loop each CTA writes its 128 x 256 int32 sums into its own (now idle) stage ring, the cluster meets at a
+// barrier, CTA r adds the cluster's sums of column groups [32 r / splits, 32 (r + 1) / splits) (cluster_epilogue) and
+// stores those columns of the output, and no CTA leaves before every CTA has read what it needs. Why: the plane
+// version wrote and re-read [splits, M, N] int32 through L2 (16 MB for 4096 x 4096 at M = 128, 8 slices) and its
+// slicing kernel spent 25% of its stall samples on those stores (LG throttle, ncu s28f), then a second kernel added
+// them (4.8 us of 22.1, s28a).
+constexpr int WS_SPLIT_NONE = 0, WS_SPLIT_PLANES = 1, WS_SPLIT_CLUSTER = 2;
+template <int EP, int WB, bool BLK, int SPLIT = WS_SPLIT_NONE, int BN = WG_BN, int CD = 2>
 QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
                         void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg, int splits = 1) {
-    static_assert(!SPLIT || (EP == 0 && !BLK), "split-K blocks store int32 partial sums [M, N]");
+    static_assert(SPLIT != WS_SPLIT_PLANES || (EP == 0 && !BLK), "split-K blocks store int32 partial sums [M, N]");
+    static_assert(SPLIT != WS_SPLIT_CLUSTER || (!BLK && BN == WG_BN), "cluster split-K: 128 x 256 tiles, [M, N] out");
+    static_assert(WG_BM * WG_BN * 4 <= WS_STAGES * WS_SLOT, "cluster split-K: the int32 tile fits in the ring");
     static_assert(BN == 160 || BN == 176 || BN == 224 || BN == WG_BN, "BN: a width with a wgmma_s8_n wrapper");
     static_assert(CD == 2 || (CD == 3 && WB == 8 && CD <= WS_STAGES), "CD: 3 K tiles of copies in flight, 8-bit only");
     constexpr int S = WS_STAGES;
@@ -692,8 +774,16 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     int m0, n0, pid = blockIdx.x, kt0 = 0;                    // kt0: the slice's first K tile (SPLIT)
     int KT = (Kp + WG_BK - 1) / WG_BK;  // Kp % 64 == 0: the last tile may be half (zero-filled)
-    if constexpr (SPLIT)  // the slice's K tiles, counted from 0 below
+    if constexpr (SPLIT == WS_SPLIT_PLANES)  // the slice's K tiles, counted from 0 below
         out = static_cast<int*>(out) + (size_t)split_slice<WG_BM, BN>(M, N, splits, pid, kt0, KT) * M * N;
+    unsigned rank = 0, ncta = 1;  // WS_SPLIT_CLUSTER: this CTA's slice and the slice count
+    if constexpr (SPLIT == WS_SPLIT_CLUSTER) {
+        rank = cta_rank();
+        ncta = cluster_ncta();
+        pid = blockIdx.x / ncta;  // cluster dims (ncta, 1, 1): the CTAs of a cluster are consecutive blocks
+        kt0 = (int)((long long)KT * rank / ncta);
+        KT = (int)((long long)KT * (rank + 1) / ncta) - kt0;
+    }
     grouped_tile<WG_BM, BN, WG_GROUP_M>(M, N, pid, m0, n0);
 
     init_stage_barriers(s_full, s_empty, S, WB == 8 ? 128 : 384);  // full: every thread that writes the slot
@@ -713,7 +803,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         // SPLIT: launched as a programmatic dependent launch of the quantizer (on sm_90), the block starts while the
         // quantizer runs; the activations only after this wait. (Only there: the unsplit entry points launch
         // plainly, and their code stays as it was, s20h.)
-        if constexpr (SPLIT) asm volatile("griddepcontrol.wait;\n" ::: "memory");
+        if constexpr (SPLIT != WS_SPLIT_NONE) asm volatile("griddepcontrol.wait;\n" ::: "memory");
         for (int kt = 0; kt < KT; ++kt) {
             if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
             const unsigned sa = base + (kt % S) * WS_SLOT + dst, sb = sa + WG_A_TILE;
@@ -731,6 +821,13 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
             publish_previous<S, CD>(s_full, kt);
         }
         publish_last<S, CD>(s_full, KT);
+        if constexpr (SPLIT == WS_SPLIT_CLUSTER) {  // the consumers' two cluster barriers (below)
+            __syncwarp();
+            cl_arrive();
+            cl_wait();
+            cl_arrive();
+            cl_wait();
+        }
         return;
     }
 
@@ -854,8 +951,25 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     wgmma_wait<0>();
     fence_acc(d);
     if (WS_DIAG == 2 && sink == 0x9E3779B9u) d[0] += 1;  // keeps the diagnostic unpack alive
-    // the epilogue factors written by the other consumer threads (named barrier 1: consumers only)
+    // the epilogue factors written by the other consumer threads (named barrier 1: consumers only); with cluster
+    // split-K also: both consumer warpgroups' wgmmas are done, so the stage ring is free
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    if constexpr (SPLIT == WS_SPLIT_CLUSTER) {
+        // my sums into my ring: column group j (d[4j .. 4j+3]) of consumer thread ct at 16 (256 j + ct), so that
+        // a warp's 16-byte loads of one group, here or from another CTA, are 512 contiguous bytes
+        constexpr int J = BN / 8;
+        const unsigned mine = base + 16 * ct;
+#pragma unroll
+        for (int j = 0; j < J; ++j) sts16(mine + 4096 * j, d[4 * j], d[4 * j + 1], d[4 * j + 2], d[4 * j + 3]);
+        __syncwarp();
+        cl_arrive();  // every CTA's sums are in its shared memory after this barrier
+        cl_wait();
+        cluster_epilogue<EP, WB == 4 ? 4 : 0>(mine, rank, ncta, out, M, N, ep, m0, n0, g, warp, lane, s_ws, s_su);
+        __syncwarp();
+        cl_arrive();  // done reading the cluster's sums; no CTA leaves while another may still read its own
+        cl_wait();
+        return;
+    }
     wg_epilogue<EP, WB == 4 ? 4 : 0, BLK, BN>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
 }
 
@@ -1215,7 +1329,7 @@ template <int BN, int CD> struct WsTile {
     template <int EP, int WB, bool BLK>
     static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
                           const EpiArgs& ep, int seg) {
-        wgmma_gemm_ws<EP, WB, BLK, false, BN, CD>(A, W, out, M, N, Kp, ep, seg);
+        wgmma_gemm_ws<EP, WB, BLK, WS_SPLIT_NONE, BN, CD>(A, W, out, M, N, Kp, ep, seg);
     }
 };
 template <int BN> using WsNarrow = WsTile<BN, 2>;
@@ -1268,11 +1382,32 @@ QUIK_WGMMA_WS_C3(quik_wgmma_ws_c3_n224_bf16_w8, 2, 224, false)
     extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                                    \
     NAME(const signed char* A, const unsigned char* W, int* part, int M, int N, int Kp, int splits) {             \
         const EpiArgs ep = {nullptr, nullptr, nullptr, nullptr, nullptr, 0.f};                                    \
-        wgmma_gemm_ws<0, WB, false, true, WG_BN, CD>(A, W, part, M, N, Kp, ep, 0, splits);                         \
+        wgmma_gemm_ws<0, WB, false, WS_SPLIT_PLANES, WG_BN, CD>(A, W, part, M, N, Kp, ep, 0, splits);              \
     }
 QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w4, 4, 2)
 QUIK_WGMMA_WS_SK(quik_wgmma_ws_sk_w8, 8, 2)
 QUIK_WGMMA_WS_SK(quik_wgmma_ws_c3_sk_w8, 8, 3)
+
+// quik_wgmma_ws_[c3_]cl_EP_wB (cluster split-K, wgmma_gemm_ws with WS_SPLIT_CLUSTER): the arguments and semantics of
+// quik_wgmma_ws_EP_wB (seg unused: the plain [M, N] output), grid = splits * ceil(M/128) * ceil(N/256) launched with
+// cluster dims (splits, 1, 1), 2 <= splits <= min(8, ceil(Kp / 128)); block and smem as quik_wgmma_ws_*.
+template <int CD> struct WsCluster {
+    template <int EP, int WB, bool BLK>
+    static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
+                          const EpiArgs& ep, int seg) {
+        wgmma_gemm_ws<EP, WB, BLK, WS_SPLIT_CLUSTER, WG_BN, CD>(A, W, out, M, N, Kp, ep, seg);
+    }
+};
+#define QUIK_WGMMA_WS_CL(NAME, EP, WB, CD) QUIK_WGMMA_ENTRY(NAME, WsCluster<CD>::gemm, WS_THREADS, EP, WB, false)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_i32_w4, 0, 4, 2)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_f16_w4, 1, 4, 2)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_bf16_w4, 2, 4, 2)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_i32_w8, 0, 8, 2)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_f16_w8, 1, 8, 2)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_bf16_w8, 2, 8, 2)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_c3_cl_i32_w8, 0, 8, 3)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_c3_cl_f16_w8, 1, 8, 3)
+QUIK_WGMMA_WS_CL(quik_wgmma_ws_c3_cl_bf16_w8, 2, 8, 3)
 
 #define QUIK_WGMMA_RS(NAME, EP, BLK) QUIK_WGMMA_ENTRY(NAME, wgmma_gemm_rs, RS_THREADS, EP, 4, BLK)
 QUIK_WGMMA_RS(quik_wgmma_rs_i32_w4, 0, false)

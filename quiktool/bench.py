@@ -896,8 +896,10 @@ def format_layer_table(result: dict, compact: bool = False) -> str:
                      f"{rule['min_macs']:.2g} multiply-adds), otherwise in quiktool's mma.sync kernels")
     if any(r.get("split_k", 1) > 1 for r in result["rows"]):
         lines.append("+skN: the integer GEMM (mma.sync, or wgmma where +wgmma) split along K into N slices (its "
-                     "tiles alone would leave SMs idle), their int32 sums added by a second kernel that applies the "
-                     "epilogue")
+                     "tiles alone would leave SMs idle); wgmma: a tile's N slices run as one thread-block cluster "
+                     "that adds their sums in distributed shared memory and applies the epilogue, where all such "
+                     "clusters fit on the GPU at once; otherwise (and mma.sync) the int32 slices are added by a "
+                     "second kernel that applies the epilogue")
     if any(r.get("tile_n") not in (None, 256) for r in result["rows"]):
         lines.append("+nBN: the wgmma kernel on tiles of 128 tokens x BN weight rows instead of 256 (where 256-row "
                      "tiles would leave SMs idle in their last wave)")

@@ -287,7 +287,9 @@ WGMMA_KERNELS: tuple[str, ...] = (tuple(f"quik_wgmma_{ws}{ep}_w{b}{blk}" for ws 
                                   + tuple(f"quik_wgmma_ws_c3_{ep}_w8{blk}" for blk in ("", "_blk")
                                           for ep in (_EPS[1:] if blk else _EPS))
                                   + tuple(f"quik_wgmma_ws_c3_n{bn}_{ep}_w8" for bn in (160, 176, 224) for ep in _EPS)
-                                  + ("quik_wgmma_ws_c3_sk_w8",))
+                                  + ("quik_wgmma_ws_c3_sk_w8",)
+                                  + tuple(f"quik_wgmma_ws_{c3}cl_{ep}_w{b}" for c3, bs in (("", (4, 8)), ("c3_", (8,)))
+                                          for b in bs for ep in _EPS))
 NVCC_WGMMA_OPTIONS: tuple[str, ...] = ("-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-O3", "-std=c++17")
 _WG_BM, _WG_BN, _WG_THREADS = 128, 256, 256                       # quik_wgmma.cu's tile and block
 # quik_wgmma.cu's WG_DEPTH default (wgmma groups in flight), which sizes its shared-memory rings (a CPU test
@@ -583,6 +585,7 @@ def compile_wgmma(nvcc: str | None = None) -> Path:
 
 
 _WGMMA: dict[int, dict[str, int] | None] = {}
+_CLUSTERS: dict[int, dict[int, int]] = {}  # per device: _cluster_occupancy's counts
 
 
 def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
@@ -603,6 +606,7 @@ def _wgmma_kernels(device_index: int) -> dict[str, int] | None:
                         kernel.max_dynamic_shared_size_bytes = _wgmma_block(name)[1]
                         _MODULES.append(kernel)
                         handles[name] = int(kernel.kernel.ptr)
+                    _CLUSTERS[device_index] = _cluster_occupancy(device_index, handles)
                 _luts(device_index)  # the widening's lookup table (_wgmma_weights), built outside any graph capture
                 _side_stream(device_index)
             except Exception as e:  # noqa: BLE001 - any failure: the other paths do the work
@@ -750,6 +754,7 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig (cuda.h, CUDA >= 12.0)
 
 
 _PDL_ATTR_ID = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+_CLUSTER_ATTR_ID = 4  # CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (value: unsigned x, y, z)
 # Programmatic dependent launch of the small-M GEMM after the quantizer (sm_90+): QUIKTOOL_PDL=0 turns it off.
 PDL = os.environ.get("QUIKTOOL_PDL", "1") != "0"
 # The same for the split-K tiled mma.sync kernel (quik_gemm_sk_*; twentieth session): its blocks start while the
@@ -768,24 +773,33 @@ PDL_WGMMA_SPLIT = os.environ.get("QUIKTOOL_PDL_WGMMA_SPLIT", "1") != "0"
 
 
 @functools.lru_cache(maxsize=None)
-def _launch_ex() -> Any:
-    """(cuLaunchKernelEx from the driver library (CuPy does not wrap it), a pointer to the PDL launch attribute),
-    or None."""
+def _launch_ex(pdl: bool = True, cluster: int = 1) -> Any:
+    """(cuLaunchKernelEx from the driver library (CuPy does not wrap it), a pointer to the launch attributes,
+    their count, the attribute array it points into) for a programmatic dependent launch (pdl) and / or thread-block
+    clusters of ``cluster`` blocks along x (cluster > 1), or None."""
     try:
         fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
     except (OSError, AttributeError):
         return None
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    attr = _LaunchAttr(id=_PDL_ATTR_ID)
-    attr.value[0] = 1  # programmaticStreamSerializationAllowed = 1 (an int at the union's start)
-    return fn, ctypes.pointer(attr)
+    attrs, n = (_LaunchAttr * 2)(), 0
+    if pdl:
+        attrs[n].id = _PDL_ATTR_ID
+        attrs[n].value[0] = 1  # programmaticStreamSerializationAllowed = 1 (an int at the union's start)
+        n += 1
+    if cluster > 1:
+        attrs[n].id = _CLUSTER_ATTR_ID
+        struct.pack_into("III", attrs[n].value, 0, cluster, 1, 1)
+        n += 1
+    return fn, ctypes.cast(attrs, ctypes.POINTER(_LaunchAttr)), n, attrs
 
 
 def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequence[Any], smem: int = 0,
-            pdl: bool = False) -> None:
+            pdl: bool = False, cluster: int = 1) -> None:
     """Launch ``name`` on torch's current stream of device ``index`` (asynchronous, no sync). ``pdl``: as a
-    programmatic dependent launch (the kernel waits for its predecessor with griddepcontrol.wait). While a
+    programmatic dependent launch (the kernel waits for its predecessor with griddepcontrol.wait). ``cluster``:
+    in thread-block clusters of that many consecutive blocks (sm_90; grid a multiple of it). While a
     PreparedLinear call is being recorded (_REC), the launch is noted for its launch plan."""
     if name.startswith("quik_wgmma_"):
         fn = (_wgmma_kernels(index) or {})[name]
@@ -793,8 +807,11 @@ def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequen
         fn = _kernels(index, _device_info(index)[0])[name]
     if _current_device() != index:
         with torch.cuda.device(index):
-            return _launch(index, name, grid, block, sig, args, smem, pdl)
-    ex = _launch_ex() if pdl and PDL and _device_info(index)[2] >= 90 else None
+            return _launch(index, name, grid, block, sig, args, smem, pdl, cluster)
+    pdl = pdl and PDL and _device_info(index)[2] >= 90
+    ex = _launch_ex(pdl, cluster) if pdl or cluster > 1 else None
+    if cluster > 1 and ex is None:
+        raise KernelError(f"launching {name} in clusters of {cluster} needs cuLaunchKernelEx (CUDA >= 12 driver)")
     if _REC.on:
         _REC.steps.append(("k", fn, name, grid, block, smem, ex, sig, tuple(args), _REC.side))
     _launch_fn(index, fn, name, grid, block, smem, _raw_stream(index), _PARAMS.pack(sig, args), ex)
@@ -804,13 +821,15 @@ def _launch(index: int, name: str, grid: int, block: int, sig: str, args: Sequen
 def _launch_fn(index: int, fn: int, name: str, grid: int, block: int, smem: int, stream: int, params: int,
                ex: Any) -> None:
     """The driver call of _launch (and of a launch plan's replay): kernel handle ``fn`` with packed ``params`` on
-    ``stream``; ex: _launch_ex()'s (cuLaunchKernelEx, the PDL attribute) for a programmatic dependent launch."""
+    ``stream``; ex: _launch_ex()'s (cuLaunchKernelEx, its attributes) for a programmatic dependent or a cluster
+    launch."""
     if ex is not None:
-        launch, attr = ex
-        cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, stream, attr, 1)
+        launch, attrs, n = ex[:3]
+        cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, stream, attrs, n)
         rc = launch(ctypes.byref(cfg), fn, params, None)
         if rc != 0:
-            raise KernelError(f"launching {name} (programmatic dependent launch) failed: CUresult {rc}")
+            raise KernelError(f"launching {name} (cuLaunchKernelEx: programmatic dependent / cluster launch) failed: "
+                              f"CUresult {rc}")
         return
     cupy = _cupy()
     try:
@@ -1887,10 +1906,73 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
         join()
         _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
         return False
+    cl, tiles = _wgmma_cluster_kernel(name, ep), _wgmma_tiles(M, N, dev)[0]
+    if WGMMA_CLUSTER_SPLIT and _cluster_fits(dev, splits, tiles):
+        join()  # the epilogue (inside) reads y_base
+        block, smem = _wgmma_block(cl)
+        _launch(dev, cl, tiles * splits, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, 0), smem,
+                pdl=PDL_WGMMA_SPLIT and _w is w, cluster=splits)
+        return True
     sk = _wgmma_split_kernel(name)
-    _split_run(dev, (sk, _wgmma_tiles(M, N, dev)[0] * splits, *_wgmma_block(sk)), (ptrs[0], w_ptr, ptrs[1]), M, N, kp,
+    _split_run(dev, (sk, tiles * splits, *_wgmma_block(sk)), (ptrs[0], w_ptr, ptrs[1]), M, N, kp,
                splits, ep, epi, pdl=PDL_WGMMA_SPLIT and _w is w, join=join)  # no PDL after a widening pass (_w)
     return True
+
+
+# Cluster split-K (quik_wgmma_ws_[c3_]cl_*, twenty-ninth session): a split plan's slices of one tile run as one
+# thread-block cluster that adds their sums in distributed shared memory and applies the epilogue itself, instead of
+# int32 slices [splits, M, N] through L2 and quik_splitk_* (the slicing kernel and the add kernel). Taken for every
+# split plan whose clusters all fit on the GPU at once (_cluster_fits). QUIKTOOL_WGMMA_CLUSTER_SPLIT=0: never (the
+# plane kernels; A/B runs).
+WGMMA_CLUSTER_SPLIT: bool = _env_int("QUIKTOOL_WGMMA_CLUSTER_SPLIT", 1) != 0
+_CLUSTER_MAX = 8  # the portable cluster size
+# Fewer slices than the plane plan's (its clusters would not all fit) only while each slice gets at most this many
+# more K tiles of 128 bytes: H200 s29f against s28b at M = 128, W4A4 without outliers, x0.88-0.91 with 1.3 more
+# (4096 x 4096 8 -> 6 slices, 5120 x 5120 6 -> 5), x0.97-1.00 with 3.6 (11008 x 4096, 13824 x 5120), but x1.01 /
+# x0.97 with 5.3 (8192 x 8192 4 -> 3, 4096 x 11008 3 -> 2) and x1.16 with 18.7 (28672 x 8192 4 -> 3): the main loop
+# grows with K / slices, the planes' cost does not.
+WGMMA_CLUSTER_EXTRA_KT = 4
+
+
+def _wgmma_cluster_kernel(name: str, ep: str) -> str:
+    """The cluster split-K entry point for a plan's entry point ``name`` and epilogue ``ep``: the same weight width
+    and copy depth."""
+    return f"quik_wgmma_ws_c3_cl_{ep}_w8" if "_c3_" in name else f"quik_wgmma_ws_cl_{ep}_w{8 if '_w8' in name else 4}"
+
+
+def _cluster_occupancy(dev: int, handles: dict[str, int]) -> dict[int, int]:
+    """{cluster size 2 .. _CLUSTER_MAX: how many clusters of that many blocks of the cluster split-K entry points
+    (their block and shared memory; the fewest over them) ``dev`` runs at once}, from cuOccupancyMaxActiveClusters
+    (0 where the driver cannot say). Asked once when the wgmma kernels load, outside any graph capture. H200: 66,
+    39, 30, 22, 17, 15, 15 for 2 .. 8 (s29b; a cluster's blocks share a GPC, one block per SM)."""
+    try:
+        occ = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveClusters
+    except (OSError, AttributeError):
+        return {}
+    occ.restype = ctypes.c_int
+    occ.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.POINTER(_LaunchConfig)]
+    counts = {}
+    for name in (n for n in handles if "_cl_" in n):
+        block, smem = _wgmma_block(name)
+        for cluster in range(2, _CLUSTER_MAX + 1):
+            ex = _launch_ex(False, cluster)
+            if ex is None:
+                return {}
+            cfg = _LaunchConfig(cluster * _device_info(dev)[1], 1, 1, block, 1, 1, smem, None, ex[1], ex[2])
+            count = ctypes.c_int(0)
+            rc = occ(ctypes.byref(count), handles[name], ctypes.byref(cfg))
+            counts[cluster] = min(counts.get(cluster, 1 << 30), count.value if rc == 0 else 0)
+    return counts
+
+
+def _max_clusters(dev: int, cluster: int) -> int:
+    """How many clusters of ``cluster`` blocks of the cluster split-K kernels ``dev`` runs at once (0: unknown)."""
+    return _CLUSTERS.get(dev, {}).get(cluster, 0)
+
+
+def _cluster_fits(dev: int, splits: int, tiles: int) -> bool:
+    """Whether ``tiles`` clusters of ``splits`` blocks run in one wave on ``dev`` (else the plane kernels run)."""
+    return 2 <= splits <= _CLUSTER_MAX and tiles <= _max_clusters(dev, splits)
 
 
 def _wgmma_split_kernel(name: str) -> str:
@@ -1977,6 +2059,10 @@ def _split_rule(M: int, N: int, kp: int, w_bits: int, dev: int) -> int:
     else:
         return 1
     splits = min(_device_info(dev)[1] // tiles, most, -(-kp // 128) // min_kt)
+    if WGMMA_CLUSTER_SPLIT and splits >= 2:  # the most slices whose clusters all fit at once, if any (_cluster_split)
+        kt = -(-kp // 128)
+        splits = next((s for s in range(splits, 1, -1) if _cluster_fits(dev, s, tiles)
+                       and kt / s - kt / splits <= WGMMA_CLUSTER_EXTRA_KT), splits)
     return splits if splits >= 2 else 1
 
 

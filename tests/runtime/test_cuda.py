@@ -679,7 +679,10 @@ PLAN_CASES = {
     "split-k": (64, 8448, 4096, 4, 100, torch.float16, None, _NO_WG, "quik_gemm_sk_w4_mid"),
     "wgmma-split-k": (200, 2200, 512, 4, 100, torch.float16, "ws",
                       {"WGMMA_MIN_TILES": 1 << 20, "WGMMA_SPLIT_MIN_TILES": 1, "LIB_MIN_M": 1 << 20},
-                      "quik_wgmma_ws_sk_w4"),
+                      "quik_wgmma_ws_cl_f16_w4"),
+    "wgmma-split-k-planes": (200, 2200, 512, 4, 100, torch.float16, "ws",
+                             {"WGMMA_MIN_TILES": 1 << 20, "WGMMA_SPLIT_MIN_TILES": 1, "LIB_MIN_M": 1 << 20,
+                              "WGMMA_CLUSTER_SPLIT": False}, "quik_wgmma_ws_sk_w4"),
     "wgmma-w4": (300, 1104, 512, 4, 0, torch.float16, "ws", {"LIB_MIN_M": 1 << 20}, "quik_wgmma_ws_f16_w4"),
     "wgmma-w8-bf16": (300, 1104, 512, 8, 100, torch.bfloat16, "ws", {"LIB_MIN_M": 1 << 20}, "quik_wgmma_ws_bf16_w8"),
     "wgmma-widened-side": (300, 1104, 512, 4, 100, torch.float16, "wide", {"LIB_MIN_M": 1 << 20},
@@ -1596,14 +1599,22 @@ def test_wgmma_path_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda.gemm_path(2048, 4096, 4096, 4, 8, dev) != "wgmma"        # switched off
 
 
+@pytest.mark.parametrize("cluster", [True, False], ids=["cluster", "planes"])
 @pytest.mark.parametrize("deep", [False, True], ids=["copies2", "copies3"])
 @pytest.mark.parametrize("w_bits", [4, 8])
-def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, deep: bool) -> None:
-    """Split-K on the wgmma kernel (quik_wgmma_ws_sk_w*), forced on small grids: int32 sums and the fused epilogue
-    with y_base bit-exact; slices of unequal length, a half last K tile in the last slice (kq 4160), 4-bit weights
-    widened to the 8-bit kernel (M = 1030); a fused group's blocked layout falls back to [M, N]. copies3: 8-bit
-    weights (widened ones too) on the deep-copy split kernel quik_wgmma_ws_c3_sk_w8 at every M."""
+def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, deep: bool, cluster: bool) -> None:
+    """Split-K on the wgmma kernel, forced on small grids: int32 sums and the fused epilogue with y_base bit-exact;
+    slices of unequal length, a half last K tile in the last slice (kq 4160), 4-bit weights widened to the 8-bit
+    kernel (M = 1030); a fused group's blocked layout falls back to [M, N]. copies3: 8-bit weights (widened ones
+    too) on the deep-copy entry points at every M. cluster: the slices of a tile added in a thread-block cluster
+    (quik_wgmma_ws_[c3_]cl_*, the launcher's default); planes: int32 slices added by quik_splitk_*
+    (quik_wgmma_ws_[c3_]sk_w*, WGMMA_CLUSTER_SPLIT off)."""
     dev = _wgmma_or_skip(monkeypatch)
+    monkeypatch.setattr(cuda, "WGMMA_CLUSTER_SPLIT", cluster)
+    names: list[str] = []
+    real = cuda._launch_fn
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, *rest:
+                        names.append(name) or real(index, fn, name, *rest))
     monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)               # every shape below the unsplit rule
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
     monkeypatch.setattr(cuda, "WGMMA_SPLIT_W8_MIN_M", 1)
@@ -1620,6 +1631,9 @@ def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, deep:
         a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
         y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(torch.bfloat16)
         _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, torch.bfloat16)
+    gemms = [n for n in names if n.startswith("quik_wgmma_")]
+    assert gemms and all(("_cl_" if cluster else "_sk_") in n for n in gemms), gemms
+    assert cluster != any(n.startswith("quik_splitk") for n in names), names
     if w_bits == 4:
         K, N, M = 2200, 512, 200
         keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("wgmma-sk-seg"), K, N, 100, torch.float16)
@@ -1630,11 +1644,54 @@ def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, deep:
         assert not blocked and _bits_equal(y, ref)
 
 
-@pytest.mark.parametrize("kernel", [None, "wide"], ids=["default", "w4-wide"])
+@pytest.mark.parametrize("w_bits,deep", [(4, False), (8, False), (8, True)], ids=["w4", "w8", "w8-c3"])
+@pytest.mark.parametrize("splits", [2, 3, 5, 8])
+def test_wgmma_cluster_split_k_every_slice_count(monkeypatch: pytest.MonkeyPatch, splits: int, w_bits: int,
+                                                 deep: bool) -> None:
+    """The cluster split-K kernel (quik_wgmma_ws_[c3_]cl_*) at a forced slice count, i.e. cluster size: int32 sums
+    (random codes, then the largest sums: every product +128 * 8, w8 +128 * 128) and the f16 / bf16 epilogue with
+    and without y_base, bit for bit; awkward shapes: M = 17 / 118 / 130 (a second, 2-row tile), N = 172 / 300 (a
+    tile cut inside), kq 1100 (9 K tiles: slices of 1 or 2 tiles for 8 clusters, unequal for 5)."""
+    dev = _wgmma_or_skip(monkeypatch, "c3" if deep else "ws")
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)
+    monkeypatch.setattr(cuda, "_split_rule", lambda M, N, kp, w_bits, dev: splits)
+    names: list[str] = []
+    real = cuda._launch_fn
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, *rest:
+                        names.append(name) or real(index, fn, name, *rest))
+    lo = -8 if w_bits == 4 else -128
+    for M, N in ((17, 172), (118, 300), (130, 172)):
+        g = _gen("wgmma-cluster", splits, w_bits, deep, M, N)
+        a = _act_codes(g, M, 1100, 8)
+        w = cuda.prepare_weight(_codes(g, N, 1100, w_bits), w_bits)
+        _check_int(a, w, w_bits)
+        a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+        for dtype in (torch.float16, torch.bfloat16):
+            y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype)
+            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
+            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, None, dtype)
+        big = a.clone()
+        big[:, :1100] = -128
+        _check_int(big, cuda.prepare_weight(torch.full((N, 1100), lo, dtype=torch.int8, device=DEV), w_bits), w_bits)
+    gemms = {n for n in names if n.startswith("quik_wgmma_")}
+    c3 = "c3_" if deep else ""
+    assert gemms == {f"quik_wgmma_ws_{c3}cl_{ep}_w{w_bits}" for ep in ("i32", "f16", "bf16")}, gemms
+    assert not any(n.startswith("quik_splitk") for n in names), names
+    assert cuda._max_clusters(dev, splits) >= 2
+
+
+@pytest.mark.parametrize("kernel", [None, "wide", "cluster"], ids=["default", "w4-wide", "cluster-split"])
 def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch, kernel: str | None) -> None:
     """Loaded outside the capture, the kernel is captured and replays to the reference's bits on new inputs
-    (widened 4-bit weights: the widening pass and its temporary are captured too)."""
-    dev = _wgmma_or_skip(monkeypatch, kernel)
+    (widened 4-bit weights: the widening pass and its temporary are captured too; cluster-split: the 16 tiles split
+    along K by the launcher's rule, a cluster launch with the PDL attribute, quik_wgmma_ws_cl_f16_w4)."""
+    dev = _wgmma_or_skip(monkeypatch, None if kernel == "cluster" else kernel)
+    if kernel == "cluster":
+        monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)  # the launcher's split rule: 16 tiles, 8 slices
+        names: list[str] = []
+        real = cuda._launch_fn
+        monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, *rest:
+                            names.append(name) or real(index, fn, name, *rest))
     M, kq, N = 512, 4096, 1024
     g = _gen("wgmma-graph")
     a = _act_codes(g, M, kq, 4)
@@ -1642,9 +1699,11 @@ def test_wgmma_under_cuda_graph_capture(monkeypatch: pytest.MonkeyPatch, kernel:
     a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
     args = (a, w, 4, a_scale, a_zero, 8, w_scale, wsum, None, torch.float16)
     assert cuda.gemm_path(M, N, a.shape[1], 4, 8, dev) == "wgmma"
-    assert kernel is None or _planned_family(M, N, a.shape[1], 4) == kernel
+    assert kernel in (None, "cluster") or _planned_family(M, N, a.shape[1], 4) == kernel
     _assert_replays_match(lambda: cuda.quik_gemm(*args), a, lambda: _act_codes(g, M, kq, 4),
                           lambda: reference.quik_gemm(*args), 2)
+    if kernel == "cluster":
+        assert cuda.wgmma_splits(M, N, a.shape[1], 4, dev) > 1 and "quik_wgmma_ws_cl_f16_w4" in names, names
 
 
 # ---------------------------------------------------------------------------------------------------

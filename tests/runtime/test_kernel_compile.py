@@ -479,6 +479,37 @@ def test_wgmma_split_rule(monkeypatch) -> None:
     assert {"quik_wgmma_ws_sk_w4", "quik_wgmma_ws_sk_w8"} <= set(cuda.WGMMA_KERNELS)
 
 
+def test_wgmma_split_rule_fits_clusters(monkeypatch) -> None:
+    """With cluster split-K (the default) and the device's cluster counts known (H200's, s29b), the rule takes the
+    most slices, up to its own count, whose clusters of one tile each all run at once; where none do it keeps its
+    count (then the plane kernels run); unknown counts (no GPU) change nothing."""
+    monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
+    monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", None)
+    monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 32)
+    assert cuda.WGMMA_CLUSTER_SPLIT, "the default"
+    shapes = ((128, 4096, 4096), (128, 5120, 5120), (128, 4096, 11008), (128, 11008, 4096), (512, 4096, 4096),
+              (128, 8192, 28672))
+    before = {shape: cuda._split_rule(*shape, 4, 0) for shape in shapes}
+    assert list(before.values()) == [8, 6, 8, 3, 2, 4]
+    assert cuda.WGMMA_CLUSTER_EXTRA_KT == 4, "the default"
+    monkeypatch.setitem(cuda._CLUSTERS, 0, {2: 66, 3: 39, 4: 30, 5: 22, 6: 17, 7: 15, 8: 15})
+    assert cuda._split_rule(128, 4096, 4096, 4, 0) == 6       # 16 tiles: 8 / 7 slices fit 15 clusters, 6 fit 17
+    assert cuda._split_rule(128, 5120, 5120, 4, 0) == 5       # 20 tiles: 22 clusters of 5
+    assert cuda._split_rule(128, 4096, 11008, 4, 0) == 6      # 86 K tiles: 14.3 per slice instead of 10.75
+    assert cuda._split_rule(128, 11008, 4096, 4, 0) == 3      # 43 tiles: 2 slices fit, but 16 K tiles, not 10.7
+    assert cuda._split_rule(512, 4096, 4096, 4, 0) == 2       # 64 tiles: 66 clusters of 2
+    assert cuda._split_rule(128, 8192, 28672, 4, 0) == 4      # 32 tiles: 3 slices fit, but 74.7 K tiles, not 56
+    monkeypatch.setattr(cuda, "WGMMA_CLUSTER_EXTRA_KT", 1 << 20)
+    assert cuda._split_rule(128, 11008, 4096, 4, 0) == 2 and cuda._split_rule(128, 8192, 28672, 4, 0) == 3
+    monkeypatch.setattr(cuda, "WGMMA_CLUSTER_EXTRA_KT", 4)
+    assert cuda._cluster_fits(0, 2, 66) and not cuda._cluster_fits(0, 2, 67) and not cuda._cluster_fits(0, 9, 1)
+    monkeypatch.setitem(cuda._CLUSTERS, 0, {s: 0 for s in range(2, 9)})
+    assert {shape: cuda._split_rule(*shape, 4, 0) for shape in before} == before
+    monkeypatch.setitem(cuda._CLUSTERS, 0, {2: 66, 3: 39, 4: 30, 5: 22, 6: 17, 7: 15, 8: 15})
+    monkeypatch.setattr(cuda, "WGMMA_CLUSTER_SPLIT", False)
+    assert {shape: cuda._split_rule(*shape, 4, 0) for shape in before} == before
+
+
 def test_wgmma_narrow_tile_rule(monkeypatch) -> None:
     """Tile widths of the warp-specialized wgmma kernel (132 SMs, the rule's 80 tiles): a narrower one where its
     waves x (width + 200) is at most 0.95 of the 256-wide tiles' (ties: the wider), never instead of a split-K plan or
@@ -554,10 +585,17 @@ def test_wgmma_plan_deep_copies(monkeypatch) -> None:
     assert cuda._wgmma_split_kernel(plan(300, 1000, "i32", 8)[0]) == "quik_wgmma_ws_c3_sk_w8"
     assert cuda._wgmma_split_kernel(plan(1030, 1000, "i32", 8)[0]) == "quik_wgmma_ws_sk_w8"
     assert cuda._wgmma_split_kernel(plan(300, 1000, "i32", 4)[0]) == "quik_wgmma_ws_sk_w4"
+    assert cuda._wgmma_cluster_kernel(plan(300, 1000, "bf16", 8)[0], "bf16") == "quik_wgmma_ws_c3_cl_bf16_w8"
+    assert cuda._wgmma_cluster_kernel(plan(1030, 1000, "f16", 8)[0], "f16") == "quik_wgmma_ws_cl_f16_w8"
+    assert cuda._wgmma_cluster_kernel(plan(300, 1000, "i32", 4)[0], "i32") == "quik_wgmma_ws_cl_i32_w4"
     deep = {plan(m, 260, ep, 8, blk, bn=bn)[0] for m in (17, 300) for ep in ("i32", "f16", "bf16")
             for blk in (False, True) for bn in (256, *cuda.WGMMA_NARROW_BNS) if not (blk and (ep == "i32" or bn != 256))}
-    deep.add("quik_wgmma_ws_c3_sk_w8")
-    assert deep == {n for n in cuda.WGMMA_KERNELS if "_c3_" in n} and len(deep) == 15
+    deep |= {"quik_wgmma_ws_c3_sk_w8"} | {cuda._wgmma_cluster_kernel(plan(300, 260, ep, 8)[0], ep)
+                                          for ep in ("i32", "f16", "bf16")}
+    assert deep == {n for n in cuda.WGMMA_KERNELS if "_c3_" in n} and len(deep) == 18
+    clusters = {cuda._wgmma_cluster_kernel(plan(m, 260, ep, b)[0], ep) for m in (17, 300, 1030)
+                for ep in ("i32", "f16", "bf16") for b in (4, 8)}
+    assert clusters == {n for n in cuda.WGMMA_KERNELS if "_cl_" in n} and len(clusters) == 9
     monkeypatch.setattr(cuda, "WGMMA_W8_DEEP_MAX_M", 0)
     assert plan(300, 1000, "f16", 8)[0] == "quik_wgmma_ws_f16_w8"
 
