@@ -1101,6 +1101,20 @@ QDEV void load_slice_pair(const ACC* p, int N, int n, int& u0, int& u1) {
     }
 }
 
+// The epilogue factors of the pair (m, n), (m, n + 1): a_scale, row_zero, and w_scale / wsum of both columns (the
+// second only where n + 1 < N).
+QDEV void pair_factors(const EpiArgs& ep, int N, int m, int n, float& sa, float& za, float& ws0, float& ws1,
+                       float& su0, float& su1) {
+    sa = ep.a_scale[m];
+    za = row_zero(ep, m);
+    ws0 = ep.w_scale[n];
+    su0 = ep.wsum[n];
+    if (n + 1 < N) {
+        ws1 = ep.w_scale[n + 1];
+        su1 = ep.wsum[n + 1];
+    }
+}
+
 // One pair (m, n), (m, n + 1) per thread: the sum of `slices` [M, N] planes of acc (one: the library paths'
 // accumulators, quik_epilogue_*acc_*; `splits`: split-K's int32 partial sums, quik_splitk_*, exact in any order, and
 // every partial sum is bounded by the whole product's bound), then quik_gemm's epilogue (EP = f16 / bf16) or the
@@ -1121,14 +1135,7 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
     const ACC* p = acc + (size_t)m * N + n;
     float sa = 0.f, za = 0.f, ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
     if constexpr (G > 1 && EP != 0) {  // independent of the sums: in flight with their loads
-        sa = ep.a_scale[m];
-        za = row_zero(ep, m);
-        ws0 = ep.w_scale[n];
-        su0 = ep.wsum[n];
-        if (n + 1 < N) {
-            ws1 = ep.w_scale[n + 1];
-            su1 = ep.wsum[n + 1];
-        }
+        pair_factors(ep, N, m, n, sa, za, ws0, ws1, su0, su1);
     }
     int v0 = 0, v1 = 0;
     if constexpr (G == 1) {
@@ -1154,14 +1161,7 @@ QDEV void epilogue_acc(const ACC* acc, void* out, int M, int N, const EpiArgs& e
         }
     }
     if constexpr (G == 1 && EP != 0) {
-        sa = ep.a_scale[m];
-        za = row_zero(ep, m);
-        ws0 = ep.w_scale[n];
-        su0 = ep.wsum[n];
-        if (n + 1 < N) {
-            ws1 = ep.w_scale[n + 1];
-            su1 = ep.wsum[n + 1];
-        }
+        pair_factors(ep, N, m, n, sa, za, ws0, ws1, su0, su1);
     }
     store_pair<EP>(out, ep, N, m, n, v0, v1, sa, za, ws0, ws1, su0, su1);
 }

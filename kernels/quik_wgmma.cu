@@ -316,18 +316,10 @@ QDEV void* tile_output(void* out, int M, int N, int n0, int seg, int& ldo, int& 
     return out;
 }
 
-// The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
-// m0, n0; BN columns) to global memory; s_ws / s_su: the tile's BN w_scale / wsum values in shared memory (0 past N).
-template <int EP, int SHIFT, bool BLK, int BN = WG_BN>
-QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
-                      int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
-    // Row of d[4j + 2h + e]: 64 g + 16 warp + lane/4 + 8h; column 8j + 2 (lane % 4) + e. In batches of 8
-    // column pairs: the batch's y_base loads (16 per thread) are issued together before its stores
-    // (quik_epilogue.cuh, load_y_pair).
-    const int mr = m0 + g * 64 + warp * 16 + (lane >> 2);
-    int ldo, nb;
-    void* const ob = tile_output<EP, BLK>(out, M, N, n0, seg, ldo, nb);
-    float sa[2], za[2];
+// The per-row epilogue factors of a thread's two fragment rows mr and mr + 8: a_scale and row_zero (0 past M or for
+// EP = i32).
+template <int EP>
+QDEV void fragment_row_factors(const EpiArgs& ep, int M, int mr, float (&sa)[2], float (&za)[2]) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int m = mr + 8 * h;
@@ -340,6 +332,21 @@ QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int
             }
         }
     }
+}
+
+// The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
+// m0, n0; BN columns) to global memory; s_ws / s_su: the tile's BN w_scale / wsum values in shared memory (0 past N).
+template <int EP, int SHIFT, bool BLK, int BN = WG_BN>
+QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
+                      int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
+    // Row of d[4j + 2h + e]: 64 g + 16 warp + lane/4 + 8h; column 8j + 2 (lane % 4) + e. In batches of 8
+    // column pairs: the batch's y_base loads (16 per thread) are issued together before its stores
+    // (quik_epilogue.cuh, load_y_pair).
+    const int mr = m0 + g * 64 + warp * 16 + (lane >> 2);
+    int ldo, nb;
+    void* const ob = tile_output<EP, BLK>(out, M, N, n0, seg, ldo, nb);
+    float sa[2], za[2];
+    fragment_row_factors<EP>(ep, M, mr, sa, za);
     constexpr int JB = 8, J = BN / 8;  // J column groups of 8; the last batch may be partial (BN = 160, 176, 224)
 #pragma unroll
     for (int j0 = 0; j0 < J; j0 += JB) {
@@ -383,7 +390,7 @@ QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int
 // 64 g + 16 warp + lane / 4 + 8 h and columns 8 j + 2 (lane % 4) + e of the tile, as in wg_epilogue. A runtime loop
 // over j: the first version, wg_epilogue unrolled over all 32 groups with a runtime test per group, made the kernel
 // ~8,500 SASS instructions that each warp ran once, and its warps stalled mostly on instruction fetch and branch
-// reconvergence (ncu s29c: x1.8 the time of the plane kernels' slicing + add kernels).
+// reconvergence (ncu s29d: x1.8 the time of the plane kernels' slicing + add kernels).
 template <int EP, int SHIFT>
 QDEV void cluster_epilogue(unsigned mine, unsigned rank, unsigned ncta, void* __restrict__ out, int M, int N,
                            const EpiArgs& ep, int m0, int n0, int g, int warp, int lane, const float* s_ws,
@@ -391,18 +398,7 @@ QDEV void cluster_epilogue(unsigned mine, unsigned rank, unsigned ncta, void* __
     constexpr int J = WG_BN / 8;
     const int mr = m0 + g * 64 + warp * 16 + (lane >> 2);
     float sa[2], za[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int m = mr + 8 * h;
-        sa[h] = 0.f;
-        za[h] = 0.f;
-        if constexpr (EP != 0) {
-            if (m < M) {
-                sa[h] = ep.a_scale[m];
-                za[h] = row_zero(ep, m);
-            }
-        }
-    }
+    fragment_row_factors<EP>(ep, M, mr, sa, za);
     const int jhi = (int)(J * (rank + 1) / ncta);
 #pragma unroll 1
     for (int j = (int)(J * rank / ncta); j < jhi; ++j) {
