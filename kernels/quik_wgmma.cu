@@ -334,6 +334,19 @@ QDEV void fragment_row_factors(const EpiArgs& ep, int M, int mr, float (&sa)[2],
     }
 }
 
+// The per-column epilogue factors of tile columns c and c + 1 from the staged s_ws / s_su (0 past N, or for EP = i32).
+template <int EP>
+QDEV void staged_column_factors(const float* s_ws, const float* s_su, int c, float& ws0, float& ws1, float& su0,
+                                float& su1) {
+    ws0 = ws1 = su0 = su1 = 0.f;
+    if constexpr (EP != 0) {
+        ws0 = s_ws[c];
+        ws1 = s_ws[c + 1];
+        su0 = s_su[c];
+        su1 = s_su[c + 1];
+    }
+}
+
 // The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
 // m0, n0; BN columns) to global memory; s_ws / s_su: the tile's BN w_scale / wsum values in shared memory (0 past N).
 template <int EP, int SHIFT, bool BLK, int BN = WG_BN>
@@ -363,13 +376,8 @@ QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int
         for (int j = 0; j < JB; ++j) {
             const int c = 8 * (j0 + j) + 2 * (lane & 3), n = n0 + c;  // c: column within the tile
             if ((J % JB != 0 && j0 + j >= J) || n >= N) continue;
-            float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
-            if constexpr (EP != 0) {  // staged: 0 past N
-                ws0 = s_ws[c];
-                ws1 = s_ws[c + 1];
-                su0 = s_su[c];
-                su1 = s_su[c + 1];
-            }
+            float ws0, ws1, su0, su1;
+            staged_column_factors<EP>(s_ws, s_su, c, ws0, ws1, su0, su1);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int m = mr + 8 * h;
@@ -420,13 +428,8 @@ QDEV void cluster_epilogue(unsigned mine, unsigned rank, unsigned ncta, void* __
             v[3] += (int)u3;
         }
         if (n >= N) continue;
-        float ws0 = 0.f, ws1 = 0.f, su0 = 0.f, su1 = 0.f;
-        if constexpr (EP != 0) {  // staged: 0 past N
-            ws0 = s_ws[c];
-            ws1 = s_ws[c + 1];
-            su0 = s_su[c];
-            su1 = s_su[c + 1];
-        }
+        float ws0, ws1, su0, su1;
+        staged_column_factors<EP>(s_ws, s_su, c, ws0, ws1, su0, su1);
 #pragma unroll
         for (int h = 0; h < 2; ++h)
             if (mr + 8 * h < M)
