@@ -1322,17 +1322,19 @@ QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4, 2, 4, false)
 QUIK_WGMMA_WS(quik_wgmma_ws_f16_w4_blk, 1, 4, true)
 QUIK_WGMMA_WS(quik_wgmma_ws_bf16_w4_blk, 2, 4, true)
 
-// WsTile<BN, CD>::gemm is wgmma_gemm_ws with the tile width and copy depth bound, in the form QUIK_WGMMA_ENTRY
-// calls; WsNarrow<BN> / WsDeep<BN> name its two uses below (a macro argument cannot hold the comma).
-template <int BN, int CD> struct WsTile {
+// WsTile<BN, CD, SPLIT>::gemm is wgmma_gemm_ws with the tile width, copy depth and split kind bound, in the form
+// QUIK_WGMMA_ENTRY calls; WsNarrow<BN> / WsDeep<BN> / WsCluster<CD> name its uses below (a macro argument cannot hold
+// the comma).
+template <int BN, int CD, int SPLIT = WS_SPLIT_NONE> struct WsTile {
     template <int EP, int WB, bool BLK>
     static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
                           const EpiArgs& ep, int seg) {
-        wgmma_gemm_ws<EP, WB, BLK, WS_SPLIT_NONE, BN, CD>(A, W, out, M, N, Kp, ep, seg);
+        wgmma_gemm_ws<EP, WB, BLK, SPLIT, BN, CD>(A, W, out, M, N, Kp, ep, seg);
     }
 };
 template <int BN> using WsNarrow = WsTile<BN, 2>;
 template <int BN> using WsDeep = WsTile<BN, 3>;
+template <int CD> using WsCluster = WsTile<WG_BN, CD, WS_SPLIT_CLUSTER>;
 
 // quik_wgmma_ws_nBN_EP_wB (BN = 160, 176, 224): wgmma_gemm_ws on 128 x BN tiles, grid = ceil(M/128) * ceil(N/BN),
 // block and smem as quik_wgmma_ws_*; the plain [M, N] output only (a fused group's segment need not divide by BN).
@@ -1390,13 +1392,6 @@ QUIK_WGMMA_WS_SK(quik_wgmma_ws_c3_sk_w8, 8, 3)
 // quik_wgmma_ws_[c3_]cl_EP_wB (cluster split-K, wgmma_gemm_ws with WS_SPLIT_CLUSTER): the arguments and semantics of
 // quik_wgmma_ws_EP_wB (seg unused: the plain [M, N] output), grid = splits * ceil(M/128) * ceil(N/256) launched with
 // cluster dims (splits, 1, 1), 2 <= splits <= min(8, ceil(Kp / 128)); block and smem as quik_wgmma_ws_*.
-template <int CD> struct WsCluster {
-    template <int EP, int WB, bool BLK>
-    static QDEV void gemm(const signed char* A, const unsigned char* W, void* out, int M, int N, int Kp,
-                          const EpiArgs& ep, int seg) {
-        wgmma_gemm_ws<EP, WB, BLK, WS_SPLIT_CLUSTER, WG_BN, CD>(A, W, out, M, N, Kp, ep, seg);
-    }
-};
 #define QUIK_WGMMA_WS_CL(NAME, EP, WB, CD) QUIK_WGMMA_ENTRY(NAME, WsCluster<CD>::gemm, WS_THREADS, EP, WB, false)
 QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_i32_w4, 0, 4, 2)
 QUIK_WGMMA_WS_CL(quik_wgmma_ws_cl_f16_w4, 1, 4, 2)
