@@ -33,7 +33,10 @@
 //   raster as in quik_gemm.cu), dynamic smem wg_smem_bytes(B) + 1024 (the kernel aligns its base to 1024 B).
 //   quik_wgmma_ws_EP_wB[_blk] (warp-specialized; after wgmma_gemm): the same arguments and semantics,
 //   block WS_THREADS = 384 (a producer and two consumer warpgroups), the same grid, dynamic smem
-//   ws_smem_bytes() + 1024.
+//   ws_smem_bytes() + 1024. With 8-bit weights (and in the ws_nBN_ and ws_c3_ families below) a block loops over
+//   output tiles blockIdx.x, + gridDim.x, ... (thirtieth session): any grid of 1 .. the tile count is correct, and
+//   the launcher gives one block per SM. Every ws entry point's producer waits (griddepcontrol.wait) before its first
+//   copy: the launcher starts them as programmatic dependent launches of the quantizer on sm_90.
 //   quik_wgmma_ws_sk_wB(A, W, part, M, N, Kp, splits) (split-K, wgmma_gemm_ws with SPLIT): int32 partial sums
 //   part [splits, M, N], block and smem as quik_wgmma_ws_*, grid = splits * ceil(M/128) * ceil(N/256),
 //   1 <= splits <= ceil(Kp / 128); quik_gemm.cu's quik_splitk_* adds the slices and applies the epilogue. On sm_90
@@ -754,6 +757,19 @@ template <int R> QDEV void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.
 // slicing kernel spent 25% of its stall samples on those stores (LG throttle, ncu s28f), then a second kernel added
 // them (4.8 us of 22.1, s28a).
 constexpr int WS_SPLIT_NONE = 0, WS_SPLIT_PLANES = 1, WS_SPLIT_CLUSTER = 2;
+// A persistent block's next output tile (wgmma_gemm_ws with 8-bit weights, unsplit): pid + gridDim.x while there is
+// one -> whether there is (m0, n0 then its corner). Without PERSIST a block has one tile: false.
+template <bool PERSIST, int BN>
+QDEV bool next_tile(int M, int N, int tiles, int& pid, int& m0, int& n0) {
+    if constexpr (PERSIST) {
+        pid += gridDim.x;
+        if (pid >= tiles) return false;
+        grouped_tile<WG_BM, BN, WG_GROUP_M>(M, N, pid, m0, n0);
+        return true;
+    } else {
+        return false;
+    }
+}
 template <int EP, int WB, bool BLK, int SPLIT = WS_SPLIT_NONE, int BN = WG_BN, int CD = 2>
 QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* __restrict__ W,
                         void* __restrict__ out, int M, int N, int Kp, const EpiArgs& ep, int seg, int splits = 1) {
@@ -784,6 +800,12 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         KT = (int)((long long)KT * (rank + 1) / ncta) - kt0;
     }
     grouped_tile<WG_BM, BN, WG_GROUP_M>(M, N, pid, m0, n0);
+    // PERSIST: the grid may have fewer blocks than there are tiles (the launcher's QUIKTOOL_WGMMA_PERSIST); block b
+    // runs tiles b, b + gridDim.x, ... with one stage ring, so its producer copies the next tile's first K tiles while
+    // its consumers run the epilogue of the last one, and no block launches or fills its pipeline again. 8-bit
+    // weights only: the 4-bit consumers unpack WS_LEAD tiles ahead, which would cross the tile boundary.
+    constexpr bool PERSIST = WB == 8 && SPLIT == WS_SPLIT_NONE;
+    const int tiles = ((M + WG_BM - 1) / WG_BM) * ((N + BN - 1) / BN);
 
     init_stage_barriers(s_full, s_empty, S, WB == 8 ? 128 : 384);  // full: every thread that writes the slot
 
@@ -794,32 +816,36 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         constexpr int RA = WG_BM / 16, RB_ = WB == 8 ? BN / 16 : 0;
         const int p = tid, c = p & 7;
         const unsigned dst = swz128(p >> 3, c);
-        const signed char* pa[RA];
-        const unsigned char* pb[RB_ > 0 ? RB_ : 1];
-        const unsigned va = copy_plan(A, m0, M, Kp, p, pa);
-        const unsigned vb = RB_ > 0 ? copy_plan(W, n0, N, Kp, p, pb) : 0u;
-        const bool all_rows = va == (1u << RA) - 1 && (RB_ == 0 || vb == (1u << RB_) - 1);
-        // SPLIT: launched as a programmatic dependent launch of the quantizer (on sm_90), the block starts while the
-        // quantizer runs; the activations only after this wait. (Only there: the unsplit entry points launch
-        // plainly, and their code stays as it was, s20h.)
-        if constexpr (SPLIT != WS_SPLIT_NONE) asm volatile("griddepcontrol.wait;\n" ::: "memory");
-        for (int kt = 0; kt < KT; ++kt) {
-            if (kt >= S) mbar_wait(s_empty + 8 * (kt % S), ((kt / S) - 1) & 1);
-            const unsigned sa = base + (kt % S) * WS_SLOT + dst, sb = sa + WG_A_TILE;
-            const int koff = (kt0 + kt) * WG_BK;
-            const bool kin = koff + c * 16 < Kp;  // false only for chunks 4..7 of a half last tile
-            if (all_rows && kin) {
-                copy_rows<RA>(sa, pa, koff);
-                copy_rows<RB_>(sb, pb, koff);
-            } else {
-                const int ko = kin ? koff : 0;
-                copy_rows<RA>(sa, pa, ko, kin, va);
-                copy_rows<RB_>(sb, pb, ko, kin, vb);
+        // Launched as a programmatic dependent launch of the quantizer (on sm_90), the block starts while the
+        // quantizer runs; the activations only after this wait (a no-op in a plain launch). The consumers read
+        // what the quantizer wrote (its scales, y_base) only after they saw this producer's first copies land.
+        asm volatile("griddepcontrol.wait;\n" ::: "memory");
+        int it = 0;  // K tiles copied so far, over all of this block's output tiles: the stage ring's count
+        for (;;) {   // output tiles: one, or (PERSIST) every gridDim.x-th from blockIdx.x
+            const signed char* pa[RA];
+            const unsigned char* pb[RB_ > 0 ? RB_ : 1];
+            const unsigned va = copy_plan(A, m0, M, Kp, p, pa);
+            const unsigned vb = RB_ > 0 ? copy_plan(W, n0, N, Kp, p, pb) : 0u;
+            const bool all_rows = va == (1u << RA) - 1 && (RB_ == 0 || vb == (1u << RB_) - 1);
+            for (int kt = 0; kt < KT; ++kt, ++it) {
+                if (it >= S) mbar_wait(s_empty + 8 * (it % S), ((it / S) - 1) & 1);
+                const unsigned sa = base + (it % S) * WS_SLOT + dst, sb = sa + WG_A_TILE;
+                const int koff = (kt0 + kt) * WG_BK;
+                const bool kin = koff + c * 16 < Kp;  // false only for chunks 4..7 of a half last tile
+                if (all_rows && kin) {
+                    copy_rows<RA>(sa, pa, koff);
+                    copy_rows<RB_>(sb, pb, koff);
+                } else {
+                    const int ko = kin ? koff : 0;
+                    copy_rows<RA>(sa, pa, ko, kin, va);
+                    copy_rows<RB_>(sb, pb, ko, kin, vb);
+                }
+                cp_async_commit();
+                publish_previous<S, CD>(s_full, it);
             }
-            cp_async_commit();
-            publish_previous<S, CD>(s_full, kt);
+            if (!next_tile<PERSIST, BN>(M, N, tiles, pid, m0, n0)) break;
         }
-        publish_last<S, CD>(s_full, KT);
+        publish_last<S, CD>(s_full, it);
         if constexpr (SPLIT == WS_SPLIT_CLUSTER) {  // the consumers' two cluster barriers (below)
             __syncwarp();
             cl_arrive();
@@ -833,143 +859,152 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
     // ---- consumers ----
     setmaxnreg_inc<WB == 8 ? WS_CREGS : WS_W4_CREGS>();
     const int ct = tid - 128, g = wg - 1, warp = (ct >> 5) & 3;
-    if constexpr (EP != 0) {
-        const int n = n0 + ct;  // 256 consumer threads >= BN: one column each
-        if (BN == WG_BN || ct < BN) {  // (BN == 256: every thread; stated so that the code stays as before)
-            s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
-            s_su[ct] = n < N ? ep.wsum[n] : 0.f;
+    int it = 0;  // K tiles consumed so far, over all of this block's output tiles (the producer's count)
+    for (;;) {   // output tiles: one, or (PERSIST) every gridDim.x-th from blockIdx.x
+        if constexpr (EP != 0) {
+            const int n = n0 + ct;  // 256 consumer threads >= BN: one column each
+            if (BN == WG_BN || ct < BN) {  // (BN == 256: every thread; stated so that the code stays as before)
+                s_ws[ct] = n < N ? ep.w_scale[n] : 0.f;
+                s_su[ct] = n < N ? ep.wsum[n] : 0.f;
+            }
         }
-    }
-    // w4: the consumers unpack the weight tile, WS_LEAD tiles ahead: thread -> rows ct/4 + 64i (i < 4),
-    // packed chunk ct % 4 (codes 32 (ct % 4) .. + 31 of the K tile), one register buffer loaded one iteration
-    // before its unpack; a warp's load instruction reads one 512-byte block of the tiled layout. Row i's chunk of
-    // whole 64-byte steps lies ws[i] bytes further each step (w4_off with the step's width fixed): wb[i] walks
-    // them; a 32-byte last step goes through w4_off. The loads are ordered (ldg_after_fence): issued after publish_b's
-    // proxy fence, which would otherwise wait for them (s15a).
-    constexpr int RP = (BN + 63) / 64;  // passes of 64 rows (the last one partial for BN = 160, 176, 224)
-    const int kp2 = Kp >> 1, q = ct & 3;
-    uint4 wq[RP];
-    const unsigned char* wb[RP];
-    int ws[RP];
-    unsigned vn = 0;
-    if constexpr (WB == 4) {
-#pragma unroll
-        for (int i = 0; i < RP; ++i) {
-            const int n = n0 + (ct >> 2) + 64 * i, g0 = n & ~7;
-            // a row past N or past the tile is never loaded (its pointer stays on W)
-            const bool ok = n < N && (BN == WG_BN || (ct >> 2) + 64 * i < BN);
-            ws[i] = ok ? min(8, N - g0) << 6 : 0;
-            wb[i] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16 + (size_t)kt0 * ws[i] : W;  // step kt0
-            vn |= (ok ? 1u : 0u) << i;
-        }
-    }
-    auto load_b = [&](int t) {  // called for t = 0, 1, 2, ... in order: wb[i] walks the whole steps
-        const int ta = kt0 + t;  // the K tile (= 64-byte step) in the whole row
-        if (t < KT && (ta << 6) + 64 <= kp2) {
+        // w4: the consumers unpack the weight tile, WS_LEAD tiles ahead: thread -> rows ct/4 + 64i (i < 4),
+        // packed chunk ct % 4 (codes 32 (ct % 4) .. + 31 of the K tile), one register buffer loaded one iteration
+        // before its unpack; a warp's load instruction reads one 512-byte block of the tiled layout. Row i's chunk
+        // of whole 64-byte steps lies ws[i] bytes further each step (w4_off with the step's width fixed): wb[i]
+        // walks them; a 32-byte last step goes through w4_off. The loads are ordered (ldg_after_fence): issued
+        // after publish_b's proxy fence, which would otherwise wait for them (s15a).
+        constexpr int RP = (BN + 63) / 64;  // passes of 64 rows (the last one partial for BN = 160, 176, 224)
+        const int kp2 = Kp >> 1, q = ct & 3;
+        uint4 wq[RP];
+        const unsigned char* wb[RP];
+        int ws[RP];
+        unsigned vn = 0;
+        if constexpr (WB == 4) {
 #pragma unroll
             for (int i = 0; i < RP; ++i) {
-                wq[i] = ((vn >> i) & 1u) ? ldg_after_fence(wb[i]) : make_uint4(0, 0, 0, 0);
-                wb[i] += ws[i];
+                const int n = n0 + (ct >> 2) + 64 * i, g0 = n & ~7;
+                // a row past N or past the tile is never loaded (its pointer stays on W)
+                const bool ok = n < N && (BN == WG_BN || (ct >> 2) + 64 * i < BN);
+                ws[i] = ok ? min(8, N - g0) << 6 : 0;
+                wb[i] = ok ? W + (size_t)g0 * kp2 + ((n & 7) << 6) + q * 16 + (size_t)kt0 * ws[i] : W;  // step kt0
+                vn |= (ok ? 1u : 0u) << i;
             }
-        } else {  // past the last tile, or a 32-byte last step
+        }
+        auto load_b = [&](int t) {  // called for t = 0, 1, 2, ... in order: wb[i] walks the whole steps
+            const int ta = kt0 + t;  // the K tile (= 64-byte step) in the whole row
+            if (t < KT && (ta << 6) + 64 <= kp2) {
+#pragma unroll
+                for (int i = 0; i < RP; ++i) {
+                    wq[i] = ((vn >> i) & 1u) ? ldg_after_fence(wb[i]) : make_uint4(0, 0, 0, 0);
+                    wb[i] += ws[i];
+                }
+            } else {  // past the last tile, or a 32-byte last step
+#pragma unroll
+                for (int i = 0; i < RP; ++i) {
+                    const bool in = t < KT && (ta << 6) + q * 16 < kp2 && ((vn >> i) & 1u);
+                    wq[i] = in ? ldg_after_fence(W + w4_off(n0 + (ct >> 2) + 64 * i, ta, q * 16, N, kp2))
+                               : make_uint4(0, 0, 0, 0);
+                }
+            }
+        };
+        unsigned sink = 0;  // WS_DIAG == 2 only
+        auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
+    #if WS_DIAG == 0
+            store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
+            fence_proxy_async();
+            mbar_arrive(s_full + 8 * (t % S));
+            load_b(t + 1);
+    #elif WS_DIAG == 1
+            mbar_arrive(s_full + 8 * (t % S));
+    #elif WS_DIAG == 2
 #pragma unroll
             for (int i = 0; i < RP; ++i) {
-                const bool in = t < KT && (ta << 6) + q * 16 < kp2 && ((vn >> i) & 1u);
-                wq[i] = in ? ldg_after_fence(W + w4_off(n0 + (ct >> 2) + 64 * i, ta, q * 16, N, kp2))
-                           : make_uint4(0, 0, 0, 0);
+                const unsigned x[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    unsigned lo, hi;
+                    unpack8(x[j], lo, hi);
+                    sink += lo ^ hi;
+                }
+            }
+            mbar_arrive(s_full + 8 * (t % S));
+            load_b(t + 1);
+    #else
+            store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
+            fence_proxy_async();
+            mbar_arrive(s_full + 8 * (t % S));
+#pragma unroll
+            for (int i = 0; i < RP; ++i) {
+                const unsigned v = (unsigned)(t + 1) * 0x01010101u + (unsigned)(ct + 64 * i);
+                wq[i] = make_uint4(v, v ^ 0x5A5A5A5Au, v + 0x33333333u, ~v);
+            }
+    #endif
+        };
+        if constexpr (WB == 4) {
+            load_b(0);
+            for (int t = 0; t < WS_LEAD && t < KT; ++t) publish_b(t);
+        }
+        int d[BN / 2];
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) d[i] = 0;
+        // The descriptors' low words at slot 0 (wg_desc_lo); slot i and k32 step s add (i * WS_SLOT + 32 s) >> 4.
+        const unsigned da0 = wg_desc_lo(base + g * (64 * 128)), db0 = wg_desc_lo(base + WG_A_TILE);
+        for (int kt = 0; kt < KT; ++kt, ++it) {
+            mbar_wait(s_full + 8 * (it % S), (it / S) & 1);
+            fence_acc(d);
+            wgmma_fence();
+            const unsigned so = (it % S) * (WS_SLOT >> 4);
+#pragma unroll
+            for (int s = 0; s < WG_BK / 32; ++s)
+                wgmma_s8_n<BN>(d, wg_desc_from_lo(da0 + so + 2 * s), wg_desc_from_lo(db0 + so + 2 * s));
+            wgmma_commit();
+            fence_acc(d);
+            if constexpr (WB == 4) {  // while the wgmmas run: tile kt + WS_LEAD, whose slot tile kt + LEAD - S left
+                const int t = kt + WS_LEAD;
+                if (t < KT) {
+                    if (t >= S) mbar_wait(s_empty + 8 * (t % S), ((t / S) - 1) & 1);
+                    publish_b(t);
+                }
+            }
+            if constexpr (EP != 0) prefetch_y_tile<BN>(ep, M, N, m0, n0, ct, kt, KT);
+            wgmma_wait<1>();
+            fence_acc(d);
+            if (kt > 0) {
+                __syncwarp();
+                if (lane == 0) mbar_arrive(s_empty + 8 * ((it - 1) % S));
             }
         }
-    };
-    unsigned sink = 0;  // WS_DIAG == 2 only
-    auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
-#if WS_DIAG == 0
-        store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
-        fence_proxy_async();
-        mbar_arrive(s_full + 8 * (t % S));
-        load_b(t + 1);
-#elif WS_DIAG == 1
-        mbar_arrive(s_full + 8 * (t % S));
-#elif WS_DIAG == 2
-#pragma unroll
-        for (int i = 0; i < RP; ++i) {
-            const unsigned x[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                unsigned lo, hi;
-                unpack8(x[j], lo, hi);
-                sink += lo ^ hi;
-            }
-        }
-        mbar_arrive(s_full + 8 * (t % S));
-        load_b(t + 1);
-#else
-        store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
-        fence_proxy_async();
-        mbar_arrive(s_full + 8 * (t % S));
-#pragma unroll
-        for (int i = 0; i < RP; ++i) {
-            const unsigned v = (unsigned)(t + 1) * 0x01010101u + (unsigned)(ct + 64 * i);
-            wq[i] = make_uint4(v, v ^ 0x5A5A5A5Au, v + 0x33333333u, ~v);
-        }
-#endif
-    };
-    if constexpr (WB == 4) {
-        load_b(0);
-        for (int t = 0; t < WS_LEAD && t < KT; ++t) publish_b(t);
-    }
-    int d[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) d[i] = 0;
-    // The descriptors' low words at slot 0 (wg_desc_lo); slot i and k32 step s add (i * WS_SLOT + 32 s) >> 4.
-    const unsigned da0 = wg_desc_lo(base + g * (64 * 128)), db0 = wg_desc_lo(base + WG_A_TILE);
-    for (int kt = 0; kt < KT; ++kt) {
-        mbar_wait(s_full + 8 * (kt % S), (kt / S) & 1);
+        wgmma_wait<0>();
         fence_acc(d);
-        wgmma_fence();
-        const unsigned so = (kt % S) * (WS_SLOT >> 4);
-#pragma unroll
-        for (int s = 0; s < WG_BK / 32; ++s)
-            wgmma_s8_n<BN>(d, wg_desc_from_lo(da0 + so + 2 * s), wg_desc_from_lo(db0 + so + 2 * s));
-        wgmma_commit();
-        fence_acc(d);
-        if constexpr (WB == 4) {  // while the wgmmas run: tile kt + WS_LEAD, whose slot tile kt + LEAD - S left
-            const int t = kt + WS_LEAD;
-            if (t < KT) {
-                if (t >= S) mbar_wait(s_empty + 8 * (t % S), ((t / S) - 1) & 1);
-                publish_b(t);
-            }
-        }
-        if constexpr (EP != 0) prefetch_y_tile<BN>(ep, M, N, m0, n0, ct, kt, KT);
-        wgmma_wait<1>();
-        fence_acc(d);
-        if (kt > 0) {
+        if constexpr (PERSIST) {  // the tile's last stage is free too: the producer refills it during the epilogue
             __syncwarp();
-            if (lane == 0) mbar_arrive(s_empty + 8 * ((kt - 1) % S));
+            if (lane == 0) mbar_arrive(s_empty + 8 * ((it - 1) % S));
         }
-    }
-    wgmma_wait<0>();
-    fence_acc(d);
-    if (WS_DIAG == 2 && sink == 0x9E3779B9u) d[0] += 1;  // keeps the diagnostic unpack alive
-    // the epilogue factors written by the other consumer threads (named barrier 1: consumers only); with cluster
-    // split-K also: both consumer warpgroups' wgmmas are done, so the stage ring is free
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");
-    if constexpr (SPLIT == WS_SPLIT_CLUSTER) {
-        // my sums into my ring: column group j (d[4j .. 4j+3]) of consumer thread ct at 16 (256 j + ct), so that
-        // a warp's 16-byte loads of one group, here or from another CTA, are 512 contiguous bytes
-        constexpr int J = BN / 8;
-        const unsigned mine = base + 16 * ct;
+        if (WS_DIAG == 2 && sink == 0x9E3779B9u) d[0] += 1;  // keeps the diagnostic unpack alive
+        // the epilogue factors written by the other consumer threads (named barrier 1: consumers only); with cluster
+        // split-K also: both consumer warpgroups' wgmmas are done, so the stage ring is free
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        if constexpr (SPLIT == WS_SPLIT_CLUSTER) {
+            // my sums into my ring: column group j (d[4j .. 4j+3]) of consumer thread ct at 16 (256 j + ct), so that
+            // a warp's 16-byte loads of one group, here or from another CTA, are 512 contiguous bytes
+            constexpr int J = BN / 8;
+            const unsigned mine = base + 16 * ct;
 #pragma unroll
-        for (int j = 0; j < J; ++j) sts16(mine + 4096 * j, d[4 * j], d[4 * j + 1], d[4 * j + 2], d[4 * j + 3]);
-        __syncwarp();
-        cl_arrive();  // every CTA's sums are in its shared memory after this barrier
-        cl_wait();
-        cluster_epilogue<EP, WB == 4 ? 4 : 0>(mine, rank, ncta, out, M, N, ep, m0, n0, g, warp, lane, s_ws, s_su);
-        __syncwarp();
-        cl_arrive();  // done reading the cluster's sums; no CTA leaves while another may still read its own
-        cl_wait();
-        return;
+            for (int j = 0; j < J; ++j) sts16(mine + 4096 * j, d[4 * j], d[4 * j + 1], d[4 * j + 2], d[4 * j + 3]);
+            __syncwarp();
+            cl_arrive();  // every CTA's sums are in its shared memory after this barrier
+            cl_wait();
+            cluster_epilogue<EP, WB == 4 ? 4 : 0>(mine, rank, ncta, out, M, N, ep, m0, n0, g, warp, lane, s_ws, s_su);
+            __syncwarp();
+            cl_arrive();  // done reading the cluster's sums; no CTA leaves while another may still read its own
+            cl_wait();
+            return;
+        }
+        wg_epilogue<EP, WB == 4 ? 4 : 0, BLK, BN>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
+        if (!next_tile<PERSIST, BN>(M, N, tiles, pid, m0, n0)) break;
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");  // every consumer is done with s_ws / s_su before they change
     }
-    wg_epilogue<EP, WB == 4 ? 4 : 0, BLK, BN>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
 }
 
 // ============================================================================================================

@@ -770,6 +770,16 @@ PDL_TILED = os.environ.get("QUIKTOOL_PDL_TILED", "1") != "0"
 # split points at M = 128 / 256 / 512 (4096 x 4096 at M = 512 0.74x -> 0.79x FP16), W8A8 x0.97-0.99.
 # QUIKTOOL_PDL_WGMMA_SPLIT=0 launches it plainly (A/B runs).
 PDL_WGMMA_SPLIT = os.environ.get("QUIKTOOL_PDL_WGMMA_SPLIT", "1") != "0"
+# And the unsplit warp-specialized kernels with 4-bit weights (thirtieth session; every ws producer waits now), whose
+# consumers load their first weight tiles before any wait: H200 layer A/B in one process against the kernels without
+# the wait, launched plainly (s30b): W4A4 x0.92-0.98 on the unsplit points at M = 128 / 512 (5120 x 5120 at M = 512
+# 0.83x -> 0.91x FP16, 4096 x 11008 0.86x -> 0.90x), x0.97-0.99 with 256 outliers; one x1.006 (28672 x 8192 at 512).
+# 8-bit weights (and 4-bit ones widened, which a widening pass precedes) launch plainly: their blocks can do nothing
+# before the wait, and the same A/B read x0.97-0.98 on 4096 x 4096 / 5120 x 5120 but x1.06 on 28672 x 8192 at 512
+# and 11008 x 4096 at 1024 (PDL_WGMMA_UNSPLIT_W8 = 1 launches them as PDLs too: A/B runs).
+# QUIKTOOL_PDL_WGMMA_UNSPLIT=0 launches every unsplit kernel plainly (A/B runs).
+PDL_WGMMA_UNSPLIT = os.environ.get("QUIKTOOL_PDL_WGMMA_UNSPLIT", "1") != "0"
+PDL_WGMMA_UNSPLIT_W8 = os.environ.get("QUIKTOOL_PDL_WGMMA_UNSPLIT_W8", "0") != "0"
 
 
 @functools.lru_cache(maxsize=None)
@@ -1889,6 +1899,35 @@ def _wgmma_plan(M: int, N: int, ep: str, w_bits: int = 4, blk: bool = False, kp:
     return (name, grid, *_wgmma_block(name))
 
 
+# Persistent 8-bit grids (thirtieth session): the unsplit warp-specialized entry points with 8-bit weights
+# (wgmma_gemm_ws's PERSIST: 8-bit layers and 4-bit ones widened, i.e. every wgmma layer from 1024 tokens) loop over
+# output tiles, so they may run one block per SM instead of one per tile: each block's producer then copies its next
+# tile's first K tiles during the epilogue of the last, and no block is launched or fills its pipeline again after
+# its first tile. H200 layer A/B in one process against one block per tile (docs/PERF_LOG.md, thirtieth session, s30a;
+# same bits): x0.993 on average over the 8-bit kernels' points at M = 512 / 1024 / 2048 (x0.97-1.007; 4096 x 4096
+# W4A4 at 2048 1.08x -> 1.10x FP16, W8A8 1.11x -> 1.13x), x0.997 at 8192 (x0.98-1.013); less than the 3-5% predicted
+# (the epilogue itself does not overlap the main loop: both consumer warpgroups run it). QUIKTOOL_WGMMA_PERSIST=0:
+# one block per tile (each block's loop runs once).
+WGMMA_PERSIST: bool = _env_int("QUIKTOOL_WGMMA_PERSIST", 1) != 0
+WGMMA_PERSIST_GRID: int | None = None  # tests: this many blocks at most instead of the multiprocessor count
+
+
+def _persist_grid(dev: int, name: str, tiles: int) -> int:
+    """The grid of wgmma entry point ``name`` (an unsplit plan of ``tiles`` output tiles) on ``dev``: one block per
+    SM at most where WGMMA_PERSIST and the kernel loops over tiles, else one block per tile."""
+    if not (WGMMA_PERSIST and name.startswith("quik_wgmma_ws_") and name.endswith(("_w8", "_w8_blk"))):
+        return tiles
+    return min(tiles, WGMMA_PERSIST_GRID or _device_info(dev)[1])
+
+
+def _pdl_unsplit(name: str, plain_weights: bool) -> bool:
+    """Whether the unsplit wgmma entry point ``name`` starts as a programmatic dependent launch (PDL_WGMMA_UNSPLIT):
+    a warp-specialized kernel (the earlier ones do not wait), its weights not widened just before (plain_weights),
+    4-bit ones unless PDL_WGMMA_UNSPLIT_W8."""
+    return (PDL_WGMMA_UNSPLIT and plain_weights and name.startswith("quik_wgmma_ws_")
+            and ("_w4" in name or PDL_WGMMA_UNSPLIT_W8))
+
+
 def _w8_deep(M: int, w_bits: int) -> bool:
     """Whether the warp-specialized kernel for M tokens of w_bits weights (8 after any widening) is a deep-copy
     entry point (quik_wgmma_ws_c3_*, WGMMA_W8_DEEP_MAX_M)."""
@@ -1904,7 +1943,9 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
     w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)  # _w: keeps widened weights alive until launched
     if splits == 1:
         join()
-        _launch(dev, name, grid, block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg), smem)
+        _launch(dev, name, _persist_grid(dev, name, grid), block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi,
+                                                                             seg), smem,
+                pdl=_pdl_unsplit(name, _w is w))
         return False
     cl, tiles = _wgmma_cluster_kernel(name, ep), _wgmma_tiles(M, N, dev)[0]
     if WGMMA_CLUSTER_SPLIT and _cluster_fits(dev, splits, tiles):

@@ -622,24 +622,30 @@ def test_layers_quantize_in_rows_mode_below_act_rows_min_m_unless_wgmma(monkeypa
 
 
 @pytest.mark.parametrize("M,K,N,split", [(130, 1104, 512, False), (64, 8448, 4096, True), (300, 1104, 37000, False),
-                                         (200, 2200, 512, True)],
-                         ids=["mid", "split-k", "big", "wgmma-split-k"])
+                                         (200, 2200, 512, True), (300, 2200, 1000, False), (1030, 1104, 512, False)],
+                         ids=["mid", "split-k", "big", "wgmma-split-k", "wgmma-unsplit", "wgmma-widened"])
 def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.MonkeyPatch, M: int, K: int, N: int,
                                                        split: bool, request: pytest.FixtureRequest) -> None:
-    """The split-K kernels (mma.sync, wgmma) start as programmatic dependent launches of what precedes them
-    (PDL_TILED, PDL_WGMMA_SPLIT) and wait before reading the quantizer's output; the unsplit tiled mma.sync
-    kernels (mid, big) launch plainly. A layer call right after the quantizer, with and without the outlier
-    product in between, has the reference's bits."""
-    wgmma = "wgmma" in request.node.callspec.id
+    """The split-K kernels (mma.sync, wgmma) and the unsplit warp-specialized wgmma kernels start as programmatic
+    dependent launches of what precedes them (PDL_TILED, PDL_WGMMA_SPLIT, PDL_WGMMA_UNSPLIT) and wait before reading
+    the quantizer's output; the unsplit tiled mma.sync kernels (mid, big) launch plainly, and so does the wgmma
+    kernel after a widening pass (4-bit weights from WGMMA_W4_WIDE_MIN_M tokens). A layer call right after the
+    quantizer, with and without the outlier product in between, has the reference's bits."""
+    case = request.node.callspec.id
+    wgmma = "wgmma" in case
     if wgmma:
         _wgmma_or_skip(monkeypatch)
-        monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)           # every shape below the unsplit rule
-        monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
+        if split:
+            monkeypatch.setattr(cuda, "WGMMA_MIN_TILES", 1 << 20)       # every shape below the unsplit rule
+            monkeypatch.setattr(cuda, "WGMMA_SPLIT_MIN_TILES", 1)
+        monkeypatch.setattr(cuda, "WGMMA_W4_WIDE_MIN_M", 1024)
     else:
         monkeypatch.setattr(cuda, "WGMMA_MIN_M", 0)
     monkeypatch.setattr(cuda, "LIB_MIN_M", 0)
     monkeypatch.setattr(cuda, "PDL_TILED", True)
     monkeypatch.setattr(cuda, "PDL_WGMMA_SPLIT", True)
+    monkeypatch.setattr(cuda, "PDL_WGMMA_UNSPLIT", True)
+    expect_pdl = split or case == "wgmma-unsplit"
     launches = []
     real = cuda._launch_fn  # the driver call: a launch plan's replays (trials 1, 2) go through it too
     monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, grid, block, smem, stream, params, ex:
@@ -661,7 +667,8 @@ def test_tiled_gemm_as_a_programmatic_dependent_launch(monkeypatch: pytest.Monke
             ref = reference.quik_linear(x, keep.long(), outl.long(), 4, w, 4, w_scale, wsum, w_out, None)
             assert _bits_equal(got, ref), f"n_out={n_out} trial {trial}: {int((got != ref).sum())} outputs differ"
             gemm = [pdl for name, pdl in launches if name.startswith(("quik_gemm_", "quik_wgmma_"))]
-            assert gemm == [split and pdl_on], launches
+            assert gemm == [expect_pdl and pdl_on], launches
+            assert (case != "wgmma-widened") or any(name.startswith("quik_unpack") for name, _ in launches), launches
             assert all(not pdl for name, pdl in launches if name.startswith("quik_splitk_")), launches
 
 
@@ -1678,6 +1685,54 @@ def test_wgmma_cluster_split_k_every_slice_count(monkeypatch: pytest.MonkeyPatch
     assert gemms == {f"quik_wgmma_ws_{c3}cl_{ep}_w{w_bits}" for ep in ("i32", "f16", "bf16")}, gemms
     assert not any(n.startswith("quik_splitk") for n in names), names
     assert cuda._max_clusters(dev, splits) >= 2
+
+
+@pytest.mark.parametrize("grid", [1, 3, 7])
+@pytest.mark.parametrize("kernel", ["ws", "wide", "n160", "n176", "n224", "c3", "c3-n224"])
+def test_wgmma_persistent_grid_exact(monkeypatch: pytest.MonkeyPatch, kernel: str, grid: int) -> None:
+    """The unsplit 8-bit warp-specialized kernels (4-bit weights widened too) on a grid of 1, 3 or 7 blocks, each
+    block looping over several output tiles with one stage ring (wgmma_gemm_ws's PERSIST, QUIKTOOL_WGMMA_PERSIST):
+    int32 sums (random codes, then the largest: every product 128 * 128) and the f16 / bf16 epilogue with and
+    without y_base bit for bit; tiles cut by M (17, 118, 300) and N (172, 301, 1000), a half last K tile (kq 4160),
+    K of one tile (64); a fused group's blocked output (seg), whose tiles lie in different blocks of the output."""
+    dev = _wgmma_or_skip(monkeypatch, kernel)
+    monkeypatch.setattr(cuda, "WGMMA_PERSIST", True)
+    monkeypatch.setattr(cuda, "WGMMA_PERSIST_GRID", grid)
+    w_bits = 4 if kernel == "wide" else 8
+    grids: list[tuple[str, int]] = []
+    real = cuda._launch_fn
+    monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, g, *rest:
+                        grids.append((name, g)) or real(index, fn, name, g, *rest))
+    for M, kq, N in ((300, 4160, 1000), (118, 64, 301), (17, 1100, 172), (260, 1536, 576)):
+        g = _gen("wgmma-persist", kernel, grid, M, kq, N)
+        a = _act_codes(g, M, kq, 8)
+        w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
+        assert cuda.wgmma_splits(M, N, a.shape[1], w_bits, dev) == 1
+        assert _planned_family(M, N, a.shape[1], w_bits) == kernel
+        _check_int(a, w, w_bits)
+        a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+        for dtype in (torch.float16, torch.bfloat16):
+            y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype)
+            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
+            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, None, dtype)
+        big = a.clone()
+        big[:, :kq] = -128
+        lo = -8 if w_bits == 4 else -128
+        _check_int(big, cuda.prepare_weight(torch.full((N, kq), lo, dtype=torch.int8, device=DEV), w_bits), w_bits)
+    gemms = [(n, g) for n, g in grids if n.startswith("quik_wgmma_ws_")]
+    assert gemms and all(n.endswith(("_w8", "_w8_blk")) and g <= grid for n, g in gemms), gemms
+    assert any(g == grid for _, g in gemms), gemms  # every shape has more tiles than blocks at grid 1 / 3
+    if kernel in ("ws", "wide", "c3"):                                    # the blocked layout: 128 x 256 tiles only
+        K, N, M = 700, 512, 300
+        keep, outl, w, w_scale, wsum, w_out, bias = _layer_operands(_gen("wgmma-persist-seg"), K, N, 60,
+                                                                    torch.float16, w_bits=w_bits)
+        layer = cuda.PreparedLinear(keep, outl, w_bits, w, w_bits, w_scale, wsum, w_out, bias, torch.float16)
+        x = _activations(_gen("wgmma-persist-seg-x"), M, K, torch.float16, outl)
+        y, blocked = layer.run(x, 256)
+        ref = reference.quik_linear(x, keep.long(), outl.long(), w_bits, w, w_bits, w_scale, wsum, w_out, bias)
+        blocks = ref.view(M, 2, 256).transpose(0, 1).reshape(-1)  # [2 blocks, M, 256] in memory order
+        assert blocked and _bits_equal(y.view(-1), blocks), "the blocked output differs from the reference's columns"
+        assert grids[-1][0].endswith("_w8_blk") and grids[-1][1] <= grid, grids[-1]
 
 
 @pytest.mark.parametrize("kernel", [None, "wide", "cluster"], ids=["default", "w4-wide", "cluster-split"])

@@ -662,3 +662,35 @@ def test_fp8_first_rule_is_off_unless_asked_for(monkeypatch, value, expected) ->
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert got == (list(expected) if expected is not None else None)
+
+def test_wgmma_persistent_grid_rule(monkeypatch) -> None:
+    """QUIKTOOL_WGMMA_PERSIST: the unsplit 8-bit warp-specialized entry points (the kernels whose blocks loop over
+    output tiles, 4-bit weights widened included) get one block per SM at most; every other entry point, and every
+    plan with the knob off, one block per tile."""
+    monkeypatch.setattr(cuda, "_device_info", lambda index: ("sm_90", 132, 90))
+    monkeypatch.setattr(cuda, "WGMMA_PERSIST", True)
+    for name in ("quik_wgmma_ws_f16_w8", "quik_wgmma_ws_c3_bf16_w8_blk", "quik_wgmma_ws_n224_i32_w8"):
+        assert cuda._persist_grid(0, name, 256) == 132 and cuda._persist_grid(0, name, 100) == 100
+    monkeypatch.setattr(cuda, "WGMMA_PERSIST_GRID", 3)
+    assert cuda._persist_grid(0, "quik_wgmma_ws_f16_w8", 256) == 3
+    for name in ("quik_wgmma_ws_f16_w4", "quik_wgmma_rs_f16_w4", "quik_wgmma_f16_w8", "quik_wgmma_ws_f16_w4_blk"):
+        assert cuda._persist_grid(0, name, 256) == 256, name
+    # widened 4-bit weights plan an 8-bit entry point (from WGMMA_W4_WIDE_MIN_M tokens), which then loops
+    assert cuda._wgmma_plan(2048, 4096, "f16", 4, kp=4096)[0].endswith("_w8")
+    monkeypatch.setattr(cuda, "WGMMA_PERSIST", False)
+    assert cuda._persist_grid(0, "quik_wgmma_ws_f16_w8", 256) == 256
+
+
+def test_unsplit_wgmma_pdl_rule(monkeypatch) -> None:
+    """Unsplit wgmma launches: programmatic dependent launches for the warp-specialized 4-bit entry points whose
+    weights were not widened just before; 8-bit ones only with PDL_WGMMA_UNSPLIT_W8; the earlier kernels never."""
+    monkeypatch.setattr(cuda, "PDL_WGMMA_UNSPLIT", True)
+    monkeypatch.setattr(cuda, "PDL_WGMMA_UNSPLIT_W8", False)
+    assert cuda._pdl_unsplit("quik_wgmma_ws_n160_f16_w4", True) and cuda._pdl_unsplit("quik_wgmma_ws_f16_w4_blk", True)
+    assert not cuda._pdl_unsplit("quik_wgmma_ws_f16_w8", True)       # 8-bit weights
+    assert not cuda._pdl_unsplit("quik_wgmma_ws_f16_w8", False)      # widened 4-bit weights
+    assert not cuda._pdl_unsplit("quik_wgmma_f16_w4", True) and not cuda._pdl_unsplit("quik_wgmma_rs_f16_w4", True)
+    monkeypatch.setattr(cuda, "PDL_WGMMA_UNSPLIT_W8", True)
+    assert cuda._pdl_unsplit("quik_wgmma_ws_c3_f16_w8", True) and not cuda._pdl_unsplit("quik_wgmma_ws_f16_w8", False)
+    monkeypatch.setattr(cuda, "PDL_WGMMA_UNSPLIT", False)
+    assert not cuda._pdl_unsplit("quik_wgmma_ws_f16_w4", True)
