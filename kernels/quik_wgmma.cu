@@ -350,11 +350,37 @@ QDEV void staged_column_factors(const float* s_ws, const float* s_su, int c, flo
     }
 }
 
+// A pair of a whole tile (wg_epilogue's FULL path): store_pair_y's arithmetic, in the same order, without its bounds
+// and parity tests: (m, n) and (m, n + 1) lie inside, the row stride ldo is even; yy holds y_base's pair if HAS_Y.
+template <int EP, bool HAS_Y>
+QDEV void store_pair_full(void* out, int ldo, int m, int n, int v0, int v1, float sa, float za, float ws0, float ws1,
+                          float su0, float su1, unsigned yy) {
+    const size_t base = (size_t)m * ldo + n;
+    if constexpr (EP == 0) {
+        *reinterpret_cast<int2*>(reinterpret_cast<int*>(out) + base) = make_int2(v0, v1);
+    } else {
+        float f0 = epilogue_f32(v0, sa, za, ws0, su0);
+        float f1 = epilogue_f32(v1, sa, za, ws1, su1);
+        if constexpr (HAS_Y) {
+            f0 = add_rn(f0, load_f32<EP>((unsigned short)(yy & 0xFFFFu)));
+            f1 = add_rn(f1, load_f32<EP>((unsigned short)(yy >> 16)));
+        }
+        *reinterpret_cast<unsigned*>(reinterpret_cast<unsigned short*>(out) + base) =
+            (unsigned)store_bits<EP>(f0) | ((unsigned)store_bits<EP>(f1) << 16);
+    }
+}
+
 // The epilogue, straight from the accumulator fragment of warpgroup g (tokens 64g .. 64g+63 of the tile at
 // m0, n0; BN columns) to global memory; s_ws / s_su: the tile's BN w_scale / wsum values in shared memory (0 past N).
-template <int EP, int SHIFT, bool BLK, int BN = WG_BN>
-QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
-                      int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
+// FULL (thirtieth session; 128 x 256 tiles): the tile lies inside [M, N] and N (and the blocked output's stride) is
+// even, so no pair needs a bounds or parity test, and HAS_Y says once per tile whether y_base is added. Why: ncu of the
+// unsplit 8-bit kernel on 4096 x 4096 at M = 2048 (s30f; scripts/ncu_sass_regions.py) put 27% of the kernel's
+// stall samples (37% of the consumers') in the epilogue: ~1,700 instructions per warp and tile, ~600 of them
+// branches, convergence barriers, bounds tests and predicated-off y_base loads. Edge tiles and the narrower tiles
+// keep the general path (FULL false: every test at run time, as before).
+template <int EP, int SHIFT, bool BLK, int BN, bool FULL, bool HAS_Y>
+QDEV void wg_epilogue_tile(const int (&d)[BN / 2], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg,
+                           int m0, int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
     // Row of d[4j + 2h + e]: 64 g + 16 warp + lane/4 + 8h; column 8j + 2 (lane % 4) + e. In batches of 8
     // column pairs: the batch's y_base loads (16 per thread) are issued together before its stores
     // (quik_epilogue.cuh, load_y_pair).
@@ -363,6 +389,38 @@ QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int
     void* const ob = tile_output<EP, BLK>(out, M, N, n0, seg, ldo, nb);
     float sa[2], za[2];
     fragment_row_factors<EP>(ep, M, mr, sa, za);
+    if constexpr (FULL) {
+        const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base);
+        constexpr int JB = 8, J = BN / 8;
+#pragma unroll
+        for (int j0 = 0; j0 < J; j0 += JB) {
+            unsigned yy[JB][2] = {};
+            if constexpr (HAS_Y) {
+#pragma unroll
+                for (int j = 0; j < JB; ++j)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        if (J % JB != 0 && j0 + j >= J) continue;
+                        const int n = n0 + 8 * (j0 + j) + 2 * (lane & 3);
+                        yy[j][h] = *reinterpret_cast<const unsigned*>(y + (size_t)(mr + 8 * h) * N + n);
+                    }
+            }
+#pragma unroll
+            for (int j = 0; j < JB; ++j) {
+                if (J % JB != 0 && j0 + j >= J) continue;
+                const int c = 8 * (j0 + j) + 2 * (lane & 3);
+                float ws0, ws1, su0, su1;
+                staged_column_factors<EP>(s_ws, s_su, c, ws0, ws1, su0, su1);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int k = 4 * (j0 + j) + 2 * h;
+                    store_pair_full<EP, HAS_Y>(ob, ldo, mr + 8 * h, n0 + c - nb, d[k] >> SHIFT, d[k + 1] >> SHIFT,
+                                               sa[h], za[h], ws0, ws1, su0, su1, yy[j][h]);
+                }
+            }
+        }
+        return;
+    }
     constexpr int JB = 8, J = BN / 8;  // J column groups of 8; the last batch may be partial (BN = 160, 176, 224)
 #pragma unroll
     for (int j0 = 0; j0 < J; j0 += JB) {
@@ -390,6 +448,20 @@ QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int
                                      ws1, su0, su1, yy[j][h]);
             }
         }
+    }
+}
+template <int EP, int SHIFT, bool BLK, int BN = WG_BN>
+QDEV void wg_epilogue(const int (&d)[BN / 2], void* __restrict__ out, int M, int N, const EpiArgs& ep, int seg, int m0,
+                      int n0, int g, int warp, int lane, const float* s_ws, const float* s_su) {
+    // (seg: even by the launcher's contract, so a whole tile's blocked rows are even too). 128 x 256 tiles only: on the
+    // narrower ones (BN = 160, 176, 224) the same path was slower, x1.01-1.11 of the layer time (s30g; not analysed).
+    if (BN == WG_BN && m0 + WG_BM <= M && n0 + BN <= N && (N & 1) == 0) {
+        if (EP != 0 && ep.y_base)
+            wg_epilogue_tile<EP, SHIFT, BLK, BN, true, true>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
+        else
+            wg_epilogue_tile<EP, SHIFT, BLK, BN, true, false>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
+    } else {
+        wg_epilogue_tile<EP, SHIFT, BLK, BN, false, false>(d, out, M, N, ep, seg, m0, n0, g, warp, lane, s_ws, s_su);
     }
 }
 
