@@ -1651,6 +1651,23 @@ def test_wgmma_split_k_exact(monkeypatch: pytest.MonkeyPatch, w_bits: int, deep:
         assert not blocked and _bits_equal(y, ref)
 
 
+def _check_sums_and_epilogues(g: torch.Generator, a: torch.Tensor, w: torch.Tensor, w_bits: int, kq: int) -> None:
+    """One kernel configuration on codes a [M, Kp] (8-bit) and prepared weights w of kq columns: the int32 sums, the
+    f16 / bf16 epilogue with and without y_base (bit for bit), then the largest sums (every product +128 * 8, w8
+    +128 * 128)."""
+    M, N = a.shape[0], w.shape[0]
+    _check_int(a, w, w_bits)
+    a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
+    for dtype in (torch.float16, torch.bfloat16):
+        y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype)
+        _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
+        _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, None, dtype)
+    big = a.clone()
+    big[:, :kq] = -128
+    lo = -8 if w_bits == 4 else -128
+    _check_int(big, cuda.prepare_weight(torch.full((N, kq), lo, dtype=torch.int8, device=DEV), w_bits), w_bits)
+
+
 @pytest.mark.parametrize("w_bits,deep", [(4, False), (8, False), (8, True)], ids=["w4", "w8", "w8-c3"])
 @pytest.mark.parametrize("splits", [2, 3, 5, 8])
 def test_wgmma_cluster_split_k_every_slice_count(monkeypatch: pytest.MonkeyPatch, splits: int, w_bits: int,
@@ -1666,20 +1683,10 @@ def test_wgmma_cluster_split_k_every_slice_count(monkeypatch: pytest.MonkeyPatch
     real = cuda._launch_fn
     monkeypatch.setattr(cuda, "_launch_fn", lambda index, fn, name, *rest:
                         names.append(name) or real(index, fn, name, *rest))
-    lo = -8 if w_bits == 4 else -128
     for M, N in ((17, 172), (118, 300), (130, 172)):
         g = _gen("wgmma-cluster", splits, w_bits, deep, M, N)
         a = _act_codes(g, M, 1100, 8)
-        w = cuda.prepare_weight(_codes(g, N, 1100, w_bits), w_bits)
-        _check_int(a, w, w_bits)
-        a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
-        for dtype in (torch.float16, torch.bfloat16):
-            y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype)
-            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
-            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, None, dtype)
-        big = a.clone()
-        big[:, :1100] = -128
-        _check_int(big, cuda.prepare_weight(torch.full((N, 1100), lo, dtype=torch.int8, device=DEV), w_bits), w_bits)
+        _check_sums_and_epilogues(g, a, cuda.prepare_weight(_codes(g, N, 1100, w_bits), w_bits), w_bits, 1100)
     gemms = {n for n in names if n.startswith("quik_wgmma_")}
     c3 = "c3_" if deep else ""
     assert gemms == {f"quik_wgmma_ws_{c3}cl_{ep}_w{w_bits}" for ep in ("i32", "f16", "bf16")}, gemms
@@ -1709,16 +1716,7 @@ def test_wgmma_persistent_grid_exact(monkeypatch: pytest.MonkeyPatch, kernel: st
         w = cuda.prepare_weight(_codes(g, N, kq, w_bits), w_bits)
         assert cuda.wgmma_splits(M, N, a.shape[1], w_bits, dev) == 1
         assert _planned_family(M, N, a.shape[1], w_bits) == kernel
-        _check_int(a, w, w_bits)
-        a_scale, a_zero, w_scale, wsum = _epilogue_inputs(g, M, N)
-        for dtype in (torch.float16, torch.bfloat16):
-            y = (torch.randn(M, N, generator=g, device=DEV) * 3).to(dtype)
-            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, y, dtype)
-            _check_fused(a, w, w_bits, a_scale, a_zero, 128, w_scale, wsum, None, dtype)
-        big = a.clone()
-        big[:, :kq] = -128
-        lo = -8 if w_bits == 4 else -128
-        _check_int(big, cuda.prepare_weight(torch.full((N, kq), lo, dtype=torch.int8, device=DEV), w_bits), w_bits)
+        _check_sums_and_epilogues(g, a, w, w_bits, kq)
     gemms = [(n, g) for n, g in grids if n.startswith("quik_wgmma_ws_")]
     assert gemms and all(n.endswith(("_w8", "_w8_blk")) and g <= grid for n, g in gemms), gemms
     assert any(g == grid for _, g in gemms), gemms  # every shape has more tiles than blocks at grid 1 / 3
