@@ -772,11 +772,11 @@ PDL_TILED = os.environ.get("QUIKTOOL_PDL_TILED", "1") != "0"
 PDL_WGMMA_SPLIT = os.environ.get("QUIKTOOL_PDL_WGMMA_SPLIT", "1") != "0"
 # And the unsplit warp-specialized kernels with 4-bit weights (thirtieth session; every ws producer waits now), whose
 # consumers load their first weight tiles before any wait: H200 layer A/B in one process against the kernels without
-# the wait, launched plainly (s30b): W4A4 x0.92-0.98 on the unsplit points at M = 128 / 512 (5120 x 5120 at M = 512
+# the wait, launched plainly (s30b): W4A4 x0.92-0.99 on the unsplit points at M = 128 / 512 (5120 x 5120 at M = 512
 # 0.83x -> 0.91x FP16, 4096 x 11008 0.86x -> 0.90x), x0.97-0.99 with 256 outliers; one x1.006 (28672 x 8192 at 512).
 # 8-bit weights (and 4-bit ones widened, which a widening pass precedes) launch plainly: their blocks can do nothing
-# before the wait, and the same A/B read x0.97-0.98 on 4096 x 4096 / 5120 x 5120 but x1.06 on 28672 x 8192 at 512
-# and 11008 x 4096 at 1024 (PDL_WGMMA_UNSPLIT_W8 = 1 launches them as PDLs too: A/B runs).
+# before the wait, and the same A/B read x0.97-0.99 on 4096 x 4096 / 5120 x 5120 but x1.06 on 28672 x 8192 at 512
+# and 11008 x 4096 at 1024 (x1.03-1.10 again in s30c; PDL_WGMMA_UNSPLIT_W8 = 1 launches them as PDLs: A/B runs).
 # QUIKTOOL_PDL_WGMMA_UNSPLIT=0 launches every unsplit kernel plainly (A/B runs).
 PDL_WGMMA_UNSPLIT = os.environ.get("QUIKTOOL_PDL_WGMMA_UNSPLIT", "1") != "0"
 PDL_WGMMA_UNSPLIT_W8 = os.environ.get("QUIKTOOL_PDL_WGMMA_UNSPLIT_W8", "0") != "0"
