@@ -389,61 +389,36 @@ QDEV void wg_epilogue_tile(const int (&d)[BN / 2], void* __restrict__ out, int M
     void* const ob = tile_output<EP, BLK>(out, M, N, n0, seg, ldo, nb);
     float sa[2], za[2];
     fragment_row_factors<EP>(ep, M, mr, sa, za);
-    if constexpr (FULL) {
-        const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base);
-        constexpr int JB = 8, J = BN / 8;
-#pragma unroll
-        for (int j0 = 0; j0 < J; j0 += JB) {
-            unsigned yy[JB][2] = {};
-            if constexpr (HAS_Y) {
-#pragma unroll
-                for (int j = 0; j < JB; ++j)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        if (J % JB != 0 && j0 + j >= J) continue;
-                        const int n = n0 + 8 * (j0 + j) + 2 * (lane & 3);
-                        yy[j][h] = *reinterpret_cast<const unsigned*>(y + (size_t)(mr + 8 * h) * N + n);
-                    }
-            }
-#pragma unroll
-            for (int j = 0; j < JB; ++j) {
-                if (J % JB != 0 && j0 + j >= J) continue;
-                const int c = 8 * (j0 + j) + 2 * (lane & 3);
-                float ws0, ws1, su0, su1;
-                staged_column_factors<EP>(s_ws, s_su, c, ws0, ws1, su0, su1);
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int k = 4 * (j0 + j) + 2 * h;
-                    store_pair_full<EP, HAS_Y>(ob, ldo, mr + 8 * h, n0 + c - nb, d[k] >> SHIFT, d[k + 1] >> SHIFT,
-                                               sa[h], za[h], ws0, ws1, su0, su1, yy[j][h]);
-                }
-            }
-        }
-        return;
-    }
+    const unsigned short* y = reinterpret_cast<const unsigned short*>(ep.y_base);  // (FULL && HAS_Y only)
     constexpr int JB = 8, J = BN / 8;  // J column groups of 8; the last batch may be partial (BN = 160, 176, 224)
 #pragma unroll
     for (int j0 = 0; j0 < J; j0 += JB) {
-        unsigned yy[JB][2];
+        unsigned yy[JB][2] = {};
 #pragma unroll
         for (int j = 0; j < JB; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 if (J % JB != 0 && j0 + j >= J) continue;  // (false at compile time for whole batches)
-                const int m = mr + 8 * h;
-                yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n0 + 8 * (j0 + j) + 2 * (lane & 3)) : 0u;
+                const int m = mr + 8 * h, n = n0 + 8 * (j0 + j) + 2 * (lane & 3);
+                if constexpr (!FULL)
+                    yy[j][h] = m < M ? load_y_pair<EP>(ep, N, m, n) : 0u;
+                else if constexpr (HAS_Y)
+                    yy[j][h] = *reinterpret_cast<const unsigned*>(y + (size_t)m * N + n);
             }
 #pragma unroll
         for (int j = 0; j < JB; ++j) {
             const int c = 8 * (j0 + j) + 2 * (lane & 3), n = n0 + c;  // c: column within the tile
-            if ((J % JB != 0 && j0 + j >= J) || n >= N) continue;
+            if ((J % JB != 0 && j0 + j >= J) || (!FULL && n >= N)) continue;
             float ws0, ws1, su0, su1;
             staged_column_factors<EP>(s_ws, s_su, c, ws0, ws1, su0, su1);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int m = mr + 8 * h;
                 const int k = 4 * (j0 + j) + 2 * h;
-                if (m < M)
+                if constexpr (FULL)
+                    store_pair_full<EP, HAS_Y>(ob, ldo, m, n - nb, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h],
+                                               ws0, ws1, su0, su1, yy[j][h]);
+                else if (m < M)
                     store_pair_y<EP>(ob, ep, ldo, m, n - nb, d[k] >> SHIFT, d[k + 1] >> SHIFT, sa[h], za[h], ws0,
                                      ws1, su0, su1, yy[j][h]);
             }
@@ -982,14 +957,14 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
         };
         unsigned sink = 0;  // WS_DIAG == 2 only
         auto publish_b = [&](int t) {  // B(t) from wq into its slot (free), then the next tile into wq
-    #if WS_DIAG == 0
+#if WS_DIAG == 0
             store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
             fence_proxy_async();
             mbar_arrive(s_full + 8 * (t % S));
             load_b(t + 1);
-    #elif WS_DIAG == 1
+#elif WS_DIAG == 1
             mbar_arrive(s_full + 8 * (t % S));
-    #elif WS_DIAG == 2
+#elif WS_DIAG == 2
 #pragma unroll
             for (int i = 0; i < RP; ++i) {
                 const unsigned x[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
@@ -1002,7 +977,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
             }
             mbar_arrive(s_full + 8 * (t % S));
             load_b(t + 1);
-    #else
+#else
             store_w4_rows<RP, BN>(base + (t % S) * WS_SLOT + WG_A_TILE, wq, ct);
             fence_proxy_async();
             mbar_arrive(s_full + 8 * (t % S));
@@ -1011,7 +986,7 @@ QDEV void wgmma_gemm_ws(const signed char* __restrict__ A, const unsigned char* 
                 const unsigned v = (unsigned)(t + 1) * 0x01010101u + (unsigned)(ct + 64 * i);
                 wq[i] = make_uint4(v, v ^ 0x5A5A5A5Au, v + 0x33333333u, ~v);
             }
-    #endif
+#endif
         };
         if constexpr (WB == 4) {
             load_b(0);
