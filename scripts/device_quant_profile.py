@@ -4,7 +4,8 @@
     ncu --kernel-name regex:quik_act_quant --launch-skip 0 --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats python3 scripts/device_quant_profile.py
 
-Without a profiler it prints CUDA-event times (median of 20, L2 not flushed) per kernel and shape.
+Without a profiler it prints CUDA-event times (median of --reps, L2 overwritten before each call) per kernel and
+shape.
 """
 import argparse
 import statistics
@@ -17,9 +18,10 @@ p = argparse.ArgumentParser()
 p.add_argument("--shapes", default="2048x28672,2048x4096,1x4096,1x28672", help="MxK list")
 p.add_argument("--n-out", type=int, default=256)
 p.add_argument("--reps", type=int, default=20)
-p.add_argument("--kernels", default="gather,split,rows")
+p.add_argument("--kernels", default="gather,split,rows", help="any of gather,split,rows,cast")
 args = p.parse_args()
 g = torch.Generator(device="cuda").manual_seed(0)
+flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # larger than the L2: every timed call starts cold
 for spec in args.shapes.split(","):
     M, K = (int(v) for v in spec.split("x"))
     x = torch.randn(M, K, generator=g, device="cuda").half()
@@ -31,7 +33,10 @@ for spec in args.shapes.split(","):
             cuda.ACT_ROWS = rows  # quantize_split: rows mode (from ACT_ROWS_MIN_M rows) or one row per CTA
             return cuda.quantize_split(x, outl, 4)
         return fn
-    runs = {"gather": lambda: cuda.quantize_activations(x, keep, outl, 4), "split": split(False), "rows": split(True)}
+    runs = {"gather": lambda: cuda.quantize_activations(x, keep, outl, 4), "split": split(False), "rows": split(True),
+            # the bandwidth yardstick: torch's elementwise cast reads x and writes one byte per value, as the
+            # quantizers do (plus a few bytes per row), with no arithmetic and no outlier gather
+            "cast": lambda: x.to(torch.int8)}
     for name, fn in runs.items():
         if name not in args.kernels.split(","):
             continue
@@ -40,6 +45,7 @@ for spec in args.shapes.split(","):
         ts = []
         for _ in range(args.reps):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            flush.zero_()
             a.record()
             fn()
             b.record()
