@@ -289,6 +289,25 @@ def test_act_quant_rows_every_chunk_count(M: int, K: int, n_out: int, threads: i
             _check_split(x, outl, bits)
 
 
+@pytest.mark.parametrize("threads", [16, 32, 64, 128])
+def test_act_quant_rows_code_store_phases(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows mode stores a chunk's 8 codes with the widest stores its offset allows (offset % 8 = 0 .. 7 after
+    0 .. 7 outliers): one outlier every 100 columns, so that runs of whole chunks follow each count, plus a chunk of
+    8 outliers and one with 7; 8, 4, 2 and 1 chunks per thread. Same bits as the reference."""
+    monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 1)
+    monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", threads)
+    K = 1024
+    outl = torch.tensor([100 * i + 3 for i in range(1, 9)] + list(range(888, 896)) + list(range(945, 952)),
+                        dtype=torch.int32, device=DEV)
+    plan = cuda._rows_plan(7, K, reference.padded_k(K - outl.numel()), outl.numel())
+    assert plan is not None and plan[0] == 128 // threads
+    g = _gen("rows-phases", threads)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = _activations(g, 7, K, dtype, outl)
+        for bits in (4, 8):
+            _check_split(x, outl, bits)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_act_quant_rows_edge_rows(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows mode's reciprocal shortcut against the division it replaces: exact ties (k + 0.5 with scale 1),
