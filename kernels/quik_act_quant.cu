@@ -395,24 +395,15 @@ QDEV void unpack8(const uint4& q, float (&f)[8]) {
     for (int e = 0; e < 8; ++e) f[e] = to_f32<BF16>((unsigned short)(w[e >> 1] >> (16 * (e & 1))));
 }
 
-// Packed pairs of 16-bit floats (sm_80 and later): min.NaN / max.NaN of two pairs, +-inf as a pair, a pair's
-// values in fp32 (exact). The min / max of a row is the same value in either precision (conversion to fp32 is
-// exact and monotone), and a NaN anywhere still yields fp32's canonical NaN after the last min_nan / max_nan.
-// PAIR_MINMAX: whether the packed forms exist (the 16-bit min.NaN / max.NaN, sm_80); elsewhere every chunk takes
-// the fp32 path and the stand-ins below are never called.
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-constexpr bool PAIR_MINMAX = true;
-#else
-constexpr bool PAIR_MINMAX = false;
-#endif
+// Packed pairs of 16-bit floats: min.NaN / max.NaN of two pairs, +-inf as a pair, a pair's values in fp32 (exact).
+// The min / max of a row is the same value in either precision (conversion to fp32 is exact and monotone), and a
+// NaN anywhere still yields fp32's canonical NaN after the last min_nan / max_nan. (sm_80, as every .NaN form here.)
 template <bool BF16, bool MAX> QDEV unsigned pair_minmax_nan(unsigned a, unsigned b) {
-    unsigned r = a;
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    unsigned r;
     if constexpr (!BF16 && !MAX) asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
     if constexpr (!BF16 && MAX) asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
     if constexpr (BF16 && !MAX) asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
     if constexpr (BF16 && MAX) asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-#endif
     return r;
 }
 template <bool BF16> QDEV unsigned pair_inf(bool negative) {
@@ -474,15 +465,25 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
     int* sidx = reinterpret_cast<int*>(scode + Kp);                    // Kp % 64 == 0
     __shared__ float s_mn[32], s_mx[32];
     __shared__ int s_cnt[32], s_bad;
+    __shared__ uint2 s_sel[256];  // pass 1's byte-permute selectors for each value of a chunk's outlier bits
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
     const int tid = threadIdx.x, T = blockDim.x;
     int row = blockIdx.x;
     uint4 v[NC];
+    unsigned short xn = 0;  // the row's value in column k0 (below)
     if (row < M) load_row_chunks<NC>(x, row, K, v);  // in flight while the bitmap is built
 
-    // Once per block: the outlier bitmap, the outliers before each word, the indices, the pad codes.
+    // Once per block: the outlier bitmap, the outliers before each word, the indices, the pad codes, and for each
+    // byte ob of outlier bits the selectors of __byte_perm(pair e, xn pair) that take xn's half where bit 2e / 2e + 1
+    // of ob is set (16 bits each: pairs 0, 1 in .x, pairs 2, 3 in .y).
+    for (int b = tid; b < 256; b += T) {
+        unsigned sel[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sel[e] = 0x3210u + ((b >> (2 * e)) & 1) * 0x44u + ((b >> (2 * e + 1)) & 1) * 0x4400u;
+        s_sel[b] = make_uint2(sel[0] | (sel[1] << 16), sel[2] | (sel[3] << 16));
+    }
     build_outlier_bitmap(out_idx, n_out, K, bmap, &s_bad, sidx);
     const int total = block_word_prefix(bmap, pref, W, s_cnt);
     const bool bad = s_bad != 0 || total != n_out;
@@ -507,6 +508,15 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
             js[HOIST ? i : 0] = c - (pref[c >> 5] + __popc(word & ((1u << (c & 31)) - 1u)));
         }
     }
+    // k0: the first kept column. Its value in a row (xn) stands in for the row's outlier columns in both passes: it
+    // is one of the values the min / max run over, so it changes neither, and its code (never stored) is a kept
+    // value's, so it never sends a chunk to the slow path on its own account. Every chunk then runs the same
+    // arithmetic; before, a warp with a chunk holding an outlier (half the chunks of a 4096-column row with 256
+    // outliers) ran a second, per-value path beside the packed one (s31b: x1.02-1.23 slower than the old kernel).
+    int k0 = 0;
+    while (k0 < K && ((bmap[k0 >> 5] >> (k0 & 31)) & 1u)) ++k0;
+    if (k0 == K) k0 = 0;  // no kept column: only a poisoned row (an index repeated or outside), whose codes are 0
+    if (row < M) xn = x[(size_t)row * K + k0];
     // chunk i's outlier bits and first code position (c = its first column, < K)
     auto chunk_ob = [&](int i, int c) -> unsigned {
         return HOIST ? (obw[i >> 2] >> (8 * (i & 3))) & 0xFFu : (bmap[c >> 5] >> (c & 31)) & 0xFFu;
@@ -518,31 +528,34 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
     };
 
     for (; row < M; row += gridDim.x) {
-        // Pass 1: min / max over my kept columns, then over the block. A chunk without outliers (nearly all of
-        // them) in packed pairs, 1 instruction per value instead of ~4 (conversions and a test of each bit).
-        float mn = plus_inf(), mx = minus_inf();
+        // Pass 1: the outlier columns replaced by xn (in v: pass 2 reads them too), then min / max over all my
+        // columns, then over the block: packed pairs, 1 instruction per value instead of ~4. The
+        // replacement runs only in a warp where some lane's chunk holds an outlier (the vote keeps warps
+        // converged): 1 byte permute per pair, its selector (s_sel) taking xn's half where a bit of ob is set.
         unsigned pmn = pair_inf<BF16>(false), pmx = pair_inf<BF16>(true);
+        const unsigned xn2 = (unsigned)xn * 0x10001u;
 #pragma unroll
         for (int i = 0; i < NC; ++i) {
             const int c = 8 * (i * T + tid);
+            const unsigned ob = c < K ? chunk_ob(i, c) : 0u;
+            if (__any_sync(0xffffffffu, ob != 0u)) {
+                const uint2 sel = s_sel[ob];  // ob = 0: the identity
+                v[i].x = __byte_perm(v[i].x, xn2, sel.x);
+                v[i].y = __byte_perm(v[i].y, xn2, sel.x >> 16);
+                v[i].z = __byte_perm(v[i].z, xn2, sel.y);
+                v[i].w = __byte_perm(v[i].w, xn2, sel.y >> 16);
+            }
             if (c < K) {
-                const unsigned ob = chunk_ob(i, c);
-                if (PAIR_MINMAX && ob == 0) {
-                    const unsigned w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+                const unsigned w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        pmn = pair_minmax_nan<BF16, false>(pmn, w[e]);
-                        pmx = pair_minmax_nan<BF16, true>(pmx, w[e]);
-                    }
-                } else {
-                    float f[8];
-                    unpack8<BF16>(v[i], f);
-                    kept_min_max8(f, ob, 8, mn, mx);
+                for (int e = 0; e < 4; ++e) {
+                    pmn = pair_minmax_nan<BF16, false>(pmn, w[e]);
+                    pmx = pair_minmax_nan<BF16, true>(pmx, w[e]);
                 }
             }
         }
-        mn = min_nan(mn, min_nan(pair_lo<BF16>(pmn), pair_hi<BF16>(pmn)));
-        mx = max_nan(mx, max_nan(pair_lo<BF16>(pmx), pair_hi<BF16>(pmx)));
+        float mn = min_nan(pair_lo<BF16>(pmn), pair_hi<BF16>(pmn));
+        float mx = max_nan(pair_lo<BF16>(pmx), pair_hi<BF16>(pmx));
         warp_min_max(mn, mx);
         float scale, zero;
         block_row_params(mn, mx, s_mn, s_mx, bits, bad, scale, zero);
@@ -562,12 +575,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
                     const unsigned ob = chunk_ob(i, c);
                     int j = chunk_j(i, c);
                     float f[8];
-                    unpack8<BF16>(v[i], f);
-                    if (ob) {  // outlier columns get no code: the row's zero keeps them off the slow path
-#pragma unroll
-                        for (int e = 0; e < 8; ++e)
-                            if ((ob >> e) & 1u) f[e] = zero;
-                    }
+                    unpack8<BF16>(v[i], f);  // outlier columns: xn since pass 1 (their codes are dropped below)
                     unsigned a[8];
                     bool slow = row_slow;
 #pragma unroll
@@ -589,7 +597,10 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
         }
         // The next row's loads, into v (both passes are done with it). Issuing them a row earlier into a
         // second register set was slower (s9m: x1.04-1.23 on NC = 2 / 4), so they start here.
-        if (row + (int)gridDim.x < M) load_row_chunks<NC>(x, row + (int)gridDim.x, K, v);
+        if (row + (int)gridDim.x < M) {
+            load_row_chunks<NC>(x, row + (int)gridDim.x, K, v);
+            xn = x[(size_t)(row + gridDim.x) * K + k0];
+        }
         __syncthreads();  // the code row is complete; s_mn / s_mx are read by everyone
 
         uint4* dst = reinterpret_cast<uint4*>(codes + (size_t)row * Kp);
