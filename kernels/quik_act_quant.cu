@@ -472,16 +472,19 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
     const int tid = threadIdx.x, T = blockDim.x;
     int row = blockIdx.x;
     uint4 v[NC];
-    unsigned short xn = 0;  // the row's value in column k0 (below)
     if (row < M) load_row_chunks<NC>(x, row, K, v);  // in flight while the bitmap is built
 
     // Once per block: the outlier bitmap, the outliers before each word, the indices, the pad codes, and for each
-    // byte ob of outlier bits the selectors of __byte_perm(pair e, xn pair) that take xn's half where bit 2e / 2e + 1
-    // of ob is set (16 bits each: pairs 0, 1 in .x, pairs 2, 3 in .y).
+    // byte ob of a chunk's outlier bits the selectors of __byte_perm(pair e, pair p) that put the chunk's first kept
+    // value (column e0 = the lowest clear bit of ob, in pair p = e0 / 2) where bit 2e / 2e + 1 of ob is set (16 bits
+    // each: pairs 0, 1 in .x, pairs 2, 3 in .y; ob = 0: the identity).
     for (int b = tid; b < 256; b += T) {
+        const int h = (__ffs(~b) - 1) & 1;  // e0's half in its pair (b = 255: unused)
+        const unsigned kept = (4u + 2 * h) | ((5u + 2 * h) << 4);
         unsigned sel[4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) sel[e] = 0x3210u + ((b >> (2 * e)) & 1) * 0x44u + ((b >> (2 * e + 1)) & 1) * 0x4400u;
+        for (int e = 0; e < 4; ++e)
+            sel[e] = (((b >> (2 * e)) & 1) ? kept : 0x10u) | (((b >> (2 * e + 1)) & 1) ? kept << 8 : 0x3200u);
         s_sel[b] = make_uint2(sel[0] | (sel[1] << 16), sel[2] | (sel[3] << 16));
     }
     build_outlier_bitmap(out_idx, n_out, K, bmap, &s_bad, sidx);
@@ -508,15 +511,6 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
             js[HOIST ? i : 0] = c - (pref[c >> 5] + __popc(word & ((1u << (c & 31)) - 1u)));
         }
     }
-    // k0: the first kept column. Its value in a row (xn) stands in for the row's outlier columns in both passes: it
-    // is one of the values the min / max run over, so it changes neither, and its code (never stored) is a kept
-    // value's, so it never sends a chunk to the slow path on its own account. Every chunk then runs the same
-    // arithmetic; before, a warp with a chunk holding an outlier (half the chunks of a 4096-column row with 256
-    // outliers) ran a second, per-value path beside the packed one (s31b: x1.02-1.23 slower than the old kernel).
-    int k0 = 0;
-    while (k0 < K && ((bmap[k0 >> 5] >> (k0 & 31)) & 1u)) ++k0;
-    if (k0 == K) k0 = 0;  // no kept column: only a poisoned row (an index repeated or outside), whose codes are 0
-    if (row < M) xn = x[(size_t)row * K + k0];
     // chunk i's outlier bits and first code position (c = its first column, < K)
     auto chunk_ob = [&](int i, int c) -> unsigned {
         return HOIST ? (obw[i >> 2] >> (8 * (i & 3))) & 0xFFu : (bmap[c >> 5] >> (c & 31)) & 0xFFu;
@@ -528,24 +522,29 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
     };
 
     for (; row < M; row += gridDim.x) {
-        // Pass 1: the outlier columns replaced by xn (in v: pass 2 reads them too), then min / max over all my
-        // columns, then over the block: packed pairs, 1 instruction per value instead of ~4. The
-        // replacement runs only in a warp where some lane's chunk holds an outlier (the vote keeps warps
-        // converged): 1 byte permute per pair, its selector (s_sel) taking xn's half where a bit of ob is set.
+        // Pass 1: in each chunk the outlier columns replaced by the chunk's first kept value (in v: pass 2 reads them
+        // too), then min / max over all my columns, then over the block: packed pairs, 1 instruction per value
+        // instead of ~4. The replacement is a kept value of the row, so it changes neither the min / max nor (its
+        // code is dropped) the codes, and it never sends a chunk to the slow path on its own account: every chunk
+        // runs the same arithmetic (before, a warp with a chunk holding an outlier, half the chunks of a 4096-column
+        // row with 256 outliers, ran a per-value path beside the packed one: s31b, x1.02-1.23 slower than the
+        // previous kernel). It runs only in warps where some lane's chunk holds an outlier (the vote keeps warps
+        // converged): 1 byte permute per pair (selectors s_sel). A chunk of 8 outliers takes no part.
         unsigned pmn = pair_inf<BF16>(false), pmx = pair_inf<BF16>(true);
-        const unsigned xn2 = (unsigned)xn * 0x10001u;
 #pragma unroll
         for (int i = 0; i < NC; ++i) {
             const int c = 8 * (i * T + tid);
             const unsigned ob = c < K ? chunk_ob(i, c) : 0u;
             if (__any_sync(0xffffffffu, ob != 0u)) {
-                const uint2 sel = s_sel[ob];  // ob = 0: the identity
-                v[i].x = __byte_perm(v[i].x, xn2, sel.x);
-                v[i].y = __byte_perm(v[i].y, xn2, sel.x >> 16);
-                v[i].z = __byte_perm(v[i].z, xn2, sel.y);
-                v[i].w = __byte_perm(v[i].w, xn2, sel.y >> 16);
+                const uint2 sel = s_sel[ob];
+                const int p = (__ffs(~ob) - 1) >> 1;  // the pair holding the first kept value
+                const unsigned kw = p == 0 ? v[i].x : p == 1 ? v[i].y : p == 2 ? v[i].z : v[i].w;
+                v[i].x = __byte_perm(v[i].x, kw, sel.x);
+                v[i].y = __byte_perm(v[i].y, kw, sel.x >> 16);
+                v[i].z = __byte_perm(v[i].z, kw, sel.y);
+                v[i].w = __byte_perm(v[i].w, kw, sel.y >> 16);
             }
-            if (c < K) {
+            if (c < K && ob != 0xFFu) {
                 const unsigned w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
@@ -571,11 +570,11 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
 #pragma unroll
             for (int i = 0; i < NC; ++i) {
                 const int c = 8 * (i * T + tid);
-                if (c < K) {
-                    const unsigned ob = chunk_ob(i, c);
+                const unsigned ob = c < K ? chunk_ob(i, c) : 0xFFu;
+                if (ob != 0xFFu) {  // past the row, or 8 outliers: no code
                     int j = chunk_j(i, c);
                     float f[8];
-                    unpack8<BF16>(v[i], f);  // outlier columns: xn since pass 1 (their codes are dropped below)
+                    unpack8<BF16>(v[i], f);  // outlier columns: a kept value since pass 1 (their codes are dropped)
                     unsigned a[8];
                     bool slow = row_slow;
 #pragma unroll
@@ -597,10 +596,7 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
         }
         // The next row's loads, into v (both passes are done with it). Issuing them a row earlier into a
         // second register set was slower (s9m: x1.04-1.23 on NC = 2 / 4), so they start here.
-        if (row + (int)gridDim.x < M) {
-            load_row_chunks<NC>(x, row + (int)gridDim.x, K, v);
-            xn = x[(size_t)(row + gridDim.x) * K + k0];
-        }
+        if (row + (int)gridDim.x < M) load_row_chunks<NC>(x, row + (int)gridDim.x, K, v);
         __syncthreads();  // the code row is complete; s_mn / s_mx are read by everyone
 
         uint4* dst = reinterpret_cast<uint4*>(codes + (size_t)row * Kp);
