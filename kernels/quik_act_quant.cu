@@ -395,63 +395,6 @@ QDEV void unpack8(const uint4& q, float (&f)[8]) {
     for (int e = 0; e < 8; ++e) f[e] = to_f32<BF16>((unsigned short)(w[e >> 1] >> (16 * (e & 1))));
 }
 
-// Packed pairs of 16-bit floats: min.NaN / max.NaN of two pairs, +-inf as a pair, a pair's values in fp32 (exact).
-// The min / max of a row is the same value in either precision (conversion to fp32 is exact and monotone), and a
-// NaN anywhere still yields fp32's canonical NaN after the last min_nan / max_nan. (sm_80, as every .NaN form here.)
-template <bool BF16, bool MAX> QDEV unsigned pair_minmax_nan(unsigned a, unsigned b) {
-    unsigned r;
-    if constexpr (!BF16 && !MAX) asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    if constexpr (!BF16 && MAX) asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    if constexpr (BF16 && !MAX) asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    if constexpr (BF16 && MAX) asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-template <bool BF16> QDEV unsigned pair_inf(bool negative) {
-    const unsigned h = (BF16 ? 0x7F80u : 0x7C00u) | (negative ? 0x8000u : 0u);
-    return h | (h << 16);
-}
-template <bool BF16> QDEV float pair_lo(unsigned p) { return to_f32<BF16>((unsigned short)(p & 0xFFFFu)); }
-template <bool BF16> QDEV float pair_hi(unsigned p) { return to_f32<BF16>((unsigned short)(p >> 16)); }
-
-// The low bytes of a, b, c, d as one word (byte 0 = a's).
-QDEV unsigned low_bytes4(unsigned a, unsigned b, unsigned c, unsigned d) {
-    return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
-}
-// Eight code bytes (lo: bytes 0-3, hi: 4-7) to s[j .. j + 8) in shared memory, with the widest naturally aligned
-// stores the offset allows: j % 4 == 0 two words (or one 8-byte store); otherwise a 4 - j % 4 byte head up to the
-// next word, one word, an r-byte tail. Threads write disjoint bytes of shared words (a neighbour's codes share
-// the head's and the tail's words), which byte and half-word stores allow. Why: one byte store per code, with its
-// address arithmetic, was ~1/6 of the rows quantizer's instructions (ncu, s31a).
-QDEV void store_codes8(signed char* s, int j, unsigned lo, unsigned hi) {
-    unsigned char* p = reinterpret_cast<unsigned char*>(s) + j;
-    const int r = j & 3;
-    if (r == 0) {
-        if ((j & 7) == 0) {
-            *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
-        } else {
-            reinterpret_cast<unsigned*>(p)[0] = lo;
-            reinterpret_cast<unsigned*>(p)[1] = hi;
-        }
-        return;
-    }
-    const unsigned sh = 8u * (4 - r);  // bits of the head
-    unsigned char* q = p + 8 - r;      // the tail's word
-    if (r == 2) {
-        *reinterpret_cast<unsigned short*>(p) = (unsigned short)lo;
-        *reinterpret_cast<unsigned short*>(q) = (unsigned short)(hi >> 16);
-    } else {
-        p[0] = (unsigned char)lo;
-        if (r == 1) {
-            *reinterpret_cast<unsigned short*>(p + 1) = (unsigned short)(lo >> 8);
-            q[0] = (unsigned char)(hi >> 24);
-        } else {  // r == 3
-            *reinterpret_cast<unsigned short*>(q) = (unsigned short)(hi >> 8);
-            q[2] = (unsigned char)(hi >> 24);
-        }
-    }
-    *reinterpret_cast<unsigned*>(p + 4 - r) = __funnelshift_r(lo, hi, sh);
-}
-
 template <bool BF16, int NC>
 QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __restrict__ out_idx,
                          signed char* __restrict__ codes, float* __restrict__ scale_out,
@@ -465,7 +408,6 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
     int* sidx = reinterpret_cast<int*>(scode + Kp);                    // Kp % 64 == 0
     __shared__ float s_mn[32], s_mx[32];
     __shared__ int s_cnt[32], s_bad;
-    __shared__ uint2 s_sel[256];  // pass 1's byte-permute selectors for each value of a chunk's outlier bits
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
@@ -474,122 +416,56 @@ QDEV void act_quant_rows(const unsigned short* __restrict__ x, const int* __rest
     uint4 v[NC];
     if (row < M) load_row_chunks<NC>(x, row, K, v);  // in flight while the bitmap is built
 
-    // Once per block: the outlier bitmap, the outliers before each word, the indices, the pad codes, and for each
-    // byte ob of a chunk's outlier bits the selectors of __byte_perm(pair e, pair p) that put the chunk's first kept
-    // value (column e0 = the lowest clear bit of ob, in pair p = e0 / 2) where bit 2e / 2e + 1 of ob is set (16 bits
-    // each: pairs 0, 1 in .x, pairs 2, 3 in .y; ob = 0: the identity).
-    for (int b = tid; b < 256; b += T) {
-        const int h = (__ffs(~b) - 1) & 1;  // e0's half in its pair (b = 255: unused)
-        const unsigned kept = (4u + 2 * h) | ((5u + 2 * h) << 4);
-        unsigned sel[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            sel[e] = (((b >> (2 * e)) & 1) ? kept : 0x10u) | (((b >> (2 * e + 1)) & 1) ? kept << 8 : 0x3200u);
-        s_sel[b] = make_uint2(sel[0] | (sel[1] << 16), sel[2] | (sel[3] << 16));
-    }
+    // Once per block: the outlier bitmap, the outliers before each word, the indices, the pad codes.
     build_outlier_bitmap(out_idx, n_out, K, bmap, &s_bad, sidx);
     const int total = block_word_prefix(bmap, pref, W, s_cnt);
     const bool bad = s_bad != 0 || total != n_out;
     for (int j = (bad ? 0 : Kq) + tid; j < Kp; j += T) scode[j] = 0;  // never written by the rows below
     __syncthreads();
-    // My chunks' outlier bits (8 per chunk, 4 chunks per word) and first code positions are the same in every
-    // row: with up to 4 chunks per thread worked out once and kept in registers (they were ~10 instructions per
-    // chunk and row, with 3 shared loads); the 8-chunk kernels look them up per row (kept in registers, they spilled
-    // 28 bytes instead of 8, nvcc 13.0 at the 64-register cap; packed 16-bit positions, 96).
-    constexpr bool HOIST = NC <= 4;
-    unsigned obw[(NC + 3) / 4];
-    int js[HOIST ? NC : 1];
-#pragma unroll
-    for (int i = 0; i < (NC + 3) / 4; ++i) obw[i] = 0u;
-    js[0] = 0;
-#pragma unroll
-    for (int i = 0; i < NC; ++i) {
-        const int c = 8 * (i * T + tid);
-        if (HOIST && c < K) {
-            const unsigned word = bmap[c >> 5];
-            obw[i >> 2] |= ((word >> (c & 31)) & 0xFFu) << (8 * (i & 3));
-            js[HOIST ? i : 0] = c - (pref[c >> 5] + __popc(word & ((1u << (c & 31)) - 1u)));
-        }
-    }
-    // chunk i's outlier bits and first code position (c = its first column, < K)
-    auto chunk_ob = [&](int i, int c) -> unsigned {
-        return HOIST ? (obw[i >> 2] >> (8 * (i & 3))) & 0xFFu : (bmap[c >> 5] >> (c & 31)) & 0xFFu;
-    };
-    auto chunk_j = [&](int i, int c) -> int {
-        if (HOIST) return js[HOIST ? i : 0];
-        const unsigned word = bmap[c >> 5];
-        return c - (pref[c >> 5] + __popc(word & ((1u << (c & 31)) - 1u)));
-    };
 
     for (; row < M; row += gridDim.x) {
-        // Pass 1: in each chunk the outlier columns replaced by the chunk's first kept value (in v: pass 2 reads them
-        // too), then min / max over all my columns, then over the block: packed pairs, 1 instruction per value
-        // instead of ~4. The replacement is a kept value of the row, so it changes neither the min / max nor (its
-        // code is dropped) the codes, and it never sends a chunk to the slow path on its own account: every chunk
-        // runs the same arithmetic (before, a warp with a chunk holding an outlier, half the chunks of a 4096-column
-        // row with 256 outliers, ran a per-value path beside the packed one: s31b, x1.02-1.23 slower than the
-        // previous kernel). It runs only in warps where some lane's chunk holds an outlier (the vote keeps warps
-        // converged): 1 byte permute per pair (selectors s_sel). A chunk of 8 outliers takes no part.
-        unsigned pmn = pair_inf<BF16>(false), pmx = pair_inf<BF16>(true);
+        // Pass 1: min / max over my kept columns, then over the block.
+        float mn = plus_inf(), mx = minus_inf();
 #pragma unroll
         for (int i = 0; i < NC; ++i) {
             const int c = 8 * (i * T + tid);
-            const unsigned ob = c < K ? chunk_ob(i, c) : 0u;
-            if (__any_sync(0xffffffffu, ob != 0u)) {
-                const uint2 sel = s_sel[ob];
-                const int p = (__ffs(~ob) - 1) >> 1;  // the pair holding the first kept value
-                const unsigned kw = p == 0 ? v[i].x : p == 1 ? v[i].y : p == 2 ? v[i].z : v[i].w;
-                v[i].x = __byte_perm(v[i].x, kw, sel.x);
-                v[i].y = __byte_perm(v[i].y, kw, sel.x >> 16);
-                v[i].z = __byte_perm(v[i].z, kw, sel.y);
-                v[i].w = __byte_perm(v[i].w, kw, sel.y >> 16);
-            }
-            if (c < K && ob != 0xFFu) {
-                const unsigned w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    pmn = pair_minmax_nan<BF16, false>(pmn, w[e]);
-                    pmx = pair_minmax_nan<BF16, true>(pmx, w[e]);
-                }
+            if (c < K) {
+                float f[8];
+                unpack8<BF16>(v[i], f);
+                kept_min_max8(f, (bmap[c >> 5] >> (c & 31)) & 0xFFu, 8, mn, mx);
             }
         }
-        float mn = min_nan(pair_lo<BF16>(pmn), pair_hi<BF16>(pmn));
-        float mx = max_nan(pair_lo<BF16>(pmx), pair_hi<BF16>(pmx));
         warp_min_max(mn, mx);
         float scale, zero;
         block_row_params(mn, mx, s_mn, s_mx, bits, bad, scale, zero);
         if (tid == 0) { scale_out[row] = scale; zero_out[row] = zero; }
 
-        // Pass 2: my codes into the shared code row (a poisoned row keeps the zeros written above). The codes
-        // by the reciprocal shortcut with the offset in its constant (quik_quant.cuh code_fast: exact, or
-        // flagged), a flagged chunk again by code_of's division: the quantizer is instruction bound and the
-        // division was ~half of pass 2. A chunk without outliers stores its 8 codes with 1-4 stores.
+        // Pass 2: my codes into the shared code row (a poisoned row keeps the zeros written above). The
+        // quotients by the reciprocal shortcut (quik_quant.cuh: exact, or flagged), a flagged chunk again by
+        // quotient_of's division: the quantizer is instruction bound and the division was ~half of pass 2.
         if (!bad) {
             const bool row_slow = !recip_ok(scale);
-            const float rscale = rcp_rn(scale), magic = code_magic(bits);
+            const float rscale = rcp_rn(scale);
 #pragma unroll
             for (int i = 0; i < NC; ++i) {
                 const int c = 8 * (i * T + tid);
-                const unsigned ob = c < K ? chunk_ob(i, c) : 0xFFu;
-                if (ob != 0xFFu) {  // past the row, or 8 outliers: no code
-                    int j = chunk_j(i, c);
+                if (c < K) {
+                    const unsigned word = bmap[c >> 5];
+                    const unsigned ob = (word >> (c & 31)) & 0xFFu;
+                    int j = c - (pref[c >> 5] + __popc(word & ((1u << (c & 31)) - 1u)));
                     float f[8];
-                    unpack8<BF16>(v[i], f);  // outlier columns: a kept value since pass 1 (their codes are dropped)
-                    unsigned a[8];
+                    unpack8<BF16>(v[i], f);
+                    int q[8];
                     bool slow = row_slow;
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) a[e] = code_fast(f[e], zero, rscale, magic, slow);
+                    for (int e = 0; e < 8; ++e) q[e] = quotient_fast(f[e], zero, rscale, slow);
                     if (slow) {  // rare: near a half-integer (ties included), or a row without the shortcut
 #pragma unroll
-                        for (int e = 0; e < 8; ++e) a[e] = (unsigned)code_of(f[e], zero, scale, bits);
+                        for (int e = 0; e < 8; ++e) q[e] = quotient_of(f[e], zero, scale);
                     }
-                    if (ob == 0) {
-                        store_codes8(scode, j, low_bytes4(a[0], a[1], a[2], a[3]), low_bytes4(a[4], a[5], a[6], a[7]));
-                    } else {
 #pragma unroll
-                        for (int e = 0; e < 8; ++e) {
-                            if (!((ob >> e) & 1u)) scode[j++] = (signed char)a[e];
-                        }
+                    for (int e = 0; e < 8; ++e) {
+                        if (!((ob >> e) & 1u)) scode[j++] = (signed char)clamp_code(q[e], bits);
                     }
                 }
             }

@@ -84,25 +84,20 @@ QDEV int code_of(float v, float zero, float scale, int bits) { return clamp_code
 // the product), so |t - Q| <= |Q| (3 * 2^-24 + 4 * 2^-48), and |RN(Q) - Q| <= |Q| 2^-24: |t - RN(Q)| <= 1021 * 2^-24
 // < 2^-14. When |t - n| < 0.5 - 2^-12, RN(Q) is strictly within 0.5 of n and code_of's rint gives n too. Otherwise
 // (near a half-integer; ties; a row whose scale is not in [2^-126, 2^126), NaN or inf), the caller takes
-// code_of. 0 <= t < 2^22 makes the add-and-subtract rounding exact (round half to even, unused at ties).
+// quotient_of. 0 <= t < 2^22 makes the add-and-subtract rounding exact (round half to even, unused at ties).
 QDEV bool recip_ok(float scale) {  // positive, normal, and 1 / scale normal
     const unsigned b = __float_as_uint(scale);
     return b >= 0x00800000u && b < 0x7E800000u;
 }
 QDEV float rcp_rn(float a) { float r; asm("rcp.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
-// The code of a kept value by the shortcut, with the code's offset folded into the constant: with magic =
-// 1.5 * 2^23 - 2^(b-1) (even, exact), a = RN(t + magic) lies in [2^23, 2^24) for 0 <= t < 2^22, where the spacing is
-// 1, so a = magic + n, n = t rounded to the nearest integer (ties to even: magic is even), and n = a - magic and
-// t - n are exact. The low byte of a's bits is n - 2^(b-1) as an int8: the code without a clamp, because for a kept
-// value that is not flagged n = rint(RN(Q)) with 0 <= Q <= (2^b - 1)(1 + 2^-24), so n is in [0, 2^b - 1] already.
-// Returns a's bits; slow |= whether the caller must take code_of instead.
-QDEV float code_magic(int bits) { return 12582912.0f - (float)(1 << (bits - 1)); }
-QDEV unsigned code_fast(float v, float zero, float rscale, float magic, bool& slow) {
+// q = the candidate quotient_of(v, zero, scale); slow |= whether it needs quotient_of's division instead.
+QDEV int quotient_fast(float v, float zero, float rscale, bool& slow) {
     const float t = mul_rn(sub_rn(v, zero), rscale);
-    const float a = add_rn(t, magic);
-    const float diff = sub_rn(t, sub_rn(a, magic));
-    slow |= !(fabsf(diff) < 0.499755859375f);  // 0.5 - 2^-12; NaN -> slow (one compare with |diff|)
-    return __float_as_uint(a);
+    const float a = add_rn(t, 12582912.0f);  // 1.5 * 2^23: the integer part lands in the low mantissa bits
+    const float n = sub_rn(a, 12582912.0f);
+    const float diff = sub_rn(t, n);
+    slow |= !(diff < 0.499755859375f && diff > -0.499755859375f);  // 0.5 - 2^-12; NaN -> slow
+    return (int)(__float_as_uint(a) - 0x4B400000u);
 }
 }  // namespace quikq
 

@@ -291,9 +291,10 @@ def test_act_quant_rows_every_chunk_count(M: int, K: int, n_out: int, threads: i
 
 @pytest.mark.parametrize("threads", [16, 32, 64, 128])
 def test_act_quant_rows_code_store_phases(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows mode stores a chunk's 8 codes with the widest stores its offset allows (offset % 8 = 0 .. 7 after
-    0 .. 7 outliers): one outlier every 100 columns, so that runs of whole chunks follow each count, plus a chunk of
-    8 outliers and one with 7; 8, 4, 2 and 1 chunks per thread. Same bits as the reference."""
+    """Rows mode's code row at every offset a chunk's codes can start at (offset % 8 = 0 .. 7 after 0 .. 7
+    outliers): one outlier every 100 columns, so that runs of whole chunks follow each count, plus a chunk of 8
+    outliers and one with 7; 8, 4, 2 and 1 chunks per thread. Same bits as the reference. (Written for a version
+    that stored whole chunks with word stores, s31b-s31d, not kept; it holds any compaction to the same bits.)"""
     monkeypatch.setattr(cuda, "ACT_ROWS_MIN_M", 1)
     monkeypatch.setattr(cuda, "ACT_ROWS_THREADS", threads)
     K = 1024
