@@ -1943,9 +1943,8 @@ def _wgmma_run(dev: int, w: Tensor, w_bits: int, ptrs: tuple[int, int], M: int, 
     w_ptr, _w = _wgmma_weights(name, w, w_bits, N, kp, dev, wide)  # _w: keeps widened weights alive until launched
     if splits == 1:
         join()
-        _launch(dev, name, _persist_grid(dev, name, grid), block, _SIG_WG, (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi,
-                                                                             seg), smem,
-                pdl=_pdl_unsplit(name, _w is w))
+        args = (ptrs[0], w_ptr, ptrs[1], M, N, kp, *epi, seg)
+        _launch(dev, name, _persist_grid(dev, name, grid), block, _SIG_WG, args, smem, pdl=_pdl_unsplit(name, _w is w))
         return False
     cl, tiles = _wgmma_cluster_kernel(name, ep), _wgmma_tiles(M, N, dev)[0]
     if WGMMA_CLUSTER_SPLIT and _cluster_fits(dev, splits, tiles):

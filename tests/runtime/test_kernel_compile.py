@@ -663,6 +663,7 @@ def test_fp8_first_rule_is_off_unless_asked_for(monkeypatch, value, expected) ->
     got = json.loads(out.strip().splitlines()[-1])
     assert got == (list(expected) if expected is not None else None)
 
+
 def test_wgmma_persistent_grid_rule(monkeypatch) -> None:
     """QUIKTOOL_WGMMA_PERSIST: the unsplit 8-bit warp-specialized entry points (the kernels whose blocks loop over
     output tiles, 4-bit weights widened included) get one block per SM at most; every other entry point, and every
